@@ -1,0 +1,225 @@
+"""All of linewatch's settings, read the same way by every service.
+
+Sources, highest priority first:
+
+1. values passed in code (``Settings(detector={"max_batch": 8})``) or by CLI options,
+2. environment variables ``LINEWATCH_<SECTION>__<FIELD>`` (e.g. ``LINEWATCH_KAFKA__BOOTSTRAP_SERVERS``),
+3. a TOML config file named by ``LINEWATCH_CONFIG`` (sections as tables: ``[kafka]``, ``[detector]`` ...),
+4. secret files in ``LINEWATCH_SECRETS_DIR`` (one file per variable, e.g. ``/run/secrets``),
+5. the defaults below, which run everything embedded on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "LINEWATCH_CONFIG"
+SECRETS_DIR_ENV = "LINEWATCH_SECRETS_DIR"
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _default_data_root() -> Path:
+    """``../shared/data`` next to the working directory or next to this checkout, whichever exists."""
+    candidates = [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return candidates[0]
+
+
+class KafkaSettings(BaseModel):
+    """Kafka connection and topic layout. An empty ``bootstrap_servers`` means: start the embedded broker."""
+
+    bootstrap_servers: str = ""
+    topic_prefix: str = "linewatch"
+    frames_partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, description="largest frame accepted, bytes")
+    # Client security, passed through unchanged to kafka-python (SASL and TLS for a plant's secured cluster).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(1_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+
+    @property
+    def frames_topic(self) -> str:
+        return f"{self.topic_prefix}.frames"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.frames.dlq"
+
+    @property
+    def inspections_topic(self) -> str:
+        return f"{self.topic_prefix}.inspections"
+
+    @property
+    def models_topic(self) -> str:
+        return f"{self.topic_prefix}.models"
+
+
+class RedisSettings(BaseModel):
+    """Live state. An empty ``url`` means: start an embedded ``redis-server``."""
+
+    url: str = ""
+    password: SecretStr | None = None
+    recent_results_cap: int = Field(10_000, ge=100, description="entries kept in the recent-results stream")
+    counts_ttl_s: int = Field(8 * 24 * 3600, ge=3600, description="lifetime of per-minute counters, seconds")
+
+
+class DatabaseSettings(BaseModel):
+    """The record (SQLAlchemy URL). SQLite file by default, PostgreSQL in production."""
+
+    url: str = ""
+    password: SecretStr | None = None
+    pool_size: int = Field(5, ge=1)
+
+
+class BackboneSettings(BaseModel):
+    """Where teacher weights come from. Nothing is ever downloaded."""
+
+    name: str = "efficientnet_lite0"
+    weights: Path | None = Field(
+        None,
+        description="teacher ImageNet weights file; defaults: the efficientnet-lite0 package file, "
+        "or torchvision's resnet18-f37072fd.pth in the torch hub cache",
+    )
+
+
+class TrainingSettings(BaseModel):
+    """STPM training recipe (Wang et al. 2021, Sec. 4.1) and calibration targets."""
+
+    image_size: int = Field(256, ge=32, le=1024)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.4, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    target_false_reject_rate: float = Field(
+        0.01, gt=0, lt=0.5, description="share of good parts allowed above the image threshold"
+    )
+    pixel_false_positive_rate: float = Field(
+        0.001, gt=0, lt=0.5, description="share of good pixels allowed above the region threshold"
+    )
+    map_smoothing_sigma: float = Field(4.0, ge=0, description="Gaussian sigma (model pixels) applied to anomaly maps")
+
+
+class DetectorSettings(BaseModel):
+    """Streaming detector workers."""
+
+    model_dir: Path | None = None
+    device: Device = "auto"
+    group_id: str = "linewatch-detectors"
+    max_batch: int = Field(16, ge=1, le=1024)
+    max_wait_ms: int = Field(50, ge=0, description="longest a frame waits for its batch to fill, ms")
+    max_pixels: int = Field(40_000_000, ge=1, description="frames with more pixels are dead-lettered")
+    good_sample_rate: float = Field(0.02, ge=0, le=1, description="share of good frames kept for review")
+    metrics_port: int | None = Field(None, description="Prometheus /metrics and /healthz port; none = off")
+
+
+class IngestSettings(BaseModel):
+    """Camera services."""
+
+    jpeg_quality: int = Field(92, ge=10, le=100)
+    buffer_frames: int = Field(64, ge=1, description="frames held while Kafka is slow, then the oldest drop")
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    metrics_port: int | None = None
+
+
+class Settings(BaseSettings):
+    """Root settings object; see the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LINEWATCH_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        secrets_dir=os.environ.get(SECRETS_DIR_ENV) or None,
+    )
+
+    state_dir: Path = Field(Path("var"), description="embedded state: SQLite file, image store, models")
+    data_root: Path = Field(default_factory=_default_data_root, description="real datasets (MVTec AD, ...)")
+    image_store: str = Field("", description="where kept frames go; a directory or file:// URI")
+    artifact_store: str = Field("", description="where model versions go; a directory or file:// URI")
+    log_format: Literal["json", "text"] = "text"
+    log_level: str = "INFO"
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    backbone: BackboneSettings = BackboneSettings()
+    training: TrainingSettings = TrainingSettings()
+    detector: DetectorSettings = DetectorSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @field_validator("state_dir", "data_root")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def database_url(self) -> str:
+        """The SQL URL; the embedded default is a SQLite file in ``state_dir``."""
+        return self.database.url or f"sqlite:///{(self.state_dir / 'linewatch.db').resolve()}"
+
+    @property
+    def image_store_root(self) -> Path:
+        return _path_from_uri(self.image_store) if self.image_store else self.state_dir / "images"
+
+    @property
+    def artifact_store_root(self) -> Path:
+        return _path_from_uri(self.artifact_store) if self.artifact_store else self.state_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get(CONFIG_ENV)
+        if config:
+            path = Path(config).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV}={config}: no such config file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+def _path_from_uri(uri: str) -> Path:
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    if "://" in uri:
+        raise ValueError(f"unsupported store URI {uri!r}: only local directories and file:// URIs")
+    return Path(uri)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Detector: the STPM model (training, scoring, evaluation) and the streaming detector workers."""

@@ -1,0 +1,156 @@
+"""Image decoding and checks shared by training, evaluation and the streaming workers.
+
+Every image that enters the detector comes through :func:`decode_image`: it is checked before it
+is decoded (empty, truncated, not an image, too many pixels) and after (bit depth, size), so a
+bad file or frame gets an :class:`ImageError` that names it and says why, never a bare traceback.
+Grayscale and RGBA images are converted to RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MIN_SIDE = 16
+DEFAULT_MAX_PIXELS = 40_000_000
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+cv2.setNumThreads(1)  # decoding runs in many threads of its own; OpenCV's pool would oversubscribe
+
+
+class ImageError(ValueError):
+    """An image that cannot be inspected.
+
+    Attributes:
+        reason: a short code (``empty``, ``truncated``, ``not_an_image``, ``undecodable``,
+            ``too_many_pixels``, ``unsupported_depth``, ``too_small``, ``unreadable``).
+        source: the file path or frame reference it came from.
+    """
+
+    def __init__(self, reason: str, source: str, detail: str):
+        super().__init__(f"{source}: {detail}")
+        self.reason = reason
+        self.source = source
+        self.detail = detail
+
+
+def probe_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
+    """Read the header only: return (format, width, height) without decoding pixels.
+
+    Raises:
+        ImageError: empty, not an image, truncated, or more than ``max_pixels`` pixels
+            (a decompression-bomb guard: the check happens before any pixel is decoded).
+    """
+    if not data:
+        raise ImageError("empty", source, "zero-length image data")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                fmt, (width, height) = im.format or "unknown", im.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_many_pixels", source, f"image too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("not_an_image", source, f"not a recognised image format ({exc})") from None
+    if width * height > max_pixels:
+        raise ImageError(
+            "too_many_pixels", source, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+        )
+    if _is_truncated(fmt, data):
+        raise ImageError("truncated", source, f"truncated {fmt} data ({len(data)} bytes, end marker missing)")
+    return fmt, width, height
+
+
+def _is_truncated(fmt: str, data: bytes) -> bool:
+    # libjpeg and libpng fill a cut-off image with grey and only warn; the end markers tell.
+    if fmt == "JPEG":
+        return not data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    if fmt == "PNG":
+        return b"IEND" not in data[-16:]
+    return False
+
+
+def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, BMP, TIFF, WebP) to RGB.
+
+    Returns:
+        uint8 array (H, W, 3), RGB. Grayscale is replicated to three channels; alpha is dropped.
+    Raises:
+        ImageError: see :func:`probe_image`; also undecodable pixel data, 16-bit or float images,
+            and images smaller than 16 pixels on a side.
+    """
+    probe_image(data, source, max_pixels)
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError("undecodable", source, "image data could not be decoded (corrupt)")
+    if img.dtype != np.uint8:
+        raise ImageError(
+            "unsupported_depth", source, f"{img.dtype} pixels are not supported: convert to 8 bits per channel"
+        )
+    if min(img.shape[:2]) < MIN_SIDE:
+        raise ImageError("too_small", source, f"{img.shape[1]}x{img.shape[0]} is smaller than {MIN_SIDE} px a side")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    raise ImageError("unsupported_depth", source, f"{channels}-channel images are not supported")
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read and decode an image file -> uint8 (H, W, 3) RGB.
+
+    Raises:
+        ImageError: the file is unreadable or fails :func:`decode_image`; the message names the file.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError("unreadable", str(path), f"cannot read file ({exc.strerror or exc})") from None
+    return decode_image(data, str(path), max_pixels)
+
+
+def read_mask(path: Path, shape: tuple[int, int], threshold: int = 127) -> np.ndarray:
+    """Read a ground-truth mask -> bool (H, W), True where defective (value > ``threshold``).
+
+    Raises:
+        ImageError: unreadable, or its size differs from the image's ``shape`` (H, W).
+    """
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ImageError("unreadable", str(path), "mask could not be read")
+    if mask.shape != tuple(shape):
+        raise ImageError("too_small", str(path), f"mask is {mask.shape[::-1]}, image is {tuple(shape)[::-1]}")
+    return mask > threshold
+
+
+def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB image to the model's square input -> uint8 (3, size, size), channels first.
+
+    Area interpolation when shrinking (anti-aliased), bilinear when enlarging. Training, evaluation
+    and the workers all use this one function, so a frame is seen exactly as training images were.
+    """
+    h, w = rgb.shape[:2]
+    interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(rgb, (size, size), interpolation=interp).transpose(2, 0, 1))
+
+
+def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize a float32 (h, w) anomaly map to ``shape`` (H, W) of the original image."""
+    if anomaly_map.shape == tuple(shape):
+        return anomaly_map
+    return cv2.resize(anomaly_map, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name (hidden files and masks' folders excluded)."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))

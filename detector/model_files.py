@@ -1,0 +1,147 @@
+"""A trained model on disk: a directory with the student's weights and a JSON metadata file.
+
+    MODEL_DIR/
+      student.safetensors   student feature-pyramid weights (safetensors: tensors only, nothing unpickled)
+      model.json            backbone, teacher weights SHA-256, image size, normalisation, thresholds,
+                            training manifest with content hashes, validation statistics, versions
+
+The teacher is not stored: it is rebuilt from the local ImageNet weights file, whose SHA-256 must
+match the one recorded at training time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .backbones import backbone_spec, build_student, build_teacher, sha256_file
+from .stpm import STPM
+
+FORMAT = "linewatch-stpm/1"
+WEIGHTS_FILE = "student.safetensors"
+METADATA_FILE = "model.json"
+
+
+class ModelFileError(ValueError):
+    """A model directory that is missing, incomplete or inconsistent; the message says what is wrong."""
+
+
+@dataclass
+class LoadedModel:
+    """An STPM model ready to score, with its metadata."""
+
+    stpm: STPM
+    metadata: dict[str, Any]
+    path: Path
+
+    @property
+    def version(self) -> str:
+        """The registry's model version, else ``sha-<first 12 hex of the weights' SHA-256>``."""
+        return str(self.metadata.get("version") or f"sha-{self.metadata['weights_sha256'][:12]}")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata["image_size"])
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.metadata["thresholds"]
+
+
+def save_model(out_dir: Path, student_state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write a model directory atomically (a temporary sibling renamed into place).
+
+    ``metadata`` gets ``format`` and ``weights_sha256`` added. An existing ``out_dir`` is replaced.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        weights = tmp / WEIGHTS_FILE
+        save_file({k: v.detach().contiguous().cpu() for k, v in student_state.items()}, str(weights))
+        meta = {"format": FORMAT, **metadata, "weights_sha256": sha256_file(weights)}
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """Parse and check ``model.json``.
+
+    Raises:
+        ModelFileError: missing directory or file, unknown format, or required fields absent.
+    """
+    model_dir = Path(model_dir)
+    meta_path = model_dir / METADATA_FILE
+    if not meta_path.is_file():
+        raise ModelFileError(f"{model_dir}: not a linewatch model directory ({METADATA_FILE} missing)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise ModelFileError(f"{meta_path}: invalid JSON ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    required = ("backbone", "teacher_weights", "image_size", "thresholds", "weights_sha256", "map_smoothing_sigma")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ModelFileError(f"{meta_path}: missing fields {missing}")
+    return meta
+
+
+def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weights: Path | None = None) -> LoadedModel:
+    """Load a model directory onto ``device`` in eval mode.
+
+    Checks that the weights file is the one the metadata describes (SHA-256) and that the local
+    teacher weights are those the student was trained against.
+
+    Raises:
+        ModelFileError: inconsistent or corrupt model files, or a different teacher.
+        WeightsNotFoundError: the teacher weights file is absent.
+    """
+    model_dir = Path(model_dir)
+    meta = read_metadata(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelFileError(f"{model_dir}: {WEIGHTS_FILE} missing")
+    if sha256_file(weights) != meta["weights_sha256"]:
+        raise ModelFileError(f"{weights}: content does not match the SHA-256 recorded in {METADATA_FILE}")
+    name = meta["backbone"]
+    teacher, teacher_path = build_teacher(name, teacher_weights)
+    expected = meta["teacher_weights"]["sha256"]
+    actual = sha256_file(teacher_path)
+    if actual != expected:
+        raise ModelFileError(
+            f"{model_dir} was trained against teacher weights with SHA-256 {expected[:16]}..., "
+            f"but {teacher_path} has {actual[:16]}...: use the same teacher weights file"
+        )
+    student = build_student(name)
+    try:
+        student.load_state_dict(load_file(str(weights)), strict=True)
+    except (RuntimeError, OSError) as exc:
+        raise ModelFileError(f"{weights}: does not fit a {name} student ({exc})") from None
+    stpm = STPM(backbone_spec(name), teacher, student, float(meta["map_smoothing_sigma"]))
+    return LoadedModel(stpm=stpm.to(device).eval(), metadata=meta, path=model_dir)
+
+
+def content_hash(data: bytes) -> str:
+    """Hex SHA-256 of bytes: the identity of a training image in manifests."""
+    return hashlib.sha256(data).hexdigest()

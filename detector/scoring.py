@@ -1,0 +1,129 @@
+"""The scoring API the workers, evaluation and the trainer use: load a model once, score batches.
+
+Fast path: inference mode, channels_last memory layout and mixed precision on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .devices import autocast, resolve_device
+from .imaging import resize_map, to_model_input
+from .model_files import LoadedModel, load_model
+
+MAX_REGIONS = 32
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected area of the anomaly map above the pixel threshold, in original-image pixels.
+
+    ``x``, ``y``, ``width``, ``height``: bounding box; ``area``: pixels inside the region;
+    ``peak``: the highest anomaly-map value in it.
+    """
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int
+    peak: float
+
+
+@dataclass
+class BatchScores:
+    """Scores of a batch of B images at model resolution S.
+
+    ``image_scores`` float32 (B,): the map maximum. ``normalized`` float32 (B,): image score divided by
+    the image threshold, so 1.0 is the decision boundary. ``is_defect`` bool (B,): score above the
+    threshold. ``anomaly_maps`` float32 (B, 1, S, S).
+    """
+
+    image_scores: np.ndarray
+    normalized: np.ndarray
+    is_defect: np.ndarray
+    anomaly_maps: np.ndarray
+
+
+class Scorer:
+    """A loaded STPM model on a device, with its thresholds.
+
+    Raises (constructor): ModelFileError, WeightsNotFoundError, RuntimeError (CUDA asked, none present).
+    """
+
+    def __init__(self, model_dir: Path, device: str = "auto", teacher_weights: Path | None = None):
+        self.device = resolve_device(device)
+        self.model: LoadedModel = load_model(model_dir, self.device, teacher_weights)
+        if self.device.type == "cuda":
+            self.model.stpm.to(memory_format=torch.channels_last)
+        thresholds = self.model.thresholds
+        self.image_threshold = float(thresholds["image"])
+        self.pixel_threshold = float(thresholds["pixel"])
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) RGB image -> uint8 (3, S, S) model input."""
+        return to_model_input(rgb, self.image_size)
+
+    @torch.inference_mode()
+    def score(self, batch: torch.Tensor | np.ndarray) -> BatchScores:
+        """Score uint8 (B, 3, S, S) RGB model inputs (see :meth:`prepare`).
+
+        Raises:
+            ValueError: wrong dtype or shape.
+        """
+        x = torch.as_tensor(batch)
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (self.image_size,) * 2:
+            raise ValueError(
+                f"expected uint8 (B, 3, {self.image_size}, {self.image_size}), got {x.dtype} {tuple(x.shape)}"
+            )
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            scores, maps = self.model.stpm(x)
+        scores = scores.float().cpu().numpy()
+        return BatchScores(
+            image_scores=scores,
+            normalized=(scores / self.image_threshold).astype(np.float32),
+            is_defect=scores > self.image_threshold,
+            anomaly_maps=maps.float().cpu().numpy(),
+        )
+
+    def regions(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> list[Region]:
+        """Defect regions of one (S, S) or (1, S, S) map, boxes scaled to ``original_shape`` (H, W).
+
+        8-connected components above the pixel threshold, largest first, at most 32.
+        """
+        amap = np.asarray(anomaly_map, dtype=np.float32).reshape(self.image_size, self.image_size)
+        mask = (amap > self.pixel_threshold).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        sy, sx = original_shape[0] / self.image_size, original_shape[1] / self.image_size
+        regions = []
+        for i in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[i])
+            regions.append(
+                Region(
+                    x=int(x * sx), y=int(y * sy), width=max(1, round(w * sx)), height=max(1, round(h * sy)),
+                    area=max(1, round(area * sx * sy)), peak=float(amap[labels == i].max()),
+                )
+            )
+        regions.sort(key=lambda r: r.area, reverse=True)
+        return regions[:MAX_REGIONS]
+
+    def full_resolution_map(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> np.ndarray:
+        """One map resized to the original image's (H, W), float32."""
+        return resize_map(np.asarray(anomaly_map, dtype=np.float32).reshape(self.image_size, self.image_size),
+                          original_shape)

@@ -1,0 +1,125 @@
+"""Student-Teacher Feature Pyramid Matching (Wang, Han, Ding, Huang, BMVC 2021, arXiv 2103.04257).
+
+A frozen ImageNet teacher and a student of the same architecture each produce a feature pyramid
+(strides 4, 8, 16). The student learns, from defect-free images only, to reproduce the teacher's
+channel-L2-normalised features; where it fails, the part differs from what it saw in training.
+
+Formulas (paper Sec. 3):
+
+* Eq. 1 normalisation: ``f_hat = f / ||f||_2`` over channels, per position.
+* Eq. 2 per-stage loss of an image: ``l = 1 / (2 h w) * sum_ij ||t_hat_ij - s_hat_ij||^2``.
+* Eq. 3 total loss: the sum over stages (all weights 1); like the official code, images of a batch
+  are summed, not averaged, which is what the recipe's learning rate of 0.4 was tuned for.
+* Eq. 4 stage anomaly map: ``0.5 * ||t_hat - s_hat||^2`` per position (= 1 - cosine similarity).
+* Eq. 5 anomaly map: stage maps bilinearly upsampled to the input size and multiplied.
+* Sec. 3.3 image score: the maximum of the anomaly map.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.functional import gaussian_blur
+
+from .backbones import BackboneSpec, FeaturePyramid
+
+
+def normalize_features(features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Eq. 1: each (B, C, h, w) stage L2-normalised over C, float32 out."""
+    return [F.normalize(f.float(), p=2, dim=1) for f in features]
+
+
+def pyramid_loss(teacher_hat: Sequence[torch.Tensor], student_hat: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eqs. 2-3: sum over stages and over the batch of the per-image mean of 0.5 * ||t_hat - s_hat||^2.
+
+    Args:
+        teacher_hat, student_hat: normalised stages, float (B, C_i, h_i, w_i).
+    Returns:
+        scalar float32 loss.
+    """
+    loss = torch.zeros((), device=teacher_hat[0].device)
+    for t, s in zip(teacher_hat, student_hat, strict=True):
+        h, w = t.shape[-2:]
+        loss = loss + 0.5 * ((t - s) ** 2).sum() / (h * w)
+    return loss
+
+
+def stage_maps(teacher_hat: Sequence[torch.Tensor], student_hat: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Eq. 4: per stage 0.5 * ||t_hat - s_hat||^2 over channels, float (B, 1, h_i, w_i), values in [0, 2]."""
+    return [0.5 * ((t - s) ** 2).sum(dim=1, keepdim=True) for t, s in zip(teacher_hat, student_hat, strict=True)]
+
+
+def combine_maps(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Eq. 5: stage maps bilinearly upsampled to ``size`` (H, W) and multiplied -> float (B, 1, H, W)."""
+    out = torch.ones((maps[0].shape[0], 1, *size), device=maps[0].device)
+    for m in maps:
+        out = out * F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    return out
+
+
+def smooth_map(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of (B, 1, H, W) maps with ``sigma`` in map pixels; ``sigma == 0`` is a no-op."""
+    if sigma <= 0:
+        return anomaly_map
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(anomaly_map, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+
+
+def image_scores(anomaly_map: torch.Tensor) -> torch.Tensor:
+    """Sec. 3.3: the image score is the maximum of the anomaly map; (B, 1, H, W) -> (B,)."""
+    return anomaly_map.flatten(1).amax(dim=1)
+
+
+class STPM(nn.Module):
+    """Teacher and student pyramids plus the input normalisation of the teacher.
+
+    Inputs everywhere are RGB images as uint8 (B, 3, H, W), already resized to the model's
+    ``image_size`` (see :func:`linewatch.detector.imaging.to_model_input`).
+    """
+
+    def __init__(self, spec: BackboneSpec, teacher: FeaturePyramid, student: FeaturePyramid, smoothing_sigma: float):
+        super().__init__()
+        if teacher.channels != student.channels:
+            raise ValueError(f"teacher stages {teacher.channels} differ from student stages {student.channels}")
+        self.spec = spec
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student = student
+        self.smoothing_sigma = smoothing_sigma
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def train(self, mode: bool = True) -> STPM:
+        super().train(mode)
+        self.teacher.eval()  # the teacher's batch norm statistics stay ImageNet's
+        return self
+
+    def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) RGB -> float (B, 3, H, W) normalised as the teacher was trained."""
+        return (images.float() - self.mean) / self.std
+
+    @torch.no_grad()
+    def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised teacher stages (Eq. 1) of uint8 (B, 3, H, W) images."""
+        return normalize_features(self.teacher(self.normalize_input(images)))
+
+    def student_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised student stages (Eq. 1) of uint8 (B, 3, H, W) images."""
+        return normalize_features(self.student(self.normalize_input(images)))
+
+    def anomaly_map_from(self, teacher_hat: Sequence[torch.Tensor], student_hat: Sequence[torch.Tensor],
+                         size: tuple[int, int]) -> torch.Tensor:
+        """Anomaly map float (B, 1, H, W) at ``size`` from normalised stages (Eqs. 4-5, then smoothing)."""
+        return smooth_map(combine_maps(stage_maps(teacher_hat, student_hat), size), self.smoothing_sigma)
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score uint8 (B, 3, H, W) images -> (image scores float (B,), anomaly maps float (B, 1, H, W))."""
+        x = self.normalize_input(images)
+        t_hat = normalize_features(self.teacher(x))
+        s_hat = normalize_features(self.student(x))
+        amap = self.anomaly_map_from(t_hat, s_hat, tuple(images.shape[-2:]))
+        return image_scores(amap), amap

@@ -1,0 +1,277 @@
+"""STPM student training on defect-free images (Wang et al. 2021, Sec. 4.1 recipe).
+
+SGD (lr 0.4, momentum 0.9, weight decay 1e-4), batches of 32, 256x256 inputs; 20% of the good
+images are held out, and the student of the epoch with the lowest mean validation loss is kept.
+The teacher is frozen and sees the same images every epoch, so its normalised features are computed
+once and cached (float16) instead of being recomputed per batch. Thresholds are then set on the
+held-out good images (:mod:`.calibration`). Same seed and device, same model.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backbones import backbone_spec, build_student, build_teacher, sha256_file
+from .calibration import score_statistics, threshold_at_rate
+from .devices import autocast, resolve_device
+from .imaging import DEFAULT_MAX_PIXELS, read_image, to_model_input
+from .model_files import content_hash, save_model
+from .stpm import STPM, image_scores, pyramid_loss
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a trained model. Defaults follow the paper's recipe."""
+
+    backbone: str = "efficientnet_lite0"
+    teacher_weights: Path | None = None
+    image_size: int = 256
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 0.4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    target_false_reject_rate: float = 0.01
+    pixel_false_positive_rate: float = 0.001
+    map_smoothing_sigma: float = 4.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class EpochReport:
+    """One finished epoch: mean training loss per image, mean validation loss per image, seconds."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    val_loss: float
+    best_epoch: int
+    seconds: float
+    eta_s: float
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced: the model directory and its metadata."""
+
+    model_dir: Path
+    metadata: dict[str, Any]
+    history: list[EpochReport] = field(default_factory=list)
+
+
+class TrainingError(ValueError):
+    """Training cannot start with what was given (too few images, ...)."""
+
+
+def load_images(paths: Sequence[Path], size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:
+    """Read, check and resize images in parallel -> (uint8 (N, 3, size, size), SHA-256 of each file).
+
+    Raises:
+        ImageError: the first file that cannot be used, named in the message.
+    """
+
+    def one(path: Path) -> tuple[np.ndarray, str]:
+        rgb = read_image(path, max_pixels)
+        return to_model_input(rgb, size), content_hash(Path(path).read_bytes())
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(one, paths))
+    return torch.from_numpy(np.stack([r[0] for r in results])), [r[1] for r in results]
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``n`` images into (train, validation) index arrays; both non-empty.
+
+    Raises:
+        TrainingError: fewer than 2 images.
+    """
+    if n < 2:
+        raise TrainingError(f"need at least 2 good images to train and validate, got {n}")
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@torch.no_grad()
+def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batch: int) -> list[torch.Tensor]:
+    """Normalised teacher stages of all images, float16, on ``device``: [(N, C_i, h_i, w_i)]."""
+    chunks: list[list[torch.Tensor]] = []
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch].to(device)
+        with autocast(device):
+            chunks.append([f.half() for f in model.teacher_features(x)])
+    return [torch.cat(stage) for stage in zip(*chunks, strict=True)]
+
+
+@torch.no_grad()
+def evaluate_student(
+    model: STPM, images: torch.Tensor, teacher_hat: list[torch.Tensor], device: torch.device, batch: int
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Student in eval mode on cached images -> (mean loss per image, image scores (N,), maps float32 (N, H, W))."""
+    model.eval()
+    total, scores, maps = 0.0, [], []
+    size = tuple(images.shape[-2:])
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch].to(device)
+        t_hat = [t[start : start + batch].float() for t in teacher_hat]
+        with autocast(device):
+            s_hat = model.student_features(x)
+        total += pyramid_loss(t_hat, s_hat).item()
+        amap = model.anomaly_map_from(t_hat, s_hat, size)
+        scores.append(image_scores(amap).float().cpu().numpy())
+        maps.append(amap[:, 0].float().cpu().numpy())
+    return total / len(images), np.concatenate(scores), np.concatenate(maps)
+
+
+def train(
+    image_paths: Sequence[Path],
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    init_student: dict[str, torch.Tensor] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    progress: bool = True,
+    extra_metadata: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train an STPM student on good images and write the model directory ``out_dir``.
+
+    Args:
+        image_paths: defect-free images (any size; resized to ``config.image_size``).
+        out_dir: model directory to write (atomically replaced if it exists).
+        config: recipe and calibration targets.
+        init_student: student weights to fine-tune from; ``None`` trains from random initialisation.
+        on_epoch: called after every epoch (the trainer service reports progress through it).
+        progress: show a progress bar (epoch, loss, validation loss, time left) on stderr.
+        extra_metadata: merged into ``model.json`` (e.g. the registry's ``version``).
+    Raises:
+        TrainingError: fewer than 2 images. ImageError: an unusable image, named.
+        WeightsNotFoundError: teacher weights absent.
+    """
+    started = time.monotonic()
+    device = resolve_device(config.device)
+    paths = [Path(p) for p in image_paths]
+    train_idx, val_idx = split_indices(len(paths), config.val_fraction, config.seed)
+    images, hashes = load_images(paths, config.image_size, config.max_pixels)
+
+    torch.manual_seed(config.seed)
+    teacher, teacher_path = build_teacher(config.backbone, config.teacher_weights)
+    student = build_student(config.backbone)
+    if init_student is not None:
+        student.load_state_dict(init_student, strict=True)
+    model = STPM(backbone_spec(config.backbone), teacher, student, config.map_smoothing_sigma).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    cache = _teacher_cache(model, images, device, config.batch_size)
+    train_images, val_images = images[train_idx], images[val_idx]
+    train_t = [c[torch.as_tensor(train_idx, device=device)] for c in cache]
+    val_t = [c[torch.as_tensor(val_idx, device=device)] for c in cache]
+    del cache
+
+    optimizer = torch.optim.SGD(
+        model.student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    generator = torch.Generator().manual_seed(config.seed)
+    best_state, best_val, best_epoch = None, math.inf, 0
+    history: list[EpochReport] = []
+    bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=not progress, dynamic_ncols=True)
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.monotonic()
+        model.train()
+        running = 0.0
+        order = torch.randperm(len(train_idx), generator=generator)
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            x = train_images[idx].to(device, non_blocking=True)
+            t_hat = [t[idx.to(device)].float() for t in train_t]
+            with autocast(device):
+                s_hat = model.student_features(x)
+            loss = pyramid_loss(t_hat, s_hat)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            running += loss.item()
+        if not math.isfinite(running):
+            raise TrainingError(f"training diverged at epoch {epoch} (loss {running}); lower the learning rate")
+        val_loss, _, _ = evaluate_student(model, val_images, val_t, device, config.batch_size)
+        if val_loss < best_val:
+            best_val, best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(model.student.state_dict())
+        seconds = time.monotonic() - t0
+        mean_epoch = (time.monotonic() - started) / epoch
+        report = EpochReport(epoch, config.epochs, running / len(train_idx), val_loss, best_epoch, seconds,
+                             mean_epoch * (config.epochs - epoch))
+        history.append(report)
+        bar.set_postfix(loss=f"{report.loss:.4f}", val=f"{val_loss:.4f}", best=best_epoch)
+        bar.update(1)
+        if on_epoch is not None:
+            on_epoch(report)
+    bar.close()
+
+    assert best_state is not None
+    model.student.load_state_dict(best_state)
+    _, val_scores, val_maps = evaluate_student(model, val_images, val_t, device, config.batch_size)
+    image_threshold = threshold_at_rate(val_scores, config.target_false_reject_rate)
+    pixel_threshold = threshold_at_rate(val_maps, config.pixel_false_positive_rate)
+    role = np.full(len(paths), "train", dtype=object)
+    role[val_idx] = "val"
+    spec = backbone_spec(config.backbone)
+    metadata: dict[str, Any] = {
+        "backbone": config.backbone,
+        "teacher_weights": {"file": teacher_path.name, "sha256": sha256_file(teacher_path)},
+        "image_size": config.image_size,
+        "normalization": {"input": "RGB uint8 / 255", "mean": list(spec.mean), "std": list(spec.std)},
+        "pyramid": {"strides": [4, 8, 16], "channels": list(model.student.channels)},
+        "map_smoothing_sigma": config.map_smoothing_sigma,
+        "thresholds": {
+            "image": image_threshold,
+            "pixel": pixel_threshold,
+            "target_false_reject_rate": config.target_false_reject_rate,
+            "pixel_false_positive_rate": config.pixel_false_positive_rate,
+            "calibrated_on": f"{len(val_idx)} held-out good images",
+        },
+        "validation": {"loss": best_val, "image_score": score_statistics(val_scores)},
+        "training": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "device": str(device),
+            "best_epoch": best_epoch,
+            "fine_tuned": init_student is not None,
+            "duration_s": round(time.monotonic() - started, 2),
+            "history": [asdict(h) for h in history],
+        },
+        "manifest": [
+            {"path": str(p), "sha256": h, "role": r} for p, h, r in zip(paths, hashes, role, strict=True)
+        ],
+        "linewatch_version": _version(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        **(extra_metadata or {}),
+    }
+    model_dir = save_model(out_dir, model.student.state_dict(), metadata)
+    return TrainResult(model_dir=model_dir, metadata=metadata, history=history)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("linewatch")
+    except PackageNotFoundError:
+        return "0+unknown"

