@@ -46,7 +46,7 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("kafka", "urllib3", "PIL", "alembic.runtime.migration"):
+    for noisy in ("kafka", "urllib3", "PIL", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -197,5 +197,124 @@ def score(
         raise typer.Exit(1)
 
 
+def _with(settings: Settings, section: str, **values: object) -> Settings:
+    """A copy of ``settings`` with the given (non-None) values set in one section."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return settings
+    return settings.model_copy(update={section: getattr(settings, section).model_copy(update=values)})
+
+
+@app.command()
+def ingest(
+    camera_id: Annotated[str, typer.Option("--camera-id", help="camera identity (the Kafka message key)")],
+    source: Annotated[str, typer.Option("--source", help="USB device index, RTSP/HTTP URL, video file or image folder")],
+    fps: Annotated[float, typer.Option(min=0.0, help="frames per second; 0 = as fast as the source gives")] = 10.0,
+    line_id: Annotated[str, typer.Option("--line-id", help="production line of this camera")] = "line-1",
+    loop: Annotated[bool, typer.Option(help="replay a folder or video file forever")] = False,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="stop after this many frames")] = None,
+    jpeg_quality: Annotated[int | None, typer.Option(min=10, max=100, help="JPEG quality of captured frames")] = None,
+) -> None:
+    """Run a camera service: capture frames and publish them to Kafka. Prints its counters as JSON at the end."""
+    from dataclasses import asdict
+
+    from linewatch.contracts.kafka import ensure_topics
+    from linewatch.ingest.camera import CameraService
+    from linewatch.ingest.sources import SourceError, open_source
+
+    s = _with(_settings(), "ingest", jpeg_quality=jpeg_quality)
+    try:
+        src = open_source(source, loop=loop, jpeg_quality=s.ingest.jpeg_quality)
+    except SourceError as exc:
+        _fail(str(exc))
+    ensure_topics(s.kafka)
+    server = None
+    if s.ingest.metrics_port:
+        from linewatch.contracts.observability import serve_metrics
+
+        server = serve_metrics(s.ingest.metrics_port)
+    counters = CameraService(s, camera_id, line_id, src, fps=fps, max_frames=max_frames).run()
+    if server is not None:
+        server.shutdown()
+    typer.echo(json.dumps({"camera_id": camera_id, **asdict(counters)}))
+    if counters.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def detect(
+    model: Annotated[Path | None, typer.Option("--model", help="model directory [settings: detector.model_dir]")] = None,
+    group: Annotated[str | None, typer.Option("--group", help="consumer group")] = None,
+    device: DeviceOpt = None,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="frames per inference batch at most")] = None,
+    max_wait_ms: Annotated[int | None, typer.Option(min=0, help="longest a frame waits for its batch, ms")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference")] = None,
+) -> None:
+    """Run a detector worker in the consumer group; start more to scale out (up to the partition count)."""
+    from linewatch.contracts.kafka import ensure_topics
+    from linewatch.detector.worker import run_worker
+
+    s = _with(_settings(), "detector", model_dir=model, group_id=group, device=device, max_batch=max_batch,
+              max_wait_ms=max_wait_ms)
+    if s.detector.model_dir is None:
+        _fail("no model: pass --model MODEL_DIR or set LINEWATCH_DETECTOR__MODEL_DIR")
+    ensure_topics(s.kafka)
+    with _user_errors():
+        code = run_worker(s, s.detector.model_dir, threads)
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    max_frames: Annotated[int | None, typer.Option(min=1, help="stop after this many inspections; print a JSON summary")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="detector workers")] = 1,
+    fps: Annotated[float, typer.Option(min=0.0, help="camera frame rate; 0 = as fast as possible")] = 10.0,
+    model: Annotated[Path | None, typer.Option(help="model directory (default: train on the bottle images once)")] = None,
+    source: Annotated[Path | None, typer.Option(help="image folder the camera replays (default: bottle test images)")] = None,
+    dashboard: Annotated[bool, typer.Option(help="start the dashboard")] = True,
+    dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
+    epochs: Annotated[int | None, typer.Option(min=1, help="epochs when the default model is trained")] = None,
+) -> None:
+    """Run everything on this machine with embedded defaults: broker, Redis, SQLite, model, camera, workers."""
+    from linewatch.up import UpOptions, run_up
+
+    options = UpOptions(max_frames=max_frames, workers=workers, fps=fps, model=model, source=source,
+                        dashboard=dashboard, dashboard_port=dashboard_port, epochs=epochs)
+    with _user_errors():
+        code = run_up(_settings(), options)
+    raise typer.Exit(code)
+
+
+db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the database schema (Alembic migrations)."""
+    from linewatch.contracts.storage import migrate
+
+    s = _settings()
+    migrate(s.database_url)
+    typer.echo(f"database schema up to date ({_redact(s.database_url)})")
+
+
+@app.command()
+def topics() -> None:
+    """Create the Kafka topics with their partition counts and size limits (idempotent)."""
+    from linewatch.contracts.kafka import ensure_topics
+
+    s = _settings()
+    ensure_topics(s.kafka)
+    k = s.kafka
+    typer.echo(f"topics ready: {k.frames_topic}, {k.dead_letter_topic}, {k.inspections_topic}, {k.models_topic}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -44,6 +45,24 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def run_as(user: str | None) -> dict[str, object]:
+    """``subprocess.Popen`` keyword arguments that run a child as ``user`` with that user's groups.
+
+    ``Popen(user=...)`` alone would keep our group and supplementary groups (root's, when we are root).
+    Empty for ``None`` (run as ourselves).
+
+    Raises:
+        EmbeddedServiceError: no such user.
+    """
+    if user is None:
+        return {}
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise EmbeddedServiceError(f"user {user!r} does not exist") from None
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": os.getgrouplist(user, entry.pw_gid)}
+
+
 class ManagedProcess:
     """A server child process listening on one port: start, wait until it answers, stop, restart.
 
@@ -51,18 +70,25 @@ class ManagedProcess:
         name: for messages and the log file name.
         argv: the command line.
         port: the port it will listen on (127.0.0.1).
-        workdir: its working directory; its output goes to ``workdir/<name>.log``.
+        workdir: its output goes to ``workdir/<name>.log``; also its current directory unless ``cwd`` is given.
         env: extra environment variables.
         start_timeout_s: how long to wait for the port to answer.
+        user: run it as this user (needs root), e.g. ``postgres``, which refuses to run as root.
+        stop_signal: the signal :meth:`stop` sends for a graceful stop (PostgreSQL wants SIGINT: its
+            SIGTERM "smart" shutdown waits for every client to disconnect).
+        cwd: its current directory, if not ``workdir`` (which ``user`` may not be allowed to enter).
     """
 
     def __init__(self, name: str, argv: Sequence[str], port: int, workdir: Path, env: dict[str, str] | None = None,
-                 start_timeout_s: float = 30.0, user: str | None = None):
+                 start_timeout_s: float = 30.0, user: str | None = None,
+                 stop_signal: signal.Signals = signal.SIGTERM, cwd: Path | None = None):
         self.name, self.argv, self.port = name, list(argv), port
         self.workdir = Path(workdir)
         self.env = {**os.environ, **(env or {})}
         self.start_timeout_s = start_timeout_s
         self.user = user
+        self.stop_signal = stop_signal
+        self.cwd = Path(cwd) if cwd is not None else self.workdir
         self.process: subprocess.Popen | None = None
 
     @property
@@ -80,8 +106,8 @@ class ManagedProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logfile:
             self.process = subprocess.Popen(
-                self.argv, cwd=self.workdir, env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, user=self.user,
+                self.argv, cwd=self.cwd, env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, **run_as(self.user),
             )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -102,12 +128,12 @@ class ManagedProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 15.0, kill: bool = False) -> None:
-        """SIGTERM (or SIGKILL with ``kill``) the process group; SIGKILL if it outlives ``timeout_s``."""
+        """Send ``stop_signal`` (SIGKILL with ``kill``) to the process group; SIGKILL if it outlives ``timeout_s``."""
         if self.process is None:
             return
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+                os.killpg(self.process.pid, signal.SIGKILL if kill else self.stop_signal)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,110 @@
+"""Kafka clients and topics, configured one way for every service (standard Kafka semantics only).
+
+Topics (``<prefix>`` from settings, ``linewatch`` by default):
+
+==========================  ======================  ==================================================
+topic                       partitions              purpose
+==========================  ======================  ==================================================
+``<prefix>.frames``         ``frames_partitions``   camera frames, keyed by camera id
+``<prefix>.frames.dlq``     ``frames_partitions``   frames that could not be inspected, with the reason
+``<prefix>.inspections``    ``frames_partitions``   every result, for line integration (reject gates)
+``<prefix>.models``         1, compacted            the active model version (rollout to the workers)
+==========================  ======================  ==================================================
+
+Parallelism is bounded by ``frames_partitions``: a consumer group never has more busy workers
+than the frames topic has partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import InvalidConfigurationError, TopicAlreadyExistsError
+
+from .settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def client_config(k: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by producers, consumers and the admin client."""
+    if not k.bootstrap_servers:
+        raise ValueError("kafka.bootstrap_servers is empty: set LINEWATCH_KAFKA__BOOTSTRAP_SERVERS")
+    cfg: dict[str, Any] = {"bootstrap_servers": k.bootstrap_servers.split(","), "security_protocol": k.security_protocol}
+    if k.sasl_mechanism:
+        cfg["sasl_mechanism"] = k.sasl_mechanism
+        cfg["sasl_plain_username"] = k.sasl_username
+        cfg["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        cfg["ssl_check_hostname"] = k.ssl_check_hostname
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(k, name)
+            if value is not None:
+                cfg[name] = str(value)
+    return cfg
+
+
+def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas (acks=all) and takes frames up to
+    ``max_message_bytes``; failed sends are retried by the client until ``delivery_timeout_ms``."""
+    cfg = {
+        **client_config(k),
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_request_size": k.max_message_bytes,
+        "linger_ms": 5,
+        "delivery_timeout_ms": 120_000,
+        "request_timeout_ms": 30_000,
+    }
+    cfg.update(overrides)
+    return KafkaProducer(**cfg)
+
+
+def make_consumer(k: KafkaSettings, group_id: str | None, *topics: str, **overrides: Any) -> KafkaConsumer:
+    """A consumer with manual offset commits (the caller commits after its results are stored)."""
+    cfg = {
+        **client_config(k),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": k.max_message_bytes + 65536,
+        "fetch_max_bytes": max(52_428_800, 2 * k.max_message_bytes),
+        "session_timeout_ms": k.session_timeout_ms,
+        "heartbeat_interval_ms": k.heartbeat_interval_ms,
+        "max_poll_interval_ms": k.max_poll_interval_ms,
+    }
+    cfg.update(overrides)
+    return KafkaConsumer(*topics, **cfg)
+
+
+def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Create the linewatch topics that do not exist yet, with their partition counts and size limits.
+
+    Brokers that reject topic configs (the embedded tansu broker keeps none) get the topics without them.
+    """
+    size = {"max.message.bytes": str(k.max_message_bytes + 65536)}
+    wanted = [
+        NewTopic(k.frames_topic, k.frames_partitions, k.replication_factor, topic_configs=size),
+        NewTopic(k.dead_letter_topic, k.frames_partitions, k.replication_factor, topic_configs=size),
+        NewTopic(k.inspections_topic, k.frames_partitions, k.replication_factor),
+        NewTopic(k.models_topic, 1, k.replication_factor, topic_configs={"cleanup.policy": "compact"}),
+    ]
+    admin = KafkaAdminClient(**client_config(k), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        for topic in wanted:
+            if topic.name in existing:
+                continue
+            try:
+                admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                pass
+            except InvalidConfigurationError:
+                log.warning("broker rejected configs of topic %s; creating it without them", topic.name)
+                admin.create_topics([NewTopic(topic.name, topic.num_partitions, topic.replication_factor)])
+            log.info("created topic %s (%d partitions)", topic.name, topic.num_partitions)
+    finally:
+        admin.close()

@@ -1,0 +1,198 @@
+"""Live state in Redis: written by the detector workers, read by the dashboard and ``linewatch up``.
+
+Key layout (``P`` = prefix, ``linewatch`` by default; minutes are Unix time // 60 of ``captured_at``):
+
+=====================================  ======  ==========================================================
+key                                    type    content, bound
+=====================================  ======  ==========================================================
+``P:cameras``                          hash    camera_id -> line_id                     (one per camera)
+``P:latest:<camera_id>``               hash    ``result`` (JSON), ``overlay`` (JPEG)    TTL 1 day
+``P:hwm:<camera_id>``                  string  highest frame_id counted                 (one per camera)
+``P:counts:camera:<camera_id>:<min>``  hash    ``inspected``, ``defects``               TTL counts_ttl_s
+``P:counts:line:<line_id>:<min>``      hash    ``inspected``, ``defects``               TTL counts_ttl_s
+``P:dlq:<min>``                        hash    reason -> dead-lettered frames           TTL counts_ttl_s
+``P:recent``                           stream  field ``result`` (JSON)                  MAXLEN ~ cap
+``P:workers``                          hash    worker_id -> heartbeat JSON              (one per worker)
+=====================================  ======  ==========================================================
+
+Redeliveries (at-least-once) never count twice: one Lua script per result compares the frame_id
+with the camera's high-water mark (frame ids rise strictly per camera, and one camera's frames
+are processed in order on one partition) and updates counts, latest and the stream only above it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from .messages import InspectionResult
+
+PREFIX = "linewatch"
+LATEST_TTL_S = 24 * 3600
+WORKER_STALE_S = 30.0
+
+_RECORD = """
+local frame_id = tonumber(ARGV[1])
+local hwm = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if frame_id <= hwm then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+local defect = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[7])
+for i = 2, 3 do
+  redis.call('HINCRBY', KEYS[i], 'inspected', 1)
+  redis.call('HINCRBY', KEYS[i], 'defects', defect)
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+redis.call('HSET', KEYS[4], 'result', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], 'overlay', ARGV[4]) end
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[8]))
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'result', ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[5], ARGV[6])
+return 1
+"""
+
+
+def minute_of(moment: dt.datetime) -> int:
+    return int(moment.timestamp() // 60)
+
+
+def connect(url: str, password: str | None = None) -> redis.Redis:
+    """A Redis client with timeouts (a stalled Redis raises instead of hanging a worker or a page)."""
+    return redis.Redis.from_url(url, password=password, socket_timeout=5, socket_connect_timeout=5,
+                                health_check_interval=30)
+
+
+class LiveStateWriter:
+    """The workers' side. All methods raise ``redis.RedisError`` when Redis is unavailable (callers retry)."""
+
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX, counts_ttl_s: int = 8 * 24 * 3600,
+                 recent_cap: int = 10_000):
+        self.r = client
+        self.p = prefix
+        self.counts_ttl_s = counts_ttl_s
+        self.recent_cap = recent_cap
+        self._record = client.register_script(_RECORD)
+
+    def record(self, results: Sequence[InspectionResult], overlays: dict[int, bytes] | None = None) -> int:
+        """Record inspection results (overlay JPEG bytes by index into ``results``); returns how many were new."""
+        overlays = overlays or {}
+        pipe = self.r.pipeline(transaction=False)
+        for i, res in enumerate(results):
+            f = res.frame
+            minute = minute_of(f.captured_at)
+            keys = [
+                f"{self.p}:hwm:{f.camera_id}",
+                f"{self.p}:counts:camera:{f.camera_id}:{minute}",
+                f"{self.p}:counts:line:{f.line_id}:{minute}",
+                f"{self.p}:latest:{f.camera_id}",
+                f"{self.p}:recent",
+                f"{self.p}:cameras",
+            ]
+            args = [f.frame_id, int(res.verdict == "defect"), res.to_json(), overlays.get(i, b""), f.camera_id,
+                    f.line_id, self.counts_ttl_s, LATEST_TTL_S, self.recent_cap]
+            self._record(keys=keys, args=args, client=pipe)
+        return sum(int(x) for x in pipe.execute())
+
+    def dead_lettered(self, reasons: Iterable[str], moment: dt.datetime | None = None) -> None:
+        """Count dead-lettered frames by reason in the current minute."""
+        reasons = list(reasons)
+        if not reasons:
+            return
+        key = f"{self.p}:dlq:{minute_of(moment or dt.datetime.now(dt.UTC))}"
+        pipe = self.r.pipeline(transaction=False)
+        for reason in reasons:
+            pipe.hincrby(key, reason, 1)
+        pipe.expire(key, self.counts_ttl_s)
+        pipe.execute()
+
+    def heartbeat(self, worker_id: str, info: dict) -> None:
+        """Publish a worker's heartbeat (model version, frames/s, ...); ``last_seen`` is added."""
+        self.r.hset(f"{self.p}:workers", worker_id, json.dumps({**info, "worker_id": worker_id,
+                                                                 "last_seen": time.time()}))
+
+    def worker_gone(self, worker_id: str) -> None:
+        self.r.hdel(f"{self.p}:workers", worker_id)
+
+
+@dataclass
+class Counts:
+    """Inspected frames and defects in a window."""
+
+    inspected: int = 0
+    defects: int = 0
+
+    @property
+    def defect_rate(self) -> float | None:
+        return self.defects / self.inspected if self.inspected else None
+
+
+class LiveStateReader:
+    """The dashboard's side. Raises ``redis.RedisError`` when Redis is unavailable."""
+
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX):
+        self.r = client
+        self.p = prefix
+
+    def cameras(self) -> dict[str, str]:
+        """camera_id -> line_id of every camera that has reported."""
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(f"{self.p}:cameras").items()}
+
+    def counts_per_minute(self, kind: str, ident: str, start: dt.datetime, end: dt.datetime) -> dict[int, Counts]:
+        """Per-minute counts of a ``camera`` or ``line`` between ``start`` and ``end`` (minute -> Counts)."""
+        if kind not in ("camera", "line"):
+            raise ValueError("kind must be 'camera' or 'line'")
+        minutes = list(range(minute_of(start), minute_of(end) + 1))
+        pipe = self.r.pipeline(transaction=False)
+        for m in minutes:
+            pipe.hgetall(f"{self.p}:counts:{kind}:{ident}:{m}")
+        out = {}
+        for m, h in zip(minutes, pipe.execute(), strict=True):
+            if h:
+                out[m] = Counts(int(h.get(b"inspected", 0)), int(h.get(b"defects", 0)))
+        return out
+
+    def totals(self, kind: str, ident: str, start: dt.datetime, end: dt.datetime) -> Counts:
+        """Counts of a camera or line summed over a window."""
+        total = Counts()
+        for c in self.counts_per_minute(kind, ident, start, end).values():
+            total.inspected += c.inspected
+            total.defects += c.defects
+        return total
+
+    def latest(self, camera_id: str) -> tuple[InspectionResult | None, bytes | None]:
+        """The newest result of a camera and its heatmap overlay (JPEG bytes), if any."""
+        h = self.r.hgetall(f"{self.p}:latest:{camera_id}")
+        if not h:
+            return None, None
+        return InspectionResult.from_json(h[b"result"]), h.get(b"overlay")
+
+    def recent(self, count: int = 100) -> list[InspectionResult]:
+        """The newest ``count`` results, newest first."""
+        return [InspectionResult.from_json(fields[b"result"])
+                for _, fields in self.r.xrevrange(f"{self.p}:recent", count=count)]
+
+    def dead_letters(self, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
+        """Dead-lettered frames by reason between ``start`` and ``end``."""
+        pipe = self.r.pipeline(transaction=False)
+        for m in range(minute_of(start), minute_of(end) + 1):
+            pipe.hgetall(f"{self.p}:dlq:{m}")
+        out: dict[str, int] = {}
+        for h in pipe.execute():
+            for k, v in h.items():
+                out[k.decode()] = out.get(k.decode(), 0) + int(v)
+        return out
+
+    def workers(self) -> list[dict]:
+        """Heartbeats of all workers, each with ``alive`` (seen in the last 30 s)."""
+        now = time.time()
+        out = []
+        for raw in self.r.hvals(f"{self.p}:workers"):
+            info = json.loads(raw)
+            info["alive"] = now - float(info.get("last_seen", 0)) < WORKER_STALE_S
+            out.append(info)
+        return sorted(out, key=lambda w: w["worker_id"])

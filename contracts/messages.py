@@ -1,0 +1,154 @@
+"""Message schemas on Kafka: camera frames in, inspection results out. Versioned; every service uses these.
+
+Frame message (topic ``<prefix>.frames``):
+    key      camera id (UTF-8), so one camera's frames stay in order on one partition
+    value    the encoded image exactly as captured (JPEG or PNG bytes)
+    headers  schema, camera_id, line_id, frame_id (decimal, strictly increasing per camera),
+             captured_at (UTC, integer nanoseconds since the epoch), content_type, part_id (optional)
+
+Dead-letter message (topic ``<prefix>.frames.dlq``): the frame's key, value and headers unchanged,
+plus ``dlq.reason`` (a short code), ``dlq.detail``, ``dlq.source`` (topic/partition/offset),
+``dlq.worker`` and ``dlq.at``.
+
+Inspection result (topic ``<prefix>.inspections``, key = camera id, value = JSON of
+:class:`InspectionResult`). Delivery is at-least-once: consumers de-duplicate on (camera_id, frame_id).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+FRAME_SCHEMA = "linewatch.frame/1"
+INSPECTION_SCHEMA = "linewatch.inspection/1"
+CONTENT_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/tiff", "image/webp")
+
+Headers = list[tuple[str, bytes]]
+
+
+class MessageError(ValueError):
+    """A Kafka message that does not follow the frame schema; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    """What a camera says about a frame (the frame message's headers)."""
+
+    camera_id: str
+    line_id: str
+    frame_id: int
+    captured_at_ns: int
+    content_type: str
+    part_id: str | None = None
+
+    @property
+    def captured_at(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.captured_at_ns / 1e9, tz=dt.UTC)
+
+    def headers(self) -> Headers:
+        """Kafka headers of this frame."""
+        out = [
+            ("schema", FRAME_SCHEMA.encode()),
+            ("camera_id", self.camera_id.encode()),
+            ("line_id", self.line_id.encode()),
+            ("frame_id", str(self.frame_id).encode()),
+            ("captured_at", str(self.captured_at_ns).encode()),
+            ("content_type", self.content_type.encode()),
+        ]
+        if self.part_id:
+            out.append(("part_id", self.part_id.encode()))
+        return out
+
+    @classmethod
+    def from_headers(cls, headers: Headers | None) -> FrameMeta:
+        """Parse frame headers.
+
+        Raises:
+            MessageError: ``bad_headers`` when a required header is missing or malformed.
+        """
+        values: dict[str, str] = {}
+        try:
+            for key, value in headers or []:
+                values[key] = value.decode() if value is not None else ""
+        except (UnicodeDecodeError, AttributeError):
+            raise MessageError("bad_headers", "headers are not UTF-8 text") from None
+        missing = [k for k in ("camera_id", "line_id", "frame_id", "captured_at", "content_type") if not values.get(k)]
+        if missing:
+            raise MessageError("bad_headers", f"missing frame headers: {', '.join(missing)}")
+        try:
+            frame_id, captured = int(values["frame_id"]), int(values["captured_at"])
+        except ValueError:
+            raise MessageError("bad_headers", "frame_id and captured_at must be integers") from None
+        if frame_id < 0 or captured <= 0:
+            raise MessageError("bad_headers", "frame_id must be >= 0 and captured_at > 0")
+        return cls(values["camera_id"], values["line_id"], frame_id, captured, values["content_type"],
+                   values.get("part_id") or None)
+
+
+class FrameRef(BaseModel):
+    """Which frame a result is about, and where it was read from."""
+
+    camera_id: str
+    line_id: str
+    frame_id: int
+    part_id: str | None = None
+    captured_at: dt.datetime
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+class RegionOut(BaseModel):
+    """A defect region in original-image pixels (box, area) with the anomaly map's peak inside it."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int
+    peak: float
+
+
+class Latency(BaseModel):
+    """Where the time went, in ms: waiting in Kafka and the batch, decoding, the model, and in all
+    (from ``captured_at`` to the moment the result is written to the SQL store)."""
+
+    queue_wait_ms: float
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class InspectionResult(BaseModel):
+    """The verdict on one frame: written to SQL, Redis and the inspections topic."""
+
+    schema_version: Literal["linewatch.inspection/1"] = INSPECTION_SCHEMA
+    frame: FrameRef
+    width: int
+    height: int
+    model_version: str
+    image_score: float
+    normalized_score: float = Field(description="image score / threshold; above 1.0 is a defect")
+    verdict: Literal["good", "defect"]
+    threshold: float
+    regions: list[RegionOut] = []
+    latency: Latency
+    processed_at: dt.datetime
+    worker_id: str
+    image_uri: str | None = None
+    heatmap_uri: str | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> InspectionResult:
+        return cls.model_validate_json(data)

@@ -1,0 +1,73 @@
+"""From a Kafka frame message to a model input, or to a dead letter with its reason."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from linewatch.contracts.messages import FrameMeta, MessageError
+
+from .imaging import ImageError, decode_image, to_model_input
+
+PREVIEW_SIDE = 640  # overlays for review and the dashboard are drawn at most this large
+
+
+@dataclass
+class RawFrame:
+    """A frame message as consumed: where it came from, its bytes, and when the worker received it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    received_ns: int = field(default_factory=time.time_ns)
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
+
+@dataclass
+class PreparedFrame:
+    """A decoded frame: model input uint8 (3, S, S), a preview uint8 (h, w, 3) RGB for overlays, timings."""
+
+    raw: RawFrame
+    meta: FrameMeta
+    model_input: np.ndarray
+    preview: np.ndarray
+    width: int
+    height: int
+    decode_started_ns: int
+    decode_ms: float
+
+
+@dataclass
+class DeadLetter:
+    """A frame that cannot be inspected and why (``reason`` is a short code, ``detail`` a sentence)."""
+
+    raw: RawFrame
+    reason: str
+    detail: str
+
+
+def prepare_frame(raw: RawFrame, image_size: int, max_pixels: int) -> PreparedFrame | DeadLetter:
+    """Parse headers, check and decode the image, and resize it for the model. Never raises for bad input."""
+    started = time.time_ns()
+    try:
+        meta = FrameMeta.from_headers(raw.headers)
+        rgb = decode_image(raw.value or b"", raw.source, max_pixels)
+        h, w = rgb.shape[:2]
+        scale = PREVIEW_SIDE / max(h, w)
+        preview = rgb if scale >= 1 else cv2.resize(rgb, (round(w * scale), round(h * scale)),
+                                                    interpolation=cv2.INTER_AREA)
+        model_input = to_model_input(rgb, image_size)
+    except (MessageError, ImageError) as exc:
+        return DeadLetter(raw, exc.reason, exc.detail)
+    except (cv2.error, ValueError, OSError, MemoryError) as exc:  # a decoder failing in a way not foreseen
+        return DeadLetter(raw, "undecodable", f"{raw.source}: {type(exc).__name__}: {exc}")
+    return PreparedFrame(raw, meta, model_input, preview, w, h, started, (time.time_ns() - started) / 1e6)

@@ -1,0 +1,67 @@
+"""Kept frames for operator review and retraining: the original bytes and a heatmap overlay, on disk.
+
+Layout: ``<root>/<line_id>/<camera_id>/<YYYY-MM-DD>/<frame_id>.<jpg|png>`` and ``<frame_id>.heatmap.jpg``.
+Rewriting a frame (a redelivery) writes the same bytes to the same paths. URIs are ``file://`` URIs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from linewatch.contracts.messages import FrameMeta
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif", "image/webp": ".webp"}
+
+
+def safe_name(text: str) -> str:
+    """A path component made only of letters, digits, '.', '_' and '-' (never '.' or '..')."""
+    name = _SAFE.sub("_", text).strip(".") or "_"
+    return name
+
+
+def keep_good_sample(camera_id: str, frame_id: int, rate: float) -> bool:
+    """Whether a good frame is sampled for review: a hash of its identity, so a redelivery decides alike."""
+    if rate <= 0:
+        return False
+    digest = hashlib.blake2b(f"{camera_id}:{frame_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def uri_to_path(uri: str) -> Path:
+    """The local path of a ``file://`` URI (or a plain path)."""
+    return Path(uri.removeprefix("file://"))
+
+
+class ImageStore:
+    """A directory of kept frames."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def folder(self, meta: FrameMeta) -> Path:
+        day = meta.captured_at.strftime("%Y-%m-%d")
+        return self.root / safe_name(meta.line_id) / safe_name(meta.camera_id) / day
+
+    def keep(self, meta: FrameMeta, original: bytes, overlay_jpeg: bytes) -> tuple[str, str]:
+        """Write a frame's original bytes and its overlay; returns (image URI, heatmap URI).
+
+        Raises:
+            OSError: the disk refused (full, read-only ...); callers retry.
+        """
+        folder = self.folder(meta)
+        folder.mkdir(parents=True, exist_ok=True)
+        image = folder / f"{meta.frame_id}{_EXT.get(meta.content_type, '.img')}"
+        heatmap = folder / f"{meta.frame_id}.heatmap.jpg"
+        _write_atomic(image, original)
+        _write_atomic(heatmap, overlay_jpeg)
+        return image.as_uri(), heatmap.as_uri()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,163 @@
+"""Storing a scored batch: kept images, the SQL record, Redis live state, the result and dead-letter topics.
+
+Each step is idempotent and retried on its own until it succeeds (or the worker is told to stop),
+and a step that succeeded is not repeated: a Redis outage neither rewrites SQL rows nor counts a
+dead letter twice. Offsets are committed by the caller only after :meth:`ResultStore.store` returns True.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from kafka import KafkaProducer
+from sqlalchemy.engine import Engine
+
+from linewatch.contracts.heatmap import render_overlay
+from linewatch.contracts.live_state import LiveStateWriter
+from linewatch.contracts.messages import InspectionResult
+from linewatch.contracts.settings import KafkaSettings
+from linewatch.contracts.storage import Inspection, insert_ignore_duplicates, upsert_cameras
+
+from .frames import DeadLetter, PreparedFrame
+from .image_store import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoredBatch:
+    """A batch after the model: results aligned with their frames and anomaly maps, plus its dead letters.
+
+    ``keep``: indices of frames to keep in the image store; ``latest``: index of each camera's newest frame.
+    ``offsets``: per (topic, partition), the next offset to commit once the batch is stored.
+    """
+
+    results: list[InspectionResult]
+    frames: list[PreparedFrame]
+    maps: np.ndarray  # float32 (B, S, S)
+    pixel_threshold: float
+    dead: list[DeadLetter]
+    offsets: dict[tuple[str, int], int]
+    keep: set[int] = field(default_factory=set)
+    done: set[str] = field(default_factory=set)
+    overlays: dict[int, bytes] = field(default_factory=dict)
+
+
+class ResultStore:
+    """Writes scored batches to every sink, retrying each sink until it succeeds."""
+
+    def __init__(self, engine: Engine, live: LiveStateWriter, producer: KafkaProducer, kafka: KafkaSettings,
+                 images: ImageStore, worker_id: str, on_retry: Callable[[str, BaseException], None] | None = None):
+        self.engine = engine
+        self.live = live
+        self.producer = producer
+        self.kafka = kafka
+        self.images = images
+        self.worker_id = worker_id
+        self.on_retry = on_retry
+
+    def store(self, batch: ScoredBatch, stop: threading.Event, give_up_after_stop_s: float = 30.0) -> bool:
+        """Run every step not yet done; True when all are done, False if stopped first."""
+        steps = [("overlays", self._overlays), ("images", self._images), ("sql", self._sql),
+                 ("redis", self._redis), ("kafka", self._kafka)]
+        for name, step in steps:
+            if name in batch.done:
+                continue
+            if not self._retry(name, lambda s=step: s(batch), stop, give_up_after_stop_s):
+                return False
+            batch.done.add(name)
+        return True
+
+    def _retry(self, name: str, action: Callable[[], None], stop: threading.Event, grace_s: float) -> bool:
+        delay, stopped_at = 0.2, None
+        while True:
+            try:
+                action()
+                return True
+            except Exception as exc:  # noqa: BLE001 -- any sink failure is retried, never fatal
+                if self.on_retry:
+                    self.on_retry(name, exc)
+                log.warning("storing to %s failed (%s: %s); retrying in %.1f s", name, type(exc).__name__, exc, delay)
+            if stop.is_set():
+                stopped_at = stopped_at or time.monotonic()
+                if time.monotonic() - stopped_at > grace_s:
+                    log.error("giving up on %s after stop; the batch stays uncommitted and will be redelivered", name)
+                    return False
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _overlays(self, b: ScoredBatch) -> None:
+        """Heatmap overlays (JPEG) for kept frames and for each camera's newest frame of the batch."""
+        newest: dict[str, int] = {}
+        for i, frame in enumerate(b.frames):
+            newest[frame.meta.camera_id] = i
+        for i in b.keep | set(newest.values()):
+            frame, res = b.frames[i], b.results[i]
+            overlay = render_overlay(frame.preview, b.maps[i], b.pixel_threshold, score=res.normalized_score)
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if ok:
+                b.overlays[i] = jpeg.tobytes()
+
+    def _images(self, b: ScoredBatch) -> None:
+        for i in sorted(b.keep):
+            frame = b.frames[i]
+            image_uri, heatmap_uri = self.images.keep(frame.meta, frame.raw.value or b"", b.overlays[i])
+            b.results[i].image_uri, b.results[i].heatmap_uri = image_uri, heatmap_uri
+
+    def _sql(self, b: ScoredBatch) -> None:
+        now_ns = time.time_ns()
+        rows, cameras = [], {}
+        for res, frame in zip(b.results, b.frames, strict=True):
+            res.latency.total_ms = (now_ns - frame.meta.captured_at_ns) / 1e6
+            rows.append(_row(res))
+            f = res.frame
+            if f.camera_id not in cameras or cameras[f.camera_id][1] < f.captured_at:
+                cameras[f.camera_id] = (f.line_id, f.captured_at)
+        with self.engine.begin() as conn:
+            upsert_cameras(conn, cameras)
+            insert_ignore_duplicates(conn, Inspection.__table__, rows, ["camera_id", "frame_id"])
+
+    def _redis(self, b: ScoredBatch) -> None:
+        if b.results:
+            self.live.record(b.results, b.overlays)
+        if b.dead:
+            self.live.dead_lettered(d.reason for d in b.dead)
+
+    def _kafka(self, b: ScoredBatch) -> None:
+        futures = [self.producer.send(self.kafka.inspections_topic, key=r.frame.camera_id.encode(), value=r.to_json())
+                   for r in b.results]
+        now = dt.datetime.now(dt.UTC).isoformat().encode()
+        for d in b.dead:
+            headers = list(d.raw.headers or []) + [
+                ("dlq.reason", d.reason.encode()),
+                ("dlq.detail", d.detail.encode()[:4000]),
+                ("dlq.source", d.raw.source.encode()),
+                ("dlq.worker", self.worker_id.encode()),
+                ("dlq.at", now),
+            ]
+            futures.append(self.producer.send(self.kafka.dead_letter_topic, key=d.raw.key, value=d.raw.value,
+                                              headers=headers))
+        self.producer.flush(timeout=60)
+        for fut in futures:
+            fut.get(timeout=0)  # raises the delivery error, if any
+
+
+def _row(r: InspectionResult) -> dict:
+    f = r.frame
+    return {
+        "camera_id": f.camera_id, "line_id": f.line_id, "frame_id": f.frame_id, "part_id": f.part_id,
+        "captured_at": f.captured_at, "processed_at": r.processed_at, "model_version": r.model_version,
+        "image_score": r.image_score, "normalized_score": r.normalized_score, "verdict": r.verdict,
+        "threshold": r.threshold, "regions": [g.model_dump() for g in r.regions], "width": r.width,
+        "height": r.height, "queue_wait_ms": r.latency.queue_wait_ms, "decode_ms": r.latency.decode_ms,
+        "inference_ms": r.latency.inference_ms, "total_ms": r.latency.total_ms, "worker_id": r.worker_id,
+        "image_uri": r.image_uri, "heatmap_uri": r.heatmap_uri, "kafka_topic": f.topic,
+        "kafka_partition": f.partition, "kafka_offset": f.offset,
+    }

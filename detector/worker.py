@@ -1,0 +1,390 @@
+"""The detector worker: a Kafka consumer-group member that inspects frames in micro-batches.
+
+Pipeline (each stage a thread, connected by queues of one batch, so decoding, inference and
+storing of consecutive batches overlap)::
+
+    consumer (main thread) --raw batch--> decode --prepared--> inference --scored--> store
+          ^                                                                            |
+          +---------------------- stored: commit its offsets -------------------------+
+
+Delivery is at-least-once: a batch's offsets are committed only after its results are in SQL,
+Redis and the inspections topic (and its dead letters in the dead-letter topic). Every write is
+idempotent per (camera_id, frame_id), so a redelivered frame never makes a second row or count.
+On a rebalance the worker first finishes and commits what it has in flight; on SIGTERM or SIGINT it
+finishes, stores and commits, then leaves the group.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from kafka import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from linewatch.contracts.kafka import make_consumer, make_producer
+from linewatch.contracts.live_state import LiveStateWriter, connect
+from linewatch.contracts.messages import FrameRef, InspectionResult, Latency, RegionOut
+from linewatch.contracts.settings import Settings
+from linewatch.contracts.storage import make_engine, migrate
+
+from . import telemetry
+from .batching import BatchCollector
+from .frames import DeadLetter, PreparedFrame, RawFrame, prepare_frame
+from .image_store import ImageStore, keep_good_sample
+from .result_store import ResultStore, ScoredBatch
+from .scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class _RawBatch:
+    frames: list[RawFrame]
+    offsets: dict[tuple[str, int], int]
+
+
+@dataclass
+class _PreparedBatch:
+    frames: list[PreparedFrame]
+    dead: list[DeadLetter]
+    offsets: dict[tuple[str, int], int]
+
+
+class DetectorWorker:
+    """One worker process's consumer, pipeline and sinks.
+
+    Args:
+        settings: all settings (Kafka, Redis, SQL, detector section).
+        model_dir: the model to score with (a new version can be swapped in with :meth:`swap_model`).
+        worker_id: the name in heartbeats and results (default ``<host>-<pid>``).
+    Raises (constructor):
+        ModelFileError, WeightsNotFoundError: the model cannot be loaded.
+    """
+
+    def __init__(self, settings: Settings, model_dir: Path, worker_id: str | None = None):
+        self.settings = settings
+        self.det = settings.detector
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.scorer = Scorer(model_dir, self.det.device, settings.backbone.weights)
+        self._next_scorer: Scorer | None = None
+        self.stop_event = threading.Event()
+        self.failed: BaseException | None = None
+        self.started_at = time.time()
+        self.inspected = 0
+        self.dead_lettered = 0
+        self.assigned: list[str] = []
+        self.lag: dict[str, int] = {}
+        self._fps = _Rate()
+        self._q_raw: queue.Queue = queue.Queue(maxsize=1)
+        self._q_prepared: queue.Queue = queue.Queue(maxsize=1)
+        self._q_scored: queue.Queue = queue.Queue(maxsize=1)
+        self._q_done: queue.Queue = queue.Queue()
+        self._inflight = 0
+        self._decode_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
+        telemetry.MODEL_INFO.labels(version=self.scorer.version).set(1)
+
+    # ---- public control -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish the batches in flight, store and commit them, then leave the group (thread-safe)."""
+        self.stop_event.set()
+
+    def swap_model(self, model_dir: Path) -> None:
+        """Load another model now and switch to it between two batches (thread-safe; raises on a bad model)."""
+        scorer = Scorer(model_dir, self.det.device, self.settings.backbone.weights)
+        self._next_scorer = scorer
+        log.info("model %s loaded; switching after the current batch", scorer.version)
+
+    @property
+    def model_version(self) -> str:
+        return self.scorer.version
+
+    # ---- main loop --------------------------------------------------------------------------------------
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Consume until stopped; returns the process exit code (0 after a clean stop)."""
+        s = self.settings
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.request_stop())
+        engine = make_engine(s.database_url, s.database.pool_size)
+        migrate(engine)
+        redis_client = connect(s.redis.url, s.redis.password.get_secret_value() if s.redis.password else None)
+        live = LiveStateWriter(redis_client, counts_ttl_s=s.redis.counts_ttl_s, recent_cap=s.redis.recent_results_cap)
+        producer = make_producer(s.kafka)
+        self.store = ResultStore(engine, live, producer, s.kafka, ImageStore(s.image_store_root), self.worker_id,
+                                 on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc())
+        self.live = live
+        self.consumer = make_consumer(s.kafka, self.det.group_id)
+        self.consumer.subscribe([s.kafka.frames_topic], listener=_Rebalance(self))
+        threads = [threading.Thread(target=self._guard(f), name=n, daemon=True) for f, n in
+                   ((self._decode_stage, "decode"), (self._inference_stage, "inference"), (self._store_stage, "store"),
+                    (self._heartbeat_loop, "heartbeat"))]
+        for t in threads:
+            t.start()
+        log.info("worker %s consuming %s in group %s with model %s on %s", self.worker_id, s.kafka.frames_topic,
+                 self.det.group_id, self.scorer.version, self.scorer.device)
+        collector: BatchCollector[RawFrame] = BatchCollector(self.det.max_batch, self.det.max_wait_ms)
+        self._collector = collector
+        try:
+            while not self.stop_event.is_set():
+                self._commit_done(block=False)
+                if self._inflight >= 3:
+                    self._commit_done(block=True, timeout=0.1)
+                    continue
+                if collector.room:
+                    polled = self.consumer.poll(timeout_ms=collector.wait_ms(), max_records=collector.room)
+                    collector.add(_raw_frames(polled))
+                if collector.ready():
+                    self._submit(collector.take())
+            if collector.items:
+                self._submit(collector.take())
+            self._drain(timeout_s=60)
+        finally:
+            self.stop_event.set()
+            self._q_raw.put(_STOP)
+            for t in threads:
+                t.join(timeout=10)
+            self._close(producer, live)
+            engine.dispose()
+        if self.failed is not None:
+            log.error("worker stopped after a fatal error: %r", self.failed)
+            return 1
+        log.info("worker %s stopped cleanly after %d inspections", self.worker_id, self.inspected)
+        return 0
+
+    def _close(self, producer, live: LiveStateWriter) -> None:
+        try:
+            self.consumer.close(autocommit=False)  # leaves the group, so its partitions move at once
+        except KafkaError as exc:
+            log.warning("consumer close: %s", exc)
+        producer.close(timeout=10)
+        try:
+            live.worker_gone(self.worker_id)
+        except Exception as exc:  # noqa: BLE001 -- Redis may be the reason we are stopping
+            log.debug("could not remove heartbeat: %s", exc)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, frames: list[RawFrame]) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        for f in frames:
+            key = (f.topic, f.partition)
+            offsets[key] = max(offsets.get(key, 0), f.offset + 1)
+        self._inflight += 1
+        self._q_raw.put(_RawBatch(frames, offsets))
+
+    def _commit_done(self, block: bool, timeout: float = 0.0) -> None:
+        """Commit the offsets of every batch the store stage has finished (in submission order)."""
+        while True:
+            try:
+                offsets = self._q_done.get(block=block, timeout=timeout if block else None)
+            except queue.Empty:
+                return
+            block = False
+            self._inflight -= 1
+            commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+            try:
+                self.consumer.commit(commit)
+            except CommitFailedError as exc:
+                # The group moved on (a rebalance); the new owner re-reads these frames and the idempotent
+                # writes ignore them.
+                log.warning("offset commit rejected after a rebalance: %s", exc)
+            except KafkaError as exc:
+                log.warning("offset commit failed (%s); these frames will be redelivered and deduplicated", exc)
+            for tp, om in commit.items():
+                high = self.consumer.highwater(tp)
+                if high is not None:
+                    self.lag[f"{tp.topic}/{tp.partition}"] = max(0, high - om.offset)
+                    telemetry.CONSUMER_LAG.labels(partition=str(tp.partition)).set(max(0, high - om.offset))
+
+    def _drain(self, timeout_s: float) -> None:
+        """Wait until every submitted batch is stored and committed, at most ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self._inflight > 0 and time.monotonic() < deadline and self.failed is None:
+            self._commit_done(block=True, timeout=0.1)
+        if self._inflight:
+            log.warning("%d batch(es) not stored in time; their frames stay uncommitted", self._inflight)
+
+    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Before giving partitions away: push the open batch through and commit everything in flight."""
+        if self._collector.items:
+            self._submit(self._collector.take())
+        self._drain(timeout_s=self.settings.kafka.max_poll_interval_ms / 2000)
+
+    # ---- pipeline stages (each in its own thread) ------------------------------------------------------
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # a bug, not bad input: stop without committing what is unstored
+                log.exception("pipeline stage %s crashed", threading.current_thread().name)
+                self.failed = exc
+                self.stop_event.set()
+        return run
+
+    def _decode_stage(self) -> None:
+        while True:
+            batch = self._q_raw.get()
+            if batch is _STOP:
+                self._q_prepared.put(_STOP)
+                return
+            size, limit = self.scorer.image_size, self.det.max_pixels
+            out = list(self._decode_pool.map(lambda f: prepare_frame(f, size, limit), batch.frames))
+            frames = [o for o in out if isinstance(o, PreparedFrame)]
+            dead = [o for o in out if isinstance(o, DeadLetter)]
+            for d in dead:
+                log.warning("dead-lettering %s: %s (%s)", d.raw.source, d.reason, d.detail)
+            self._q_prepared.put(_PreparedBatch(frames, dead, batch.offsets))
+
+    def _inference_stage(self) -> None:
+        while True:
+            batch = self._q_prepared.get()
+            if batch is _STOP:
+                self._q_scored.put(_STOP)
+                return
+            if self._next_scorer is not None:  # model rollout: switch between batches only
+                self.scorer, self._next_scorer = self._next_scorer, None
+                telemetry.MODEL_INFO.clear()
+                telemetry.MODEL_INFO.labels(version=self.scorer.version).set(1)
+                log.info("now scoring with model %s", self.scorer.version)
+            self._q_scored.put(self._score(batch))
+
+    def _score(self, batch: _PreparedBatch) -> ScoredBatch:
+        scorer = self.scorer
+        frames = batch.frames
+        if frames and frames[0].model_input.shape[-1] != scorer.image_size:  # a swap changed the input size
+            redo = [prepare_frame(f.raw, scorer.image_size, self.det.max_pixels) for f in frames]
+            frames = [f for f in redo if isinstance(f, PreparedFrame)]
+        results: list[InspectionResult] = []
+        keep: set[int] = set()
+        maps = np.zeros((0, scorer.image_size, scorer.image_size), dtype=np.float32)
+        if frames:
+            t0 = time.perf_counter()
+            scores = scorer.score(np.stack([f.model_input for f in frames]))
+            inference_ms = (time.perf_counter() - t0) * 1000
+            telemetry.INFERENCE_SECONDS.observe(inference_ms / 1000)
+            telemetry.BATCH_SIZE.observe(len(frames))
+            maps = scores.anomaly_maps[:, 0]
+            now = dt.datetime.now(dt.UTC)
+            for i, f in enumerate(frames):
+                defect = bool(scores.is_defect[i])
+                regions = scorer.regions(maps[i], (f.height, f.width)) if defect else []
+                m = f.meta
+                results.append(InspectionResult(
+                    frame=FrameRef(camera_id=m.camera_id, line_id=m.line_id, frame_id=m.frame_id, part_id=m.part_id,
+                                   captured_at=m.captured_at, topic=f.raw.topic, partition=f.raw.partition,
+                                   offset=f.raw.offset),
+                    width=f.width, height=f.height, model_version=scorer.version,
+                    image_score=float(scores.image_scores[i]), normalized_score=float(scores.normalized[i]),
+                    verdict="defect" if defect else "good", threshold=scorer.image_threshold,
+                    regions=[RegionOut(**r.__dict__) for r in regions],
+                    latency=Latency(queue_wait_ms=(f.decode_started_ns - m.captured_at_ns) / 1e6,
+                                    decode_ms=f.decode_ms, inference_ms=inference_ms, total_ms=0.0),
+                    processed_at=now, worker_id=self.worker_id,
+                ))
+                if defect or keep_good_sample(m.camera_id, m.frame_id, self.det.good_sample_rate):
+                    keep.add(i)
+        return ScoredBatch(results, frames, maps, scorer.pixel_threshold, batch.dead, batch.offsets, keep)
+
+    def _store_stage(self) -> None:
+        while True:
+            batch = self._q_scored.get()
+            if batch is _STOP:
+                return
+            if not self.store.store(batch, self.stop_event):
+                continue  # stopped while a sink was down: leave the batch uncommitted
+            for r in batch.results:
+                telemetry.INSPECTED.labels(verdict=r.verdict).inc()
+                telemetry.LATENCY_SECONDS.observe(r.latency.total_ms / 1000)
+            for d in batch.dead:
+                telemetry.DEAD_LETTERED.labels(reason=d.reason).inc()
+            self.inspected += len(batch.results)
+            self.dead_lettered += len(batch.dead)
+            self._fps.add(len(batch.results))
+            self._q_done.put(batch.offsets)
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_event.wait(2.0):
+            try:
+                self.live.heartbeat(self.worker_id, {
+                    "model_version": self.scorer.version, "frames_per_s": round(self._fps.rate(), 2),
+                    "inspected": self.inspected, "dead_lettered": self.dead_lettered,
+                    "partitions": self.assigned, "lag": self.lag, "device": str(self.scorer.device),
+                    "host": socket.gethostname(), "pid": os.getpid(), "started_at": self.started_at,
+                })
+            except Exception as exc:  # noqa: BLE001 -- a missed heartbeat is not worth stopping for
+                log.debug("heartbeat failed: %s", exc)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: DetectorWorker):
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):  # type: ignore[override]
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+        self.worker.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned):  # type: ignore[override]
+        self.worker.assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
+        log.info("partitions assigned: %s", self.worker.assigned)
+
+
+class _Rate:
+    """Frames per second over the last 10 s."""
+
+    def __init__(self, window_s: float = 10.0):
+        self.window_s = window_s
+        self.events: list[tuple[float, int]] = []
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.events.append((time.monotonic(), n))
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        with self.lock:
+            self.events = [(t, n) for t, n in self.events if now - t <= self.window_s]
+            return sum(n for _, n in self.events) / self.window_s
+
+
+def _raw_frames(polled: dict) -> list[RawFrame]:
+    out = []
+    for tp, records in polled.items():
+        for r in records:
+            out.append(RawFrame(tp.topic, tp.partition, r.offset, r.key, r.value, list(r.headers or [])))
+    return out
+
+
+def run_worker(settings: Settings, model_dir: Path, threads: int | None = None) -> int:
+    """Entry point of ``linewatch detect``: run one worker until SIGTERM/SIGINT; returns the exit code."""
+    if threads:
+        torch.set_num_threads(threads)
+    worker = DetectorWorker(settings, model_dir)
+    server = None
+    if settings.detector.metrics_port:
+        from linewatch.contracts.observability import serve_metrics
+
+        server = serve_metrics(settings.detector.metrics_port, ready=lambda: not worker.stop_event.is_set())
+    try:
+        return worker.run()
+    finally:
+        if server is not None:
+            server.shutdown()

@@ -1,0 +1,5 @@
+"""``python -m linewatch`` runs the ``linewatch`` command."""
+
+from linewatch.cli import app
+
+app()

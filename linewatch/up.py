@@ -1,0 +1,286 @@
+"""``linewatch up``: the whole system on one machine, on embedded defaults.
+
+Starts what is not configured (a tansu Kafka-protocol broker, a ``redis-server``, a SQLite file in
+the state directory), a model (trained on the MVTec AD bottle images when none is given, then
+cached), N detector workers, the dashboard, and one camera replaying the bottle test images. Every
+service runs as its own ``linewatch`` process, exactly as in production. A console line shows
+frames/s, defect rate and latency; with ``max_frames`` it stops after that many inspections and
+prints a JSON summary. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select
+
+from linewatch.contracts.kafka import ensure_topics
+from linewatch.contracts.live_state import LiveStateReader, connect
+from linewatch.contracts.settings import Settings
+from linewatch.contracts.storage import Inspection, make_engine, migrate
+
+from .embedded import EmbeddedServiceError, ManagedProcess, redis_server, tansu_broker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "bottle-default"
+
+
+@dataclass
+class UpOptions:
+    """What ``linewatch up`` runs."""
+
+    max_frames: int | None = None
+    workers: int = 1
+    fps: float = 10.0
+    model: Path | None = None
+    source: Path | None = None
+    camera_id: str = "cam-1"
+    line_id: str = "line-1"
+    dashboard: bool = True
+    dashboard_port: int = 8501
+    epochs: int | None = None
+
+
+@dataclass
+class _Children:
+    services: list[ManagedProcess] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+
+def default_model_dir(settings: Settings) -> Path:
+    return settings.state_dir / "models" / DEFAULT_MODEL_NAME
+
+
+def ensure_default_model(settings: Settings, epochs: int | None = None) -> Path:
+    """The cached default model, trained on ``<data_root>/mvtec_ad/bottle`` train/good the first time.
+
+    Raises:
+        DatasetError: the bottle images are not where ``data_root`` says.
+    """
+    from linewatch.detector.datasets import open_dataset
+    from linewatch.detector.model_files import ModelFileError, read_metadata
+    from linewatch.detector.training import TrainConfig, train
+
+    out = default_model_dir(settings)
+    with contextlib.suppress(ModelFileError):
+        read_metadata(out)
+        return out
+    data = settings.data_root / "mvtec_ad" / "bottle"
+    dataset = open_dataset(data)
+    recipe = settings.training.model_dump()
+    if epochs:
+        recipe["epochs"] = epochs
+    config = TrainConfig(backbone=settings.backbone.name, teacher_weights=settings.backbone.weights,
+                         device=settings.detector.device, **recipe)
+    print(f"No model given: training the default model on {data}/train/good "
+          f"({len(dataset.train)} images, {config.epochs} epochs); it is cached in {out}", flush=True)
+    train(dataset.train, out, config)
+    return out
+
+
+class Up:
+    """One run of the embedded system."""
+
+    def __init__(self, settings: Settings, options: UpOptions):
+        self.options = options
+        self.settings = settings
+        self.state = settings.state_dir.resolve()
+        self.logs = self.state / "logs"
+        self.children = _Children()
+        self.stopping = False
+
+    def run(self) -> int:
+        o = self.options
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        try:
+            env = self._start_infrastructure()
+            model = o.model or ensure_default_model(self.settings, o.epochs)
+            self.settings = Settings()  # re-read: the environment now points at the embedded services
+            migrate(self.settings.database_url)
+            ensure_topics(self.settings.kafka)
+            started = dt.datetime.now(dt.UTC)
+            for i in range(o.workers):
+                self._spawn(f"worker-{i + 1}", ["detect", "--model", str(model)], env)
+            self._wait_for_workers(o.workers)
+            if o.dashboard:
+                self._spawn("dashboard", ["dashboard", "--port", str(o.dashboard_port)], env)
+                print(f"dashboard: http://localhost:{o.dashboard_port}", flush=True)
+            source = o.source or (self.settings.data_root / "mvtec_ad" / "bottle" / "test")
+            camera = ["ingest", "--camera-id", o.camera_id, "--line-id", o.line_id, "--source", str(source),
+                      "--fps", str(o.fps), "--loop"]
+            if o.max_frames:
+                camera += ["--max-frames", str(o.max_frames)]
+            self._spawn("camera", camera, env, capture_stdout=True)
+            summary = self._watch(started)
+        except (EmbeddedServiceError, FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            self._stop_all()
+        if summary is not None:
+            print(json.dumps(summary, indent=2))
+        return 0
+
+    # ---- infrastructure -----------------------------------------------------------------------------
+
+    def _start_infrastructure(self) -> dict[str, str]:
+        """Start the embedded broker and Redis where none is configured; returns the children's environment."""
+        env = {"LINEWATCH_STATE_DIR": str(self.state), "LINEWATCH_DATA_ROOT": str(self.settings.data_root)}
+        if not self.settings.kafka.bootstrap_servers:
+            broker = tansu_broker(self.state / "tansu").start()
+            self.children.services.append(broker)
+            env["LINEWATCH_KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{broker.port}"
+            # tansu holds a group join for half the session timeout: keep it short so rebalances are quick.
+            env["LINEWATCH_KAFKA__SESSION_TIMEOUT_MS"] = "6000"
+            env["LINEWATCH_KAFKA__HEARTBEAT_INTERVAL_MS"] = "1000"
+            print(f"embedded Kafka broker (tansu) on 127.0.0.1:{broker.port}", flush=True)
+        if not self.settings.redis.url:
+            redis_proc = redis_server(self.state / "redis").start()
+            self.children.services.append(redis_proc)
+            env["LINEWATCH_REDIS__URL"] = f"redis://127.0.0.1:{redis_proc.port}/0"
+            print(f"embedded Redis on 127.0.0.1:{redis_proc.port}", flush=True)
+        os.environ.update(env)
+        return env
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], capture_stdout: bool = False) -> None:
+        logfile = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 -- lives as long as the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "linewatch", *args], env={**os.environ, **env},
+            stdout=subprocess.PIPE if capture_stdout else logfile, stderr=logfile, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.children.processes[name] = proc
+
+    def _wait_for_workers(self, n: int, timeout_s: float = 180.0) -> None:
+        """Wait until ``n`` workers send heartbeats, so the first frames do not wait for a group join."""
+        reader = LiveStateReader(connect(self.settings.redis.url))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stopping:
+            if len([w for w in reader.workers() if w["alive"]]) >= n:
+                return
+            for name, proc in self.children.processes.items():
+                if proc.poll() is not None:
+                    raise ValueError(f"{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}")
+            time.sleep(0.5)
+        if not self.stopping:
+            raise ValueError(f"workers did not report within {timeout_s:.0f} s; see {self.logs}")
+
+    # ---- watching -----------------------------------------------------------------------------------
+
+    def _watch(self, started: dt.datetime) -> dict | None:
+        """Print a status line every second; returns the summary when ``max_frames`` are done."""
+        engine = make_engine(self.settings.database_url)
+        reader = LiveStateReader(connect(self.settings.redis.url))
+        camera = self.children.processes["camera"]
+        t0, last_n, last_t = time.monotonic(), 0, time.monotonic()
+        published: dict | None = None
+        target = self.options.max_frames
+        try:
+            while not self.stopping:
+                time.sleep(1.0)
+                n, defects = _count(engine, started)
+                dead = sum(reader.dead_letters(started, dt.datetime.now(dt.UTC)).values())
+                now = time.monotonic()
+                fps = (n - last_n) / (now - last_t)
+                last_n, last_t = n, now
+                lat = [r.latency.total_ms for r in reader.recent(200)]
+                p50, p99 = (np.percentile(lat, [50, 99]) if lat else (float("nan"),) * 2)
+                rate = defects / n if n else 0.0
+                print(f"\r{n} inspected  {fps:5.1f} frames/s  defect rate {rate:6.1%}  dead-lettered {dead}  "
+                      f"latency p50 {p50:6.0f} ms  p99 {p99:6.0f} ms", end="", flush=True)
+                if camera.poll() is not None and published is None:
+                    out = camera.stdout.read().decode() if camera.stdout else ""
+                    published = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+                if target and n + dead >= target:
+                    print(flush=True)
+                    return self._summary(engine, reader, started, published, t0)
+                for name, proc in self.children.processes.items():
+                    if name != "camera" and proc.poll() is not None:
+                        print(f"\n{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}",
+                              file=sys.stderr)
+                        return None
+        finally:
+            print(flush=True)
+            engine.dispose()
+        return None
+
+    def _summary(self, engine, reader: LiveStateReader, started: dt.datetime, published: dict | None,
+                 t0: float) -> dict:
+        camera = self.children.processes["camera"]
+        if published is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                camera.wait(30)
+            out = camera.stdout.read().decode() if camera.stdout else ""
+            published = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        with engine.connect() as conn:
+            rows = conn.execute(select(Inspection.total_ms, Inspection.verdict, Inspection.model_version)
+                                .where(Inspection.captured_at >= started)).all()
+        latency = np.array([r.total_ms for r in rows]) if rows else np.array([np.nan])
+        elapsed = time.monotonic() - t0
+        return {
+            "published": published.get("published"),
+            "inspected": len(rows),
+            "defects": sum(r.verdict == "defect" for r in rows),
+            "dead_lettered": sum(reader.dead_letters(started, dt.datetime.now(dt.UTC)).values()),
+            "latency_ms": {"p50": round(float(np.percentile(latency, 50)), 1),
+                           "p99": round(float(np.percentile(latency, 99)), 1)},
+            "frames_per_s": round(len(rows) / elapsed, 2) if elapsed else None,
+            "model_versions": sorted({r.model_version for r in rows}),
+            "workers": self.options.workers,
+            "state_dir": str(self.state),
+        }
+
+    # ---- stopping -----------------------------------------------------------------------------------
+
+    def _on_signal(self, *_: object) -> None:
+        self.stopping = True
+
+    def _stop_all(self) -> None:
+        """SIGTERM the services (camera first, so workers get its last frames), then the infrastructure."""
+        order = ["camera"] + [n for n in self.children.processes if n != "camera"]
+        for name in order:
+            proc = self.children.processes.get(name)
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for name in order:
+            proc = self.children.processes.get(name)
+            if proc is None:
+                continue
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        for service in reversed(self.children.services):
+            service.stop()
+
+
+def _count(engine, started: dt.datetime) -> tuple[int, int]:
+    with engine.connect() as conn:
+        total, defects = conn.execute(
+            select(func.count(), func.count().filter(Inspection.verdict == "defect"))
+            .where(Inspection.captured_at >= started)
+        ).one()
+    return int(total), int(defects)
+
+
+def run_up(settings: Settings, options: UpOptions) -> int:
+    """Entry point of ``linewatch up``; returns the exit code."""
+    return Up(settings, options).run()
+
