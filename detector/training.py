@@ -28,7 +28,7 @@ from .backbones import backbone_spec, build_student, build_teacher, sha256_file
 from .calibration import score_statistics, threshold_at_rate
 from .devices import autocast, resolve_device
 from .imaging import DEFAULT_MAX_PIXELS, read_image, to_model_input
-from .model_files import content_hash, save_model
+from .model_files import content_hash, read_metadata, save_model
 from .stpm import STPM, image_scores, pyramid_loss
 
 
@@ -265,7 +265,7 @@ def train(
         **(extra_metadata or {}),
     }
     model_dir = save_model(out_dir, model.student.state_dict(), metadata)
-    return TrainResult(model_dir=model_dir, metadata=metadata, history=history)
+    return TrainResult(model_dir=model_dir, metadata=read_metadata(model_dir), history=history)
 
 
 def _version() -> str:

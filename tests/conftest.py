@@ -1,0 +1,78 @@
+"""Shared pytest fixtures.
+
+Real services (session-scoped, started on first use, stopped at session end): ``apache_kafka``,
+``postgres_server``, ``redis_service`` (+ ``redis_url``). Their system packages come from
+``scripts/install-system-deps.sh``; a missing one fails the test with that hint rather than skipping it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from linewatch.embedded import EmbeddedServiceError, ManagedProcess, redis_server
+
+# tests/ is on sys.path (pytest's rootdir-less conftest), so its services package imports as `services`.
+from services.apache_kafka import ApacheKafka
+from services.postgres import PostgresServer
+
+INSTALL_HINT = "run scripts/install-system-deps.sh"
+
+
+def _failure(error: EmbeddedServiceError) -> BaseException:
+    """The exception that fails the requesting test (a missing service is an error, not a skip)."""
+    message = str(error)
+    if INSTALL_HINT not in message:
+        message += f"\n(if a system package is missing: {INSTALL_HINT})"
+    return pytest.fail.Exception(message, pytrace=False)
+
+
+def _start(service: ApacheKafka | PostgresServer | ManagedProcess) -> None:
+    """Start ``service``, or fail the requesting test saying why."""
+    try:
+        service.start()
+    except EmbeddedServiceError as exc:
+        raise _failure(exc) from None
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    """A single-node Apache Kafka (KRaft); ``.bootstrap_servers`` is ``127.0.0.1:<port>``."""
+    kafka = ApacheKafka(tmp_path_factory.mktemp("kafka"))
+    try:
+        _start(kafka)
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server with database ``linewatch``; ``.url`` is its SQLAlchemy URL."""
+    postgres = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        _start(postgres)
+        yield postgres
+    finally:
+        postgres.close()
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """A ``redis-server`` on a free port (``.port``); see ``redis_url``."""
+    try:
+        redis = redis_server(tmp_path_factory.mktemp("redis"))
+    except EmbeddedServiceError as exc:
+        raise _failure(exc) from None
+    try:
+        _start(redis)
+        yield redis
+    finally:
+        redis.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_service: ManagedProcess) -> str:
+    """``redis://127.0.0.1:<port>/0`` of ``redis_service``."""
+    return f"redis://127.0.0.1:{redis_service.port}/0"

@@ -1,0 +1,262 @@
+"""A single-node Apache Kafka (KRaft, combined broker + controller) for integration tests.
+
+The broker's jars come from Maven Central: :func:`kafka_libs` runs Maven on ``kafka/pom.xml`` once
+and caches the jars under ``<repo>/.cache/kafka-<version>/libs`` (Maven keeps its own download
+cache in ``~/.m2``). Java and Maven come from ``scripts/install-system-deps.sh``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from linewatch.embedded import EmbeddedServiceError, ManagedProcess, free_port
+
+POM = Path(__file__).parent / "kafka" / "pom.xml"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INSTALL_HINT = "run scripts/install-system-deps.sh"
+
+# Broker settings for a one-node test cluster; listeners, ports and paths are added per instance.
+BROKER_CONFIG = {
+    "process.roles": "broker,controller",
+    "node.id": "1",
+    "controller.listener.names": "CONTROLLER",
+    "inter.broker.listener.name": "PLAINTEXT",
+    "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+    "auto.create.topics.enable": "false",
+    "num.partitions": "1",
+    "default.replication.factor": "1",
+    "offsets.topic.replication.factor": "1",
+    # The default 50 partitions make the first consumer-group join slow on a 2-core machine.
+    "offsets.topic.num.partitions": "5",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "transaction.state.log.num.partitions": "5",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    "message.max.bytes": str(20 * 1024 * 1024),
+    "replica.fetch.max.bytes": str(20 * 1024 * 1024),
+}
+
+# WARN and above to stdout, which ManagedProcess sends to <workdir>/kafka.log. Log4j's shutdown hook
+# is off because Kafka stops itself from its own hook, and log4j then complains on stderr.
+LOG4J2_CONFIG = """\
+status = warn
+shutdownHook = disable
+appender.out.type = Console
+appender.out.name = out
+appender.out.target = SYSTEM_OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+"""
+
+JVM_OPTIONS = ["-Xms64m", "-Xmx512m", "-Djava.awt.headless=true"]
+
+
+def kafka_version() -> str:
+    """The Kafka version pinned by the ``kafka.version`` property of ``kafka/pom.xml``.
+
+    Raises:
+        ValueError: the pom has no ``kafka.version`` property.
+    """
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = ET.parse(POM).getroot().findtext("m:properties/m:kafka.version", namespaces=ns)
+    if not version:
+        raise ValueError(f"{POM} has no <kafka.version> property")
+    return version.strip()
+
+
+def _require(command: str) -> str:
+    """The path of ``command`` on PATH.
+
+    Raises:
+        EmbeddedServiceError: it is not installed.
+    """
+    path = shutil.which(command)
+    if path is None:
+        raise EmbeddedServiceError(f"{command} not found (needed for Apache Kafka): {INSTALL_HINT}")
+    return path
+
+
+def kafka_libs() -> Path:
+    """The directory of the broker's jars, resolved from Maven Central on first use.
+
+    The jars are copied into a scratch directory that is renamed into place only once Maven
+    succeeds, so an interrupted download is never mistaken for a complete one. A stamp of the pom's
+    hash makes an edited pom trigger a fresh resolution.
+
+    Raises:
+        EmbeddedServiceError: Maven is not installed, or it failed (the message has its output).
+    """
+    libs = REPO_ROOT / ".cache" / f"kafka-{kafka_version()}" / "libs"
+    stamp = hashlib.sha256(POM.read_bytes()).hexdigest()
+    stamp_file = libs / ".pom-sha256"
+    if stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return libs
+    mvn = _require("mvn")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    scratch = libs.parent / f"libs.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        result = subprocess.run(
+            [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={scratch}"],
+            capture_output=True, text=True, timeout=900,
+        )
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).strip()[-3000:]
+            raise EmbeddedServiceError(f"Maven could not resolve Kafka's jars from {POM}:\n{output}")
+        (scratch / ".pom-sha256").write_text(stamp)
+        shutil.rmtree(libs, ignore_errors=True)
+        scratch.rename(libs)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return libs
+
+
+def _cluster_id() -> str:
+    """A random Kafka cluster id: a UUID in URL-safe base64, not starting with '-' (the CLI would read an option)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+class ApacheKafka:
+    """One Apache Kafka node (broker + KRaft controller) on ``127.0.0.1``, with its data in ``workdir``.
+
+    The storage is formatted by the first :meth:`start` unless ``workdir`` already holds one; later
+    starts reuse it, so acknowledged messages survive :meth:`restart`. The broker's log (WARN and
+    above) is ``workdir/kafka.log``.
+
+    Args:
+        workdir: config, data and log directory (created if missing).
+        port: the client (PLAINTEXT) port; a free one if None. The controller gets another free port.
+    """
+
+    start_timeout_s = 120.0
+    ready_timeout_s = 60.0
+    stop_timeout_s = 30.0
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        self._process: ManagedProcess | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "kafka.log"
+
+    def start(self) -> ApacheKafka:
+        """Start the node (resolving jars and formatting storage first if needed) and wait until it serves.
+
+        Raises:
+            EmbeddedServiceError: Java or Maven missing, formatting failed, the process exited, or the
+                broker did not answer a metadata request within ``ready_timeout_s`` (the message has
+                the log's tail).
+        """
+        if self._process is None:
+            self._process = self._prepare()
+        self._process.start()
+        self._wait_until_serving()
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the node: a clean shutdown, or SIGKILL with ``kill`` (data already written survives either way)."""
+        if self._process is not None:
+            self._process.stop(timeout_s=self.stop_timeout_s, kill=kill)
+
+    def restart(self) -> ApacheKafka:
+        """Stop cleanly and start again on the same ports and data."""
+        self.stop()
+        return self.start()
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.running()
+
+    def tail(self, lines: int = 40) -> str:
+        """The last ``lines`` of the broker's log."""
+        return self._process.tail(lines) if self._process else "(not started)"
+
+    def _prepare(self) -> ManagedProcess:
+        """Write the configs, format the storage once, and return the (not yet started) broker process.
+
+        Raises:
+            EmbeddedServiceError: Java or Maven missing, or the storage tool failed.
+        """
+        java = _require("java")
+        classpath = str(kafka_libs() / "*")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "server.properties"
+        log4j = self.workdir / "log4j2.properties"
+        settings = {
+            **BROKER_CONFIG,
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            # A static voter set (not a `--standalone` format) lives in this file rather than in the
+            # formatted storage, so the data dir stays usable if the ports change.
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "log.dirs": str(self.data_dir),
+        }
+        config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        log4j.write_text(LOG4J2_CONFIG)
+        jvm = [java, *JVM_OPTIONS, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+        if not (self.data_dir / "meta.properties").is_file():
+            result = subprocess.run(
+                [*jvm, "kafka.tools.StorageTool", "format", "--cluster-id", _cluster_id(), "--config", str(config)],
+                capture_output=True, text=True, timeout=120,
+            )
+            if result.returncode != 0:
+                raise EmbeddedServiceError(
+                    f"Kafka storage format failed:\n{(result.stdout + result.stderr).strip()[-3000:]}")
+        return ManagedProcess("kafka", [*jvm, "kafka.Kafka", str(config)], self.port, self.workdir,
+                              start_timeout_s=self.start_timeout_s)
+
+    def _wait_until_serving(self) -> None:
+        """Wait until an admin client can list topics: the port opens before the broker serves requests.
+
+        Raises:
+            EmbeddedServiceError: the process exited, or no answer within ``ready_timeout_s``.
+        """
+        deadline = time.monotonic() + self.ready_timeout_s
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise EmbeddedServiceError(f"Kafka exited while starting; log tail:\n{self.tail()}")
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+                                         bootstrap_timeout_ms=5000, request_timeout_ms=5000)
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except (KafkaError, OSError) as exc:
+                last_error = exc
+            time.sleep(0.5)
+        self.stop(kill=True)
+        raise EmbeddedServiceError(
+            f"Kafka on {self.bootstrap_servers} did not serve metadata within {self.ready_timeout_s:.0f} s "
+            f"(last error: {last_error!r}); log tail:\n{self.tail()}")

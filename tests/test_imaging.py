@@ -1,0 +1,127 @@
+"""Bad images get a clear error naming them; grayscale and RGBA are converted. Real bottle images as the base."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets import bottle
+from linewatch.detector.datasets import DatasetError, open_dataset
+from linewatch.detector.imaging import ImageError, decode_image, probe_image, read_image, to_model_input
+
+
+@pytest.fixture(scope="module")
+def png_bytes() -> bytes:
+    return (bottle() / "test" / "broken_large" / "000.png").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def jpeg_bytes(png_bytes) -> bytes:
+    rgb = cv2.imdecode(np.frombuffer(png_bytes, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".jpg", rgb)[1].tobytes()
+
+
+def test_real_png_decodes_to_rgb(png_bytes):
+    rgb = decode_image(png_bytes, "000.png")
+    assert rgb.shape == (900, 900, 3) and rgb.dtype == np.uint8
+    bgr = cv2.imdecode(np.frombuffer(png_bytes, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(rgb, bgr[:, :, ::-1])
+    assert probe_image(png_bytes) == ("PNG", 900, 900)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda png, jpg: b"", "empty"),
+        (lambda png, jpg: b"speed=12 temperature=31.5 this is a sensor log, not a frame\n" * 10, "not_an_image"),
+        (lambda png, jpg: bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not_an_image"),
+        (lambda png, jpg: png[: len(png) // 2], "truncated"),
+        (lambda png, jpg: jpg[: len(jpg) * 2 // 3], "truncated"),
+        (lambda png, jpg: png[:1000] + bytes(2000) + png[3000:], "undecodable"),
+    ],
+    ids=["zero-length", "text", "random-bytes", "truncated-png", "truncated-jpeg", "corrupt-png"],
+)
+def test_bad_bytes_are_refused_with_a_reason(png_bytes, jpeg_bytes, mutate, reason):
+    with pytest.raises(ImageError) as err:
+        decode_image(mutate(png_bytes, jpeg_bytes), "cam-1/frame-7")
+    assert err.value.reason == reason
+    assert str(err.value).startswith("cam-1/frame-7: ")
+
+
+def test_too_many_pixels_is_refused_before_decoding():
+    # A 50-megapixel image that compresses to a few kB: the header alone says it is too big.
+    big = cv2.imencode(".png", np.zeros((5000, 10000), np.uint8))[1].tobytes()
+    assert len(big) < 200_000
+    with pytest.raises(ImageError) as err:
+        decode_image(big, "bomb.png", max_pixels=40_000_000)
+    assert err.value.reason == "too_many_pixels"
+    assert "10000x5000" in err.value.detail
+
+
+def test_16_bit_images_are_refused_clearly():
+    data = cv2.imencode(".png", np.full((64, 64), 40000, np.uint16))[1].tobytes()
+    with pytest.raises(ImageError) as err:
+        decode_image(data, "deep.png")
+    assert err.value.reason == "unsupported_depth"
+    assert "8 bits" in err.value.detail
+
+
+def test_grayscale_and_rgba_are_converted_to_rgb(png_bytes):
+    rgb = decode_image(png_bytes)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    out = decode_image(cv2.imencode(".png", gray)[1].tobytes())
+    assert out.shape == (900, 900, 3)
+    assert np.array_equal(out[:, :, 0], gray) and np.array_equal(out[:, :, 2], gray)
+    buf = io.BytesIO()
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]), "RGBA").save(buf, "PNG")
+    rgba = decode_image(buf.getvalue())
+    assert rgba.shape == (900, 900, 3) and np.array_equal(rgba, rgb)
+
+
+def test_tiny_images_are_refused_and_odd_sizes_resized():
+    with pytest.raises(ImageError, match="smaller than 16 px"):
+        decode_image(cv2.imencode(".png", np.zeros((8, 300, 3), np.uint8))[1].tobytes())
+    odd = decode_image(cv2.imencode(".png", np.full((131, 257, 3), 77, np.uint8))[1].tobytes())
+    model_input = to_model_input(odd, 64)
+    assert model_input.shape == (3, 64, 64) and int(model_input.mean()) == 77
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "cam7_0042.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    with pytest.raises(ImageError, match="cam7_0042.png"):
+        read_image(bad)
+    with pytest.raises(ImageError, match="cannot read file"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_dataset_layouts_are_detected_and_broken_ones_explained(tmp_path):
+    ds = open_dataset(bottle())
+    assert (ds.layout, len(ds.train), len(ds.test)) == ("mvtec", 209, 83)
+    assert ds.defect_types == ["broken_large", "broken_small", "contamination"]
+    assert sum(s.is_defect for s in ds.test) == 63 and all(s.mask.is_file() for s in ds.test if s.is_defect)
+
+    with pytest.raises(DatasetError, match="no images found"):
+        open_dataset(tmp_path)
+    (tmp_path / "test" / "crack").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="train/good"):
+        open_dataset(tmp_path)
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    (tmp_path / "train" / "good" / "a.png").write_bytes(b"x")
+    (tmp_path / "test" / "crack" / "000.png").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="without its mask"):
+        open_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="no such directory"):
+        open_dataset(tmp_path / "nope")
+
+
+def test_magnetic_tile_split_is_read_as_given():
+    from datasets import magnetic_tile
+
+    ds = open_dataset(magnetic_tile())
+    assert ds.layout == "magnetic_tile"
+    assert len(ds.train) == 714
+    assert sum(not s.is_defect for s in ds.test) == 238
+    assert ds.defect_types == ["Blowhole", "Break", "Crack", "Fray", "Uneven"]
