@@ -18,11 +18,12 @@ than the frames topic has partitions.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import InvalidConfigurationError, TopicAlreadyExistsError
+from kafka.errors import InvalidConfigurationError, KafkaError, TopicAlreadyExistsError
 
 from .settings import KafkaSettings
 
@@ -75,6 +76,7 @@ def make_consumer(k: KafkaSettings, group_id: str | None, *topics: str, **overri
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
         "max_poll_interval_ms": k.max_poll_interval_ms,
+        "metadata_max_age_ms": 30_000,  # notice new topics and added partitions within 30 s
     }
     cfg.update(overrides)
     return KafkaConsumer(*topics, **cfg)
@@ -106,5 +108,24 @@ def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
                 log.warning("broker rejected configs of topic %s; creating it without them", topic.name)
                 admin.create_topics([NewTopic(topic.name, topic.num_partitions, topic.replication_factor)])
             log.info("created topic %s (%d partitions)", topic.name, topic.num_partitions)
+        _wait_for_leaders(admin, [t.name for t in wanted], timeout_s)
     finally:
         admin.close()
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    """Block until every partition of ``names`` has a leader: a consumer that subscribes earlier gets
+    no partitions and waits for its next metadata refresh."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            described = admin.describe_topics(names)
+            ready = all(t.get("error_code", 0) == 0 and t["partitions"] and
+                        all(p["leader_id"] >= 0 for p in t["partitions"]) for t in described)
+        except KafkaError:
+            ready = False
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {names} have no partition leaders after {timeout_s:.0f} s")
+        time.sleep(0.2)

@@ -10,8 +10,9 @@ storing of consecutive batches overlap)::
 Delivery is at-least-once: a batch's offsets are committed only after its results are in SQL,
 Redis and the inspections topic (and its dead letters in the dead-letter topic). Every write is
 idempotent per (camera_id, frame_id), so a redelivered frame never makes a second row or count.
-On a rebalance the worker first finishes and commits what it has in flight; on SIGTERM or SIGINT it
-finishes, stores and commits, then leaves the group.
+On a rebalance, frames in flight for a partition that moved are stored but not committed (their new
+owner re-reads them and its writes ignore them); on SIGTERM or SIGINT the worker finishes, stores and
+commits what it has, then leaves the group.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ class DetectorWorker:
         self.started_at = time.time()
         self.inspected = 0
         self.dead_lettered = 0
-        self.assigned: list[str] = []
         self.lag: dict[str, int] = {}
         self._fps = _Rate()
         self._q_raw: queue.Queue = queue.Queue(maxsize=1)
@@ -132,7 +132,12 @@ class DetectorWorker:
                                  on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc())
         self.live = live
         self.consumer = make_consumer(s.kafka, self.det.group_id)
-        self.consumer.subscribe([s.kafka.frames_topic], listener=_Rebalance(self))
+        # Join only once the topic's partitions are known: a member that joins without them is assigned
+        # nothing and has to rebalance the group again.
+        deadline = time.monotonic() + 60
+        while not self.consumer.partitions_for_topic(s.kafka.frames_topic) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.consumer.subscribe([s.kafka.frames_topic], listener=_Rebalance())
         threads = [threading.Thread(target=self._guard(f), name=n, daemon=True) for f, n in
                    ((self._decode_stage, "decode"), (self._inference_stage, "inference"), (self._store_stage, "store"),
                     (self._heartbeat_loop, "heartbeat"))]
@@ -141,7 +146,6 @@ class DetectorWorker:
         log.info("worker %s consuming %s in group %s with model %s on %s", self.worker_id, s.kafka.frames_topic,
                  self.det.group_id, self.scorer.version, self.scorer.device)
         collector: BatchCollector[RawFrame] = BatchCollector(self.det.max_batch, self.det.max_wait_ms)
-        self._collector = collector
         try:
             while not self.stop_event.is_set():
                 self._commit_done(block=False)
@@ -152,7 +156,11 @@ class DetectorWorker:
                     polled = self.consumer.poll(timeout_ms=collector.wait_ms(), max_records=collector.room)
                     collector.add(_raw_frames(polled))
                 if collector.ready():
-                    self._submit(collector.take())
+                    # After a rebalance, frames fetched for partitions we lost are re-read by their new owner.
+                    collector.drop(self._owned)
+                    if collector.items:
+                        self._submit(collector.take())
+            collector.drop(self._owned)
             if collector.items:
                 self._submit(collector.take())
             self._drain(timeout_s=60)
@@ -198,7 +206,11 @@ class DetectorWorker:
                 return
             block = False
             self._inflight -= 1
-            commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+            owned = self.consumer.assignment()
+            commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()
+                      if TopicPartition(t, p) in owned}
+            if not commit:
+                continue  # all of it moved to another worker in a rebalance: it will re-read (and skip) these
             try:
                 self.consumer.commit(commit)
             except CommitFailedError as exc:
@@ -221,11 +233,8 @@ class DetectorWorker:
         if self._inflight:
             log.warning("%d batch(es) not stored in time; their frames stay uncommitted", self._inflight)
 
-    def on_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Before giving partitions away: push the open batch through and commit everything in flight."""
-        if self._collector.items:
-            self._submit(self._collector.take())
-        self._drain(timeout_s=self.settings.kafka.max_poll_interval_ms / 2000)
+    def _owned(self, frame: RawFrame) -> bool:
+        return TopicPartition(frame.topic, frame.partition) in self.consumer.assignment()
 
     # ---- pipeline stages (each in its own thread) ------------------------------------------------------
 
@@ -326,7 +335,8 @@ class DetectorWorker:
                 self.live.heartbeat(self.worker_id, {
                     "model_version": self.scorer.version, "frames_per_s": round(self._fps.rate(), 2),
                     "inspected": self.inspected, "dead_lettered": self.dead_lettered,
-                    "partitions": self.assigned, "lag": self.lag, "device": str(self.scorer.device),
+                    "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in self.consumer.assignment()),
+                    "lag": self.lag, "device": str(self.scorer.device),
                     "host": socket.gethostname(), "pid": os.getpid(), "started_at": self.started_at,
                 })
             except Exception as exc:  # noqa: BLE001 -- a missed heartbeat is not worth stopping for
@@ -334,16 +344,15 @@ class DetectorWorker:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: DetectorWorker):
-        self.worker = worker
+    """Logs assignments. kafka-python runs these callbacks on its network thread, so they must not block
+    (no draining, no commits here): frames in flight for a revoked partition are committed only if the
+    partition is still ours, and are otherwise redelivered to its new owner, whose writes ignore them."""
 
     def on_partitions_revoked(self, revoked):  # type: ignore[override]
         log.info("partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
-        self.worker.on_revoked(list(revoked))
 
     def on_partitions_assigned(self, assigned):  # type: ignore[override]
-        self.worker.assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
-        log.info("partitions assigned: %s", self.worker.assigned)
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
 class _Rate:

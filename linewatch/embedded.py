@@ -190,6 +190,7 @@ def redis_server(workdir: Path, port: int | None = None) -> ManagedProcess:
     if not Path(binary).is_file():
         raise EmbeddedServiceError("redis-server not found: install it (Debian: apt-get install redis-server)")
     port = port or free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
+    # RDB snapshots (and one at shutdown) keep live state across a restart of the embedded Redis.
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "300 1",
             "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"]
     return ManagedProcess("redis", argv, port, workdir)

@@ -15,17 +15,7 @@ from linewatch.detector.model_files import METADATA_FILE, WEIGHTS_FILE, ModelFil
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.training import TrainConfig, TrainingError, train
 
-# A fixed subset: 24 good training images; 6 good and 6 defective test images.
-QUICK = TrainConfig(image_size=128, epochs=8, batch_size=4, lr=0.4, seed=7, device="cpu", map_smoothing_sigma=2.0)
-
-
-@pytest.fixture(scope="module")
-def quick_model(tmp_path_factory):
-    ds = open_dataset(bottle())
-    out = tmp_path_factory.mktemp("model") / "bottle-quick"
-    result = train(ds.train[::8][:24], out, QUICK, progress=False)
-    return result
-
+# quick_model (conftest): 24 good training images; tests use 6 good and 6 defective test images.
 
 def test_model_directory_holds_weights_and_complete_metadata(quick_model):
     meta = json.loads((quick_model.model_dir / METADATA_FILE).read_text())

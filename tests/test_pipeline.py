@@ -1,0 +1,192 @@
+"""The streaming pipeline against real Apache Kafka, Redis and PostgreSQL (and SQLite, the embedded default).
+
+Workers run as ``linewatch detect`` processes; the camera replays real MVTec AD bottle images.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from datasets import bottle
+from linewatch.detector.imaging import read_image
+from linewatch.detector.scoring import Scorer
+from pipeline_harness import Pipeline, frame_headers
+
+pytestmark = pytest.mark.services
+
+BOTTLE_TEST_IMAGES = 83
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'linewatch.db'}"
+    return request.getfixturevalue("postgres_server").url
+
+
+@pytest.fixture
+def pipeline(apache_kafka, redis_url, tmp_path, quick_model, request):
+    db = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else \
+        request.getfixturevalue("postgres_server").url
+    p = Pipeline(apache_kafka.bootstrap_servers, redis_url, db, tmp_path / "state", quick_model.model_dir)
+    yield p
+    p.close()
+
+
+def test_every_bottle_frame_is_inspected_once_and_matches_offline_scoring(pipeline, database_url, quick_model):
+    counters = pipeline.publish_folder(bottle() / "test")
+    assert (counters.captured, counters.published, counters.dropped, counters.failed) == (83, 83, 0, 0)
+    pipeline.start_worker("w1")
+    assert pipeline.wait_for_rows(BOTTLE_TEST_IMAGES) == BOTTLE_TEST_IMAGES
+    time.sleep(2)  # anything extra would arrive now
+    rows = pipeline.rows()
+    assert len(rows) == BOTTLE_TEST_IMAGES
+    assert len({r.frame_id for r in rows}) == BOTTLE_TEST_IMAGES
+    assert {r.part_id for r in rows} == {p.relative_to(bottle() / "test").as_posix()
+                                          for p in (bottle() / "test").rglob("*.png")}
+    # Redis agrees with the record.
+    totals = pipeline.redis_totals()
+    assert (totals.inspected, totals.defects) == (83, sum(r.verdict == "defect" for r in rows))
+    # The streaming verdict of each frame is the offline verdict of the same file.
+    scorer = Scorer(quick_model.model_dir, "cpu")
+    for start in range(0, len(rows), 16):
+        chunk = rows[start : start + 16]
+        offline = scorer.score(np.stack([scorer.prepare(read_image(bottle() / "test" / r.part_id)) for r in chunk]))
+        for r, score, defect in zip(chunk, offline.image_scores, offline.is_defect, strict=True):
+            assert r.image_score == pytest.approx(float(score), rel=1e-4, abs=1e-6), r.part_id
+            assert r.verdict == ("defect" if defect else "good"), r.part_id
+    # Kept frames (defects and sampled good ones) are on disk, original byte for byte.
+    kept = [r for r in rows if r.image_uri]
+    assert {r.frame_id for r in rows if r.verdict == "defect"} <= {r.frame_id for r in kept}
+    for r in kept[:5]:
+        original = (bottle() / "test" / r.part_id).read_bytes()
+        assert open(r.image_uri.removeprefix("file://"), "rb").read() == original
+    # Every result was also published for line integration.
+    published = pipeline.consume(pipeline.settings.kafka.inspections_topic, 83)
+    assert len({m.value for m in published}) == 83
+    assert pipeline.stop_workers() == {"w1": 0}
+
+
+def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(pipeline):
+    pipeline.start_worker("w1")
+    pipeline.start_worker("w2")
+    pipeline.wait_for_workers(2)
+    camera = threading.Thread(target=pipeline.publish_folder, args=(bottle() / "test",), kwargs={"fps": 8.0})
+    camera.start()
+    pipeline.wait_for_rows(20)
+    victim = max(pipeline.workers.items(), key=lambda kv: sum(r.worker_id.endswith(f"-{kv[1].pid}")
+                                                              for r in pipeline.rows()))[1]
+    victim.kill()  # SIGKILL: no chance to commit what it has in flight
+    victim.wait(10)
+    camera.join(120)
+    assert pipeline.wait_for_rows(BOTTLE_TEST_IMAGES) == BOTTLE_TEST_IMAGES
+    time.sleep(3)
+    rows = pipeline.rows()
+    assert len(rows) == BOTTLE_TEST_IMAGES
+    assert len({(r.camera_id, r.frame_id) for r in rows}) == BOTTLE_TEST_IMAGES
+    assert len({r.worker_id for r in rows}) == 2  # the survivor took over the victim's partitions
+    totals = pipeline.redis_totals()
+    assert (totals.inspected, totals.defects) == (83, sum(r.verdict == "defect" for r in rows))
+
+
+def test_bad_frames_go_to_the_dead_letter_topic_with_their_reason(pipeline):
+    good = (bottle() / "test" / "good" / "000.png").read_bytes()
+    jpeg = (bottle() / "test" / "good" / "001.png").read_bytes()
+    import cv2
+
+    jpeg = cv2.imencode(".jpg", cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+    bomb = cv2.imencode(".png", np.zeros((5000, 10000), np.uint8))[1].tobytes()  # 50 megapixels, a few kB
+    corrupt = good[:1000] + bytes(3000) + good[4000:]
+    items = [
+        (good, frame_headers(1)),
+        (corrupt, frame_headers(2)),
+        (jpeg[: len(jpeg) // 2], frame_headers(3, content_type="image/jpeg")),
+        (b"line 4 temperature 31.5C\n", frame_headers(4, content_type="text/plain")),
+        (b"", frame_headers(5)),
+        (bomb, frame_headers(6)),
+        (good, [("camera_id", b"cam-raw")]),  # headers missing
+        (good, frame_headers(8)),
+    ]
+    pipeline.publish_raw(items)
+    pipeline.start_worker("w1")
+    assert pipeline.wait_for_rows(2) == 2
+    dead = pipeline.consume(pipeline.settings.kafka.dead_letter_topic, 6)
+    reasons = {}
+    for m in dead:
+        h = {k: v.decode() for k, v in m.headers}
+        reasons[h.get("frame_id", "none")] = h["dlq.reason"]
+        assert h["dlq.source"].startswith(pipeline.settings.kafka.frames_topic)
+        assert h["dlq.detail"]
+    assert reasons == {"2": "undecodable", "3": "truncated", "4": "not_an_image", "5": "empty",
+                       "6": "too_many_pixels", "none": "bad_headers"}
+    by_id = {dict(m.headers).get("frame_id", b"none").decode(): m.value for m in dead}
+    assert by_id["2"] == corrupt and by_id["6"] == bomb  # the original bytes, for inspection
+    assert sorted(r.frame_id for r in pipeline.rows()) == [1, 8]
+    assert pipeline.workers["w1"].poll() is None  # still running
+    assert pipeline.stop_workers() == {"w1": 0}
+
+
+def test_broker_restart_mid_stream_loses_no_acknowledged_frame(pipeline, apache_kafka):
+    pipeline.start_worker("w1")
+    pipeline.wait_for_workers(1)
+    camera = pipeline.camera(bottle() / "test", fps=6.0)
+    thread = threading.Thread(target=camera.run, kwargs={"install_signal_handlers": False})
+    thread.start()
+    pipeline.wait_for_rows(10)
+    apache_kafka.restart()
+    thread.join(300)
+    assert not thread.is_alive()
+    c = camera.counters
+    assert (c.captured, c.published, c.failed, c.dropped) == (83, 83, 0, 0)
+    assert pipeline.wait_for_rows(83, timeout_s=300) == 83
+    time.sleep(2)
+    assert len({r.frame_id for r in pipeline.rows()}) == pipeline.row_count() == 83
+
+
+@pytest.mark.parametrize("outage", ["redis", "postgresql"])
+def test_store_outage_delays_but_loses_nothing(apache_kafka, redis_service, redis_url, postgres_server, tmp_path,
+                                               quick_model, outage):
+    p = Pipeline(apache_kafka.bootstrap_servers, redis_url, postgres_server.url, tmp_path / "state",
+                 quick_model.model_dir)
+    try:
+        p.start_worker("w1")
+        p.wait_for_workers(1)
+        p.publish_folder(bottle() / "test" / "good")  # 20 frames
+        p.wait_for_rows(20)
+        service = redis_service if outage == "redis" else postgres_server
+        service.stop()
+        p.publish_folder(bottle() / "test" / "broken_large")  # 20 frames arrive while a store is down
+        time.sleep(6)  # the worker keeps retrying; nothing may be committed for these frames
+        consumer_offsets = _committed(p)
+        assert consumer_offsets == 20, "offsets were committed for results that were not stored"
+        # A worker that dies during the outage must not lose them either.
+        p.workers["w1"].kill()
+        p.workers["w1"].wait(10)
+        service.start()
+        p.start_worker("w2")
+        assert p.wait_for_rows(40) == 40
+        time.sleep(3)
+        rows = p.rows()
+        assert len(rows) == 40 and len({r.frame_id for r in rows}) == 40
+        totals = p.redis_totals()
+        assert totals.inspected == 40
+        assert totals.defects == sum(r.verdict == "defect" for r in rows)
+        assert _committed(p) == 40
+    finally:
+        p.close()
+
+
+def _committed(p: Pipeline) -> int:
+    """Sum of the consumer group's committed offsets on the frames topic."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=p.settings.kafka.bootstrap_servers)
+    try:
+        offsets = admin.list_group_offsets(p.settings.detector.group_id)[p.settings.detector.group_id]
+    finally:
+        admin.close()
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == p.settings.kafka.frames_topic and o.offset > 0)
