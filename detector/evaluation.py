@@ -114,19 +114,18 @@ def evaluate(
 
     overall = {**metrics_of(items, pixels, list(range(len(items)))), "false_reject_rate": flagged(good),
                "miss_rate": None if not defect else 1.0 - flagged(defect), "images": len(items)}
+    f1: dict[str, Any] = {}  # computed right after the overall metrics, which share its cumulative counts
+    if any(it.mask.any() for it in items):
+        t, f = pixels.f1_optimal_threshold()
+        f1["pixel"] = {"threshold": t, "f1": f}
+    if good and defect:
+        t, f = f1_optimal_threshold([it.sample.is_defect for it in items], [it.score for it in items])
+        f1["image"] = {"threshold": t, "f1": f, "normalized_threshold": t / image_threshold}
     per_type = {}
     for label in dataset.defect_types:
         subset = [i for i in defect if items[i].sample.label == label]
         per_type[label] = {**metrics_of(items, pixels, good + subset), "miss_rate": 1.0 - flagged(subset),
                            "images": len(subset)}
-
-    f1: dict[str, Any] = {}
-    if good and defect:
-        t, f = f1_optimal_threshold([it.sample.is_defect for it in items], [it.score for it in items])
-        f1["image"] = {"threshold": t, "f1": f, "normalized_threshold": t / image_threshold}
-    if any(it.mask.any() for it in items):
-        t, f = pixels.f1_optimal_threshold()
-        f1["pixel"] = {"threshold": t, "f1": f}
 
     return {
         "dataset": {"root": str(dataset.root), "layout": dataset.layout, "test_images": len(items),

@@ -53,14 +53,14 @@ class PixelSet:
                 raise ValueError(f"image {i}: mask shape {np.shape(m)} differs from map shape {np.shape(a)}")
             n += np.size(m)
         scores = np.empty(n, dtype=np.float32)
-        image = np.empty(n, dtype=np.uint32)
-        region_weight = np.empty(n, dtype=np.float64)  # 1 / size of the pixel's region, 0 outside regions
+        image = np.empty(n, dtype=np.uint16 if len(masks) < 65536 else np.uint32)
+        region_weight = np.empty(n, dtype=np.float32)  # 1 / size of the pixel's region, 0 outside regions
         self.regions_per_image = np.zeros(len(masks), dtype=np.int64)
         offset = 0
         for i, (mask, amap) in enumerate(zip(masks, maps, strict=True)):
             labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=EIGHT_CONNECTED)
             flat = labels.ravel()
-            sizes = np.bincount(flat, minlength=count + 1).astype(np.float64)
+            sizes = np.bincount(flat, minlength=count + 1).astype(np.float32)
             sizes[0] = np.inf
             end = offset + flat.size
             scores[offset:end] = np.asarray(amap, dtype=np.float32).ravel()
@@ -70,22 +70,40 @@ class PixelSet:
             offset = end
         order = np.argsort(scores)[::-1]  # highest first; ties are merged below, so stability is moot
         self.scores = scores[order]
+        del scores
         self.image = image[order]
         self.region_weight = region_weight[order]
         self.n_images = len(masks)
+        # A threshold takes every pixel at its value: the curves have a point after the last pixel of each
+        # run of equal values. A subset keeps the points of the whole set; where its own counts do not
+        # change they repeat, which changes no area.
+        self.ends = np.flatnonzero(np.append(self.scores[1:] != self.scores[:-1], True))
+        self._cache: dict[tuple[int, ...] | None, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
 
-    def _select(self, images: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        if images is None:
-            return self.scores, self.image, self.region_weight, int(self.regions_per_image.sum())
-        member = np.zeros(self.n_images, dtype=bool)
-        member[np.asarray(images, dtype=np.int64)] = True
-        keep = member[self.image]
-        return self.scores[keep], self.image[keep], self.region_weight[keep], int(self.regions_per_image[member].sum())
-
-    @staticmethod
-    def _threshold_ends(scores: np.ndarray) -> np.ndarray:
-        """Index of the last pixel of each run of equal values: a threshold takes all pixels at its value."""
-        return np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
+    def _cumulative(self, images: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """At each threshold: (defective pixels, good pixels, summed region weights) at or above it, and
+        the number of regions, counting only the pixels of ``images``."""
+        key = None if images is None else tuple(sorted({int(i) for i in images}))
+        if key is not None and len(key) == self.n_images:
+            key = None
+        if key not in self._cache:
+            weight = self.region_weight
+            if key is None:
+                n_regions = int(self.regions_per_image.sum())
+                selected: np.ndarray | bool = True
+            else:
+                member = np.zeros(self.n_images, dtype=bool)
+                member[list(key)] = True
+                selected = member[self.image]
+                weight = np.where(selected, weight, np.float32(0))
+                n_regions = int(self.regions_per_image[member].sum())
+            positive = weight > 0
+            good = (self.region_weight == 0) & selected
+            count = np.int32 if len(self.scores) < 2**31 else np.int64
+            self._cache = {key: (np.cumsum(positive, dtype=count)[self.ends],
+                                 np.cumsum(good, dtype=count)[self.ends],
+                                 np.cumsum(weight, dtype=np.float64)[self.ends], n_regions)}
+        return self._cache[key]
 
     def auroc(self, images: Sequence[int] | None = None) -> float:
         """Pixel-level AUROC over the pixels of ``images`` (all by default).
@@ -93,12 +111,9 @@ class PixelSet:
         Raises:
             ValueError: no defective or no good pixel among them.
         """
-        scores, _, weight, _ = self._select(images)
-        positive = weight > 0
-        ends = self._threshold_ends(scores)
-        tps = np.cumsum(positive, dtype=np.int64)[ends]
-        fps = ends + 1 - tps
+        tps, fps, _, _ = self._cumulative(images)
         n_pos, n_neg = int(tps[-1]), int(fps[-1])
+        tps, fps = tps.astype(np.float64), fps.astype(np.float64)
         if n_pos == 0 or n_neg == 0:
             raise ValueError("pixel AUROC needs both defective and good pixels")
         tpr = np.concatenate(([0.0], tps / n_pos))
@@ -115,15 +130,11 @@ class PixelSet:
         Raises:
             ValueError: no ground-truth region or no good pixel.
         """
-        scores, _, weight, n_regions = self._select(images)
-        is_good = weight == 0
-        n_good = int(is_good.sum())
+        _, fps, weights, n_regions = self._cumulative(images)
+        n_good = int(fps[-1])
         if n_regions == 0 or n_good == 0:
             raise ValueError("PRO needs at least one ground-truth region and one good pixel")
-        ends = self._threshold_ends(scores)
-        fpr = np.cumsum(is_good, dtype=np.int64)[ends] / n_good
-        pro = np.cumsum(weight)[ends] / n_regions
-        return np.concatenate(([0.0], fpr)), np.concatenate(([0.0], pro))
+        return np.concatenate(([0.0], fps / float(n_good))), np.concatenate(([0.0], weights / n_regions))
 
     def au_pro(self, images: Sequence[int] | None = None, fpr_limit: float = 0.3) -> float:
         """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec's AU-PRO), in [0, 1]."""
@@ -136,15 +147,12 @@ class PixelSet:
         Raises:
             ValueError: no defective pixel.
         """
-        scores, _, weight, _ = self._select(images)
-        ends = self._threshold_ends(scores)
-        tps = np.cumsum(weight > 0, dtype=np.int64)[ends]
+        tps, fps, _, _ = self._cumulative(images)
         if tps[-1] == 0:
             raise ValueError("F1 needs defective pixels")
-        predicted = ends + 1
-        f1 = 2 * tps / (predicted + tps[-1])
+        f1 = 2.0 * tps / (tps.astype(np.float64) + fps + tps[-1])
         best = int(np.argmax(f1))
-        return float(scores[ends[best]]), float(f1[best])
+        return float(self.scores[self.ends[best]]), float(f1[best])
 
 
 def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
