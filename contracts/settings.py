@@ -148,6 +148,29 @@ class IngestSettings(BaseModel):
     metrics_port: int | None = None
 
 
+class DashboardSettings(BaseModel):
+    """The Streamlit dashboard."""
+
+    port: int = Field(8501, ge=1, le=65535)
+    refresh_s: float = Field(2.0, ge=0.5, description="live page refresh period, seconds")
+    accounts_file: Path | None = Field(
+        None, description="TOML file of operators and their password hashes; set = labelling needs a login"
+    )
+    oidc: bool = Field(False, description="use Streamlit's built-in OIDC login (configured in .streamlit/secrets.toml)")
+    page_size: int = Field(24, ge=1, le=500, description="frames per page in galleries and the review queue")
+
+
+class TrainerSettings(BaseModel):
+    """The retraining service."""
+
+    min_new_good: int = Field(50, ge=1, description="confirmed-good frames that trigger a retraining")
+    schedule_hours: float | None = Field(None, gt=0, description="also retrain this often, hours; none = off")
+    poll_s: float = Field(10.0, gt=0, description="how often the trainer checks its triggers, seconds")
+    fine_tune_epochs: int = Field(8, ge=1)
+    base_data: Path | None = Field(None, description="good images the first model was trained on")
+    metrics_port: int | None = None
+
+
 class Settings(BaseSettings):
     """Root settings object; see the module docstring for where values come from."""
 
@@ -172,6 +195,8 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     detector: DetectorSettings = DetectorSettings()
     ingest: IngestSettings = IngestSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    trainer: TrainerSettings = TrainerSettings()
 
     @field_validator("state_dir", "data_root")
     @classmethod
