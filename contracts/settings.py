@@ -158,6 +158,32 @@ class DashboardSettings(BaseModel):
     )
     oidc: bool = Field(False, description="use Streamlit's built-in OIDC login (configured in .streamlit/secrets.toml)")
     page_size: int = Field(24, ge=1, le=500, description="frames per page in galleries and the review queue")
+    address: str = Field("0.0.0.0", description="interface the dashboard listens on")
+    oidc_provider: str | None = Field(None, description="named provider in secrets.toml [auth.<name>]; none = [auth]")
+    query_timeout_s: float = Field(5.0, gt=0, description="longest a dashboard SQL query may run, seconds")
+    timezone: str = Field("UTC", description="IANA time zone for times shown and for shift boundaries")
+    shift_starts: list[str] = Field(["06:00", "14:00", "22:00"], min_length=1,
+                                    description="local times (HH:MM) at which shifts start")
+
+    @field_validator("shift_starts")
+    @classmethod
+    def _shift_times(cls, value: list[str]) -> list[str]:
+        for item in value:
+            hours, _, minutes = item.partition(":")
+            if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+                raise ValueError(f"shift start {item!r} is not HH:MM")
+        return sorted(value, key=lambda t: (int(t.split(":")[0]), int(t.split(":")[1])))
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
 
 class TrainerSettings(BaseModel):
@@ -167,6 +193,8 @@ class TrainerSettings(BaseModel):
     schedule_hours: float | None = Field(None, gt=0, description="also retrain this often, hours; none = off")
     poll_s: float = Field(10.0, gt=0, description="how often the trainer checks its triggers, seconds")
     fine_tune_epochs: int = Field(8, ge=1)
+    fine_tune_lr: float = Field(0.1, gt=0, description="SGD learning rate when fine-tuning the active student")
+    auto_promote: bool = Field(True, description="activate a candidate that passes the promotion rule")
     base_data: Path | None = Field(None, description="good images the first model was trained on")
     metrics_port: int | None = None
 

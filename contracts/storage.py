@@ -180,6 +180,7 @@ class TrainingJob(Base):
     candidate_version: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     worker_pid: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # progress heartbeat
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
@@ -311,3 +312,19 @@ def confirmed_good_frames(conn: Connection, since: dt.datetime | None = None) ->
     if since is not None:
         query = query.where(eff.c.created_at > since)
     return list(conn.execute(query).all())
+
+
+def count_confirmed_good_frames(conn: Connection, since: dt.datetime | None = None) -> int:
+    """How many frames :func:`confirmed_good_frames` would return (the frames ready for retraining)."""
+    from sqlalchemy import func, select
+
+    eff = effective_labels()
+    query = (
+        select(func.count())
+        .select_from(Inspection)
+        .join(eff, eff.c.inspection_id == Inspection.id)
+        .where(eff.c.label == "good", Inspection.image_uri.is_not(None))
+    )
+    if since is not None:
+        query = query.where(eff.c.created_at > since)
+    return int(conn.execute(query).scalar_one())

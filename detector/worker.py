@@ -382,11 +382,32 @@ def _raw_frames(polled: dict) -> list[RawFrame]:
     return out
 
 
-def run_worker(settings: Settings, model_dir: Path, threads: int | None = None) -> int:
-    """Entry point of ``linewatch detect``: run one worker until SIGTERM/SIGINT; returns the exit code."""
+def run_worker(settings: Settings, model_dir: Path | None, threads: int | None = None,
+               follow_registry: bool = True) -> int:
+    """Entry point of ``linewatch detect``: run one worker until SIGTERM/SIGINT; returns the exit code.
+
+    With ``follow_registry`` the worker scores with the version last announced on the models topic
+    (falling back to ``model_dir`` when none was announced) and switches on every new announcement.
+
+    Raises:
+        ValueError: no model at all (no ``model_dir`` and nothing announced).
+    """
     if threads:
         torch.set_num_threads(threads)
+    watcher = None
+    if follow_registry:
+        from linewatch.contracts.rollout import ActiveModelWatcher
+
+        watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(_local(a.artifact_uri)))
+        announced = watcher.read_current()
+        if announced is not None:
+            log.info("registry: active model is %s", announced.version)
+            model_dir = _local(announced.artifact_uri)
+    if model_dir is None:
+        raise ValueError("no model: pass --model MODEL_DIR or activate a version in the registry")
     worker = DetectorWorker(settings, model_dir)
+    if watcher is not None:
+        watcher.start()
     server = None
     if settings.detector.metrics_port:
         from linewatch.contracts.observability import serve_metrics
@@ -395,5 +416,11 @@ def run_worker(settings: Settings, model_dir: Path, threads: int | None = None) 
     try:
         return worker.run()
     finally:
+        if watcher is not None:
+            watcher.stop()
         if server is not None:
             server.shutdown()
+
+
+def _local(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))

@@ -249,6 +249,7 @@ def detect(
     max_batch: Annotated[int | None, typer.Option(min=1, help="frames per inference batch at most")] = None,
     max_wait_ms: Annotated[int | None, typer.Option(min=0, help="longest a frame waits for its batch, ms")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference")] = None,
+    follow_registry: Annotated[bool, typer.Option(help="score with the registry's active model and follow rollouts")] = True,
 ) -> None:
     """Run a detector worker in the consumer group; start more to scale out (up to the partition count)."""
     from linewatch.contracts.kafka import ensure_topics
@@ -256,12 +257,138 @@ def detect(
 
     s = _with(_settings(), "detector", model_dir=model, group_id=group, device=device, max_batch=max_batch,
               max_wait_ms=max_wait_ms)
-    if s.detector.model_dir is None:
+    if s.detector.model_dir is None and not follow_registry:
         _fail("no model: pass --model MODEL_DIR or set LINEWATCH_DETECTOR__MODEL_DIR")
     ensure_topics(s.kafka)
     with _user_errors():
-        code = run_worker(s, s.detector.model_dir, threads)
+        try:
+            code = run_worker(s, s.detector.model_dir, threads, follow_registry)
+        except ValueError as exc:
+            _fail(str(exc))
     raise typer.Exit(code)
+
+
+@app.command()
+def trainer(
+    run_job: Annotated[int | None, typer.Option("--run-job", hidden=True, help="run one claimed job and exit")] = None,
+) -> None:
+    """Run the retraining service: retrains on operator-confirmed good frames and rolls out better models."""
+    from linewatch.trainer.service import run_trainer
+
+    raise typer.Exit(run_trainer(_settings(), run_job))
+
+
+@app.command()
+def retrain(
+    from_scratch: Annotated[bool, typer.Option(help="train a new student instead of fine-tuning the active one")] = False,
+    by: Annotated[str, typer.Option(help="who asks (recorded)")] = os.environ.get("USER", "cli"),
+    wait: Annotated[bool, typer.Option(help="follow the job's progress until it ends")] = False,
+) -> None:
+    """Ask the trainer service for a retraining now (one job at a time: an unfinished job is reused)."""
+    import time
+
+    from linewatch.contracts.storage import make_engine, migrate
+    from linewatch.trainer import jobs
+
+    engine = make_engine(_settings().database_url)
+    migrate(engine)
+    job_id = jobs.request_job(engine, "manual", requested_by=by, from_scratch=from_scratch)
+    typer.echo(f"training job {job_id} queued")
+    while wait:
+        job = jobs.get_job(engine, job_id)
+        typer.echo(f"\r{_job_line(job)}", nl=False)
+        if job.status in ("succeeded", "failed"):
+            typer.echo()
+            raise typer.Exit(0 if job.status == "succeeded" else 1)
+        time.sleep(2)
+
+
+def _job_line(job) -> str:
+    epoch = f" epoch {job.epoch}/{job.epochs}" if job.epoch is not None and job.epochs else ""
+    loss = f" loss {job.loss:.4f}" if job.loss is not None else ""
+    eta = f" {job.eta_s:.0f} s left" if job.eta_s else ""
+    outcome = f" -> {job.candidate_version}" if job.candidate_version else ""
+    error = f" error: {job.error.splitlines()[0]}" if job.error else ""
+    return f"job {job.id} [{job.status}] {job.stage or ''}{epoch}{loss}{eta}{outcome}{error}"
+
+
+model_app = typer.Typer(help="The model registry: versions, activation, rollback, training jobs.",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def _registry():
+    from linewatch.contracts.storage import make_engine, migrate
+    from linewatch.trainer.registry import ModelRegistry
+
+    s = _settings()
+    engine = make_engine(s.database_url)
+    migrate(engine)
+    return ModelRegistry(engine, s.artifact_store_root, s.kafka if s.kafka.bootstrap_servers else None)
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """All versions, newest last."""
+    rows = _registry().list()
+    if not rows:
+        typer.echo("no model versions registered")
+    for r in rows:
+        when = r.activated_at.strftime("%Y-%m-%d %H:%M") if r.activated_at else ""
+        typer.echo(f"{r.version:<6} {r.status:<10} {r.backbone:<20} parent {r.parent_version or '-':<6} "
+                   f"created {r.created_at:%Y-%m-%d %H:%M}  {('activated ' + when + ' by ' + str(r.activated_by)) if when else ''}")
+
+
+@model_app.command("show")
+def model_show(version: str) -> None:
+    """One version with its metrics and thresholds, as JSON."""
+    from linewatch.trainer.registry import RegistryError
+
+    try:
+        r = _registry().get(version)
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({c: getattr(r, c) for c in ("version", "status", "parent_version", "backbone", "created_at",
+                           "artifact_uri", "thresholds", "metrics", "activated_by", "activated_at", "notes")}
+                          | {"training_images": len(r.manifest)}, indent=2, default=str))
+
+
+@model_app.command("activate")
+def model_activate(version: str, by: Annotated[str, typer.Option(help="who activates (recorded)")] =
+                   os.environ.get("USER", "cli")) -> None:
+    """Make VERSION the active model; the workers switch between two batches."""
+    from linewatch.trainer.registry import RegistryError
+
+    try:
+        row = _registry().activate(version, by)
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(f"{row.version} is active")
+
+
+@model_app.command("rollback")
+def model_rollback(by: Annotated[str, typer.Option(help="who rolls back (recorded)")] =
+                   os.environ.get("USER", "cli")) -> None:
+    """Re-activate the version that was active before the current one."""
+    from linewatch.trainer.registry import RegistryError
+
+    try:
+        row = _registry().rollback(by)
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(f"rolled back: {row.version} is active")
+
+
+@model_app.command("jobs")
+def model_jobs(limit: Annotated[int, typer.Option(min=1)] = 10) -> None:
+    """Recent training jobs with their progress."""
+    from linewatch.trainer import jobs
+
+    rows = jobs.recent_jobs(_registry().engine, limit)
+    if not rows:
+        typer.echo("no training jobs yet")
+    for job in rows:
+        typer.echo(_job_line(job))
 
 
 @app.command()

@@ -97,6 +97,7 @@ def upgrade() -> None:
     sa.Column("candidate_version", sa.String(length=64), nullable=True),
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("worker_pid", sa.Integer(), nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint("id")
     )
     with op.batch_alter_table("training_jobs", schema=None) as batch_op:

@@ -1,0 +1,99 @@
+"""One training job, run in its own process (``linewatch trainer --run-job ID``) so that a crash or a
+kill leaves the service, and the active model, untouched.
+
+Stages: collecting -> training -> evaluating -> registering (-> activated | rejected).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from linewatch.contracts.settings import Settings
+from linewatch.contracts.storage import make_engine
+from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
+from linewatch.detector.scoring import Scorer
+from linewatch.detector.training import EpochReport, TrainConfig, train
+
+from . import jobs
+from .dataset import build_training_set
+from .promotion import judge, labelled_review_set, promotion_decision
+from .registry import ModelRegistry, artifact_path
+
+log = logging.getLogger(__name__)
+
+
+def run_job(settings: Settings, job_id: int) -> int:
+    """Run the claimed job ``job_id`` to its end; returns 0 on success (activated or rejected), 1 on failure."""
+    engine = make_engine(settings.database_url)
+    registry = ModelRegistry(engine, settings.artifact_store_root, settings.kafka if settings.kafka.bootstrap_servers
+                             else None)
+    workdir = Path(tempfile.mkdtemp(prefix=f"linewatch-job{job_id}-"))
+    try:
+        job = jobs.get_job(engine, job_id)
+        if job is None or job.status != "running":
+            raise RuntimeError(f"job {job_id} is not a running job")
+        active = registry.active()
+        jobs.progress(engine, job_id, stage="collecting")
+        data = build_training_set(engine, active, settings.trainer.base_data)
+        log.info("job %d: %d base + %d confirmed-good images (%d duplicates, %d excluded as defect)",
+                 job_id, data.base, data.confirmed, data.duplicates, data.excluded_defect)
+        config, init = _recipe(settings, active, job.from_scratch)
+        jobs.progress(engine, job_id, stage="training", epoch=0, epochs=config.epochs)
+
+        def on_epoch(r: EpochReport) -> None:
+            jobs.progress(engine, job_id, stage="training", epoch=r.epoch, epochs=r.epochs, loss=r.loss, eta_s=r.eta_s)
+
+        result = train(data.paths, workdir / "candidate", config, init_student=init, on_epoch=on_epoch, progress=False,
+                       extra_metadata={"parent_version": active.version if active else None,
+                                       "training_set": {"base": data.base, "confirmed_good": data.confirmed}})
+        jobs.progress(engine, job_id, stage="evaluating", eta_s=None)
+        frames = labelled_review_set(engine)
+        candidate_scores = judge(Scorer(result.model_dir, settings.detector.device, settings.backbone.weights), frames)
+        active_scores = None
+        if active is not None:
+            active_scores = judge(Scorer(artifact_path(active), settings.detector.device, settings.backbone.weights),
+                                  frames)
+        promote, reason = promotion_decision(candidate_scores, active_scores)
+        jobs.progress(engine, job_id, stage="registering")
+        row = registry.register(result.model_dir, parent=active.version if active else None, metrics={
+            "validation": result.metadata["validation"], "review_set": candidate_scores,
+            "active_on_review_set": active_scores, "decision": reason,
+        }, notes=reason)
+        if promote and settings.trainer.auto_promote:
+            registry.activate(row.version, by=f"trainer (job {job_id})", notes=reason)
+            stage = "activated"
+        elif promote:
+            stage = "candidate"
+        else:
+            registry.set_status(row.version, "rejected")
+            stage = "rejected"
+        jobs.finish(engine, job_id, "succeeded", candidate_version=row.version, stage=stage)
+        log.info("job %d: %s %s (%s)", job_id, stage, row.version, reason)
+        return 0
+    except Exception as exc:  # noqa: BLE001 -- any failure ends the job as failed, with its error
+        log.exception("job %d failed", job_id)
+        jobs.finish(engine, job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        engine.dispose()
+
+
+def _recipe(settings: Settings, active, from_scratch: bool) -> tuple[TrainConfig, dict | None]:
+    """Fine-tune the active student (its architecture, image size and smoothing) or train from scratch."""
+    base = settings.training.model_dump()
+    common = {"teacher_weights": settings.backbone.weights, "device": settings.detector.device,
+              "max_pixels": settings.detector.max_pixels}
+    if active is None or from_scratch:
+        return TrainConfig(backbone=settings.backbone.name, **base, **common), None
+    path = artifact_path(active)
+    meta = read_metadata(path)
+    base.update(image_size=meta["image_size"], map_smoothing_sigma=meta["map_smoothing_sigma"],
+                epochs=settings.trainer.fine_tune_epochs, lr=settings.trainer.fine_tune_lr)
+    return TrainConfig(backbone=meta["backbone"], **base, **common), load_file(str(path / WEIGHTS_FILE))

@@ -1,0 +1,134 @@
+"""``linewatch trainer``: the long-running retraining service.
+
+Every ``trainer.poll_s`` seconds it
+1. marks failed the jobs whose process died,
+2. queues a job when a trigger fires: ``trainer.min_new_good`` frames confirmed good since the active
+   model was made, or ``trainer.schedule_hours`` since the last job (manual requests come from
+   ``linewatch retrain`` and the dashboard),
+3. runs the next queued job in a child process, one at a time, and records how it ended.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from sqlalchemy.engine import Engine
+
+from linewatch.contracts.settings import Settings
+from linewatch.contracts.storage import confirmed_good_frames, make_engine, migrate
+
+from . import jobs
+from .registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class TrainerService:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.engine: Engine = make_engine(settings.database_url)
+        migrate(self.engine)
+        self.registry = ModelRegistry(self.engine, settings.artifact_store_root,
+                                      settings.kafka if settings.kafka.bootstrap_servers else None)
+        self.stop_event = threading.Event()
+        self.child: subprocess.Popen | None = None
+        self.child_job: int | None = None
+        self.logs = settings.state_dir / "logs"
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.request_stop())
+        log.info("trainer started: retrains after %d confirmed-good frames%s", self.settings.trainer.min_new_good,
+                 f" or every {self.settings.trainer.schedule_hours} h" if self.settings.trainer.schedule_hours else "")
+        while not self.stop_event.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 -- a database hiccup must not end the service
+                log.exception("trainer tick failed; retrying")
+            self.stop_event.wait(self.settings.trainer.poll_s)
+        if self.child is not None and self.child.poll() is None:
+            log.info("stopping job %s", self.child_job)
+            self.child.terminate()
+            self._reap(self.child.wait(60))
+        self.engine.dispose()
+        return 0
+
+    def tick(self) -> None:
+        """One pass of the loop (see the module docstring)."""
+        if self.child is not None:
+            code = self.child.poll()
+            if code is None:
+                return
+            self._reap(code)
+        for job_id in jobs.fail_stale(self.engine):
+            log.error("job %d stopped reporting; marked failed", job_id)
+        self._check_triggers()
+        job = jobs.claim_next(self.engine, os.getpid())
+        if job is not None:
+            self._start(job.id)
+
+    def _check_triggers(self) -> None:
+        t = self.settings.trainer
+        active = self.registry.active()
+        if active is None:
+            return
+        last = jobs.last_finished(self.engine)
+        since = max(active.created_at, last.finished_at) if last is not None and last.finished_at else active.created_at
+        with self.engine.connect() as conn:
+            new_good = len(confirmed_good_frames(conn, since=since))
+        if new_good >= t.min_new_good:
+            job_id = jobs.request_job(self.engine, "threshold", requested_by="trainer")
+            log.info("%d frames confirmed good since %s: job %d queued", new_good, since.isoformat(), job_id)
+        elif t.schedule_hours and dt.datetime.now(dt.UTC) - since > dt.timedelta(hours=t.schedule_hours):
+            job_id = jobs.request_job(self.engine, "schedule", requested_by="trainer")
+            log.info("scheduled retraining: job %d queued", job_id)
+
+    def _start(self, job_id: int) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"training-job-{job_id}.log"
+        with open(log_path, "ab") as logfile:
+            self.child = subprocess.Popen([sys.executable, "-m", "linewatch", "trainer", "--run-job", str(job_id)],
+                                          stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.child_job = job_id
+        jobs.progress(self.engine, job_id, worker_pid=self.child.pid)
+        log.info("job %d started (pid %d, log %s)", job_id, self.child.pid, log_path)
+
+    def _reap(self, code: int) -> None:
+        """Record how the job process ended (a job that did not record its own end failed)."""
+        job_id, self.child, self.child_job = self.child_job, None, None
+        if job_id is None:
+            return
+        if code != 0:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            jobs.finish(self.engine, job_id, "failed", error=f"training process {how}")
+        job = jobs.get_job(self.engine, job_id)
+        log.info("job %d ended: %s %s", job_id, job.status if job else "?", (job.error or "") if job else "")
+
+
+def run_trainer(settings: Settings, run_job_id: int | None = None) -> int:
+    """Entry point of ``linewatch trainer``."""
+    if run_job_id is not None:
+        from .job import run_job
+
+        return run_job(settings, run_job_id)
+    server = None
+    if settings.trainer.metrics_port:
+        from linewatch.contracts.observability import serve_metrics
+
+        server = serve_metrics(settings.trainer.metrics_port)
+    try:
+        return TrainerService(settings).run()
+    finally:
+        if server is not None:
+            server.shutdown()
+
