@@ -264,16 +264,25 @@ class DetectorWorker:
 
     def _inference_stage(self) -> None:
         while True:
-            batch = self._q_prepared.get()
+            try:
+                batch = self._q_prepared.get(timeout=0.5)
+            except queue.Empty:
+                self._maybe_switch_model()  # an idle line switches at once
+                continue
             if batch is _STOP:
                 self._q_scored.put(_STOP)
                 return
-            if self._next_scorer is not None:  # model rollout: switch between batches only
-                self.scorer, self._next_scorer = self._next_scorer, None
-                telemetry.MODEL_INFO.clear()
-                telemetry.MODEL_INFO.labels(version=self.scorer.version).set(1)
-                log.info("now scoring with model %s", self.scorer.version)
+            self._maybe_switch_model()
             self._q_scored.put(self._score(batch))
+
+    def _maybe_switch_model(self) -> None:
+        """Model rollout: called only between batches, so no batch is scored by two models."""
+        if self._next_scorer is None:
+            return
+        self.scorer, self._next_scorer = self._next_scorer, None
+        telemetry.MODEL_INFO.clear()
+        telemetry.MODEL_INFO.labels(version=self.scorer.version).set(1)
+        log.info("now scoring with model %s", self.scorer.version)
 
     def _score(self, batch: _PreparedBatch) -> ScoredBatch:
         scorer = self.scorer

@@ -399,6 +399,7 @@ def up(
     model: Annotated[Path | None, typer.Option(help="model directory (default: train on the bottle images once)")] = None,
     source: Annotated[Path | None, typer.Option(help="image folder the camera replays (default: bottle test images)")] = None,
     dashboard: Annotated[bool, typer.Option(help="start the dashboard")] = True,
+    trainer: Annotated[bool, typer.Option(help="start the retraining service")] = True,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
     epochs: Annotated[int | None, typer.Option(min=1, help="epochs when the default model is trained")] = None,
 ) -> None:
@@ -406,10 +407,102 @@ def up(
     from linewatch.up import UpOptions, run_up
 
     options = UpOptions(max_frames=max_frames, workers=workers, fps=fps, model=model, source=source,
-                        dashboard=dashboard, dashboard_port=dashboard_port, epochs=epochs)
+                        dashboard=dashboard, dashboard_port=dashboard_port, trainer=trainer, epochs=epochs)
     with _user_errors():
         code = run_up(_settings(), options)
     raise typer.Exit(code)
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port [settings: dashboard.port]")] = None,
+    address: Annotated[str | None, typer.Option(help="interface to listen on [settings: dashboard.address]")] = None,
+) -> None:
+    """Run the Streamlit dashboard: live defect rates, heatmaps, defect gallery, operator review, models.
+
+    The process becomes ``streamlit run`` (same PID), so SIGTERM stops the dashboard directly.
+    """
+    from importlib.util import find_spec
+
+    s = _with(_settings(), "dashboard", port=port, address=address)
+    spec = find_spec("linewatch.dashboard.app")  # its location only: importing it would run the app
+    if spec is None or not spec.origin:
+        _fail("the dashboard is not installed (linewatch.dashboard.app not found)")
+    argv = [sys.executable, "-m", "streamlit", "run", spec.origin,
+            "--server.port", str(s.dashboard.port), "--server.address", s.dashboard.address,
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+            "--client.toolbarMode", "minimal"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+operator_app = typer.Typer(help="Dashboard operator accounts (the accounts file of dashboard.accounts_file).",
+                           no_args_is_help=True)
+app.add_typer(operator_app, name="operator")
+
+AccountsOpt = Annotated[Path | None, typer.Option("--accounts", help="accounts file [settings: dashboard.accounts_file]")]
+
+
+def _accounts_file(accounts: Path | None) -> Path:
+    path = accounts or _settings().dashboard.accounts_file
+    if path is None:
+        _fail("no accounts file: pass --accounts FILE or set LINEWATCH_DASHBOARD__ACCOUNTS_FILE")
+    return path
+
+
+@operator_app.command("add")
+def operator_add(
+    name: Annotated[str, typer.Argument(help="operator name (letters, digits, . _ @ -)")],
+    accounts: AccountsOpt = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+) -> None:
+    """Add an operator, or set a new password for one (asked for twice, hidden)."""
+    from linewatch.dashboard.accounts import AccountsError, set_password, validate_name
+
+    path = _accounts_file(accounts)
+    try:
+        validate_name(name)
+    except AccountsError as exc:
+        _fail(str(exc))
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
+    try:
+        new = set_password(path, name, password)
+    except (AccountsError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{'added' if new else 'updated'} operator {name} in {path}")
+
+
+@operator_app.command("remove")
+def operator_remove(name: str, accounts: AccountsOpt = None) -> None:
+    """Remove an operator."""
+    from linewatch.dashboard.accounts import AccountsError, remove_account
+
+    path = _accounts_file(accounts)
+    try:
+        removed = remove_account(path, name)
+    except (AccountsError, OSError) as exc:
+        _fail(str(exc))
+    if not removed:
+        _fail(f"no operator {name!r} in {path}", code=1)
+    typer.echo(f"removed operator {name} from {path}")
+
+
+@operator_app.command("list")
+def operator_list(accounts: AccountsOpt = None) -> None:
+    """The operators in the accounts file."""
+    from linewatch.dashboard.accounts import AccountsError, load_accounts
+
+    path = _accounts_file(accounts)
+    try:
+        names = sorted(load_accounts(path))
+    except AccountsError as exc:
+        _fail(str(exc))
+    typer.echo("\n".join(names) if names else f"no operators in {path}")
 
 
 db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)

@@ -50,6 +50,7 @@ class UpOptions:
     line_id: str = "line-1"
     dashboard: bool = True
     dashboard_port: int = 8501
+    trainer: bool = True
     epochs: int | None = None
 
 
@@ -112,9 +113,13 @@ class Up:
             self.settings = Settings()  # re-read: the environment now points at the embedded services
             migrate(self.settings.database_url)
             ensure_topics(self.settings.kafka)
+            active = self._activate(model, explicit=o.model is not None)
+            print(f"active model: {active.version} ({active.artifact_uri})", flush=True)
             started = dt.datetime.now(dt.UTC)
             for i in range(o.workers):
-                self._spawn(f"worker-{i + 1}", ["detect", "--model", str(model)], env)
+                self._spawn(f"worker-{i + 1}", ["detect", "--model", active.artifact_uri.removeprefix("file://")], env)
+            if o.trainer:
+                self._spawn("trainer", ["trainer"], env)
             self._wait_for_workers(o.workers)
             if o.dashboard:
                 self._spawn("dashboard", ["dashboard", "--port", str(o.dashboard_port)], env)
@@ -134,6 +139,18 @@ class Up:
         if summary is not None:
             print(json.dumps(summary, indent=2))
         return 0
+
+    def _activate(self, model: Path, explicit: bool):
+        """The registry's active version: ``model`` when given explicitly, else whatever is active (a retrained
+        version survives restarts), else the default model as v1."""
+        from linewatch.trainer.registry import ModelRegistry
+
+        engine = make_engine(self.settings.database_url)
+        try:
+            registry = ModelRegistry(engine, self.settings.artifact_store_root, self.settings.kafka)
+            return registry.use(model, "linewatch up") if explicit else registry.ensure_active(model, "linewatch up")
+        finally:
+            engine.dispose()
 
     # ---- infrastructure -----------------------------------------------------------------------------
 

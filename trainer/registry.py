@@ -164,11 +164,26 @@ class ModelRegistry:
         return self.activate(previous.version, by, notes=f"rollback from {current.version if current else 'none'}")
 
     def ensure_active(self, model_dir: Path, by: str) -> ModelVersion:
-        """The active version; when the registry is empty, ``model_dir`` is registered and activated as v1."""
+        """The active version, announced again; when none is active, ``model_dir`` is used (see :meth:`use`)."""
         current = self.active()
-        if current is not None:
-            return current
-        if self.list():
-            raise RegistryError("the registry has versions but none is active: activate one")
-        row = self.register(model_dir, status="candidate", notes="initial model")
+        if current is None:
+            return self.use(model_dir, by)
+        self.announce(current)
+        return current
+
+    def use(self, model_dir: Path, by: str) -> ModelVersion:
+        """Make the model in ``model_dir`` the active version, registering it first if the registry has no
+        version with the same weights; announces it."""
+        sha = json.loads((Path(model_dir) / METADATA_FILE).read_text())["weights_sha256"]
+        for row in self.list():
+            try:
+                same = json.loads((artifact_path(row) / METADATA_FILE).read_text())["weights_sha256"] == sha
+            except (OSError, ValueError, KeyError):
+                continue
+            if same:
+                if row.status == "active":
+                    self.announce(row)
+                    return row
+                return self.activate(row.version, by)
+        row = self.register(model_dir, status="candidate", notes=f"registered by {by}")
         return self.activate(row.version, by)

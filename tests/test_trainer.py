@@ -1,0 +1,117 @@
+"""The retraining loop against real services: labels -> trainer -> new version -> workers switch -> rollback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import time
+
+import pytest
+from sqlalchemy import insert
+
+from datasets import bottle
+from linewatch.contracts.live_state import LiveStateReader
+from linewatch.contracts.storage import Label
+from linewatch.trainer import jobs
+from linewatch.trainer.registry import ModelRegistry, artifact_path
+from pipeline_harness import Pipeline
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def line(apache_kafka, redis_url, postgres_server, tmp_path, quick_model):
+    p = Pipeline(apache_kafka.bootstrap_servers, redis_url, postgres_server.url, tmp_path / "state",
+                 quick_model.model_dir,
+                 LINEWATCH_DETECTOR__GOOD_SAMPLE_RATE="1.0",
+                 LINEWATCH_TRAINER__MIN_NEW_GOOD="10",
+                 LINEWATCH_TRAINER__POLL_S="1",
+                 LINEWATCH_TRAINER__FINE_TUNE_EPOCHS="3",
+                 LINEWATCH_TRAINING__BATCH_SIZE="4",
+                 LINEWATCH_TRAINING__EPOCHS="40")
+    p.registry = ModelRegistry(p.engine, p.settings.artifact_store_root, p.settings.kafka)
+    with p.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM training_jobs")
+        conn.exec_driver_sql("DELETE FROM models")
+    yield p
+    p.close()
+
+
+def _wait(predicate, timeout_s: float, what: str, p: Pipeline):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(p.log_tail(n, 15) for n in p.workers))
+
+
+def _worker_model(p: Pipeline) -> set[str]:
+    return {w["model_version"] for w in LiveStateReader(p.redis).workers() if w["alive"]}
+
+
+def _label(p: Pipeline, rows, label: str, operator: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    with p.engine.begin() as conn:
+        conn.execute(insert(Label), [{"inspection_id": r.id, "label": label, "operator": operator,
+                                      "created_at": now} for r in rows])
+
+
+def test_labels_retrain_rollout_rollback_and_a_killed_job(line):
+    p = line
+    v1 = p.registry.use(p.model_dir, "test")
+    assert (v1.version, v1.status) == ("v1", "active")
+    p.start_worker("w1")
+    p.wait_for_workers(1)
+    assert _worker_model(p) == {"v1"}
+    p.publish_folder(bottle() / "test" / "good")
+    p.publish_folder(bottle() / "test" / "broken_large", camera_id="cam-2")
+    p.wait_for_rows(40)
+    rows = p.rows()
+    assert {r.model_version for r in rows} == {"v1"}
+    good_rows = [r for r in rows if r.camera_id == "cam-1"][:10]
+    defect_rows = [r for r in rows if r.camera_id == "cam-2" and r.image_uri][:3]
+    assert all(r.image_uri for r in good_rows) and len(defect_rows) == 3
+    _label(p, good_rows, "good", "alice")
+    _label(p, defect_rows, "defect", "alice")
+
+    # 10 confirmed-good frames reach the trigger: the trainer fine-tunes v1 into v2 and rolls it out.
+    p.start("trainer", "trainer")
+    job = _wait(lambda: next((j for j in jobs.recent_jobs(p.engine) if j.status in ("succeeded", "failed")), None),
+                300, "the retraining job", p)
+    assert job.status == "succeeded", job.error
+    assert (job.trigger, job.candidate_version, job.stage) == ("threshold", "v2", "activated")
+    v2 = p.registry.get("v2")
+    assert (v2.status, v2.parent_version) == ("active", "v1") and p.registry.get("v1").status == "retired"
+    manifest = {m["sha256"] for m in json.loads((artifact_path(v2) / "model.json").read_text())["manifest"]}
+    file_hash = lambda uri: hashlib.sha256(open(uri.removeprefix("file://"), "rb").read()).hexdigest()  # noqa: E731
+    assert {file_hash(r.image_uri) for r in good_rows} <= manifest
+    assert not {file_hash(r.image_uri) for r in defect_rows} & manifest  # defect-labelled frames never trained on
+    assert v2.metrics["review_set"]["frames"] == 13
+
+    _wait(lambda: _worker_model(p) == {"v2"}, 60, "the worker to switch to v2", p)
+    p.publish_folder(bottle() / "test" / "contamination", camera_id="cam-3")
+    p.wait_for_rows(61)
+    assert {r.model_version for r in p.rows() if r.camera_id == "cam-3"} == {"v2"}
+
+    # Rollback: v1 is active again and new results carry v1.
+    assert p.registry.rollback("bob").version == "v1"
+    _wait(lambda: _worker_model(p) == {"v1"}, 60, "the worker to switch back to v1", p)
+    p.publish_folder(bottle() / "test" / "broken_small", camera_id="cam-4")
+    p.wait_for_rows(83)
+    assert {r.model_version for r in p.rows() if r.camera_id == "cam-4"} == {"v1"}
+
+    # A job killed midway leaves v1 active and ends failed.
+    job_id = jobs.request_job(p.engine, "manual", requested_by="carol", from_scratch=True)
+    running = _wait(lambda: (j := jobs.get_job(p.engine, job_id)) and j.status == "running" and j.epoch
+                    and j.epoch >= 1 and j, 240, "the job to train", p)
+    os.kill(running.worker_pid, signal.SIGKILL)
+    failed = _wait(lambda: (j := jobs.get_job(p.engine, job_id)).status == "failed" and j, 60, "the job to fail", p)
+    assert "killed by signal 9" in failed.error
+    assert p.registry.active().version == "v1"
+    assert [v.version for v in p.registry.list()] == ["v1", "v2"]
+    assert p.stop_workers()["w1"] == 0
