@@ -1,0 +1,197 @@
+"""Pipeline benchmark: frames/s through Kafka -> workers -> Redis + SQL, end-to-end latency, and the
+ratio to offline batch scoring of the same frames at the same batch size.
+
+    python bench/pipeline.py [--model MODEL_DIR] [--frames 332] [--workers 1 2] [--batch 16] [--fps 10]
+
+Runs on the embedded services (tansu broker, redis-server, a SQLite file) unless
+``--bootstrap HOST:PORT`` points at a Kafka cluster. Three measurements, side by side in one run:
+
+* throughput: a backlog of ``--frames`` bottle test frames is published first, then N workers drain
+  it; frames/s = frames / (last SQL commit - first SQL commit);
+* offline: the same encoded frames decoded, prepared and scored in this process, batch by batch;
+* latency: one camera at ``--fps`` frames/s for ``--seconds`` s with one worker; p50/p99 of
+  captured_at -> SQL commit, against the median model time of one batch.
+
+Targets (issue 3): pipeline throughput >= 85% of offline; p99 latency at 10 frames/s <= 3x one batch.
+Writes ``bench/results/pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "bench" / "results" / "models" / "bottle")
+    parser.add_argument("--frames", type=int, default=332)
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
+    args = parser.parse_args()
+    if not (args.model / "model.json").is_file():
+        print(f"no model at {args.model}: run bench/accuracy.py first or pass --model", file=sys.stderr)
+        return 2
+
+    import numpy as np
+    import torch
+    from sqlalchemy import select
+
+    from linewatch.contracts.kafka import ensure_topics
+    from linewatch.contracts.settings import Settings
+    from linewatch.contracts.storage import Inspection, make_engine, migrate
+    from linewatch.detector.imaging import decode_image
+    from linewatch.detector.scoring import Scorer
+    from linewatch.embedded import redis_server, tansu_broker
+    from linewatch.ingest.camera import CameraService
+    from linewatch.ingest.sources import ImageFolderSource
+
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"linewatch-bench-{uuid.uuid4().hex[:6]}"
+    services = []
+    if not args.bootstrap:
+        services.append(tansu_broker(work / "tansu").start())
+        args.bootstrap = f"127.0.0.1:{services[-1].port}"
+    services.append(redis_server(work / "redis").start())
+    redis_url = f"redis://127.0.0.1:{services[-1].port}/0"
+    bottle_test = Settings().data_root / "mvtec_ad" / "bottle" / "test"
+    files = sorted(bottle_test.rglob("*.png"))
+    results: dict = {"frames": args.frames, "batch": args.batch, "cpu_threads": torch.get_num_threads(),
+                     "model": str(args.model)}
+
+    def run(name: str, workers: int, publish, threads: int) -> tuple[list, float]:
+        prefix = f"b{uuid.uuid4().hex[:6]}"
+        env = {**os.environ, "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": args.bootstrap, "LINEWATCH_KAFKA__TOPIC_PREFIX":
+               prefix, "LINEWATCH_KAFKA__SESSION_TIMEOUT_MS": "6000", "LINEWATCH_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+               "LINEWATCH_REDIS__URL": redis_url, "LINEWATCH_DATABASE__URL": f"sqlite:///{work / (name + '.db')}",
+               "LINEWATCH_STATE_DIR": str(work / name), "LINEWATCH_DETECTOR__MAX_BATCH": str(args.batch),
+               "LINEWATCH_DETECTOR__GOOD_SAMPLE_RATE": "0.02", "LINEWATCH_LOG_FORMAT": "json"}
+        settings = Settings(kafka={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix},
+                            database={"url": env["LINEWATCH_DATABASE__URL"]})
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        ensure_topics(settings.kafka)
+        procs = []
+        (work / name).mkdir(parents=True, exist_ok=True)
+        published_before = publish == "backlog"
+        if published_before:
+            _publish(settings, files, args.frames, 0.0, CameraService, ImageFolderSource, cameras=4)
+        for i in range(workers):
+            log = open(work / name / f"worker-{i}.log", "ab")  # noqa: SIM115
+            procs.append(subprocess.Popen([sys.executable, "-m", "linewatch", "detect", "--model", str(args.model),
+                                           "--no-follow-registry", "--threads", str(threads)], env=env, stdout=log,
+                                          stderr=log))
+        if not published_before:
+            time.sleep(15)  # workers up and in the group before the camera starts
+            _publish(settings, files, int(args.fps * args.seconds), args.fps, CameraService, ImageFolderSource)
+        target = args.frames if published_before else int(args.fps * args.seconds)
+        deadline = time.monotonic() + 900
+        rows: list = []
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                rows = conn.execute(select(Inspection.processed_at, Inspection.total_ms, Inspection.inference_ms,
+                                           Inspection.captured_at)).all()
+            if len(rows) >= target:
+                break
+            time.sleep(1.0)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+        engine.dispose()
+        end = max(r.captured_at.timestamp() * 1000 + r.total_ms for r in rows)
+        start = min(r.captured_at.timestamp() * 1000 + r.total_ms for r in rows)
+        return rows, (end - start) / 1000
+
+    try:
+        # Offline: the same encoded frames, decoded, prepared and scored here, batch by batch.
+        encoded = [files[i % len(files)].read_bytes() for i in range(args.frames)]
+        scorer = Scorer(args.model, "auto")
+        t0 = time.perf_counter()
+        batch_times = []
+        for start in range(0, len(encoded), args.batch):
+            chunk = encoded[start : start + args.batch]
+            b0 = time.perf_counter()
+            scorer.score(np.stack([scorer.prepare(decode_image(b)) for b in chunk]))
+            batch_times.append(time.perf_counter() - b0)
+        offline_fps = len(encoded) / (time.perf_counter() - t0)
+        results["offline_frames_per_s"] = offline_fps
+        del scorer
+        print(f"offline batch scoring (decode + prepare + score, batch {args.batch}): {offline_fps:.1f} frames/s",
+              flush=True)
+
+        cores = os.cpu_count() or 1
+        for n in args.workers:
+            rows, seconds = run(f"throughput-{n}", n, "backlog", max(1, cores // n))
+            fps = (len(rows) - 1) / seconds if seconds > 0 else float("nan")
+            results[f"pipeline_{n}_workers_frames_per_s"] = fps
+            results[f"pipeline_{n}_workers_ratio_to_offline"] = fps / offline_fps
+            print(f"pipeline, {n} worker(s): {fps:.1f} frames/s = {fps / offline_fps:.0%} of offline", flush=True)
+
+        rows, _ = run("latency", 1, "camera", cores)
+        lat = np.array([r.total_ms for r in rows])
+        inference = float(np.median([r.inference_ms for r in rows]))
+        results.update(latency_fps=args.fps, latency_frames=len(rows), latency_p50_ms=float(np.percentile(lat, 50)),
+                       latency_p99_ms=float(np.percentile(lat, 99)), batch_inference_ms=inference,
+                       p99_over_batch_inference=float(np.percentile(lat, 99)) / inference)
+        print(f"latency at {args.fps:g} frames/s: p50 {results['latency_p50_ms']:.0f} ms, "
+              f"p99 {results['latency_p99_ms']:.0f} ms; one batch's inference {inference:.0f} ms "
+              f"(p99 = {results['p99_over_batch_inference']:.1f}x)", flush=True)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    print()
+    print(_table(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def _publish(settings, files, n, fps, camera_cls, source_cls, cameras: int = 1) -> None:
+    """Publish ``n`` frames from ``cameras`` cameras (a camera's frames share one partition, so a backlog
+    spread over several cameras is what lets several workers share it)."""
+    import threading
+
+    per_camera = [n // cameras + (i < n % cameras) for i in range(cameras)]
+    services = [camera_cls(settings, f"cam-{i + 1}", "line-1", source_cls(files[0].parent.parent, loop=True,
+                           files=files), fps=fps / cameras, max_frames=k) for i, k in enumerate(per_camera)]
+    threads = [threading.Thread(target=c.run, kwargs={"install_signal_handlers": False}) for c in services]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    published = sum(c.counters.published for c in services)
+    if published != n:
+        raise RuntimeError(f"published {published} of {n} frames")
+
+
+def _table(r: dict) -> str:
+    lines = [f"{'measurement':<52}{'value':>12}", "-" * 64,
+             f"{'offline batch scoring, frames/s':<52}{r['offline_frames_per_s']:>12.1f}"]
+    for key, value in r.items():
+        if key.startswith("pipeline_") and key.endswith("frames_per_s"):
+            n = key.split("_")[1]
+            lines.append(f"{f'pipeline, {n} worker(s), frames/s':<52}{value:>12.1f}")
+            lines.append(f"{f'  ratio to offline (target >= 0.85)':<52}{r[f'pipeline_{n}_workers_ratio_to_offline']:>12.2f}")
+    if "latency_p99_ms" in r:
+        lines += [f"{'latency p50 at %g frames/s, ms' % r['latency_fps']:<52}{r['latency_p50_ms']:>12.0f}",
+                  f"{'latency p99 at %g frames/s, ms' % r['latency_fps']:<52}{r['latency_p99_ms']:>12.0f}",
+                  f"{'inference time of one batch (median), ms':<52}{r['batch_inference_ms']:>12.0f}",
+                  f"{'  p99 / batch inference (target <= 3)':<52}{r['p99_over_batch_inference']:>12.2f}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

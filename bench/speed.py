@@ -1,0 +1,133 @@
+"""Speed benchmark of the STPM core: scoring throughput, teacher against full scoring, training epochs.
+
+    python bench/speed.py [--model MODEL_DIR] [--devices cpu cuda] [--batches 1 4 8 16 32]
+
+Measured side by side in one run, on real bottle images (absolute times on shared machines are
+noisy; the ratios are the result). Without ``--model`` a 1-epoch model is trained first (weights do
+not change the cost). Prints a table and writes ``bench/results/speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs after two warm-up runs."""
+    for _ in range(2):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when present")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16, 32])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-images", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from linewatch.contracts.settings import Settings
+    from linewatch.detector.datasets import open_dataset
+    from linewatch.detector.devices import autocast
+    from linewatch.detector.imaging import decode_image
+    from linewatch.detector.scoring import Scorer
+    from linewatch.detector.stpm import normalize_features
+    from linewatch.detector.training import TrainConfig, train
+
+    bottle = open_dataset(Settings().data_root / "mvtec_ad" / "bottle")
+    model_dir = args.model
+    if model_dir is None:
+        model_dir = args.out.parent / "models" / "speed-1epoch"
+        if not (model_dir / "model.json").is_file():
+            train(bottle.train[:16], model_dir, TrainConfig(epochs=1, device="cpu"), progress=False)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    encoded = [s.path.read_bytes() for s in bottle.test[:32]]
+    rows = []
+    for device in devices:
+        scorer = Scorer(model_dir, device)
+        dev = scorer.device
+        sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+        prepared = np.stack([scorer.prepare(decode_image(b)) for b in encoded])
+        for batch in args.batches:
+            x = np.concatenate([prepared] * (batch // len(prepared) + 1))[:batch]
+            s = timed(lambda: scorer.score(x), args.repeats, sync)
+            rows.append({"device": device, "what": "score (prepared inputs)", "batch": batch, "images_per_s": batch / s})
+            print(_line(rows[-1]), flush=True)
+        batch = 16
+        x = torch.from_numpy(prepared[:batch]).to(dev)
+        stpm = scorer.model.stpm
+
+        @torch.inference_mode()
+        def teacher_only() -> None:
+            with autocast(dev):
+                normalize_features(stpm.teacher(stpm.normalize_input(x)))
+
+        s_teacher = timed(teacher_only, args.repeats, sync)
+        s_full = timed(lambda: scorer.score(prepared[:batch]), args.repeats, sync)
+        s_decode = timed(lambda: scorer.score(np.stack([scorer.prepare(decode_image(b)) for b in encoded[:batch]])),
+                         args.repeats, sync)
+        for what, sec in (("teacher forward only", s_teacher), ("score (prepared inputs)", s_full),
+                          ("decode PNG + prepare + score", s_decode)):
+            rows.append({"device": device, "what": what, "batch": batch, "images_per_s": batch / sec,
+                         "time_vs_full_scoring": sec / s_full})
+            print(_line(rows[-1]), flush=True)
+
+        # Training epochs: teacher features cached once (what linewatch does) against recomputed every batch.
+        images = bottle.train[: args.train_images]
+        for epochs in (1, 3):
+            t0 = time.perf_counter()
+            train(images, args.out.parent / "models" / "speed-train", TrainConfig(epochs=epochs, device=device),
+                  progress=False)
+            rows.append({"device": device, "what": f"train {epochs} epoch(s), {len(images)} images", "batch": 32,
+                         "seconds": time.perf_counter() - t0})
+            print(_line(rows[-1]), flush=True)
+        per_epoch = rows[-1]["seconds"] - rows[-2]["seconds"]
+        teacher_epoch = (len(images) * 0.8 / batch) * s_teacher  # teacher cost per epoch if not cached
+        rows.append({"device": device, "what": "train: seconds per extra epoch (cached teacher)", "batch": 32,
+                     "seconds": per_epoch / 2,
+                     "note": f"an uncached teacher would add about {teacher_epoch:.1f} s per epoch "
+                             f"({teacher_epoch / max(per_epoch / 2, 1e-9):.0%})"})
+        print(_line(rows[-1]), flush=True)
+    print()
+    print(_table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": str(model_dir), "rows": rows,
+                                    "threads": torch.get_num_threads()}, indent=2))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def _line(r: dict) -> str:
+    value = f"{r['images_per_s']:8.1f} images/s" if "images_per_s" in r else f"{r['seconds']:8.1f} s       "
+    ratio = f"  time {r['time_vs_full_scoring']:.2f} x full scoring" if "time_vs_full_scoring" in r else ""
+    note = f"  ({r['note']})" if "note" in r else ""
+    return f"{r['device']:<5} {r['what']:<48} batch {r['batch']:>3}  {value}{ratio}{note}"
+
+
+def _table(rows: list[dict]) -> str:
+    return "\n".join(_line(r) for r in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
