@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import redis
 
 from .messages import InspectionResult
+from .settings import RedisSettings
 
 PREFIX = "linewatch"
 LATEST_TTL_S = 24 * 3600
@@ -65,6 +66,11 @@ def connect(url: str, password: str | None = None) -> redis.Redis:
     """A Redis client with timeouts (a stalled Redis raises instead of hanging a worker or a page)."""
     return redis.Redis.from_url(url, password=password, socket_timeout=5, socket_connect_timeout=5,
                                 health_check_interval=30)
+
+
+def connect_settings(settings: RedisSettings) -> redis.Redis:
+    """:func:`connect` with the URL and password (from a secret file, say) of the settings."""
+    return connect(settings.url, settings.password.get_secret_value() if settings.password else None)
 
 
 class LiveStateWriter:

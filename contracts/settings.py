@@ -5,7 +5,8 @@ Sources, highest priority first:
 1. values passed in code (``Settings(detector={"max_batch": 8})``) or by CLI options,
 2. environment variables ``LINEWATCH_<SECTION>__<FIELD>`` (e.g. ``LINEWATCH_KAFKA__BOOTSTRAP_SERVERS``),
 3. a TOML config file named by ``LINEWATCH_CONFIG`` (sections as tables: ``[kafka]``, ``[detector]`` ...),
-4. secret files in ``LINEWATCH_SECRETS_DIR`` (one file per variable, e.g. ``/run/secrets``),
+4. secret files in ``LINEWATCH_SECRETS_DIR`` (e.g. ``/run/secrets``), one per setting, named
+   ``<section>__<field>`` (``database__password``, ``redis__password``, ``kafka__sasl_password``),
 5. the defaults below, which run everything embedded on one machine.
 """
 
@@ -19,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -206,7 +208,6 @@ class Settings(BaseSettings):
         env_prefix="LINEWATCH_",
         env_nested_delimiter="__",
         extra="ignore",
-        secrets_dir=os.environ.get(SECRETS_DIR_ENV) or None,
     )
 
     state_dir: Path = Field(Path("var"), description="embedded state: SQLite file, image store, models")
@@ -233,8 +234,14 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        """The SQL URL; the embedded default is a SQLite file in ``state_dir``."""
-        return self.database.url or f"sqlite:///{(self.state_dir / 'linewatch.db').resolve()}"
+        """The SQL URL, with ``database.password`` filled in; the embedded default is a SQLite file in ``state_dir``."""
+        url = self.database.url or f"sqlite:///{(self.state_dir / 'linewatch.db').resolve()}"
+        if self.database.password is None:
+            return url
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).set(password=self.database.password.get_secret_value()).render_as_string(
+            hide_password=False)
 
     @property
     def image_store_root(self) -> Path:
@@ -260,7 +267,11 @@ class Settings(BaseSettings):
             if not path.is_file():
                 raise FileNotFoundError(f"{CONFIG_ENV}={config}: no such config file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        sources.append(file_secret_settings)
+        secrets = os.environ.get(SECRETS_DIR_ENV)
+        if secrets:
+            # One file per setting, named <section>__<field> (e.g. database__password), as Docker secrets are.
+            sources.append(NestedSecretsSettingsSource(file_secret_settings, secrets_dir=secrets, secrets_prefix="",
+                                                       secrets_nested_delimiter="__", secrets_dir_missing="error"))
         return tuple(sources)
 
 

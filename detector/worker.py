@@ -37,7 +37,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from linewatch.contracts.kafka import make_consumer, make_producer
-from linewatch.contracts.live_state import LiveStateWriter, connect
+from linewatch.contracts.live_state import LiveStateWriter, connect_settings
 from linewatch.contracts.messages import FrameRef, InspectionResult, Latency, RegionOut
 from linewatch.contracts.settings import Settings
 from linewatch.contracts.storage import make_engine, migrate
@@ -125,7 +125,7 @@ class DetectorWorker:
                 signal.signal(sig, lambda *_: self.request_stop())
         engine = make_engine(s.database_url, s.database.pool_size)
         migrate(engine)
-        redis_client = connect(s.redis.url, s.redis.password.get_secret_value() if s.redis.password else None)
+        redis_client = connect_settings(s.redis)
         live = LiveStateWriter(redis_client, counts_ttl_s=s.redis.counts_ttl_s, recent_cap=s.redis.recent_results_cap)
         producer = make_producer(s.kafka)
         self.store = ResultStore(engine, live, producer, s.kafka, ImageStore(s.image_store_root), self.worker_id,
@@ -409,6 +409,9 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
 
         watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(_local(a.artifact_uri)))
         announced = watcher.read_current()
+        while announced is None and model_dir is None:  # a fresh deployment: wait for the first model
+            log.warning("no model yet: waiting for a version to be activated (linewatch model register --activate)")
+            announced = watcher.read_current(settle_s=5.0)
         if announced is not None:
             log.info("registry: active model is %s", announced.version)
             model_dir = _local(announced.artifact_uri)

@@ -353,6 +353,24 @@ def model_show(version: str) -> None:
                           | {"training_images": len(r.manifest)}, indent=2, default=str))
 
 
+@model_app.command("register")
+def model_register(
+    model_dir: Annotated[Path, typer.Argument(help="a model directory written by linewatch train")],
+    activate: Annotated[bool, typer.Option(help="make it the active version at once")] = False,
+    by: Annotated[str, typer.Option(help="who registers (recorded)")] = os.environ.get("USER", "cli"),
+) -> None:
+    """Add a trained model to the registry as the next version (e.g. the first model of a new line)."""
+    from linewatch.detector.model_files import ModelFileError, read_metadata
+
+    try:
+        read_metadata(model_dir)
+    except ModelFileError as exc:
+        _fail(str(exc))
+    registry = _registry()
+    row = registry.use(model_dir, by) if activate else registry.register(model_dir, notes=f"registered by {by}")
+    typer.echo(f"{row.version} registered ({row.status})")
+
+
 @model_app.command("activate")
 def model_activate(version: str, by: Annotated[str, typer.Option(help="who activates (recorded)")] =
                    os.environ.get("USER", "cli")) -> None:
@@ -422,13 +440,9 @@ def dashboard(
 
     The process becomes ``streamlit run`` (same PID), so SIGTERM stops the dashboard directly.
     """
-    from importlib.util import find_spec
-
     s = _with(_settings(), "dashboard", port=port, address=address)
-    spec = find_spec("linewatch.dashboard.app")  # its location only: importing it would run the app
-    if spec is None or not spec.origin:
-        _fail("the dashboard is not installed (linewatch.dashboard.app not found)")
-    argv = [sys.executable, "-m", "streamlit", "run", spec.origin,
+    # `streamlit run dashboard/app.py` with these options (see linewatch.dashboard.launch for why a launcher)
+    argv = [sys.executable, "-m", "linewatch.dashboard.launch",
             "--server.port", str(s.dashboard.port), "--server.address", s.dashboard.address,
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none", "--server.runOnSave", "false",
@@ -517,6 +531,13 @@ def db_upgrade() -> None:
     s = _settings()
     migrate(s.database_url)
     typer.echo(f"database schema up to date ({_redact(s.database_url)})")
+
+
+@app.command()
+def setup() -> None:
+    """Create the Kafka topics and bring the SQL schema up to date (idempotent; the deployment's first step)."""
+    topics()
+    db_upgrade()
 
 
 @app.command()

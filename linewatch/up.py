@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from linewatch.contracts.kafka import ensure_topics
-from linewatch.contracts.live_state import LiveStateReader, connect
+from linewatch.contracts.live_state import LiveStateReader, connect_settings
 from linewatch.contracts.settings import Settings
 from linewatch.contracts.storage import Inspection, make_engine, migrate
 
@@ -184,7 +184,7 @@ class Up:
 
     def _wait_for_workers(self, n: int, timeout_s: float = 180.0) -> None:
         """Wait until ``n`` workers send heartbeats, so the first frames do not wait for a group join."""
-        reader = LiveStateReader(connect(self.settings.redis.url))
+        reader = LiveStateReader(connect_settings(self.settings.redis))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.stopping:
             if len([w for w in reader.workers() if w["alive"]]) >= n:
@@ -201,7 +201,7 @@ class Up:
     def _watch(self, started: dt.datetime) -> dict | None:
         """Print a status line every second; returns the summary when ``max_frames`` are done."""
         engine = make_engine(self.settings.database_url)
-        reader = LiveStateReader(connect(self.settings.redis.url))
+        reader = LiveStateReader(connect_settings(self.settings.redis))
         camera = self.children.processes["camera"]
         t0, last_n, last_t = time.monotonic(), 0, time.monotonic()
         published: dict | None = None

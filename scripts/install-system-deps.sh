@@ -14,6 +14,7 @@ wanted=(
   "postgresql /usr/lib/postgresql/*/bin/initdb"
   "default-jre-headless java"
   "maven mvn"
+  "docker-compose docker-compose"
 )
 if [[ "${LINEWATCH_WITH_BROWSER:-0}" == "1" ]]; then
   wanted+=("chromium chromium")

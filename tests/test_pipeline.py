@@ -5,8 +5,10 @@ Workers run as ``linewatch detect`` processes; the camera replays real MVTec AD 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from datasets import bottle
 from linewatch.detector.imaging import read_image
 from linewatch.detector.scoring import Scorer
+from linewatch.embedded import free_port
 from pipeline_harness import Pipeline, frame_headers
 
 pytestmark = pytest.mark.services
@@ -40,6 +43,8 @@ def pipeline(apache_kafka, redis_url, tmp_path, quick_model, request):
 def test_every_bottle_frame_is_inspected_once_and_matches_offline_scoring(pipeline, database_url, quick_model):
     counters = pipeline.publish_folder(bottle() / "test")
     assert (counters.captured, counters.published, counters.dropped, counters.failed) == (83, 83, 0, 0)
+    metrics_port = free_port()
+    pipeline.env["LINEWATCH_DETECTOR__METRICS_PORT"] = str(metrics_port)
     pipeline.start_worker("w1")
     assert pipeline.wait_for_rows(BOTTLE_TEST_IMAGES) == BOTTLE_TEST_IMAGES
     time.sleep(2)  # anything extra would arrive now
@@ -68,7 +73,16 @@ def test_every_bottle_frame_is_inspected_once_and_matches_offline_scoring(pipeli
     # Every result was also published for line integration.
     published = pipeline.consume(pipeline.settings.kafka.inspections_topic, 83)
     assert len({m.value for m in published}) == 83
+    # The worker's Prometheus endpoint counts what the record holds; its logs are JSON lines.
+    metrics = _scrape(metrics_port)
+    defects = sum(r.verdict == "defect" for r in rows)
+    assert metrics['linewatch_frames_inspected_total{verdict="defect"}'] == defects
+    assert metrics['linewatch_frames_inspected_total{verdict="good"}'] == 83 - defects
+    assert metrics["linewatch_end_to_end_latency_seconds_count"] == 83
+    assert urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5).status == 200
     assert pipeline.stop_workers() == {"w1": 0}
+    log_lines = (pipeline.logs / "w1.log").read_text().splitlines()
+    assert log_lines and all(json.loads(line)["level"] for line in log_lines)
 
 
 def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(pipeline):
@@ -178,6 +192,13 @@ def test_store_outage_delays_but_loses_nothing(apache_kafka, redis_service, redi
         assert _committed(p) == 40
     finally:
         p.close()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Prometheus text format -> {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
 
 
 def _committed(p: Pipeline) -> int:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from linewatch.contracts.settings import Settings
 from linewatch.contracts.storage import confirmed_good_frames, make_engine, migrate
 
-from . import jobs
+from . import jobs, telemetry
 from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class TrainerService:
 
     def tick(self) -> None:
         """One pass of the loop (see the module docstring)."""
+        self._report()
         if self.child is not None:
             code = self.child.poll()
             if code is None:
@@ -76,6 +77,20 @@ class TrainerService:
         job = jobs.claim_next(self.engine, os.getpid())
         if job is not None:
             self._start(job.id)
+
+    def _report(self) -> None:
+        """Training progress and the active version, as Prometheus metrics."""
+        job = jobs.get_job(self.engine, self.child_job) if self.child_job is not None else None
+        telemetry.JOB_RUNNING.set(1 if job is not None and job.status == "running" else 0)
+        if job is not None:
+            telemetry.EPOCH.set(job.epoch or 0)
+            telemetry.EPOCHS.set(job.epochs or 0)
+            telemetry.LOSS.set(job.loss or 0.0)
+            telemetry.ETA_SECONDS.set(job.eta_s or 0.0)
+        active = self.registry.active()
+        telemetry.ACTIVE_MODEL.clear()
+        if active is not None:
+            telemetry.ACTIVE_MODEL.labels(version=active.version).set(1)
 
     def _check_triggers(self) -> None:
         t = self.settings.trainer
@@ -112,6 +127,8 @@ class TrainerService:
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             jobs.finish(self.engine, job_id, "failed", error=f"training process {how}")
         job = jobs.get_job(self.engine, job_id)
+        if job is not None:
+            telemetry.JOBS.labels(status=job.status).inc()
         log.info("job %d ended: %s %s", job_id, job.status if job else "?", (job.error or "") if job else "")
 
 
