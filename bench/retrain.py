@@ -41,7 +41,7 @@ def main() -> int:
     from linewatch.detector.evaluation import evaluate
     from linewatch.detector.scoring import Scorer
     from linewatch.detector.training import TrainConfig, train
-    from linewatch.trainer import jobs
+    from linewatch.contracts import training_jobs as jobs
     from linewatch.trainer.job import run_job
     from linewatch.trainer.registry import ModelRegistry, artifact_path
 

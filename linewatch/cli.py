@@ -288,7 +288,7 @@ def retrain(
     import time
 
     from linewatch.contracts.storage import make_engine, migrate
-    from linewatch.trainer import jobs
+    from linewatch.contracts import training_jobs as jobs
 
     engine = make_engine(_settings().database_url)
     migrate(engine)
@@ -400,7 +400,7 @@ def model_rollback(by: Annotated[str, typer.Option(help="who rolls back (recorde
 @model_app.command("jobs")
 def model_jobs(limit: Annotated[int, typer.Option(min=1)] = 10) -> None:
     """Recent training jobs with their progress."""
-    from linewatch.trainer import jobs
+    from linewatch.contracts import training_jobs as jobs
 
     rows = jobs.recent_jobs(_registry().engine, limit)
     if not rows:

@@ -15,7 +15,7 @@ from sqlalchemy import insert
 from datasets import bottle
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.storage import Label
-from linewatch.trainer import jobs
+from linewatch.contracts import training_jobs as jobs
 from linewatch.trainer.registry import ModelRegistry, artifact_path
 from pipeline_harness import Pipeline
 

@@ -20,10 +20,11 @@ import threading
 
 from sqlalchemy.engine import Engine
 
+from linewatch.contracts import training_jobs as jobs
 from linewatch.contracts.settings import Settings
 from linewatch.contracts.storage import confirmed_good_frames, make_engine, migrate
 
-from . import jobs, telemetry
+from . import telemetry
 from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)

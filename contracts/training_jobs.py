@@ -1,4 +1,5 @@
-"""The training-job queue, in SQL (table ``training_jobs``): requests, one job at a time, progress.
+"""The training-job queue, in SQL (table ``training_jobs``): requests (CLI, dashboard, trainer triggers),
+one job at a time, progress. Shared by the trainer, which runs the jobs, and whoever asks for one or shows them.
 
 Status: queued -> running -> succeeded | failed. A running job whose progress heartbeat
 (``updated_at``) is older than ``STALE_AFTER`` belonged to a process that died and is marked failed.
@@ -13,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from linewatch.contracts.storage import TrainingJob
+from .storage import TrainingJob
 
 STALE_AFTER = dt.timedelta(minutes=3)
 
