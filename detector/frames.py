@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import torch
 
 from linewatch.contracts.messages import FrameMeta, MessageError
 
-from .imaging import ImageError, decode_image, to_model_input
+from .imaging import ImageError, decode_image, probe_image, to_model_input
 
 PREVIEW_SIDE = 640  # overlays for review and the dashboard are drawn at most this large
 
@@ -34,7 +36,8 @@ class RawFrame:
 
 @dataclass
 class PreparedFrame:
-    """A decoded frame: model input uint8 (3, S, S), a preview uint8 (h, w, 3) RGB for overlays, timings."""
+    """A decoded frame: model input uint8 (3, S, S) (a NumPy array, or a tensor on the device when decoded
+    there), a preview uint8 (h, w, 3) RGB for overlays, timings."""
 
     raw: RawFrame
     meta: FrameMeta
@@ -71,3 +74,36 @@ def prepare_frame(raw: RawFrame, image_size: int, max_pixels: int) -> PreparedFr
     except (cv2.error, ValueError, OSError, MemoryError) as exc:  # a decoder failing in a way not foreseen
         return DeadLetter(raw, "undecodable", f"{raw.source}: {type(exc).__name__}: {exc}")
     return PreparedFrame(raw, meta, model_input, preview, w, h, started, (time.time_ns() - started) / 1e6)
+
+
+def prepare_batch(raws: list[RawFrame], image_size: int, max_pixels: int, device: torch.device,
+                  pool: Executor) -> list[PreparedFrame | DeadLetter]:
+    """:func:`prepare_frame` for a batch, in ``pool``'s threads; on CUDA, JPEG frames that pass the CPU
+    checks are decoded and resized on the GPU (:mod:`.device_decode`). Order is kept."""
+    if device.type != "cuda":
+        return list(pool.map(lambda r: prepare_frame(r, image_size, max_pixels), raws))
+    from .device_decode import decode_jpegs
+
+    started = time.time_ns()
+    out: list[PreparedFrame | DeadLetter | None] = [None] * len(raws)
+    on_device: list[tuple[int, FrameMeta]] = []
+    for i, raw in enumerate(raws):
+        try:
+            meta = FrameMeta.from_headers(raw.headers)
+            fmt, _, _ = probe_image(raw.value or b"", raw.source, max_pixels)
+        except (MessageError, ImageError) as exc:
+            out[i] = DeadLetter(raw, exc.reason, exc.detail)
+            continue
+        if fmt == "JPEG":
+            on_device.append((i, meta))
+    decoded = decode_jpegs([raws[i].value or b"" for i, _ in on_device], image_size, device)
+    per_frame_ms = (time.time_ns() - started) / 1e6 / max(1, len(on_device))
+    for (i, meta), result in zip(on_device, decoded, strict=True):
+        if result is not None:
+            model_input, preview, w, h = result
+            out[i] = PreparedFrame(raws[i], meta, model_input, preview, w, h, started, per_frame_ms)
+    rest = [i for i, o in enumerate(out) if o is None]  # PNG and friends, and JPEGs the GPU refused
+    for i, prepared in zip(rest, pool.map(lambda j: prepare_frame(raws[j], image_size, max_pixels), rest),
+                           strict=True):
+        out[i] = prepared
+    return out  # type: ignore[return-value]

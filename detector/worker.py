@@ -44,7 +44,7 @@ from linewatch.contracts.storage import make_engine, migrate
 
 from . import telemetry
 from .batching import BatchCollector
-from .frames import DeadLetter, PreparedFrame, RawFrame, prepare_frame
+from .frames import DeadLetter, PreparedFrame, RawFrame, prepare_batch, prepare_frame
 from .image_store import ImageStore, keep_good_sample
 from .result_store import ResultStore, ScoredBatch
 from .scoring import Scorer
@@ -254,8 +254,9 @@ class DetectorWorker:
             if batch is _STOP:
                 self._q_prepared.put(_STOP)
                 return
-            size, limit = self.scorer.image_size, self.det.max_pixels
-            out = list(self._decode_pool.map(lambda f: prepare_frame(f, size, limit), batch.frames))
+            scorer = self.scorer
+            out = prepare_batch(batch.frames, scorer.image_size, self.det.max_pixels, scorer.device,
+                                self._decode_pool)
             frames = [o for o in out if isinstance(o, PreparedFrame)]
             dead = [o for o in out if isinstance(o, DeadLetter)]
             for d in dead:
@@ -295,7 +296,11 @@ class DetectorWorker:
         maps = np.zeros((0, scorer.image_size, scorer.image_size), dtype=np.float32)
         if frames:
             t0 = time.perf_counter()
-            scores = scorer.score(np.stack([f.model_input for f in frames]))
+            inputs = [f.model_input for f in frames]
+            if any(isinstance(x, torch.Tensor) for x in inputs):  # decoded on the device
+                scores = scorer.score(torch.stack([torch.as_tensor(x).to(scorer.device) for x in inputs]))
+            else:
+                scores = scorer.score(np.stack(inputs))
             inference_ms = (time.perf_counter() - t0) * 1000
             telemetry.INFERENCE_SECONDS.observe(inference_ms / 1000)
             telemetry.BATCH_SIZE.observe(len(frames))

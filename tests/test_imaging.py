@@ -125,3 +125,19 @@ def test_magnetic_tile_split_is_read_as_given():
     assert len(ds.train) == 714
     assert sum(not s.is_defect for s in ds.test) == 238
     assert ds.defect_types == ["Blowhole", "Break", "Crack", "Fray", "Uneven"]
+
+
+def test_device_jpeg_decoding_matches_the_cpu_path(png_bytes):
+    """The worker's CUDA path (torchvision.io decode + resize on the device), run here on the CPU device."""
+    import torch
+
+    from linewatch.detector.device_decode import decode_jpegs
+
+    rgb = decode_image(png_bytes)
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    (model_input, preview, w, h), broken = decode_jpegs([jpeg, b"\xff\xd8\xff" + bytes(100)], 256, torch.device("cpu"))
+    assert broken is None  # refused frames go back to the CPU path
+    assert (w, h) == (900, 900) and model_input.shape == (3, 256, 256) and model_input.dtype == torch.uint8
+    assert preview.shape == (640, 640, 3)
+    cpu = to_model_input(decode_image(jpeg), 256).astype(np.int16)
+    assert np.abs(model_input.numpy().astype(np.int16) - cpu).mean() < 1.0
