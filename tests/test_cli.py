@@ -1,0 +1,76 @@
+"""The `linewatch` command as a user meets it: clear one-line errors, and real output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from datasets import bottle
+
+
+def linewatch(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "linewatch", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nonexistent/part", "--out", "/tmp/m"], "/nonexistent/part: no such directory"),
+        (["eval", "--model", "/tmp", "--data", "{bottle}"], "not a linewatch model directory"),
+        (["train", "--data", "{bottle}", "--out", "/tmp/m", "--backbone", "resnet18",
+          "--teacher-weights", "/nowhere/resnet18-f37072fd.pth"], "resnet18-f37072fd.pth"),
+        (["train", "--data", "{bottle}", "--out", "/tmp/m", "--device", "cuda"], "no CUDA GPU is visible"),
+    ],
+    ids=["missing-data", "not-a-model", "missing-teacher-weights", "no-gpu"],
+)
+def test_user_errors_are_one_clear_line_without_traceback(args, message):
+    result = linewatch(*[a.replace("{bottle}", str(bottle())) for a in args])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+
+
+def test_settings_come_from_a_toml_file_and_the_environment(tmp_path):
+    config = tmp_path / "linewatch.toml"
+    config.write_text('[training]\nepochs = 3\n[kafka]\ntopic_prefix = "plant7"\n')
+    code = ("from linewatch.contracts.settings import Settings; s = Settings(); "
+            "print(s.training.epochs, s.kafka.frames_topic, s.detector.max_batch)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "LINEWATCH_CONFIG": str(config), "LINEWATCH_DETECTOR__MAX_BATCH": "12"})
+    assert out.stdout.split() == ["3", "plant7.frames", "12"]
+
+
+def test_eval_and_score_on_real_images(quick_model, tmp_path):
+    # A small MVTec-layout subset (links to the real files, nothing copied).
+    root = tmp_path / "bottle-subset"
+    for label, names in (("good", ["000.png", "001.png"]), ("broken_large", ["000.png", "001.png"])):
+        (root / "test" / label).mkdir(parents=True)
+        for name in names:
+            (root / "test" / label / name).symlink_to(bottle() / "test" / label / name)
+            if label != "good":
+                mask = f"{name[:-4]}_mask.png"
+                (root / "ground_truth" / label).mkdir(parents=True, exist_ok=True)
+                (root / "ground_truth" / label / mask).symlink_to(bottle() / "ground_truth" / label / mask)
+    (root / "train" / "good").mkdir(parents=True)
+    (root / "train" / "good" / "000.png").symlink_to(bottle() / "train" / "good" / "000.png")
+
+    result = linewatch("eval", "--model", str(quick_model.model_dir), "--data", str(root), "--json",
+                       str(tmp_path / "report.json"), "--maps", str(tmp_path / "maps"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "img AUROC" in result.stdout and "broken_large" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["overall"]["images"] == 4 and report["overall"]["image_auroc"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "maps").rglob("*.png")) == ["000.png", "000.png", "001.png", "001.png"]
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    result = linewatch("score", "--model", str(quick_model.model_dir), str(bottle() / "test" / "broken_large" / "000.png"),
+                       str(bad))
+    assert result.returncode == 1
+    good_line, bad_line = (json.loads(line) for line in result.stdout.splitlines())
+    assert good_line["verdict"] == "defect" and good_line["normalized_score"] > 1.0 and good_line["regions"]
+    assert bad_line == {"path": str(bad), "error": "not_an_image", "detail": bad_line["detail"]}
