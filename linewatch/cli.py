@@ -456,7 +456,8 @@ operator_app = typer.Typer(help="Dashboard operator accounts (the accounts file 
                            no_args_is_help=True)
 app.add_typer(operator_app, name="operator")
 
-AccountsOpt = Annotated[Path | None, typer.Option("--accounts", help="accounts file [settings: dashboard.accounts_file]")]
+AccountsOpt = Annotated[Path | None,
+                        typer.Option("--accounts", help="accounts file [settings: dashboard.accounts_file]")]
 
 
 def _accounts_file(accounts: Path | None) -> Path:

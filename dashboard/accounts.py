@@ -1,0 +1,159 @@
+"""The local accounts file: operator names and scrypt password hashes (no passwords are ever stored).
+
+Format (TOML), written by ``linewatch operator add``::
+
+    [operators."alice"]
+    password_hash = "scrypt$16384$8$1$<salt, base64>$<hash, base64>"
+
+This module has no Streamlit dependency, so the CLI can use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import tomllib
+from pathlib import Path
+
+SCHEME = "scrypt"
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_KEY_BYTES = 32
+_SALT_BYTES = 16
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+# Checked against when the name is unknown, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH = None
+
+
+class AccountsError(ValueError):
+    """The accounts file is missing, unreadable or malformed, or an account name is invalid."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """A self-describing scrypt hash of ``password``: ``scrypt$N$r$p$salt$hash``.
+
+    Raises:
+        ValueError: the password is empty.
+    """
+    if not password:
+        raise ValueError("the password is empty")
+    salt = salt if salt is not None else os.urandom(_SALT_BYTES)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=_KEY_BYTES)
+    return f"{SCHEME}${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a hash from :func:`hash_password` (constant-time comparison).
+
+    A malformed hash never matches; it does not raise.
+    """
+    try:
+        scheme, n, r, p, salt, key = stored.split("$")
+        if scheme != SCHEME:
+            return False
+        expected = base64.b64decode(key, validate=True)
+        actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt, validate=True), n=int(n),
+                                r=int(r), p=int(p), dklen=len(expected), maxmem=256 * 1024 * 1024)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def check_login(accounts: dict[str, str], name: str, password: str) -> bool:
+    """Whether ``name`` is an account whose password is ``password``. Takes as long for an unknown name."""
+    global _DUMMY_HASH
+    stored = accounts.get(name)
+    if stored is None:
+        if _DUMMY_HASH is None:
+            _DUMMY_HASH = hash_password("linewatch-dummy-password")
+        verify_password(password, _DUMMY_HASH)
+        return False
+    return verify_password(password, stored)
+
+
+def validate_name(name: str) -> str:
+    """``name`` if it is a valid account name (letters, digits, ``. _ @ -``, at most 64).
+
+    Raises:
+        AccountsError: it is not.
+    """
+    if not NAME_PATTERN.fullmatch(name):
+        raise AccountsError(f"invalid operator name {name!r}: use letters, digits and . _ @ - (at most 64)")
+    return name
+
+
+def load_accounts(path: Path) -> dict[str, str]:
+    """Operator name -> password hash from the accounts file.
+
+    Raises:
+        AccountsError: the file is missing, is not TOML, or has entries without a ``password_hash``.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AccountsError(f"accounts file {path} does not exist (create it with `linewatch operator add`)") \
+            from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise AccountsError(f"accounts file {path} cannot be read: {exc}") from None
+    operators = data.get("operators", {})
+    if not isinstance(operators, dict):
+        raise AccountsError(f"accounts file {path}: [operators] must be a table")
+    out = {}
+    for name, entry in operators.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("password_hash"), str):
+            raise AccountsError(f"accounts file {path}: operator {name!r} has no password_hash")
+        out[name] = entry["password_hash"]
+    return out
+
+
+def save_accounts(path: Path, accounts: dict[str, str]) -> None:
+    """Write the accounts file atomically, readable by its owner only.
+
+    Raises:
+        AccountsError: a name is invalid. OSError: the file cannot be written.
+    """
+    path = Path(path)
+    lines = ["# linewatch operator accounts, written by `linewatch operator add`. Only scrypt hashes are stored.", ""]
+    for name in sorted(accounts):
+        validate_name(name)
+        lines += [f'[operators."{name}"]', f'password_hash = "{accounts[name]}"', ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def set_password(path: Path, name: str, password: str) -> bool:
+    """Add an operator, or replace their password; True when the operator is new.
+
+    Raises:
+        AccountsError: invalid name or malformed existing file. ValueError: empty password. OSError.
+    """
+    validate_name(name)
+    accounts = load_accounts(path) if Path(path).exists() else {}
+    new = name not in accounts
+    accounts[name] = hash_password(password)
+    save_accounts(path, accounts)
+    return new
+
+
+def remove_account(path: Path, name: str) -> bool:
+    """Remove an operator; False when there was none of that name.
+
+    Raises:
+        AccountsError: the file is missing or malformed. OSError.
+    """
+    accounts = load_accounts(path)
+    if accounts.pop(name, None) is None:
+        return False
+    save_accounts(path, accounts)
+    return True

@@ -1,0 +1,40 @@
+"""The dashboard's entry point, run by ``linewatch dashboard`` (``streamlit run`` on this file).
+
+Pages: Live, Defects, Review, Models. The sidebar holds the operator's identity (see :mod:`.auth`).
+"""
+
+from __future__ import annotations
+
+import redis
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from linewatch.dashboard import auth, data, views
+from linewatch.dashboard.pages import defects, live, models, review
+
+
+def main() -> None:
+    st.set_page_config(page_title="linewatch", page_icon=":material/visibility:", layout="wide")
+    try:
+        settings = data.settings()
+    except (ValueError, OSError) as exc:
+        st.error(f"The settings are invalid: {exc}")
+        return
+    pages = [
+        st.Page(live.render, title="Live", url_path="live", icon=":material/monitoring:", default=True),
+        st.Page(defects.render, title="Defects", url_path="defects", icon=":material/report:"),
+        st.Page(review.render, title="Review", url_path="review", icon=":material/rule:"),
+        st.Page(models.render, title="Models", url_path="models", icon=":material/model_training:"),
+    ]
+    page = st.navigation(pages)
+    with st.sidebar:
+        st.markdown("### linewatch")
+        st.caption("Visual quality control")
+    auth.sidebar(settings)
+    try:
+        page.run()
+    except (SQLAlchemyError, redis.RedisError) as exc:  # a store failed where the page did not expect it
+        st.error(views.explain(exc))
+
+
+main()

@@ -1,0 +1,341 @@
+"""Where the dashboard's data comes from.
+
+Connections are cached per process (``st.cache_resource``). Live numbers come from Redis
+(:class:`~linewatch.contracts.live_state.LiveStateReader`); history, galleries, the review queue and
+labels from SQL. Every SQL query is bounded (a time window and/or a LIMIT, keyset pagination on
+``(captured_at, id)``) and follows an index of :mod:`linewatch.contracts.storage`; each statement is cut
+off after ``dashboard.query_timeout_s`` (PostgreSQL ``statement_timeout``; a progress handler on SQLite),
+so a slow query shows an error instead of blocking a page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+from sqlalchemy import Integer, and_, cast, event, exists, func, insert, or_, select, update
+from sqlalchemy.engine import Engine
+
+from linewatch.contracts.live_state import LiveStateReader, connect
+from linewatch.contracts.settings import Settings, get_settings
+from linewatch.contracts.storage import (
+    Camera,
+    Inspection,
+    Label,
+    ModelVersion,
+    count_confirmed_good_frames,
+    effective_labels,
+    make_engine,
+)
+
+LABELS = ("good", "defect")
+HISTORY_ROW_LIMIT = 20_000
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` as a UTC-aware datetime. SQLite hands ``UTCDateTime`` columns back naive (its dialect
+    type replaces the column type's result processing), PostgreSQL aware; both store UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def _inspection(mapping: Any) -> Inspection:
+    row = Inspection(**mapping)
+    row.captured_at, row.processed_at = utc(row.captured_at), utc(row.processed_at)
+    return row
+
+
+def settings() -> Settings:
+    """The process-wide settings (environment ``LINEWATCH_*``, config file, secrets)."""
+    return get_settings()
+
+
+# ---- connections ------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(url: str, pool_size: int, timeout_s: float) -> Engine:
+    engine = make_engine(url, pool_size)
+    _limit_statement_time(engine, timeout_s)
+    return engine
+
+
+def engine() -> Engine:
+    """The SQL engine of the configured database, shared by all sessions of this process."""
+    s = settings()
+    return _engine(s.database_url, s.database.pool_size, s.dashboard.query_timeout_s)
+
+
+@st.cache_resource(show_spinner=False)
+def _live(url: str, password: str | None) -> LiveStateReader:
+    return LiveStateReader(connect(url, password))
+
+
+def live() -> LiveStateReader | None:
+    """The Redis live-state reader, or None when no Redis URL is configured. Its calls raise
+    ``redis.RedisError`` (after the client's socket timeouts) when Redis is unreachable."""
+    s = settings()
+    if not s.redis.url:
+        return None
+    return _live(s.redis.url, s.redis.password.get_secret_value() if s.redis.password else None)
+
+
+def _limit_statement_time(engine: Engine, timeout_s: float) -> None:
+    """Make every statement fail after ``timeout_s`` instead of running on."""
+    if engine.dialect.name == "postgresql":
+        @event.listens_for(engine, "connect")
+        def _pg_timeout(dbapi_conn, _record) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute(f"SET statement_timeout = {max(1, int(timeout_s * 1000))}")
+            cur.close()
+            dbapi_conn.commit()
+        return
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_handler(dbapi_conn, record) -> None:
+        deadline = [math.inf]
+        record.info["lw_deadline"] = deadline
+        # sqlite calls this every N virtual-machine steps; non-zero interrupts the statement.
+        dbapi_conn.set_progress_handler(lambda: int(time.monotonic() > deadline[0]), 20_000)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _arm(conn, _cursor, _statement, _params, _context, _executemany) -> None:
+        deadline = conn.info.get("lw_deadline")
+        if deadline is not None:
+            deadline[0] = time.monotonic() + timeout_s
+
+    def _disarm(dbapi_conn, record, *_args) -> None:
+        deadline = record.info.get("lw_deadline")
+        if deadline is not None:
+            deadline[0] = math.inf
+
+    event.listen(engine, "checkin", _disarm)
+
+
+# ---- cameras and history ----------------------------------------------------------------------------
+
+
+def sql_cameras(db: Engine) -> dict[str, str]:
+    """camera_id -> line_id of every camera the record knows (the ``cameras`` table: one row per camera)."""
+    with db.connect() as conn:
+        return {c: line for c, line in conn.execute(select(Camera.camera_id, Camera.line_id).limit(10_000))}
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Inspections of one camera in one time bucket."""
+
+    start: dt.datetime
+    line_id: str
+    camera_id: str
+    inspected: int
+    defects: int
+
+
+def _bucket_expr(dialect: str, bucket_s: int) -> Any:
+    if dialect == "postgresql":
+        return cast(func.floor(func.extract("epoch", Inspection.captured_at) / bucket_s), Integer)
+    # SQLite stores captured_at as UTC text; strftime('%s') turns it into Unix seconds.
+    return cast(func.strftime("%s", Inspection.captured_at), Integer) / bucket_s
+
+
+def history(db: Engine, line_ids: Sequence[str], start: dt.datetime, end: dt.datetime,
+            bucket_s: int) -> list[Bucket]:
+    """Per-camera inspection counts in ``bucket_s`` buckets over [start, end), from SQL.
+
+    One query per line, each on the index ``(line_id, captured_at)``; at most
+    :data:`HISTORY_ROW_LIMIT` buckets in all.
+    """
+    out: list[Bucket] = []
+    with db.connect() as conn:
+        bucket = _bucket_expr(conn.dialect.name, bucket_s).label("bucket")
+        for line_id in line_ids:
+            query = (
+                select(bucket, Inspection.camera_id, func.count().label("inspected"),
+                       func.count().filter(Inspection.verdict == "defect").label("defects"))
+                .where(Inspection.line_id == line_id, Inspection.captured_at >= start, Inspection.captured_at < end)
+                .group_by(bucket, Inspection.camera_id)
+                .order_by(bucket)
+                .limit(HISTORY_ROW_LIMIT - len(out))
+            )
+            for b, camera_id, inspected, defects in conn.execute(query):
+                out.append(Bucket(dt.datetime.fromtimestamp(int(b) * bucket_s, dt.UTC), line_id, camera_id,
+                                  int(inspected), int(defects or 0)))
+            if len(out) >= HISTORY_ROW_LIMIT:
+                break
+    return out
+
+
+# ---- frames: gallery, review queue, one frame ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position: the (captured_at, id) of the last row of a page (pages are newest first)."""
+
+    captured_at: dt.datetime
+    id: int
+
+
+@dataclass
+class FramePage:
+    """One page of frames (Inspection rows, newest first) and the cursor of the next page, if any."""
+
+    rows: list[Inspection]
+    next: Cursor | None
+
+
+def _older_than(cursor: Cursor | None) -> Any:
+    if cursor is None:
+        return None
+    return or_(Inspection.captured_at < cursor.captured_at,
+               and_(Inspection.captured_at == cursor.captured_at, Inspection.id < cursor.id))
+
+
+def _page(db: Engine, query: Any, cursor: Cursor | None, limit: int) -> FramePage:
+    condition = _older_than(cursor)
+    if condition is not None:
+        query = query.where(condition)
+    query = query.order_by(Inspection.captured_at.desc(), Inspection.id.desc()).limit(limit + 1)
+    with db.connect() as conn:
+        rows = [_inspection(r._mapping) for r in conn.execute(query)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return FramePage(rows, Cursor(rows[-1].captured_at, rows[-1].id) if more and rows else None)
+
+
+@dataclass(frozen=True)
+class GalleryFilter:
+    """What the defect gallery shows: defects in [start, end), optionally of one line or camera, with a
+    normalised score of at least ``min_score``."""
+
+    start: dt.datetime
+    end: dt.datetime
+    line_id: str | None = None
+    camera_id: str | None = None
+    min_score: float = 0.0
+
+
+def _columns() -> Any:
+    return select(*Inspection.__table__.columns)
+
+
+def defect_gallery(db: Engine, f: GalleryFilter, cursor: Cursor | None, limit: int) -> FramePage:
+    """A page of defect frames matching ``f``, newest first (index ``(verdict|line_id|camera_id, captured_at)``)."""
+    query = _columns().where(Inspection.verdict == "defect", Inspection.captured_at >= f.start,
+                             Inspection.captured_at < f.end)
+    if f.camera_id:
+        query = query.where(Inspection.camera_id == f.camera_id)
+    elif f.line_id:
+        query = query.where(Inspection.line_id == f.line_id)
+    if f.min_score > 0:
+        query = query.where(Inspection.normalized_score >= f.min_score)
+    return _page(db, query, cursor, limit)
+
+
+def _awaiting_review(kind: str) -> list[Any]:
+    """Conditions of the review queue: kept frames with no label that was not undone."""
+    labelled = exists().where(Label.inspection_id == Inspection.id, Label.revoked_at.is_(None))
+    conditions = [Inspection.image_uri.is_not(None), ~labelled]
+    if kind in LABELS:
+        conditions.append(Inspection.verdict == kind)
+    return conditions
+
+
+def review_queue(db: Engine, kind: str, cursor: Cursor | None, limit: int) -> FramePage:
+    """A page of the review queue, newest first. ``kind``: ``defect`` (flagged), ``good`` (sampled) or ``all``."""
+    return _page(db, _columns().where(*_awaiting_review(kind)), cursor, limit)
+
+
+def review_queue_size(db: Engine, kind: str, cap: int = 100_000) -> int:
+    """How many frames await review (counted up to ``cap``)."""
+    inner = select(Inspection.id).where(*_awaiting_review(kind)).limit(cap).subquery()
+    with db.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
+
+
+def ready_for_retraining(db: Engine) -> int:
+    """Kept frames whose effective label is good: what the trainer may learn from."""
+    with db.connect() as conn:
+        return count_confirmed_good_frames(conn)
+
+
+def frame(db: Engine, inspection_id: int) -> Inspection | None:
+    """One inspection by id."""
+    with db.connect() as conn:
+        row = conn.execute(_columns().where(Inspection.id == inspection_id)).first()
+    return _inspection(row._mapping) if row else None
+
+
+def label_of(db: Engine, inspection_ids: Sequence[int]) -> dict[int, tuple[str, str, dt.datetime]]:
+    """Effective labels of some inspections: id -> (label, operator, created_at)."""
+    if not inspection_ids:
+        return {}
+    eff = effective_labels()
+    with db.connect() as conn:
+        rows = conn.execute(select(eff.c.inspection_id, eff.c.label, eff.c.operator, eff.c.created_at)
+                            .where(eff.c.inspection_id.in_(list(inspection_ids))))
+        return {r.inspection_id: (r.label, r.operator, utc(r.created_at)) for r in rows}
+
+
+# ---- labelling ------------------------------------------------------------------------------------------
+
+
+def add_labels(db: Engine, inspection_ids: Sequence[int], label: str, operator: str,
+               now: dt.datetime | None = None) -> int:
+    """Record ``operator``'s label for each inspection (one action: all rows share one timestamp, so
+    :func:`undo_last` takes them back together). Returns the rows written.
+
+    Raises:
+        ValueError: ``label`` is not good/defect, or ``operator`` is empty.
+        SQLAlchemyError: the database refused (e.g. an inspection id that does not exist).
+    """
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, not {label!r}")
+    if not operator or not operator.strip():
+        raise ValueError("labels need a named operator")
+    if not inspection_ids:
+        return 0
+    now = now or dt.datetime.now(dt.UTC)
+    rows = [{"inspection_id": int(i), "label": label, "operator": operator, "created_at": now, "revoked_at": None}
+            for i in dict.fromkeys(inspection_ids)]
+    with db.begin() as conn:
+        conn.execute(insert(Label), rows)
+    return len(rows)
+
+
+def undo_last(db: Engine, operator: str, now: dt.datetime | None = None) -> list[int]:
+    """Revoke ``operator``'s most recent labelling action (one label, or one bulk confirmation) by
+    setting ``revoked_at``; returns the inspection ids it concerned (empty when there is nothing to undo)."""
+    now = now or dt.datetime.now(dt.UTC)
+    with db.begin() as conn:
+        last = conn.execute(select(func.max(Label.created_at))
+                            .where(Label.operator == operator, Label.revoked_at.is_(None))).scalar_one()
+        if last is None:
+            return []
+        which = and_(Label.operator == operator, Label.revoked_at.is_(None), Label.created_at == last)
+        ids = [r[0] for r in conn.execute(select(Label.inspection_id).where(which))]
+        conn.execute(update(Label).where(which).values(revoked_at=now))
+    return ids
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+
+
+def model_versions(db: Engine, limit: int = 200) -> list[ModelVersion]:
+    """Registered model versions, newest first."""
+    with db.connect() as conn:
+        rows = conn.execute(select(*ModelVersion.__table__.columns).order_by(ModelVersion.number.desc())
+                            .limit(limit))
+        out = [ModelVersion(**r._mapping) for r in rows]
+    for v in out:
+        v.created_at, v.activated_at = utc(v.created_at), utc(v.activated_at)
+    return out

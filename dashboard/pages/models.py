@@ -1,0 +1,130 @@
+"""Models: registered versions, their metrics and thresholds, which one is active and which ones workers run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from linewatch.contracts.storage import ModelVersion
+
+from .. import data, views
+from ..windows import fmt
+
+MAX_METRICS = 40
+
+
+def render() -> None:
+    """The Models page."""
+    s = data.settings()
+    zone = s.dashboard.timezone
+    st.title("Models")
+    in_use = _in_use()
+    try:
+        versions = data.model_versions(data.engine())
+    except SQLAlchemyError as exc:
+        st.error(f"The model registry cannot be read: {views.explain(exc)}")
+        versions = []
+    active = next((v for v in versions if v.status == "active"), None)
+    if active is not None:
+        st.success(f"Active model: **{active.version}** ({active.backbone}), activated "
+                   f"{fmt(active.activated_at, zone)} by {active.activated_by or 'unknown'}")
+    if versions:
+        st.table([_summary(v, in_use, zone) for v in versions], hide_index=True)
+        for v in versions:
+            with st.expander(f"{v.version}: metrics, thresholds and notes", expanded=v is active):
+                metrics = _flatten(v.metrics or {})
+                thresholds = _flatten(v.thresholds or {})
+                left, right = st.columns(2)
+                with left:
+                    st.markdown("**Metrics**")
+                    if metrics:
+                        st.table({"metric": list(metrics), "value": list(metrics.values())}, hide_index=True)
+                    else:
+                        st.caption("No metrics recorded.")
+                with right:
+                    st.markdown("**Thresholds**")
+                    if thresholds:
+                        st.table({"threshold": list(thresholds), "value": list(thresholds.values())},
+                                 hide_index=True)
+                    st.caption(f"{len(v.manifest or [])} training images · files at {v.artifact_uri}")
+                if v.notes:
+                    st.caption(v.notes)
+    else:
+        st.info("No model version is registered yet. Versions are registered by the trainer service "
+                "(and by `linewatch up`); until then, this page shows the models the workers report.")
+    st.subheader("Models in use")
+    if in_use is None:
+        st.caption("Needs the live state (Redis).")
+    elif not in_use:
+        st.caption("No worker is running and no recent result names a model.")
+    else:
+        st.table([{"model": version, **info} for version, info in sorted(in_use.items())], hide_index=True)
+    st.caption("Retraining controls arrive with the trainer service.")
+
+
+def _in_use() -> dict[str, dict[str, str]] | None:
+    """Model version -> who runs it (live workers) and the threshold in its recent results; None without Redis."""
+    reader = data.live()
+    if reader is None:
+        return None
+    try:
+        workers = reader.workers()
+        recent = reader.recent(500)
+    except redis.RedisError as exc:
+        st.warning(views.explain(exc))
+        return None
+    out: dict[str, dict[str, str]] = {}
+    for w in workers:
+        version = w.get("model_version")
+        if version:
+            entry = out.setdefault(version, {"workers": "", "image threshold": "—", "recent results": "0"})
+            state = "" if w["alive"] else " (silent)"
+            entry["workers"] = ", ".join(x for x in (entry["workers"], w["worker_id"] + state) if x)
+    counts: dict[str, int] = {}
+    for r in recent:
+        counts[r.model_version] = counts.get(r.model_version, 0) + 1
+        entry = out.setdefault(r.model_version, {"workers": "", "image threshold": "—", "recent results": "0"})
+        entry["image threshold"] = f"{r.threshold:.5g}"
+    for version, n in counts.items():
+        out[version]["recent results"] = f"{n:,}"
+    for entry in out.values():
+        entry["workers"] = entry["workers"] or "none now"
+    return out
+
+
+def _summary(v: ModelVersion, in_use: dict[str, dict[str, str]] | None, zone: str) -> dict[str, str]:
+    thresholds = v.thresholds or {}
+    return {
+        "version": v.version,
+        "status": v.status + (" ✔" if v.status == "active" else ""),
+        "backbone": v.backbone,
+        "parent": v.parent_version or "—",
+        "created": fmt(v.created_at, zone, seconds=False),
+        "image threshold": _number(thresholds.get("image")),
+        "pixel threshold": _number(thresholds.get("pixel")),
+        "activated": f"{fmt(v.activated_at, zone, seconds=False)} by {v.activated_by}" if v.activated_at else "—",
+        "running on": (in_use or {}).get(v.version, {}).get("workers", "—"),
+    }
+
+
+def _number(value: Any) -> str:
+    return f"{value:.5g}" if isinstance(value, int | float) and not isinstance(value, bool) else "—"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Numeric and short text leaves of nested metrics, as ``a.b.c`` -> formatted value (at most 40)."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        elif isinstance(value, bool) or (isinstance(value, str) and len(value) <= 80):
+            out[name] = str(value)
+        elif isinstance(value, int | float):
+            out[name] = _number(value)
+        if len(out) >= MAX_METRICS:
+            break
+    return dict(list(out.items())[:MAX_METRICS])
