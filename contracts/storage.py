@@ -25,6 +25,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
@@ -39,38 +40,25 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
-class UTCDateTime(DateTime):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive; we re-attach UTC)."""
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend: SQLite stores them naive, so UTC is re-attached on the
+    way out; naive datetimes are refused on the way in (they would be read back as UTC, silently)."""
 
+    impl = DateTime(timezone=True)
     cache_ok = True
 
-    def __init__(self) -> None:
-        super().__init__(timezone=True)
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: store UTC-aware datetimes")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def bind_processor(self, dialect):  # type: ignore[override]
-        parent = super().bind_processor(dialect)
-
-        def process(value: dt.datetime | None):
-            if value is not None:
-                if value.tzinfo is None:
-                    raise ValueError(f"naive datetime {value!r}: store UTC-aware datetimes")
-                value = value.astimezone(dt.UTC)
-                if dialect.name == "sqlite":
-                    value = value.replace(tzinfo=None)
-            return parent(value) if parent else value
-
-        return process
-
-    def result_processor(self, dialect, coltype):  # type: ignore[override]
-        parent = super().result_processor(dialect, coltype)
-
-        def process(value):
-            value = parent(value) if parent else value
-            if isinstance(value, dt.datetime) and value.tzinfo is None:
-                value = value.replace(tzinfo=dt.UTC)
-            return value
-
-        return process
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
 
 
 class Base(DeclarativeBase):

@@ -37,20 +37,6 @@ LABELS = ("good", "defect")
 HISTORY_ROW_LIMIT = 20_000
 
 
-def utc(value: dt.datetime | None) -> dt.datetime | None:
-    """``value`` as a UTC-aware datetime. SQLite hands ``UTCDateTime`` columns back naive (its dialect
-    type replaces the column type's result processing), PostgreSQL aware; both store UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
-def _inspection(mapping: Any) -> Inspection:
-    row = Inspection(**mapping)
-    row.captured_at, row.processed_at = utc(row.captured_at), utc(row.processed_at)
-    return row
-
-
 def settings() -> Settings:
     """The process-wide settings (environment ``LINEWATCH_*``, config file, secrets)."""
     return get_settings()
@@ -206,7 +192,7 @@ def _page(db: Engine, query: Any, cursor: Cursor | None, limit: int) -> FramePag
         query = query.where(condition)
     query = query.order_by(Inspection.captured_at.desc(), Inspection.id.desc()).limit(limit + 1)
     with db.connect() as conn:
-        rows = [_inspection(r._mapping) for r in conn.execute(query)]
+        rows = [Inspection(**r._mapping) for r in conn.execute(query)]
     more = len(rows) > limit
     rows = rows[:limit]
     return FramePage(rows, Cursor(rows[-1].captured_at, rows[-1].id) if more and rows else None)
@@ -272,7 +258,7 @@ def frame(db: Engine, inspection_id: int) -> Inspection | None:
     """One inspection by id."""
     with db.connect() as conn:
         row = conn.execute(_columns().where(Inspection.id == inspection_id)).first()
-    return _inspection(row._mapping) if row else None
+    return Inspection(**row._mapping) if row else None
 
 
 def label_of(db: Engine, inspection_ids: Sequence[int]) -> dict[int, tuple[str, str, dt.datetime]]:
@@ -283,7 +269,7 @@ def label_of(db: Engine, inspection_ids: Sequence[int]) -> dict[int, tuple[str, 
     with db.connect() as conn:
         rows = conn.execute(select(eff.c.inspection_id, eff.c.label, eff.c.operator, eff.c.created_at)
                             .where(eff.c.inspection_id.in_(list(inspection_ids))))
-        return {r.inspection_id: (r.label, r.operator, utc(r.created_at)) for r in rows}
+        return {r.inspection_id: (r.label, r.operator, r.created_at) for r in rows}
 
 
 # ---- labelling ------------------------------------------------------------------------------------------
@@ -335,7 +321,4 @@ def model_versions(db: Engine, limit: int = 200) -> list[ModelVersion]:
     with db.connect() as conn:
         rows = conn.execute(select(*ModelVersion.__table__.columns).order_by(ModelVersion.number.desc())
                             .limit(limit))
-        out = [ModelVersion(**r._mapping) for r in rows]
-    for v in out:
-        v.created_at, v.activated_at = utc(v.created_at), utc(v.activated_at)
-    return out
+        return [ModelVersion(**r._mapping) for r in rows]

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from dashboard_seed import WORKER_ID, CameraPlan, Seeded, register_model, reset_sql, seed
 from datasets import bottle
 from linewatch.contracts.live_state import LiveStateWriter
-from linewatch.contracts.storage import Inspection, Label, make_engine, migrate
+from linewatch.contracts.storage import Inspection, Label, TrainingJob, make_engine, migrate
 from linewatch.detector.scoring import Scorer
 from linewatch.embedded import free_port
 
@@ -351,6 +351,18 @@ def test_review_click_stores_the_operators_label_and_undo_revokes_it(browser, sc
         assert {r.operator for r in bulk_rows} == {"Maria Lopez"}
         no_errors(page)
         screenshot(page, f"review-done-{stores.engine.dialect.name}")
+
+        # The confirmed frames are what the trainer learns from: the operator asks for a retraining now.
+        page.get_by_role("link", name="Models").click()
+        expect(page.get_by_role("heading", name="Retraining", exact=True)).to_be_visible()
+        click(page.get_by_role("button", name="Retrain now"))
+        expect(page.get_by_text("queued for the trainer service", exact=False)).to_be_visible()
+        with stores.engine.connect() as conn:
+            jobs = conn.execute(select(TrainingJob)).all()
+        assert [(j.status, j.trigger, j.requested_by, j.from_scratch) for j in jobs] == \
+            [("queued", "manual", "Maria Lopez", False)]
+        expect(page.get_by_role("cell", name="queued", exact=True)).to_be_visible()
+        no_errors(page)
 
 
 def test_anonymous_viewers_cannot_label_when_operator_accounts_are_configured(

@@ -1,4 +1,5 @@
-"""Models: registered versions, their metrics and thresholds, which one is active and which ones workers run."""
+"""Models: registered versions, their metrics and thresholds, which one is active and which ones workers run,
+and the retraining controls: a "Retrain now" button (for a named operator) and the training jobs' progress."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
+from linewatch.contracts import training_jobs
 from linewatch.contracts.storage import ModelVersion
 
-from .. import data, views
+from .. import auth, data, views
 from ..windows import fmt
 
 MAX_METRICS = 40
@@ -62,7 +64,50 @@ def render() -> None:
         st.caption("No worker is running and no recent result names a model.")
     else:
         st.table([{"model": version, **info} for version, info in sorted(in_use.items())], hide_index=True)
-    st.caption("Retraining controls arrive with the trainer service.")
+    _retraining()
+
+
+def _retraining() -> None:
+    """Ask for a retraining (one job at a time: the trainer service runs it) and follow the jobs."""
+    st.subheader("Retraining")
+    s = data.settings()
+    operator = auth.current_operator(s)
+    left, right = st.columns([1, 3])
+    with left:
+        from_scratch = st.checkbox("From scratch", help="train a new student instead of fine-tuning the active one")
+        if st.button("Retrain now", type="primary", disabled=operator is None,
+                     help=None if operator else "Needs a named operator (sidebar)."):
+            try:
+                job_id = training_jobs.request_job(data.engine(), "manual", requested_by=operator.name,
+                                                   from_scratch=from_scratch)
+                st.toast(f"Training job {job_id} queued for the trainer service")
+            except SQLAlchemyError as exc:
+                st.error(f"Could not queue the job: {views.explain(exc)}")
+    with right:
+        st.caption(f"The trainer also retrains by itself after {s.trainer.min_new_good} frames confirmed good. "
+                   "Roll back or activate a version with `linewatch model rollback` / `linewatch model activate`.")
+    _jobs_table()
+
+
+@st.fragment(run_every=5)
+def _jobs_table() -> None:
+    try:
+        jobs = training_jobs.recent_jobs(data.engine(), limit=10)
+    except SQLAlchemyError as exc:
+        st.warning(f"Training jobs cannot be read: {views.explain(exc)}")
+        return
+    if not jobs:
+        st.caption("No training job yet.")
+        return
+    zone = data.settings().dashboard.timezone
+    st.table([{
+        "job": j.id, "status": j.status, "stage": j.stage or "—", "trigger": j.trigger,
+        "asked by": j.requested_by or "—",
+        "epoch": f"{j.epoch}/{j.epochs}" if j.epoch is not None and j.epochs else "—",
+        "loss": _number(j.loss), "time left": f"{j.eta_s:.0f} s" if j.eta_s and j.status == "running" else "—",
+        "result": j.candidate_version or "—", "started": fmt(j.started_at, zone, seconds=False),
+        "error": (j.error or "").splitlines()[0][:120] if j.error else "",
+    } for j in jobs], hide_index=True)
 
 
 def _in_use() -> dict[str, dict[str, str]] | None:
