@@ -184,10 +184,12 @@ def _table(r: dict) -> str:
         if key.startswith("pipeline_") and key.endswith("frames_per_s"):
             n = key.split("_")[1]
             lines.append(f"{f'pipeline, {n} worker(s), frames/s':<52}{value:>12.1f}")
-            lines.append(f"{f'  ratio to offline (target >= 0.85)':<52}{r[f'pipeline_{n}_workers_ratio_to_offline']:>12.2f}")
+            ratio = r[f"pipeline_{n}_workers_ratio_to_offline"]
+            lines.append(f"{'  ratio to offline (target >= 0.85)':<52}{ratio:>12.2f}")
     if "latency_p99_ms" in r:
-        lines += [f"{'latency p50 at %g frames/s, ms' % r['latency_fps']:<52}{r['latency_p50_ms']:>12.0f}",
-                  f"{'latency p99 at %g frames/s, ms' % r['latency_fps']:<52}{r['latency_p99_ms']:>12.0f}",
+        at = f"at {r['latency_fps']:g} frames/s, ms"
+        lines += [f"{'latency p50 ' + at:<52}{r['latency_p50_ms']:>12.0f}",
+                  f"{'latency p99 ' + at:<52}{r['latency_p99_ms']:>12.0f}",
                   f"{'inference time of one batch (median), ms':<52}{r['batch_inference_ms']:>12.0f}",
                   f"{'  p99 / batch inference (target <= 3)':<52}{r['p99_over_batch_inference']:>12.2f}"]
     return "\n".join(lines)

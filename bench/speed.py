@@ -44,15 +44,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     args = parser.parse_args()
 
-    import numpy as np
     import torch
 
     from linewatch.contracts.settings import Settings
     from linewatch.detector.datasets import open_dataset
-    from linewatch.detector.devices import autocast
-    from linewatch.detector.imaging import decode_image
-    from linewatch.detector.scoring import Scorer
-    from linewatch.detector.stpm import normalize_features
     from linewatch.detector.training import TrainConfig, train
 
     bottle = open_dataset(Settings().data_root / "mvtec_ad" / "bottle")
@@ -65,50 +60,7 @@ def main() -> int:
     encoded = [s.path.read_bytes() for s in bottle.test[:32]]
     rows = []
     for device in devices:
-        scorer = Scorer(model_dir, device)
-        dev = scorer.device
-        sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-        prepared = np.stack([scorer.prepare(decode_image(b)) for b in encoded])
-        for batch in args.batches:
-            x = np.concatenate([prepared] * (batch // len(prepared) + 1))[:batch]
-            s = timed(lambda: scorer.score(x), args.repeats, sync)
-            rows.append({"device": device, "what": "score (prepared inputs)", "batch": batch, "images_per_s": batch / s})
-            print(_line(rows[-1]), flush=True)
-        batch = 16
-        x = torch.from_numpy(prepared[:batch]).to(dev)
-        stpm = scorer.model.stpm
-
-        @torch.inference_mode()
-        def teacher_only() -> None:
-            with autocast(dev):
-                normalize_features(stpm.teacher(stpm.normalize_input(x)))
-
-        s_teacher = timed(teacher_only, args.repeats, sync)
-        s_full = timed(lambda: scorer.score(prepared[:batch]), args.repeats, sync)
-        s_decode = timed(lambda: scorer.score(np.stack([scorer.prepare(decode_image(b)) for b in encoded[:batch]])),
-                         args.repeats, sync)
-        for what, sec in (("teacher forward only", s_teacher), ("score (prepared inputs)", s_full),
-                          ("decode PNG + prepare + score", s_decode)):
-            rows.append({"device": device, "what": what, "batch": batch, "images_per_s": batch / sec,
-                         "time_vs_full_scoring": sec / s_full})
-            print(_line(rows[-1]), flush=True)
-
-        # Training epochs: teacher features cached once (what linewatch does) against recomputed every batch.
-        images = bottle.train[: args.train_images]
-        for epochs in (1, 3):
-            t0 = time.perf_counter()
-            train(images, args.out.parent / "models" / "speed-train", TrainConfig(epochs=epochs, device=device),
-                  progress=False)
-            rows.append({"device": device, "what": f"train {epochs} epoch(s), {len(images)} images", "batch": 32,
-                         "seconds": time.perf_counter() - t0})
-            print(_line(rows[-1]), flush=True)
-        per_epoch = rows[-1]["seconds"] - rows[-2]["seconds"]
-        teacher_epoch = (len(images) * 0.8 / batch) * s_teacher  # teacher cost per epoch if not cached
-        rows.append({"device": device, "what": "train: seconds per extra epoch (cached teacher)", "batch": 32,
-                     "seconds": per_epoch / 2,
-                     "note": f"an uncached teacher would add about {teacher_epoch:.1f} s per epoch "
-                             f"({teacher_epoch / max(per_epoch / 2, 1e-9):.0%})"})
-        print(_line(rows[-1]), flush=True)
+        rows += _measure(device, model_dir, encoded, bottle.train[: args.train_images], args)
     print()
     print(_table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +68,66 @@ def main() -> int:
                                     "threads": torch.get_num_threads()}, indent=2))
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def _measure(device: str, model_dir: Path, encoded: list[bytes], train_images: list[Path], args) -> list[dict]:
+    """Every measurement on one device; prints each row as it is measured."""
+    import numpy as np
+    import torch
+
+    from linewatch.detector.devices import autocast
+    from linewatch.detector.imaging import decode_image
+    from linewatch.detector.scoring import Scorer
+    from linewatch.detector.stpm import normalize_features
+    from linewatch.detector.training import TrainConfig, train
+
+    rows: list[dict] = []
+
+    def add(row: dict) -> None:
+        rows.append({"device": device, **row})
+        print(_line(rows[-1]), flush=True)
+
+    scorer = Scorer(model_dir, device)
+    dev = scorer.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    prepared = np.stack([scorer.prepare(decode_image(b)) for b in encoded])
+    for batch in args.batches:
+        x = np.concatenate([prepared] * (batch // len(prepared) + 1))[:batch]
+        seconds = timed(lambda x=x: scorer.score(x), args.repeats, sync)
+        add({"what": "score (prepared inputs)", "batch": batch, "images_per_s": batch / seconds})
+    batch = 16
+    x = torch.from_numpy(prepared[:batch]).to(dev)
+    stpm = scorer.model.stpm
+
+    @torch.inference_mode()
+    def teacher_only() -> None:
+        with autocast(dev):
+            normalize_features(stpm.teacher(stpm.normalize_input(x)))
+
+    def decode_and_score() -> None:
+        scorer.score(np.stack([scorer.prepare(decode_image(b)) for b in encoded[:batch]]))
+
+    s_teacher = timed(teacher_only, args.repeats, sync)
+    s_full = timed(lambda: scorer.score(prepared[:batch]), args.repeats, sync)
+    s_decode = timed(decode_and_score, args.repeats, sync)
+    for what, sec in (("teacher forward only", s_teacher), ("score (prepared inputs)", s_full),
+                      ("decode PNG + prepare + score", s_decode)):
+        add({"what": what, "batch": batch, "images_per_s": batch / sec, "time_vs_full_scoring": sec / s_full})
+
+    # Training: 1 and 3 epochs; the difference is the cost of an epoch with the teacher's features cached.
+    seconds = {}
+    for epochs in (1, 3):
+        t0 = time.perf_counter()
+        train(train_images, args.out.parent / "models" / "speed-train", TrainConfig(epochs=epochs, device=device),
+              progress=False)
+        seconds[epochs] = time.perf_counter() - t0
+        add({"what": f"train {epochs} epoch(s), {len(train_images)} images", "batch": 32, "seconds": seconds[epochs]})
+    per_epoch = (seconds[3] - seconds[1]) / 2
+    teacher_epoch = (len(train_images) * 0.8 / batch) * s_teacher  # the teacher's cost per epoch, were it not cached
+    add({"what": "train: seconds per extra epoch (cached teacher)", "batch": 32, "seconds": per_epoch,
+         "note": f"an uncached teacher would add about {teacher_epoch:.1f} s per epoch "
+                 f"({teacher_epoch / max(per_epoch, 1e-9):.0%})"})
+    return rows
 
 
 def _line(r: dict) -> str:

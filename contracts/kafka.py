@@ -34,7 +34,8 @@ def client_config(k: KafkaSettings) -> dict[str, Any]:
     """Connection and security options shared by producers, consumers and the admin client."""
     if not k.bootstrap_servers:
         raise ValueError("kafka.bootstrap_servers is empty: set LINEWATCH_KAFKA__BOOTSTRAP_SERVERS")
-    cfg: dict[str, Any] = {"bootstrap_servers": k.bootstrap_servers.split(","), "security_protocol": k.security_protocol}
+    cfg: dict[str, Any] = {"bootstrap_servers": k.bootstrap_servers.split(","),
+                           "security_protocol": k.security_protocol}
     if k.sasl_mechanism:
         cfg["sasl_mechanism"] = k.sasl_mechanism
         cfg["sasl_plain_username"] = k.sasl_username

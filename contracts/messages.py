@@ -106,8 +106,9 @@ class FrameRef(BaseModel):
     offset: int | None = None
 
 
-class RegionOut(BaseModel):
-    """A defect region in original-image pixels (box, area) with the anomaly map's peak inside it."""
+class DefectRegion(BaseModel):
+    """A connected area of the anomaly map above the pixel threshold, in original-image pixels: bounding
+    box (``x``, ``y``, ``width``, ``height``), ``area`` (pixels inside), and the map's ``peak`` value in it."""
 
     x: int
     y: int
@@ -139,7 +140,7 @@ class InspectionResult(BaseModel):
     normalized_score: float = Field(description="image score / threshold; above 1.0 is a defect")
     verdict: Literal["good", "defect"]
     threshold: float
-    regions: list[RegionOut] = []
+    regions: list[DefectRegion] = []
     latency: Latency
     processed_at: dt.datetime
     worker_id: str

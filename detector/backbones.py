@@ -134,7 +134,8 @@ _LITE_BLOCK_KEYS_IR = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
-_LITE_TOP_KEYS = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE_TOP_KEYS = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                  "_fc": "classifier"}
 
 
 def _map_efficientnet_lite0_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

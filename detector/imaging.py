@@ -153,4 +153,5 @@ def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (hidden files and masks' folders excluded)."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))

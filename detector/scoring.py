@@ -12,27 +12,13 @@ import cv2
 import numpy as np
 import torch
 
+from linewatch.contracts.messages import DefectRegion
+
 from .devices import autocast, resolve_device
 from .imaging import resize_map, to_model_input
 from .model_files import LoadedModel, load_model
 
 MAX_REGIONS = 32
-
-
-@dataclass(frozen=True)
-class Region:
-    """A connected area of the anomaly map above the pixel threshold, in original-image pixels.
-
-    ``x``, ``y``, ``width``, ``height``: bounding box; ``area``: pixels inside the region;
-    ``peak``: the highest anomaly-map value in it.
-    """
-
-    x: int
-    y: int
-    width: int
-    height: int
-    area: int
-    peak: float
 
 
 @dataclass
@@ -102,7 +88,7 @@ class Scorer:
             anomaly_maps=maps.float().cpu().numpy(),
         )
 
-    def regions(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> list[Region]:
+    def regions(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> list[DefectRegion]:
         """Defect regions of one (S, S) or (1, S, S) map, boxes scaled to ``original_shape`` (H, W).
 
         8-connected components above the pixel threshold, largest first, at most 32.
@@ -115,7 +101,7 @@ class Scorer:
         for i in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[i])
             regions.append(
-                Region(
+                DefectRegion(
                     x=int(x * sx), y=int(y * sy), width=max(1, round(w * sx)), height=max(1, round(h * sy)),
                     area=max(1, round(area * sx * sy)), peak=float(amap[labels == i].max()),
                 )

@@ -79,7 +79,8 @@ class TrainingError(ValueError):
     """Training cannot start with what was given (too few images, ...)."""
 
 
-def load_images(paths: Sequence[Path], size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:
+def load_images(paths: Sequence[Path], size: int,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:
     """Read, check and resize images in parallel -> (uint8 (N, 3, size, size), SHA-256 of each file).
 
     Raises:

@@ -17,7 +17,6 @@ commits what it has, then leaves the group.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import queue
@@ -30,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from kafka import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
@@ -38,7 +36,6 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from linewatch.contracts.kafka import make_consumer, make_producer
 from linewatch.contracts.live_state import LiveStateWriter, connect_settings
-from linewatch.contracts.messages import FrameRef, InspectionResult, Latency, RegionOut
 from linewatch.contracts.settings import Settings
 from linewatch.contracts.storage import make_engine, migrate
 
@@ -46,6 +43,7 @@ from . import telemetry
 from .batching import BatchCollector
 from .frames import DeadLetter, PreparedFrame, RawFrame, prepare_batch, prepare_frame
 from .image_store import ImageStore, keep_good_sample
+from .inspection import score_batch
 from .result_store import ResultStore, ScoredBatch
 from .scoring import Scorer
 
@@ -291,40 +289,13 @@ class DetectorWorker:
         if frames and frames[0].model_input.shape[-1] != scorer.image_size:  # a swap changed the input size
             redo = [prepare_frame(f.raw, scorer.image_size, self.det.max_pixels) for f in frames]
             frames = [f for f in redo if isinstance(f, PreparedFrame)]
-        results: list[InspectionResult] = []
-        keep: set[int] = set()
-        maps = np.zeros((0, scorer.image_size, scorer.image_size), dtype=np.float32)
+        batch = score_batch(scorer, frames, self.worker_id,
+                            lambda m: keep_good_sample(m.camera_id, m.frame_id, self.det.good_sample_rate),
+                            batch.dead, batch.offsets)
         if frames:
-            t0 = time.perf_counter()
-            inputs = [f.model_input for f in frames]
-            if any(isinstance(x, torch.Tensor) for x in inputs):  # decoded on the device
-                scores = scorer.score(torch.stack([torch.as_tensor(x).to(scorer.device) for x in inputs]))
-            else:
-                scores = scorer.score(np.stack(inputs))
-            inference_ms = (time.perf_counter() - t0) * 1000
-            telemetry.INFERENCE_SECONDS.observe(inference_ms / 1000)
+            telemetry.INFERENCE_SECONDS.observe(batch.results[0].latency.inference_ms / 1000)
             telemetry.BATCH_SIZE.observe(len(frames))
-            maps = scores.anomaly_maps[:, 0]
-            now = dt.datetime.now(dt.UTC)
-            for i, f in enumerate(frames):
-                defect = bool(scores.is_defect[i])
-                regions = scorer.regions(maps[i], (f.height, f.width)) if defect else []
-                m = f.meta
-                results.append(InspectionResult(
-                    frame=FrameRef(camera_id=m.camera_id, line_id=m.line_id, frame_id=m.frame_id, part_id=m.part_id,
-                                   captured_at=m.captured_at, topic=f.raw.topic, partition=f.raw.partition,
-                                   offset=f.raw.offset),
-                    width=f.width, height=f.height, model_version=scorer.version,
-                    image_score=float(scores.image_scores[i]), normalized_score=float(scores.normalized[i]),
-                    verdict="defect" if defect else "good", threshold=scorer.image_threshold,
-                    regions=[RegionOut(**r.__dict__) for r in regions],
-                    latency=Latency(queue_wait_ms=(f.decode_started_ns - m.captured_at_ns) / 1e6,
-                                    decode_ms=f.decode_ms, inference_ms=inference_ms, total_ms=0.0),
-                    processed_at=now, worker_id=self.worker_id,
-                ))
-                if defect or keep_good_sample(m.camera_id, m.frame_id, self.det.good_sample_rate):
-                    keep.add(i)
-        return ScoredBatch(results, frames, maps, scorer.pixel_threshold, batch.dead, batch.offsets, keep)
+        return batch
 
     def _store_stage(self) -> None:
         while True:

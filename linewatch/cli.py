@@ -77,7 +77,8 @@ def _user_errors() -> Iterator[None]:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", help="MVTec AD category, Magnetic Tile folder or folder of good images")],
+    data: Annotated[Path, typer.Option(
+        "--data", help="MVTec AD category, Magnetic Tile folder or folder of good images")],
     out: Annotated[Path, typer.Option("--out", help="model directory to write")],
     backbone: Annotated[str | None, typer.Option(help="teacher/student architecture [efficientnet_lite0]")] = None,
     teacher_weights: Annotated[Path | None, typer.Option(help="teacher ImageNet weights file")] = None,
@@ -110,7 +111,8 @@ def train(
     meta = result.metadata
     typer.echo(
         f"model written to {result.model_dir}\n"
-        f"  best epoch {meta['training']['best_epoch']}/{config.epochs}, validation loss {meta['validation']['loss']:.4f}, "
+        f"  best epoch {meta['training']['best_epoch']}/{config.epochs}, "
+        f"validation loss {meta['validation']['loss']:.4f}, "
         f"{meta['training']['duration_s']:.0f} s on {meta['training']['device']}\n"
         f"  image threshold {meta['thresholds']['image']:.5f} (false-reject target {config.target_false_reject_rate}), "
         f"pixel threshold {meta['thresholds']['pixel']:.5f}"
@@ -191,7 +193,7 @@ def score(
             "path": str(path), "image_score": float(result.image_scores[0]),
             "normalized_score": float(result.normalized[0]),
             "verdict": "defect" if result.is_defect[0] else "good", "model_version": scorer.version,
-            "regions": [r.__dict__ for r in regions],
+            "regions": [r.model_dump() for r in regions],
         }))
     if failed:
         raise typer.Exit(1)
@@ -208,7 +210,8 @@ def _with(settings: Settings, section: str, **values: object) -> Settings:
 @app.command()
 def ingest(
     camera_id: Annotated[str, typer.Option("--camera-id", help="camera identity (the Kafka message key)")],
-    source: Annotated[str, typer.Option("--source", help="USB device index, RTSP/HTTP URL, video file or image folder")],
+    source: Annotated[str, typer.Option(
+        "--source", help="USB device index, RTSP/HTTP URL, video file or image folder")],
     fps: Annotated[float, typer.Option(min=0.0, help="frames per second; 0 = as fast as the source gives")] = 10.0,
     line_id: Annotated[str, typer.Option("--line-id", help="production line of this camera")] = "line-1",
     loop: Annotated[bool, typer.Option(help="replay a folder or video file forever")] = False,
@@ -243,13 +246,15 @@ def ingest(
 
 @app.command()
 def detect(
-    model: Annotated[Path | None, typer.Option("--model", help="model directory [settings: detector.model_dir]")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="model directory [settings: detector.model_dir]")] = None,
     group: Annotated[str | None, typer.Option("--group", help="consumer group")] = None,
     device: DeviceOpt = None,
     max_batch: Annotated[int | None, typer.Option(min=1, help="frames per inference batch at most")] = None,
     max_wait_ms: Annotated[int | None, typer.Option(min=0, help="longest a frame waits for its batch, ms")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference")] = None,
-    follow_registry: Annotated[bool, typer.Option(help="score with the registry's active model and follow rollouts")] = True,
+    follow_registry: Annotated[bool, typer.Option(
+        help="score with the registry's active model and follow rollouts")] = True,
 ) -> None:
     """Run a detector worker in the consumer group; start more to scale out (up to the partition count)."""
     from linewatch.contracts.kafka import ensure_topics
@@ -280,15 +285,16 @@ def trainer(
 
 @app.command()
 def retrain(
-    from_scratch: Annotated[bool, typer.Option(help="train a new student instead of fine-tuning the active one")] = False,
+    from_scratch: Annotated[bool, typer.Option(
+        help="train a new student instead of fine-tuning the active one")] = False,
     by: Annotated[str, typer.Option(help="who asks (recorded)")] = os.environ.get("USER", "cli"),
     wait: Annotated[bool, typer.Option(help="follow the job's progress until it ends")] = False,
 ) -> None:
     """Ask the trainer service for a retraining now (one job at a time: an unfinished job is reused)."""
     import time
 
-    from linewatch.contracts.storage import make_engine, migrate
     from linewatch.contracts import training_jobs as jobs
+    from linewatch.contracts.storage import make_engine, migrate
 
     engine = make_engine(_settings().database_url)
     migrate(engine)
@@ -336,7 +342,8 @@ def model_list() -> None:
     for r in rows:
         when = r.activated_at.strftime("%Y-%m-%d %H:%M") if r.activated_at else ""
         typer.echo(f"{r.version:<6} {r.status:<10} {r.backbone:<20} parent {r.parent_version or '-':<6} "
-                   f"created {r.created_at:%Y-%m-%d %H:%M}  {('activated ' + when + ' by ' + str(r.activated_by)) if when else ''}")
+                   f"created {r.created_at:%Y-%m-%d %H:%M}  "
+                   f"{('activated ' + when + ' by ' + str(r.activated_by)) if when else ''}")
 
 
 @model_app.command("show")
@@ -411,11 +418,14 @@ def model_jobs(limit: Annotated[int, typer.Option(min=1)] = 10) -> None:
 
 @app.command()
 def up(
-    max_frames: Annotated[int | None, typer.Option(min=1, help="stop after this many inspections; print a JSON summary")] = None,
+    max_frames: Annotated[int | None, typer.Option(
+        min=1, help="stop after this many inspections; print a JSON summary")] = None,
     workers: Annotated[int, typer.Option(min=1, help="detector workers")] = 1,
     fps: Annotated[float, typer.Option(min=0.0, help="camera frame rate; 0 = as fast as possible")] = 10.0,
-    model: Annotated[Path | None, typer.Option(help="model directory (default: train on the bottle images once)")] = None,
-    source: Annotated[Path | None, typer.Option(help="image folder the camera replays (default: bottle test images)")] = None,
+    model: Annotated[Path | None, typer.Option(
+        help="model directory (default: train on the bottle images once)")] = None,
+    source: Annotated[Path | None, typer.Option(
+        help="image folder the camera replays (default: bottle test images)")] = None,
     dashboard: Annotated[bool, typer.Option(help="start the dashboard")] = True,
     trainer: Annotated[bool, typer.Option(help="start the retraining service")] = True,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,

@@ -121,7 +121,8 @@ class ManagedProcess:
                 return self
             time.sleep(0.1)
         self.stop()
-        raise EmbeddedServiceError(f"{self.name} did not answer on port {self.port} within {self.start_timeout_s:.0f} s;"
+        raise EmbeddedServiceError(f"{self.name} did not answer on port {self.port} "
+                                   f"within {self.start_timeout_s:.0f} s;"
                                    f" last output:\n{self.tail()}")
 
     def running(self) -> bool:

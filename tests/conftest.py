@@ -81,10 +81,10 @@ def redis_url(redis_service: ManagedProcess) -> str:
 @pytest.fixture(scope="session")
 def quick_model(tmp_path_factory: pytest.TempPathFactory):
     """A small STPM model trained briefly on 24 real bottle images at 128 px (about 20 s on 2 cores)."""
-    from datasets import bottle
-
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.training import TrainConfig, train
+
+    from datasets import bottle
 
     config = TrainConfig(image_size=128, epochs=8, batch_size=4, seed=7, device="cpu", map_smoothing_sigma=2.0)
     dataset = open_dataset(bottle())

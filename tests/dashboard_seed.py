@@ -1,7 +1,8 @@
 """Fill SQL, Redis and the image store exactly as a detector worker would, from real bottle images.
 
 Frames go through the worker's own steps: :func:`linewatch.detector.frames.prepare_frame` (decode, preview,
-model input), :class:`linewatch.detector.scoring.Scorer`, and :class:`linewatch.detector.result_store.ResultStore`
+model input), :func:`linewatch.detector.inspection.score_batch` (the model, verdicts, regions, kept frames) and
+:class:`linewatch.detector.result_store.ResultStore`
 (overlays with ``contracts.heatmap.render_overlay``, kept images, SQL rows, Redis live state). Only the
 Kafka step is skipped: the dashboard never reads the inspections topic.
 """
@@ -15,17 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.live_state import LiveStateWriter
-from linewatch.contracts.messages import FrameMeta, FrameRef, InspectionResult, Latency, RegionOut
+from linewatch.contracts.messages import FrameMeta, InspectionResult
 from linewatch.contracts.settings import KafkaSettings
 from linewatch.contracts.storage import Base, ModelVersion
 from linewatch.detector.frames import PreparedFrame, RawFrame, prepare_frame
 from linewatch.detector.image_store import ImageStore
+from linewatch.detector.inspection import score_batch
 from linewatch.detector.model_files import read_metadata
-from linewatch.detector.result_store import ResultStore, ScoredBatch
+from linewatch.detector.result_store import ResultStore
 from linewatch.detector.scoring import Scorer
 
 WORKER_ID = "seed-worker-1"
@@ -94,11 +95,10 @@ def seed(engine: Engine, live: LiveStateWriter, image_root: Path, scorer: Scorer
             prepared = prepare_frame(raw, scorer.image_size, 40_000_000)
             assert isinstance(prepared, PreparedFrame), prepared
             frames.append(prepared)
-        results, keep, maps = _score(scorer, frames)
-        batch = ScoredBatch(results, frames, maps, scorer.pixel_threshold, dead=[], offsets={}, keep=keep,
-                            done={"kafka"})
+        batch = score_batch(scorer, frames, WORKER_ID, keep_good=lambda meta: meta.frame_id % 2 == 0)
+        batch.done.add("kafka")  # no broker in these tests: everything else is stored as the worker does
         assert store.store(batch, threading.Event())
-        out.results.extend(results)
+        out.results.extend(batch.results)
     live.heartbeat(WORKER_ID, {
         "model_version": scorer.version, "frames_per_s": 4.2, "inspected": len(out.results), "dead_lettered": 0,
         "partitions": ["seed.frames/0"], "lag": {"seed.frames/0": 3}, "device": "cpu", "host": "test",
@@ -117,34 +117,6 @@ def register_model(engine: Engine, model_dir: Path, version: str) -> None:
             artifact_uri=Path(model_dir).resolve().as_uri(), manifest=meta.get("manifest", []),
             metrics={"validation": meta.get("validation")}, thresholds=meta["thresholds"], status="active",
             activated_by="seed", activated_at=now, notes="registered by the dashboard test seed"))
-
-
-def _score(scorer: Scorer, frames: list[PreparedFrame]) -> tuple[list[InspectionResult], set[int], np.ndarray]:
-    """The worker's scoring step (``detector.worker.Worker._score``) for one batch."""
-    t0 = time.perf_counter()
-    scores = scorer.score(np.stack([f.model_input for f in frames]))
-    inference_ms = (time.perf_counter() - t0) * 1000
-    maps = scores.anomaly_maps[:, 0]
-    now = dt.datetime.now(dt.UTC)
-    results, keep = [], set()
-    for i, f in enumerate(frames):
-        defect = bool(scores.is_defect[i])
-        regions = scorer.regions(maps[i], (f.height, f.width)) if defect else []
-        m = f.meta
-        results.append(InspectionResult(
-            frame=FrameRef(camera_id=m.camera_id, line_id=m.line_id, frame_id=m.frame_id, part_id=m.part_id,
-                           captured_at=m.captured_at, topic=f.raw.topic, partition=f.raw.partition,
-                           offset=f.raw.offset),
-            width=f.width, height=f.height, model_version=scorer.version,
-            image_score=float(scores.image_scores[i]), normalized_score=float(scores.normalized[i]),
-            verdict="defect" if defect else "good", threshold=scorer.image_threshold,
-            regions=[RegionOut(**r.__dict__) for r in regions],
-            latency=Latency(queue_wait_ms=5.0, decode_ms=f.decode_ms, inference_ms=inference_ms, total_ms=0.0),
-            processed_at=now, worker_id=WORKER_ID,
-        ))
-        if defect or m.frame_id % 2 == 0:
-            keep.add(i)
-    return results, keep, maps
 
 
 def _raise(sink: str, exc: BaseException) -> None:

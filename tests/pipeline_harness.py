@@ -117,7 +117,8 @@ class Pipeline:
     def publish_folder(self, folder: Path, **kw) -> CameraCounters:
         return self.camera(folder, **kw).run(install_signal_handlers=False)
 
-    def publish_raw(self, items: list[tuple[bytes | None, list[tuple[str, bytes]]]], camera_id: str = "cam-raw") -> None:
+    def publish_raw(self, items: list[tuple[bytes | None, list[tuple[str, bytes]]]],
+                    camera_id: str = "cam-raw") -> None:
         producer = KafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers, acks="all",
                                  max_request_size=self.settings.kafka.max_message_bytes)
         for value, headers in items:

@@ -68,8 +68,8 @@ def test_eval_and_score_on_real_images(quick_model, tmp_path):
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    result = linewatch("score", "--model", str(quick_model.model_dir), str(bottle() / "test" / "broken_large" / "000.png"),
-                       str(bad))
+    defect = bottle() / "test" / "broken_large" / "000.png"
+    result = linewatch("score", "--model", str(quick_model.model_dir), str(defect), str(bad))
     assert result.returncode == 1
     good_line, bad_line = (json.loads(line) for line in result.stdout.splitlines())
     assert good_line["verdict"] == "defect" and good_line["normalized_score"] > 1.0 and good_line["regions"]

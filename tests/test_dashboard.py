@@ -20,12 +20,13 @@ import redis
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from sqlalchemy import select
 
-from dashboard_seed import WORKER_ID, CameraPlan, Seeded, register_model, reset_sql, seed
-from datasets import bottle
 from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.storage import Inspection, Label, TrainingJob, make_engine, migrate
 from linewatch.detector.scoring import Scorer
 from linewatch.embedded import free_port
+
+from dashboard_seed import WORKER_ID, CameraPlan, Seeded, register_model, reset_sql, seed
+from datasets import bottle
 
 pytestmark = pytest.mark.services
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import bottle
 from linewatch.detector.datasets import DatasetError, open_dataset
 from linewatch.detector.imaging import ImageError, decode_image, probe_image, read_image, to_model_input
+
+from datasets import bottle
 
 
 @pytest.fixture(scope="module")

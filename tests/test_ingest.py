@@ -6,10 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets import bottle
 from linewatch.contracts.settings import Settings
 from linewatch.ingest.camera import CameraService, FrameIds
 from linewatch.ingest.sources import Capture, SourceError, VideoCaptureSource, open_source
+
+from datasets import bottle
 
 
 def test_video_file_frames_are_captured_as_jpeg(tmp_path):
@@ -40,7 +41,7 @@ def test_folder_replay_passes_files_through_byte_for_byte():
 def test_frame_ids_strictly_increase():
     ids = FrameIds()
     seen = [ids.next() for _ in range(1000)]
-    assert all(b > a for a, b in zip(seen, seen[1:]))
+    assert all(b > a for a, b in zip(seen, seen[1:], strict=False))
     assert seen[0] >= time.time_ns() // 1000 - 10_000_000
 
 

@@ -13,10 +13,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from datasets import bottle
 from linewatch.detector.imaging import read_image
 from linewatch.detector.scoring import Scorer
 from linewatch.embedded import free_port
+
+from datasets import bottle
 from pipeline_harness import Pipeline, frame_headers
 
 pytestmark = pytest.mark.services

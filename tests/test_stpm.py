@@ -78,4 +78,5 @@ def test_student_pyramid_has_three_stages_at_strides_4_8_16(name, channels):
     student = build_student(name)
     assert student.channels == channels
     out = student(torch.randn(2, 3, 128, 96))
-    assert [tuple(f.shape) for f in out] == [(2, c, 128 // s, 96 // s) for c, s in zip(channels, (4, 8, 16))]
+    expected = [(2, c, 128 // s, 96 // s) for c, s in zip(channels, (4, 8, 16), strict=True)]
+    assert [tuple(f.shape) for f in out] == expected

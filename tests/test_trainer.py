@@ -12,11 +12,12 @@ import time
 import pytest
 from sqlalchemy import insert
 
-from datasets import bottle
+from linewatch.contracts import training_jobs as jobs
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.storage import Label
-from linewatch.contracts import training_jobs as jobs
 from linewatch.trainer.registry import ModelRegistry, artifact_path
+
+from datasets import bottle
 from pipeline_harness import Pipeline
 
 pytestmark = pytest.mark.services

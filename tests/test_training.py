@@ -7,13 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from datasets import bottle
 from linewatch.detector.datasets import open_dataset
 from linewatch.detector.evaluation import evaluate
 from linewatch.detector.imaging import read_image
 from linewatch.detector.model_files import METADATA_FILE, WEIGHTS_FILE, ModelFileError, load_model
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.training import TrainConfig, TrainingError, train
+
+from datasets import bottle
 
 # quick_model (conftest): 24 good training images; tests use 6 good and 6 defective test images.
 

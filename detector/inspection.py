@@ -1,0 +1,59 @@
+"""A decoded batch of frames -> inspection results: the model, the verdicts, the defect regions, and which
+frames to keep for review. The workers' scoring step, in one function."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from linewatch.contracts.messages import FrameMeta, FrameRef, InspectionResult, Latency
+
+from .frames import DeadLetter, PreparedFrame
+from .result_store import ScoredBatch
+from .scoring import Scorer
+
+
+def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, keep_good: Callable[[FrameMeta], bool],
+                dead: list[DeadLetter] | None = None, offsets: dict[tuple[str, int], int] | None = None
+                ) -> ScoredBatch:
+    """Score ``frames`` in one batch and build their results.
+
+    Defective frames are always kept (with their regions); good ones when ``keep_good(meta)`` says so.
+    ``inference_ms`` in each result is the model time of the whole batch; ``total_ms`` is filled in when
+    the result is stored.
+    """
+    maps = np.zeros((0, scorer.image_size, scorer.image_size), dtype=np.float32)
+    if not frames:
+        return ScoredBatch([], [], maps, scorer.pixel_threshold, dead or [], offsets or {}, set())
+    t0 = time.perf_counter()
+    inputs = [f.model_input for f in frames]
+    if any(isinstance(x, torch.Tensor) for x in inputs):  # decoded on the device
+        scores = scorer.score(torch.stack([torch.as_tensor(x).to(scorer.device) for x in inputs]))
+    else:
+        scores = scorer.score(np.stack(inputs))
+    inference_ms = (time.perf_counter() - t0) * 1000
+    maps = scores.anomaly_maps[:, 0]
+    now = dt.datetime.now(dt.UTC)
+    results, keep = [], set()
+    for i, f in enumerate(frames):
+        defect = bool(scores.is_defect[i])
+        m = f.meta
+        results.append(InspectionResult(
+            frame=FrameRef(camera_id=m.camera_id, line_id=m.line_id, frame_id=m.frame_id, part_id=m.part_id,
+                           captured_at=m.captured_at, topic=f.raw.topic, partition=f.raw.partition,
+                           offset=f.raw.offset),
+            width=f.width, height=f.height, model_version=scorer.version,
+            image_score=float(scores.image_scores[i]), normalized_score=float(scores.normalized[i]),
+            verdict="defect" if defect else "good", threshold=scorer.image_threshold,
+            regions=scorer.regions(maps[i], (f.height, f.width)) if defect else [],
+            latency=Latency(queue_wait_ms=(f.decode_started_ns - m.captured_at_ns) / 1e6, decode_ms=f.decode_ms,
+                            inference_ms=inference_ms, total_ms=0.0),
+            processed_at=now, worker_id=worker_id,
+        ))
+        if defect or keep_good(m):
+            keep.add(i)
+    return ScoredBatch(results, frames, maps, scorer.pixel_threshold, dead or [], offsets or {}, keep)
