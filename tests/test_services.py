@@ -89,19 +89,22 @@ def test_postgres_keeps_committed_rows_across_restart(postgres_server):
     try:
         with engine.begin() as conn:
             assert conn.execute(text("SELECT current_user, current_database()")).one() == ("linewatch", "linewatch")
-            conn.execute(text("CREATE TABLE inspections (id integer PRIMARY KEY, verdict text NOT NULL)"))
-            conn.execute(text("INSERT INTO inspections VALUES (:id, :verdict)"),
+            # A table of this test's own: the session's database also holds linewatch's schema.
+            conn.execute(text("CREATE TABLE service_check (id integer PRIMARY KEY, verdict text NOT NULL)"))
+            conn.execute(text("INSERT INTO service_check VALUES (:id, :verdict)"),
                          [{"id": 1, "verdict": "ok"}, {"id": 2, "verdict": "anomaly"}])
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT id, verdict FROM inspections ORDER BY id")).all() == [
+            assert conn.execute(text("SELECT id, verdict FROM service_check ORDER BY id")).all() == [
                 (1, "ok"), (2, "anomaly")]
 
         postgres_server.restart()
 
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT id, verdict FROM inspections ORDER BY id")).all() == [
+            assert conn.execute(text("SELECT id, verdict FROM service_check ORDER BY id")).all() == [
                 (1, "ok"), (2, "anomaly")]
     finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS service_check"))
         engine.dispose()
 
 
