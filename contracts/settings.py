@@ -166,6 +166,7 @@ class DashboardSettings(BaseModel):
     timezone: str = Field("UTC", description="IANA time zone for times shown and for shift boundaries")
     shift_starts: list[str] = Field(["06:00", "14:00", "22:00"], min_length=1,
                                     description="local times (HH:MM) at which shifts start")
+    metrics_port: int | None = Field(None, description="Prometheus /metrics, /healthz, /readyz port; none = off")
 
     @field_validator("shift_starts")
     @classmethod

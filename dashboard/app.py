@@ -9,7 +9,7 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.dashboard import auth, data, views
+from linewatch.dashboard import auth, data, telemetry, views
 from linewatch.dashboard.pages import defects, live, models, review
 
 
@@ -31,9 +31,11 @@ def main() -> None:
         st.markdown("### linewatch")
         st.caption("Visual quality control")
     auth.sidebar(settings)
+    telemetry.PAGE_VIEWS.labels(page.url_path or "live").inc()
     try:
         page.run()
     except (SQLAlchemyError, redis.RedisError) as exc:  # a store failed where the page did not expect it
+        telemetry.STORE_ERRORS.labels("sql" if isinstance(exc, SQLAlchemyError) else "redis").inc()
         st.error(views.explain(exc))
 
 

@@ -32,6 +32,7 @@ from linewatch.contracts.storage import (
     effective_labels,
     make_engine,
 )
+from linewatch.dashboard import telemetry
 
 LABELS = ("good", "defect")
 HISTORY_ROW_LIMIT = 20_000
@@ -49,6 +50,7 @@ def settings() -> Settings:
 def _engine(url: str, pool_size: int, timeout_s: float) -> Engine:
     engine = make_engine(url, pool_size)
     _limit_statement_time(engine, timeout_s)
+    _time_statements(engine)
     return engine
 
 
@@ -70,6 +72,19 @@ def live() -> LiveStateReader | None:
     if not s.redis.url:
         return None
     return _live(s.redis.url, s.redis.password.get_secret_value() if s.redis.password else None)
+
+
+def _time_statements(engine: Engine) -> None:
+    """Observe every statement's duration in ``linewatch_dashboard_query_seconds``."""
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn, _cursor, _statement, _params, _context, _executemany) -> None:
+        conn.info["lw_started"] = time.perf_counter()  # statements on one connection run one at a time
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _stop(conn, _cursor, _statement, _params, _context, _executemany) -> None:
+        started = conn.info.pop("lw_started", None)
+        if started is not None:
+            telemetry.QUERY_SECONDS.observe(time.perf_counter() - started)
 
 
 def _limit_statement_time(engine: Engine, timeout_s: float) -> None:
@@ -295,6 +310,7 @@ def add_labels(db: Engine, inspection_ids: Sequence[int], label: str, operator: 
             for i in dict.fromkeys(inspection_ids)]
     with db.begin() as conn:
         conn.execute(insert(Label), rows)
+    telemetry.LABELS.labels(label).inc(len(rows))
     return len(rows)
 
 

@@ -16,10 +16,14 @@ def main(options: list[str]) -> None:
     from streamlit.runtime.pages_manager import PagesManager
     from streamlit.web import cli
 
+    from linewatch.contracts.settings import get_settings
+    from linewatch.dashboard import telemetry
+
     # dashboard/pages/ is the package of page modules that app.py hands to st.navigation, not a
     # Streamlit "pages directory". Streamlit would otherwise detect it beside app.py and, until app.py
     # has run once, serve a direct visit to /live by running pages/live.py as a script of its own.
     PagesManager.uses_pages_directory = False
+    telemetry.serve(get_settings())
     sys.argv = ["streamlit", "run", str(APP), *options]
     cli.main()
 

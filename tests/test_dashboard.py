@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from prometheus import scrape, status
 from sqlalchemy import select
 
 from linewatch.contracts.live_state import LiveStateWriter
@@ -305,7 +306,9 @@ def test_review_click_stores_the_operators_label_and_undo_revokes_it(browser, sc
     seeded = stores.seed(scorer, quick_model.model_dir)
     kept = sorted(seeded.kept, key=lambda r: r.frame.captured_at)
     newest = stores.inspection_id(kept[-1].frame.camera_id, kept[-1].frame.frame_id)
-    with Dashboard(stores) as dash:
+    metrics_port = free_port()
+    with Dashboard(stores, LINEWATCH_DASHBOARD__METRICS_PORT=str(metrics_port)) as dash:
+        assert (status(metrics_port, "/healthz"), status(metrics_port, "/readyz")) == (200, 200)
         page = open_page(browser)
         goto(page, f"{dash.url}/review", "Review")
         expect(metric(page, "Awaiting review")).to_have_text(str(len(kept)))
@@ -364,6 +367,13 @@ def test_review_click_stores_the_operators_label_and_undo_revokes_it(browser, sc
             [("queued", "manual", "Maria Lopez", False)]
         expect(page.get_by_role("cell", name="queued", exact=True)).to_be_visible()
         no_errors(page)
+
+        metrics = scrape(metrics_port)
+        assert metrics['linewatch_dashboard_labels_total{label="good"}'] == len(kept)  # one, then the bulk
+        assert metrics['linewatch_dashboard_labels_total{label="defect"}'] == 1
+        assert metrics["linewatch_dashboard_retrain_requests_total"] == 1
+        assert metrics['linewatch_dashboard_page_views_total{page="review"}'] >= 1
+        assert metrics["linewatch_dashboard_query_seconds_count"] > 10
 
 
 def test_anonymous_viewers_cannot_label_when_operator_accounts_are_configured(

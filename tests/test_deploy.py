@@ -157,13 +157,12 @@ def test_each_service_starts_with_the_compose_settings(compose, apache_kafka, po
             command = [c for c in svc["command"]]
             port = None
             for key in ("LINEWATCH_INGEST__METRICS_PORT", "LINEWATCH_DETECTOR__METRICS_PORT",
-                        "LINEWATCH_TRAINER__METRICS_PORT"):
+                        "LINEWATCH_TRAINER__METRICS_PORT", "LINEWATCH_DASHBOARD__METRICS_PORT"):
                 if key in env:
                     port = free_port()
                     env[key] = str(port)
             if name == "dashboard":
-                port = free_port()
-                command[command.index("--port") + 1] = str(port)
+                command[command.index("--port") + 1] = str(free_port())
             log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
             proc = subprocess.Popen([sys.executable, "-m", "linewatch", *command], env={**os.environ, **env},
                                     stdout=log, stderr=subprocess.STDOUT)
@@ -172,13 +171,11 @@ def test_each_service_starts_with_the_compose_settings(compose, apache_kafka, po
                 assert proc.wait(120) == 0, (tmp_path / "setup.log").read_text()
                 _register_first_model(env, quick_model.model_dir)
                 continue
-            path = "/_stcore/health" if name == "dashboard" else "/readyz"
-            _wait_http(f"http://127.0.0.1:{port}{path}", proc, tmp_path / f"{name}.log")
-            if name != "dashboard":
-                metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-                assert "linewatch_" in metrics
-                if name == "detector-cpu":
-                    assert 'linewatch_model_info{version="v1"} 1.0' in metrics
+            _wait_http(f"http://127.0.0.1:{port}/readyz", proc, tmp_path / f"{name}.log")
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            assert "linewatch_" in metrics
+            if name == "detector-cpu":
+                assert 'linewatch_model_info{version="v1"} 1.0' in metrics
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
+from prometheus import scrape, status
 
 from linewatch.detector.imaging import read_image
 from linewatch.detector.scoring import Scorer
@@ -75,12 +75,12 @@ def test_every_bottle_frame_is_inspected_once_and_matches_offline_scoring(pipeli
     published = pipeline.consume(pipeline.settings.kafka.inspections_topic, 83)
     assert len({m.value for m in published}) == 83
     # The worker's Prometheus endpoint counts what the record holds; its logs are JSON lines.
-    metrics = _scrape(metrics_port)
+    metrics = scrape(metrics_port)
     defects = sum(r.verdict == "defect" for r in rows)
     assert metrics['linewatch_frames_inspected_total{verdict="defect"}'] == defects
     assert metrics['linewatch_frames_inspected_total{verdict="good"}'] == 83 - defects
     assert metrics["linewatch_end_to_end_latency_seconds_count"] == 83
-    assert urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5).status == 200
+    assert status(metrics_port, "/readyz") == 200
     assert pipeline.stop_workers() == {"w1": 0}
     log_lines = (pipeline.logs / "w1.log").read_text().splitlines()
     assert log_lines and all(json.loads(line)["level"] for line in log_lines)
@@ -193,13 +193,6 @@ def test_store_outage_delays_but_loses_nothing(apache_kafka, redis_service, redi
         assert _committed(p) == 40
     finally:
         p.close()
-
-
-def _scrape(port: int) -> dict[str, float]:
-    """Prometheus text format -> {'name{labels}': value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
 
 
 def _committed(p: Pipeline) -> int:

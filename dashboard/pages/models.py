@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from linewatch.contracts import training_jobs
 from linewatch.contracts.storage import ModelVersion
 
-from .. import auth, data, views
+from .. import auth, data, telemetry, views
 from ..windows import fmt
 
 MAX_METRICS = 40
@@ -80,6 +80,7 @@ def _retraining() -> None:
             try:
                 job_id = training_jobs.request_job(data.engine(), "manual", requested_by=operator.name,
                                                    from_scratch=from_scratch)
+                telemetry.RETRAIN_REQUESTS.inc()
                 st.toast(f"Training job {job_id} queued for the trainer service")
             except SQLAlchemyError as exc:
                 st.error(f"Could not queue the job: {views.explain(exc)}")
