@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from linewatch.contracts.storage import Inspection
 
 from . import data, images
+from .data import Cursor
 from .windows import ago, fmt
 
 
@@ -99,3 +100,16 @@ def detail(inspection_id: int) -> None:
             st.caption(f"Labelled **{label[0]}** by {label[1]}, {fmt(label[2], s.dashboard.timezone)}")
         else:
             st.caption("Not labelled yet.")
+
+
+def pager(pages: list[Cursor], next_cursor: Cursor | None, key: str) -> None:
+    """Newer/older buttons over keyset pages: ``pages`` is the stack of cursors of the pages before this one
+    (kept in session state); buttons are keyed ``lw_<key>_newer`` and ``lw_<key>_older``."""
+    left, middle, right = st.columns([1, 2, 1])
+    if left.button("← Newer", disabled=not pages, key=f"lw_{key}_newer"):
+        pages.pop()
+        st.rerun()
+    middle.caption(f"Page {len(pages) + 1}")
+    if right.button("Older →", disabled=next_cursor is None, key=f"lw_{key}_older"):
+        pages.append(next_cursor)
+        st.rerun()

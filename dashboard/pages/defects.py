@@ -53,7 +53,7 @@ def render() -> None:
             else:
                 st.info("No older defects.")
         _gallery(page.rows, zone)
-        _pager(pages, page.next)
+        views.pager(pages, page.next, "defects")
 
 
 def _filters(cameras: dict[str, str], zone: str) -> GalleryFilter | None:
@@ -94,14 +94,3 @@ def _gallery(rows: list, zone: str) -> None:
                             f"score {row.image_score:.4g} / threshold {row.threshold:.4g} · model {row.model_version}")
                 if st.button("Details", key=f"lw_details_{row.id}", icon=":material/zoom_in:"):
                     views.detail(row.id)
-
-
-def _pager(pages: list[Cursor], next_cursor: Cursor | None) -> None:
-    left, middle, right = st.columns([1, 2, 1])
-    if left.button("← Newer", disabled=not pages, key="lw_defects_newer"):
-        pages.pop()
-        st.rerun()
-    middle.caption(f"Page {len(pages) + 1}")
-    if right.button("Older →", disabled=next_cursor is None, key="lw_defects_older"):
-        pages.append(next_cursor)
-        st.rerun()

@@ -53,7 +53,7 @@ def render() -> None:
     if not page.rows:
         if pages:
             st.info("No more frames on older pages.")
-            _pager(pages, None)
+            views.pager(pages, None, "review")
         else:
             st.success("Nothing awaits review. Kept frames (defects and a sample of good parts) appear here "
                        "as the workers store them.")
@@ -99,7 +99,7 @@ def render() -> None:
         st.button(f"Confirm all {len(ids)} shown as good", key="lw_bulk_good", icon=":material/done_all:",
                   on_click=_label, args=(ids, "good"),
                   help="Labels every frame on this page good in one action (one undo takes it back).")
-    _pager(pages, page.next)
+    views.pager(pages, page.next, "review")
 
 
 def _operator_bar(operator: auth.Operator | None, s) -> None:
@@ -142,14 +142,3 @@ def _undo() -> None:
         st.session_state[_FLASH] = ("ok", f"Undone: the label of {what} is taken back; it is back in the queue.")
     else:
         st.session_state[_FLASH] = ("ok", "Nothing to undo.")
-
-
-def _pager(pages: list[Cursor], next_cursor: Cursor | None) -> None:
-    left, middle, right = st.columns([1, 2, 1])
-    if left.button("← Newer", disabled=not pages, key="lw_review_newer"):
-        pages.pop()
-        st.rerun()
-    middle.caption(f"Page {len(pages) + 1}")
-    if right.button("Older →", disabled=next_cursor is None, key="lw_review_older"):
-        pages.append(next_cursor)
-        st.rerun()
