@@ -30,10 +30,20 @@ from .settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 
+class KafkaNotConfiguredError(ValueError):
+    """No broker is configured (``kafka.bootstrap_servers`` is empty)."""
+
+
 def client_config(k: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options shared by producers, consumers and the admin client."""
+    """Connection and security options shared by producers, consumers and the admin client.
+
+    Raises:
+        KafkaNotConfiguredError: ``kafka.bootstrap_servers`` is empty.
+    """
     if not k.bootstrap_servers:
-        raise ValueError("kafka.bootstrap_servers is empty: set LINEWATCH_KAFKA__BOOTSTRAP_SERVERS")
+        raise KafkaNotConfiguredError(
+            "kafka.bootstrap_servers is empty: set LINEWATCH_KAFKA__BOOTSTRAP_SERVERS to your brokers "
+            "(only `linewatch up` starts an embedded broker by itself)")
     cfg: dict[str, Any] = {"bootstrap_servers": k.bootstrap_servers.split(","),
                            "security_protocol": k.security_protocol}
     if k.sasl_mechanism:

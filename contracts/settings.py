@@ -13,6 +13,7 @@ Sources, highest priority first:
 from __future__ import annotations
 
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -216,7 +217,7 @@ class Settings(BaseSettings):
     image_store: str = Field("", description="where kept frames go; a directory or file:// URI")
     artifact_store: str = Field("", description="where model versions go; a directory or file:// URI")
     log_format: Literal["json", "text"] = "text"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
@@ -232,6 +233,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def database_url(self) -> str:
@@ -267,7 +273,10 @@ class Settings(BaseSettings):
             path = Path(config).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"{CONFIG_ENV}={config}: no such config file")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{CONFIG_ENV}={config}: not valid TOML: {exc}") from None
         secrets = os.environ.get(SECRETS_DIR_ENV)
         if secrets:
             # One file per setting, named <section>__<field> (e.g. database__password), as Docker secrets are.
@@ -288,3 +297,44 @@ def _path_from_uri(uri: str) -> Path:
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+# Environment variables that start with LINEWATCH_ but are not settings.
+_NOT_SETTINGS = {CONFIG_ENV, SECRETS_DIR_ENV, "LINEWATCH_WITH_BROWSER"}
+
+
+def _section_model(section: str) -> type[BaseModel] | None:
+    info = Settings.model_fields.get(section)
+    model = info.annotation if info else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _known(section: str, field: str | None = None) -> bool:
+    if field is None:
+        return section in Settings.model_fields
+    model = _section_model(section)
+    return model is not None and field in model.model_fields
+
+
+def unknown_settings(environ: dict[str, str] | None = None) -> list[str]:
+    """Names that look like settings but match none, so they would be silently ignored (a misspelt
+    ``LINEWATCH_DETECTOR__MAX_BACH``, a ``[detektor]`` table in the config file); for a warning."""
+    environ = dict(os.environ) if environ is None else environ
+    found = []
+    for name in sorted(environ):
+        if not name.startswith("LINEWATCH_") or name in _NOT_SETTINGS:
+            continue
+        section, nested, field = name.removeprefix("LINEWATCH_").lower().partition("__")
+        if not _known(section, field if nested else None):
+            found.append(name)
+    config = environ.get(CONFIG_ENV)
+    try:
+        table = tomllib.loads(Path(config).expanduser().read_text()) if config else {}
+    except (tomllib.TOMLDecodeError, OSError):  # reported when the settings are read
+        table = {}
+    for section, value in table.items():
+        if isinstance(value, dict) and _section_model(section) is not None:
+            found += [f"{config}: [{section}] {k}" for k in value if not _known(section, k)]
+        elif not _known(section):
+            found.append(f"{config}: {section}")
+    return found

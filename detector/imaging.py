@@ -55,7 +55,9 @@ def probe_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_
                 fmt, (width, height) = im.format or "unknown", im.size
     except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", source, f"image too large to decode safely ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # its message names only Pillow's in-memory buffer
+        raise ImageError("not_an_image", source, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError("not_an_image", source, f"not a recognised image format ({exc})") from None
     if width * height > max_pixels:
         raise ImageError(

@@ -29,6 +29,7 @@ from .stpm import STPM
 FORMAT = "linewatch-stpm/1"
 WEIGHTS_FILE = "student.safetensors"
 METADATA_FILE = "model.json"
+MODEL_FILES = frozenset({WEIGHTS_FILE, METADATA_FILE})
 
 
 class ModelFileError(ValueError):
@@ -57,19 +58,58 @@ class LoadedModel:
         return self.metadata["thresholds"]
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, in every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def check_output_dir(out_dir: Path) -> Path:
+    """Check that a model may be written to ``out_dir``: it does not exist, is an empty directory, or
+    holds only a previous model's files (which the new model replaces). Returns the resolved path.
+
+    Raises:
+        ModelFileError: ``out_dir`` is a file, or a directory with anything else in it (a data folder,
+            say), which replacing would delete.
+    """
+    out_dir = Path(out_dir).resolve()
+    if not out_dir.exists():
+        return out_dir
+    if not out_dir.is_dir():
+        raise ModelFileError(f"{out_dir}: exists and is not a directory; choose another --out")
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in MODEL_FILES)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ModelFileError(f"{out_dir}: not empty and not a model directory ({shown}); a model replaces its "
+                             "directory, so choose a new or empty one")
+    return out_dir
+
+
 def save_model(out_dir: Path, student_state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write a model directory atomically (a temporary sibling renamed into place).
 
-    ``metadata`` gets ``format`` and ``weights_sha256`` added. An existing ``out_dir`` is replaced.
+    ``metadata`` gets ``format`` and ``weights_sha256`` added. A previous model at ``out_dir`` is replaced.
+
+    Raises:
+        ModelFileError: see :func:`check_output_dir`; nothing that is not a model is ever deleted.
     """
-    out_dir = Path(out_dir).resolve()
+    out_dir = check_output_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        # mkdtemp makes the directory private; a model is meant to be shared (workers may run as another user).
+        tmp.chmod(0o777 & ~_umask())
         weights = tmp / WEIGHTS_FILE
         save_file({k: v.detach().contiguous().cpu() for k, v in student_state.items()}, str(weights))
         meta = {"format": FORMAT, **metadata, "weights_sha256": sha256_file(weights)}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        for f in (weights, tmp / METADATA_FILE):
+            f.chmod(0o666 & ~_umask())
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

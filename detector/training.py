@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .backbones import backbone_spec, build_student, build_teacher, sha256_file
 from .calibration import score_statistics, threshold_at_rate
 from .devices import autocast, resolve_device
-from .imaging import DEFAULT_MAX_PIXELS, read_image, to_model_input
+from .imaging import DEFAULT_MAX_PIXELS, ImageError, read_image, to_model_input
 from .model_files import content_hash, read_metadata, save_model
 from .stpm import STPM, image_scores, pyramid_loss
 
@@ -84,15 +84,23 @@ def load_images(paths: Sequence[Path], size: int,
     """Read, check and resize images in parallel -> (uint8 (N, 3, size, size), SHA-256 of each file).
 
     Raises:
-        ImageError: the first file that cannot be used, named in the message.
+        TrainingError: some files cannot be used; the message names each of them (the first 20) and why,
+            so that one run finds them all.
     """
 
-    def one(path: Path) -> tuple[np.ndarray, str]:
-        rgb = read_image(path, max_pixels)
+    def one(path: Path) -> tuple[np.ndarray, str] | ImageError:
+        try:
+            rgb = read_image(path, max_pixels)
+        except ImageError as exc:
+            return exc
         return to_model_input(rgb, size), content_hash(Path(path).read_bytes())
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(one, paths))
+    bad = [r for r in results if isinstance(r, ImageError)]
+    if bad:
+        listed = "\n  ".join(str(e) for e in bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise TrainingError(f"{len(bad)} of {len(paths)} images cannot be used; fix or remove them:\n  {listed}")
     return torch.from_numpy(np.stack([r[0] for r in results])), [r[1] for r in results]
 
 
@@ -161,7 +169,7 @@ def train(
         progress: show a progress bar (epoch, loss, validation loss, time left) on stderr.
         extra_metadata: merged into ``model.json`` (e.g. the registry's ``version``).
     Raises:
-        TrainingError: fewer than 2 images. ImageError: an unusable image, named.
+        TrainingError: fewer than 2 images, or unusable images (each named).
         WeightsNotFoundError: teacher weights absent.
     """
     started = time.monotonic()

@@ -1,5 +1,5 @@
 """``python -m linewatch`` runs the ``linewatch`` command."""
 
-from linewatch.cli import app
+from linewatch.cli import run
 
-app()
+run()

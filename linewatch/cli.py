@@ -11,12 +11,13 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from linewatch.contracts.settings import CONFIG_ENV, Settings, get_settings
+from linewatch.contracts.settings import CONFIG_ENV, Settings, get_settings, unknown_settings
 
 app = typer.Typer(
     name="linewatch",
@@ -26,7 +27,47 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda [settings: detector.device]")]
+class DeviceChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DeviceOpt = Annotated[DeviceChoice | None, typer.Option("--device", help="[settings: detector.device]")]
+
+
+def _device(choice: DeviceChoice | None) -> str | None:
+    return choice.value if choice is not None else None
+
+
+def run() -> None:
+    """The console entry point: the app, with the service errors an operator can fix (no broker
+    configured or reachable, Redis or the SQL store down, a state folder that cannot be made) reported
+    in one line, exit status 2, instead of a traceback."""
+    import redis
+    from kafka.errors import KafkaError
+    from sqlalchemy.exc import OperationalError
+
+    from linewatch.contracts.kafka import KafkaNotConfiguredError
+
+    try:
+        app()
+    except KafkaNotConfiguredError as exc:
+        _exit_with(str(exc))
+    except KafkaError as exc:
+        servers = get_settings().kafka.bootstrap_servers
+        _exit_with(f"Kafka at {servers} did not answer: {type(exc).__name__}: {exc}")
+    except redis.ConnectionError as exc:
+        _exit_with(f"Redis at {get_settings().redis.url} did not answer: {exc}")
+    except OperationalError as exc:
+        _exit_with(f"the SQL store did not answer: {str(exc.orig).strip() or exc}")
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
+        _exit_with(str(exc))
+
+
+def _exit_with(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    sys.exit(2)
 
 
 @app.callback()
@@ -37,6 +78,8 @@ def main(
 ) -> None:
     if config is not None:
         os.environ[CONFIG_ENV] = str(config.resolve())  # child processes read the same file
+    for name in unknown_settings():
+        typer.secho(f"warning: {name} is not a linewatch setting and is ignored", err=True, fg=typer.colors.YELLOW)
     get_settings.cache_clear()
     from linewatch.contracts.observability import configure_logging
 
@@ -94,18 +137,18 @@ def train(
     from dataclasses import fields
 
     from linewatch.detector.datasets import open_dataset
+    from linewatch.detector.model_files import check_output_dir
     from linewatch.detector.training import TrainConfig
     from linewatch.detector.training import train as run_training
 
-    s = _settings()
+    s = _with(_settings(), "training", epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, seed=seed)
+    s = _with(_with(s, "backbone", name=backbone, weights=teacher_weights), "detector", device=_device(device))
     recipe = s.training.model_dump()
     recipe.update(backbone=s.backbone.name, teacher_weights=s.backbone.weights, device=s.detector.device,
                   max_pixels=s.detector.max_pixels)
-    overrides = dict(backbone=backbone, teacher_weights=teacher_weights, epochs=epochs, batch_size=batch_size,
-                     image_size=image_size, lr=lr, device=device, seed=seed)
-    recipe.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig(**{f.name: recipe[f.name] for f in fields(TrainConfig) if f.name in recipe})
     with _user_errors():
+        check_output_dir(out)  # before the training, not after it
         dataset = open_dataset(data)
         result = run_training(dataset.train, out, config, progress=progress)
     meta = result.metadata
@@ -136,7 +179,7 @@ def evaluate(
     s = _settings()
     with _user_errors():
         dataset = open_dataset(data)
-        scorer = Scorer(model, device or s.detector.device, s.backbone.weights)
+        scorer = Scorer(model, _device(device) or s.detector.device, s.backbone.weights)
         report = run_evaluation(scorer, dataset, maps_dir=maps, progress=progress)
     typer.echo(format_report(report))
     if json_out is not None:
@@ -178,7 +221,7 @@ def score(
 
     s = _settings()
     with _user_errors():
-        scorer = Scorer(model, device or s.detector.device, s.backbone.weights)
+        scorer = Scorer(model, _device(device) or s.detector.device, s.backbone.weights)
     failed = False
     for path in images:
         try:
@@ -188,7 +231,8 @@ def score(
             failed = True
             continue
         result = scorer.score(scorer.prepare(rgb)[None])
-        regions = scorer.regions(result.anomaly_maps[0], rgb.shape[:2])
+        # Regions explain a defect verdict, as in the workers' results; a good part has none.
+        regions = scorer.regions(result.anomaly_maps[0], rgb.shape[:2]) if result.is_defect[0] else []
         typer.echo(json.dumps({
             "path": str(path), "image_score": float(result.image_scores[0]),
             "normalized_score": float(result.normalized[0]),
@@ -200,11 +244,21 @@ def score(
 
 
 def _with(settings: Settings, section: str, **values: object) -> Settings:
-    """A copy of ``settings`` with the given (non-None) values set in one section."""
+    """A copy of ``settings`` with the given (non-None) values set in one section, checked against the
+    same limits as the settings themselves (exits with a clear error where a value breaks one)."""
+    from pydantic import ValidationError
+
     values = {k: v for k, v in values.items() if v is not None}
     if not values:
         return settings
-    return settings.model_copy(update={section: getattr(settings, section).model_copy(update=values)})
+    current = getattr(settings, section)
+    try:
+        updated = type(current).model_validate({**current.model_dump(), **values})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}"
+                             for e in exc.errors())
+        _fail(problems)
+    return settings.model_copy(update={section: updated})
 
 
 @app.command()
@@ -260,7 +314,7 @@ def detect(
     from linewatch.contracts.kafka import ensure_topics
     from linewatch.detector.worker import run_worker
 
-    s = _with(_settings(), "detector", model_dir=model, group_id=group, device=device, max_batch=max_batch,
+    s = _with(_settings(), "detector", model_dir=model, group_id=group, device=_device(device), max_batch=max_batch,
               max_wait_ms=max_wait_ms)
     if s.detector.model_dir is None and not follow_registry:
         _fail("no model: pass --model MODEL_DIR or set LINEWATCH_DETECTOR__MODEL_DIR")
@@ -296,10 +350,13 @@ def retrain(
     from linewatch.contracts import training_jobs as jobs
     from linewatch.contracts.storage import make_engine, migrate
 
+    if not from_scratch and _registry().active() is None:
+        _fail("no active model version to fine-tune: register one with `linewatch model register DIR --activate`, "
+              "or pass --from-scratch")
     engine = make_engine(_settings().database_url)
     migrate(engine)
     job_id = jobs.request_job(engine, "manual", requested_by=by, from_scratch=from_scratch)
-    typer.echo(f"training job {job_id} queued")
+    typer.echo(f"training job {job_id} queued; the trainer service (`linewatch trainer`) runs it")
     while wait:
         job = jobs.get_job(engine, job_id)
         typer.echo(f"\r{_job_line(job)}", nl=False)

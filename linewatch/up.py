@@ -91,6 +91,15 @@ def ensure_default_model(settings: Settings, epochs: int | None = None) -> Path:
     return out
 
 
+class ServiceExited(Exception):
+    """A service of the run stopped by itself; the message quotes the last line of its log."""
+
+    def __init__(self, name: str, code: int | None, log: Path):
+        lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+        last = f": {lines[-1].strip()}" if lines else ""
+        super().__init__(f"{name} exited with code {code}{last} (log: {log})")
+
+
 class Up:
     """One run of the embedded system."""
 
@@ -108,6 +117,7 @@ class Up:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         try:
+            self._check_inputs()
             env = self._start_infrastructure()
             model = o.model or ensure_default_model(self.settings, o.epochs)
             self.settings = Settings()  # re-read: the environment now points at the embedded services
@@ -134,6 +144,9 @@ class Up:
         except (EmbeddedServiceError, FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except ServiceExited as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         finally:
             self._stop_all()
         if summary is not None:
@@ -198,6 +211,17 @@ class Up:
 
     # ---- watching -----------------------------------------------------------------------------------
 
+    def _check_inputs(self) -> None:
+        """Fail before anything starts when the bottle images that the defaults need are missing."""
+        o, root = self.options, self.settings.data_root
+        needs_data = o.source is None or (o.model is None and not (default_model_dir(self.settings) /
+                                                                    "model.json").is_file())
+        if needs_data and not (root / "mvtec_ad" / "bottle").is_dir():
+            raise FileNotFoundError(
+                f"{root / 'mvtec_ad' / 'bottle'}: no such directory. The defaults train on and replay the MVTec AD "
+                "bottle images: set LINEWATCH_DATA_ROOT to the folder holding mvtec_ad/ (default ../shared/data), "
+                "or give --model and --source")
+
     def _watch(self, started: dt.datetime) -> dict | None:
         """Print a status line every second; returns the summary when ``max_frames`` are done."""
         engine = make_engine(self.settings.database_url)
@@ -226,10 +250,8 @@ class Up:
                     print(flush=True)
                     return self._summary(engine, reader, started, published, t0)
                 for name, proc in self.children.processes.items():
-                    if name != "camera" and proc.poll() is not None:
-                        print(f"\n{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}",
-                              file=sys.stderr)
-                        return None
+                    if proc.poll() is not None and (name != "camera" or proc.returncode != 0):
+                        raise ServiceExited(name, proc.returncode, self.logs / f"{name}.log")
         finally:
             print(flush=True)
             engine.dispose()

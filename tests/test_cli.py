@@ -23,15 +23,64 @@ def linewatch(*args: str, env: dict | None = None, timeout: int = 600) -> subpro
         (["train", "--data", "{bottle}", "--out", "/tmp/m", "--backbone", "resnet18",
           "--teacher-weights", "/nowhere/resnet18-f37072fd.pth"], "resnet18-f37072fd.pth"),
         (["train", "--data", "{bottle}", "--out", "/tmp/m", "--device", "cuda"], "no CUDA GPU is visible"),
+        (["train", "--data", "{bottle}", "--out", "/tmp/m", "--image-size", "5000"],
+         "--image-size: Input should be less than or equal to 1024"),
+        (["train", "--data", "{bottle}", "--out", "/tmp/m", "--lr", "0"], "--lr: Input should be greater than 0"),
+        (["topics"], "kafka.bootstrap_servers is empty"),
+        (["model", "list"], "invalid settings"),
     ],
-    ids=["missing-data", "not-a-model", "missing-teacher-weights", "no-gpu"],
+    ids=["missing-data", "not-a-model", "missing-teacher-weights", "no-gpu", "image-size-limit", "lr-limit",
+         "no-broker", "bad-log-level"],
 )
-def test_user_errors_are_one_clear_line_without_traceback(args, message):
-    result = linewatch(*[a.replace("{bottle}", str(bottle())) for a in args])
+def test_user_errors_are_one_clear_line_without_traceback(args, message, tmp_path):
+    env = {"LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": "", "LINEWATCH_STATE_DIR": str(tmp_path)}
+    if args == ["model", "list"]:
+        env["LINEWATCH_LOG_LEVEL"] = "LOUD"
+    result = linewatch(*[a.replace("{bottle}", str(bottle())) for a in args], env=env)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def test_train_never_overwrites_a_folder_that_is_not_a_model(tmp_path):
+    data = tmp_path / "good"
+    data.mkdir()
+    for name in ("000.png", "001.png", "002.png"):
+        (data / name).symlink_to(bottle() / "train" / "good" / name)
+    (data / "notes.txt").write_text("keep me")
+    result = linewatch("train", "--data", str(data), "--out", str(data), "--epochs", "1")
+    assert result.returncode == 2
+    assert "not empty and not a model directory" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["000.png", "001.png", "002.png", "notes.txt"]
+
+
+def test_training_names_every_unusable_image_at_once(tmp_path):
+    data = tmp_path / "good"
+    data.mkdir()
+    for name in ("000.png", "001.png", "002.png"):
+        (data / name).symlink_to(bottle() / "train" / "good" / name)
+    (data / "003.png").write_bytes((bottle() / "train" / "good" / "003.png").read_bytes()[:5000])
+    (data / "004.png").write_text("not an image")
+    result = linewatch("train", "--data", str(data), "--out", str(tmp_path / "model"), "--epochs", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "2 of 5 images cannot be used" in result.stderr
+    assert "003.png: truncated PNG" in result.stderr
+    assert "004.png: not a recognised image format\n" in result.stderr
+
+
+def test_misspelt_settings_are_named_in_a_warning(tmp_path):
+    config = tmp_path / "linewatch.toml"
+    config.write_text("[detektor]\nmax_batch = 4\n[training]\nepochz = 3\n")
+    result = linewatch("model", "list", env={"LINEWATCH_CONFIG": str(config), "LINEWATCH_DETECTOR__MAX_BACH": "8",
+                                             "LINEWATCH_STATE_DIR": str(tmp_path / "state")})
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == [
+        "warning: LINEWATCH_DETECTOR__MAX_BACH is not a linewatch setting and is ignored",
+        f"warning: {config}: detektor is not a linewatch setting and is ignored",
+        f"warning: {config}: [training] epochz is not a linewatch setting and is ignored",
+    ]
 
 
 def test_settings_come_from_a_toml_file_and_the_environment(tmp_path):
