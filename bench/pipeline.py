@@ -76,7 +76,8 @@ def main() -> int:
                prefix, "LINEWATCH_KAFKA__SESSION_TIMEOUT_MS": "6000", "LINEWATCH_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
                "LINEWATCH_REDIS__URL": redis_url, "LINEWATCH_DATABASE__URL": f"sqlite:///{work / (name + '.db')}",
                "LINEWATCH_STATE_DIR": str(work / name), "LINEWATCH_DETECTOR__MAX_BATCH": str(args.batch),
-               "LINEWATCH_DETECTOR__GOOD_SAMPLE_RATE": "0.02", "LINEWATCH_LOG_FORMAT": "json"}
+               "LINEWATCH_DETECTOR__GOOD_SAMPLE_RATE": "0.02", "LINEWATCH_LOG_FORMAT": "json",
+               "LINEWATCH_DETECTOR__GROUP_ID": f"{prefix}-detectors"}  # runs share the broker, not a group
         settings = Settings(kafka={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix},
                             database={"url": env["LINEWATCH_DATABASE__URL"]})
         engine = make_engine(settings.database_url)
@@ -86,7 +87,8 @@ def main() -> int:
         (work / name).mkdir(parents=True, exist_ok=True)
         published_before = publish == "backlog"
         if published_before:
-            _publish(settings, files, args.frames, 0.0, CameraService, ImageFolderSource, cameras=4)
+            _publish(settings, files, args.frames, 0.0, CameraService, ImageFolderSource,
+                     cameras=settings.kafka.frames_partitions)
         for i in range(workers):
             log = open(work / name / f"worker-{i}.log", "ab")  # noqa: SIM115
             procs.append(subprocess.Popen([sys.executable, "-m", "linewatch", "detect", "--model", str(args.model),
@@ -159,14 +161,30 @@ def main() -> int:
     return 0
 
 
+def _camera_ids(count: int, partitions: int) -> list[str]:
+    """Camera ids whose frames land on ``count`` different partitions (the producer's default partitioner:
+    murmur2 of the key). Ids picked blindly can share partitions, leaving a worker with nothing to do."""
+    from kafka.partitioner.default import murmur2
+
+    ids, used, i = [], set(), 0
+    while len(ids) < min(count, partitions):
+        i += 1
+        partition = (murmur2(f"cam-{i}".encode()) & 0x7FFFFFFF) % partitions
+        if partition not in used:
+            used.add(partition)
+            ids.append(f"cam-{i}")
+    return ids
+
+
 def _publish(settings, files, n, fps, camera_cls, source_cls, cameras: int = 1) -> None:
-    """Publish ``n`` frames from ``cameras`` cameras (a camera's frames share one partition, so a backlog
-    spread over several cameras is what lets several workers share it)."""
+    """Publish ``n`` frames from ``cameras`` cameras, each on a partition of its own (a camera's frames share
+    one partition, so a backlog spread over several cameras is what lets several workers share it)."""
     import threading
 
-    per_camera = [n // cameras + (i < n % cameras) for i in range(cameras)]
-    services = [camera_cls(settings, f"cam-{i + 1}", "line-1", source_cls(files[0].parent.parent, loop=True,
-                           files=files), fps=fps / cameras, max_frames=k) for i, k in enumerate(per_camera)]
+    ids = _camera_ids(cameras, settings.kafka.frames_partitions)
+    per_camera = [n // len(ids) + (i < n % len(ids)) for i in range(len(ids))]
+    services = [camera_cls(settings, cam, "line-1", source_cls(files[0].parent.parent, loop=True,
+                           files=files), fps=fps / len(ids), max_frames=k) for cam, k in zip(ids, per_camera)]
     threads = [threading.Thread(target=c.run, kwargs={"install_signal_handlers": False}) for c in services]
     for t in threads:
         t.start()
