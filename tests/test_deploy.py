@@ -69,7 +69,7 @@ def test_images_run_linewatch_as_a_non_root_user():
     assert re.search(r"^USER linewatch$", dockerfile, re.M)
     assert "build_classifier('efficientnet_lite0', None)" in dockerfile  # weights present at build time
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'linewatch = "linewatch.cli:app"' in pyproject
+    assert 'linewatch = "linewatch.cli:run"' in pyproject  # the app, with one-line service errors
 
 
 def test_every_service_command_is_a_real_linewatch_command(compose):
