@@ -20,7 +20,11 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One test image: its path, its label (``good`` or a defect type) and its mask file, if any."""
+    """One test image: its path, its label (``good`` or a defect type) and its mask file, if any.
+
+    A defect image without a mask is labelled on image level only: it counts for image AUROC and the
+    miss rate, and is left out of the pixel metrics (its defect pixels are unknown).
+    """
 
     path: Path
     label: str
@@ -29,6 +33,11 @@ class Sample:
     @property
     def is_defect(self) -> bool:
         return self.label != "good"
+
+    @property
+    def pixels_known(self) -> bool:
+        """True when every pixel's label is known: a good image, or a defect image with its mask."""
+        return not self.is_defect or self.mask is not None
 
 
 @dataclass
@@ -51,7 +60,7 @@ def open_dataset(root: Path) -> Dataset:
 
     Raises:
         DatasetError: ``root`` is missing, empty, or a layout with parts missing (e.g. no ``train/good``,
-            a defect image without its mask).
+            a defect image without its mask in a ``ground_truth/<type>/`` folder that holds masks).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -81,12 +90,15 @@ def _mvtec(root: Path) -> Dataset:
     if test_root.is_dir():
         for type_dir in sorted(p for p in test_root.iterdir() if p.is_dir()):
             label = type_dir.name
+            masks = root / "ground_truth" / label
             for path in list_images(type_dir):
                 mask = None
-                if label != "good":
-                    mask = root / "ground_truth" / label / f"{path.stem}_mask.png"
+                # A defect type without a ground_truth/ folder is labelled on image level only.
+                if label != "good" and masks.is_dir():
+                    mask = masks / f"{path.stem}_mask.png"
                     if not mask.is_file():
-                        raise DatasetError(f"{path}: defect image without its mask {mask}")
+                        raise DatasetError(f"{path}: defect image without its mask {mask} (without the folder "
+                                           f"{masks}, this defect type is evaluated on image level only)")
                 test.append(Sample(path, label, mask))
     return Dataset(root=root, layout="mvtec", train=train, test=test)
 

@@ -76,16 +76,22 @@ def score_test_set(
 
 
 def metrics_of(items: list[ScoredSample], pixels: PixelSet, indices: list[int]) -> dict[str, float | None]:
-    """Image AUROC, pixel AUROC and AU-PRO of ``items[indices]`` (None where a metric is undefined)."""
+    """Image AUROC, pixel AUROC and AU-PRO of ``items[indices]`` (None where a metric is undefined).
+    Pixel metrics use only the images whose pixel labels are known (see ``Sample.pixels_known``)."""
     subset = [items[i] for i in indices]
     labels = [it.sample.is_defect for it in subset]
     out: dict[str, float | None] = {"image_auroc": None, "pixel_auroc": None, "au_pro": None}
     if any(labels) and not all(labels):
         out["image_auroc"] = image_auroc(labels, [it.score for it in subset])
-    if any(it.mask.any() for it in subset):
-        out["pixel_auroc"] = pixels.auroc(indices)
-        out["au_pro"] = pixels.au_pro(indices)
+    known = _pixels_known(items, indices)
+    if any(items[i].mask.any() for i in known):
+        out["pixel_auroc"] = pixels.auroc(known)
+        out["au_pro"] = pixels.au_pro(known)
     return out
+
+
+def _pixels_known(items: list[ScoredSample], indices: list[int]) -> list[int]:
+    return [i for i in indices if items[i].sample.pixels_known]
 
 
 def evaluate(
@@ -115,8 +121,9 @@ def evaluate(
     overall = {**metrics_of(items, pixels, list(range(len(items)))), "false_reject_rate": flagged(good),
                "miss_rate": None if not defect else 1.0 - flagged(defect), "images": len(items)}
     f1: dict[str, Any] = {}  # computed right after the overall metrics, which share its cumulative counts
-    if any(it.mask.any() for it in items):
-        t, f = pixels.f1_optimal_threshold()
+    known = _pixels_known(items, list(range(len(items))))
+    if any(items[i].mask.any() for i in known):
+        t, f = pixels.f1_optimal_threshold(known)
         f1["pixel"] = {"threshold": t, "f1": f}
     if good and defect:
         t, f = f1_optimal_threshold([it.sample.is_defect for it in items], [it.score for it in items])
@@ -129,7 +136,8 @@ def evaluate(
 
     return {
         "dataset": {"root": str(dataset.root), "layout": dataset.layout, "test_images": len(items),
-                    "good": len(good), "defective": len(defect), "defect_types": dataset.defect_types},
+                    "good": len(good), "defective": len(defect), "defect_types": dataset.defect_types,
+                    "defective_without_mask": len(items) - len(known)},
         "model": {"path": str(scorer.model.path), "version": scorer.version,
                   "backbone": scorer.model.metadata["backbone"], "thresholds": scorer.model.thresholds,
                   "map_smoothing_sigma": scorer.model.stpm.smoothing_sigma},

@@ -106,14 +106,25 @@ def test_eval_and_score_on_real_images(quick_model, tmp_path):
                 (root / "ground_truth" / label / mask).symlink_to(bottle() / "ground_truth" / label / mask)
     (root / "train" / "good").mkdir(parents=True)
     (root / "train" / "good" / "000.png").symlink_to(bottle() / "train" / "good" / "000.png")
+    # A defect type labelled on image level only: no ground_truth/contamination/ folder.
+    (root / "test" / "contamination").mkdir(parents=True)
+    for name in ("000.png", "001.png"):
+        (root / "test" / "contamination" / name).symlink_to(bottle() / "test" / "contamination" / name)
 
     result = linewatch("eval", "--model", str(quick_model.model_dir), "--data", str(root), "--json",
                        str(tmp_path / "report.json"), "--maps", str(tmp_path / "maps"), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "img AUROC" in result.stdout and "broken_large" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["overall"]["images"] == 4 and report["overall"]["image_auroc"] == 1.0
-    assert sorted(p.name for p in (tmp_path / "maps").rglob("*.png")) == ["000.png", "000.png", "001.png", "001.png"]
+    assert report["overall"]["images"] == 6 and report["dataset"]["defective_without_mask"] == 2
+    per_type = report["per_defect_type"]
+    assert per_type["broken_large"]["image_auroc"] == 1.0
+    assert 0.0 <= per_type["contamination"]["image_auroc"] <= 1.0
+    assert per_type["contamination"]["pixel_auroc"] is None and per_type["contamination"]["au_pro"] is None
+    # Pixel metrics leave out the images whose defect pixels are unknown: overall = good + broken_large.
+    assert report["overall"]["pixel_auroc"] == per_type["broken_large"]["pixel_auroc"] > 0.5
+    assert report["overall"]["au_pro"] == per_type["broken_large"]["au_pro"]
+    assert sorted(p.name for p in (tmp_path / "maps").rglob("*.png")) == ["000.png"] * 3 + ["001.png"] * 3
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")

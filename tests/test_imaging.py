@@ -112,6 +112,9 @@ def test_dataset_layouts_are_detected_and_broken_ones_explained(tmp_path):
     (tmp_path / "train" / "good").mkdir(parents=True)
     (tmp_path / "train" / "good" / "a.png").write_bytes(b"x")
     (tmp_path / "test" / "crack" / "000.png").write_bytes(b"x")
+    unannotated = open_dataset(tmp_path)  # no ground_truth/crack/: image-level labels only
+    assert [(s.label, s.mask, s.pixels_known) for s in unannotated.test] == [("crack", None, False)]
+    (tmp_path / "ground_truth" / "crack").mkdir(parents=True)
     with pytest.raises(DatasetError, match="without its mask"):
         open_dataset(tmp_path)
     with pytest.raises(DatasetError, match="no such directory"):
