@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
     if not (args.model / "model.json").is_file():
@@ -134,7 +135,7 @@ def main() -> int:
               flush=True)
 
         cores = os.cpu_count() or 1
-        for n in args.workers:
+        for n in [] if args.latency_only else args.workers:
             rows, seconds = run(f"throughput-{n}", n, "backlog", max(1, cores // n))
             fps = (len(rows) - 1) / seconds if seconds > 0 else float("nan")
             results[f"pipeline_{n}_workers_frames_per_s"] = fps
@@ -183,8 +184,8 @@ def _publish(settings, files, n, fps, camera_cls, source_cls, cameras: int = 1) 
 
     ids = _camera_ids(cameras, settings.kafka.frames_partitions)
     per_camera = [n // len(ids) + (i < n % len(ids)) for i in range(len(ids))]
-    services = [camera_cls(settings, cam, "line-1", source_cls(files[0].parent.parent, loop=True,
-                           files=files), fps=fps / len(ids), max_frames=k) for cam, k in zip(ids, per_camera)]
+    services = [camera_cls(settings, cam, "line-1", source_cls(files[0].parent.parent, loop=True, files=files),
+                           fps=fps / len(ids), max_frames=k) for cam, k in zip(ids, per_camera, strict=True)]
     threads = [threading.Thread(target=c.run, kwargs={"install_signal_handlers": False}) for c in services]
     for t in threads:
         t.start()

@@ -87,6 +87,7 @@ def make_consumer(k: KafkaSettings, group_id: str | None, *topics: str, **overri
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
         "max_poll_interval_ms": k.max_poll_interval_ms,
+        "fetch_max_wait_ms": k.fetch_max_wait_ms,
         "metadata_max_age_ms": 30_000,  # notice new topics and added partitions within 30 s
     }
     cfg.update(overrides)
