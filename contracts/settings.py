@@ -63,10 +63,10 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
     fetch_max_wait_ms: int = Field(
-        50, ge=0, le=10_000,
+        500, ge=0, le=10_000,
         description="longest the broker may hold a fetch while no data waits, ms (Kafka's fetch.max.wait.ms). "
-        "Its client default, 500, added a median 125 ms per frame on the embedded broker, which holds "
-        "fetches; low values cost only idle fetch requests")
+        "50 halved end-to-end latency on the embedded broker, which holds fetches that long (bench/README.md), "
+        "but workers with it sometimes stayed unassigned after a rebalance on Apache Kafka: not yet the default")
 
     @property
     def frames_topic(self) -> str:
