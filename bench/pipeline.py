@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the broker and Redis started below are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not (args.model / "model.json").is_file():
         print(f"no model at {args.model}: run bench/accuracy.py first or pass --model", file=sys.stderr)
         return 2
