@@ -26,3 +26,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def to_model_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` (B, C, H, W) on ``device`` in the channels_last memory layout the models run in: convolutions
+    are faster with it on CPUs and GPUs alike (measured 1.52x on the CPU, bench/README.md)."""
+    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)

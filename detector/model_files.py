@@ -103,13 +103,14 @@ def save_model(out_dir: Path, student_state: dict[str, torch.Tensor], metadata: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         # mkdtemp makes the directory private; a model is meant to be shared (workers may run as another user).
-        tmp.chmod(0o777 & ~_umask())
+        umask = _umask()
+        tmp.chmod(0o777 & ~umask)
         weights = tmp / WEIGHTS_FILE
         save_file({k: v.detach().contiguous().cpu() for k, v in student_state.items()}, str(weights))
         meta = {"format": FORMAT, **metadata, "weights_sha256": sha256_file(weights)}
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
         for f in (weights, tmp / METADATA_FILE):
-            f.chmod(0o666 & ~_umask())
+            f.chmod(0o666 & ~umask)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

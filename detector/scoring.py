@@ -15,7 +15,7 @@ import torch
 
 from linewatch.contracts.messages import DefectRegion
 
-from .devices import autocast, resolve_device
+from .devices import autocast, resolve_device, to_model_layout
 from .imaging import resize_map, to_model_input
 from .model_files import LoadedModel, load_model
 
@@ -75,7 +75,7 @@ class Scorer:
             raise ValueError(
                 f"expected uint8 (B, 3, {self.image_size}, {self.image_size}), got {x.dtype} {tuple(x.shape)}"
             )
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = to_model_layout(x, self.device)
         with autocast(self.device):
             scores, maps = self.model.stpm(x)
         scores = scores.float().cpu().numpy()

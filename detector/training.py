@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .backbones import backbone_spec, build_student, build_teacher, sha256_file
 from .calibration import score_statistics, threshold_at_rate
-from .devices import autocast, resolve_device
+from .devices import autocast, resolve_device, to_model_layout
 from .imaging import DEFAULT_MAX_PIXELS, ImageError, read_image, to_model_input
 from .model_files import content_hash, read_metadata, save_model
 from .stpm import STPM, image_scores, pyramid_loss
@@ -122,7 +122,7 @@ def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batc
     """Normalised teacher stages of all images, float16, on ``device``: [(N, C_i, h_i, w_i)]."""
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, len(images), batch):
-        x = images[start : start + batch].to(device).contiguous(memory_format=torch.channels_last)
+        x = to_model_layout(images[start : start + batch], device)
         with autocast(device):
             chunks.append([f.half() for f in model.teacher_features(x)])
     return [torch.cat(stage) for stage in zip(*chunks, strict=True)]
@@ -137,7 +137,7 @@ def evaluate_student(
     total, scores, maps = 0.0, [], []
     size = tuple(images.shape[-2:])
     for start in range(0, len(images), batch):
-        x = images[start : start + batch].to(device).contiguous(memory_format=torch.channels_last)
+        x = to_model_layout(images[start : start + batch], device)
         t_hat = [t[start : start + batch].float() for t in teacher_hat]
         with autocast(device):
             s_hat = model.student_features(x)
@@ -207,7 +207,7 @@ def train(
         order = torch.randperm(len(train_idx), generator=generator)
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            x = train_images[idx].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = to_model_layout(train_images[idx], device)
             t_hat = [t[idx.to(device)].float() for t in train_t]
             with autocast(device):
                 s_hat = model.student_features(x)

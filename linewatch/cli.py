@@ -53,21 +53,16 @@ def run() -> None:
     try:
         app()
     except KafkaNotConfiguredError as exc:
-        _exit_with(str(exc))
+        _fail(str(exc))
     except KafkaError as exc:
         servers = get_settings().kafka.bootstrap_servers
-        _exit_with(f"Kafka at {servers} did not answer: {type(exc).__name__}: {exc}")
+        _fail(f"Kafka at {servers} did not answer: {type(exc).__name__}: {exc}")
     except redis.ConnectionError as exc:
-        _exit_with(f"Redis at {get_settings().redis.url} did not answer: {exc}")
+        _fail(f"Redis at {get_settings().redis.url} did not answer: {exc}")
     except OperationalError as exc:
-        _exit_with(f"the SQL store did not answer: {str(exc.orig).strip() or exc}")
+        _fail(f"the SQL store did not answer: {str(exc.orig).strip() or exc}")
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
-        _exit_with(str(exc))
-
-
-def _exit_with(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    sys.exit(2)
+        _fail(str(exc))
 
 
 @app.callback()
@@ -95,8 +90,10 @@ def _settings() -> Settings:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` to stderr and exit with ``code`` (SystemExit, so it also works in :func:`run`,
+    outside the app)."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+    sys.exit(code)
 
 
 @contextlib.contextmanager
@@ -348,13 +345,12 @@ def retrain(
     import time
 
     from linewatch.contracts import training_jobs as jobs
-    from linewatch.contracts.storage import make_engine, migrate
 
-    if not from_scratch and _registry().active() is None:
+    registry = _registry()
+    if not from_scratch and registry.active() is None:
         _fail("no active model version to fine-tune: register one with `linewatch model register DIR --activate`, "
               "or pass --from-scratch")
-    engine = make_engine(_settings().database_url)
-    migrate(engine)
+    engine = registry.engine
     job_id = jobs.request_job(engine, "manual", requested_by=by, from_scratch=from_scratch)
     typer.echo(f"training job {job_id} queued; the trainer service (`linewatch trainer`) runs it")
     while wait:

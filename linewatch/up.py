@@ -213,9 +213,11 @@ class Up:
 
     def _check_inputs(self) -> None:
         """Fail before anything starts when the bottle images that the defaults need are missing."""
+        from linewatch.detector.model_files import METADATA_FILE
+
         o, root = self.options, self.settings.data_root
-        needs_data = o.source is None or (o.model is None and not (default_model_dir(self.settings) /
-                                                                    "model.json").is_file())
+        cached = (default_model_dir(self.settings) / METADATA_FILE).is_file()
+        needs_data = o.source is None or (o.model is None and not cached)
         if needs_data and not (root / "mvtec_ad" / "bottle").is_dir():
             raise FileNotFoundError(
                 f"{root / 'mvtec_ad' / 'bottle'}: no such directory. The defaults train on and replay the MVTec AD "
