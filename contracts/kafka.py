@@ -75,7 +75,29 @@ def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**cfg)
 
 
-def make_consumer(k: KafkaSettings, group_id: str | None, *topics: str, **overrides: Any) -> KafkaConsumer:
+class GroupConsumer(KafkaConsumer):
+    """A :class:`KafkaConsumer` whose :meth:`poll` also resumes a consumer-group join that kafka-python
+    3.0 (up to 3.0.12 at least) abandons.
+
+    Why: ``poll`` drives a join only while ``need_rejoin()`` is true. When a rebalance is triggered by a
+    metadata change (as the first member's second generation always is) and a short poll times out with
+    the JoinGroup/SyncGroup still in flight, the leader's assignment step makes ``need_rejoin()`` false on
+    the network thread; no later poll finishes the join. The member then holds its revoked partitions,
+    never fetches and never heartbeats again, and the group's frames wait for the broker to expel it.
+    Reproduced against Apache Kafka 4.1 by polling with ``timeout_ms=0`` (tests/test_services.py).
+    The check reads two private attributes; on a kafka-python without them it does nothing.
+    """
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> dict:
+        records = super().poll(timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets)
+        coordinator = getattr(self, "_coordinator", None)
+        if getattr(coordinator, "_join_task", None) is not None and not coordinator.need_rejoin():
+            log.info("resuming an abandoned consumer-group join")
+            coordinator.request_rejoin()  # the next poll awaits the join (or sends a new one)
+        return records
+
+
+def make_consumer(k: KafkaSettings, group_id: str | None, *topics: str, **overrides: Any) -> GroupConsumer:
     """A consumer with manual offset commits (the caller commits after its results are stored)."""
     cfg = {
         **client_config(k),
@@ -91,7 +113,7 @@ def make_consumer(k: KafkaSettings, group_id: str | None, *topics: str, **overri
         "metadata_max_age_ms": 30_000,  # notice new topics and added partitions within 30 s
     }
     cfg.update(overrides)
-    return KafkaConsumer(*topics, **cfg)
+    return GroupConsumer(*topics, **cfg)
 
 
 def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
