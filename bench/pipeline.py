@@ -1,7 +1,7 @@
 """Pipeline benchmark: frames/s through Kafka -> workers -> Redis + SQL, end-to-end latency, and the
 ratio to offline batch scoring of the same frames at the same batch size.
 
-    python bench/pipeline.py [--model MODEL_DIR] [--frames 332] [--workers 1 2] [--batch 16] [--fps 10]
+    python bench/pipeline.py [--model MODEL_DIR] [--frames 332] [--workers 1 2] [--batch 16] [--fps 10] [--threads N]
 
 Runs on the embedded services (tansu broker, redis-server, a SQLite file) unless
 ``--bootstrap HOST:PORT`` points at a Kafka cluster. Three measurements, side by side in one run:
@@ -40,6 +40,8 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="inference threads per worker (default: the worker's own choice per batch)")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
@@ -64,7 +66,8 @@ def main() -> int:
 
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"linewatch-bench-{uuid.uuid4().hex[:6]}"
     services = []
-    if not args.bootstrap:
+    embedded_broker = not args.bootstrap
+    if embedded_broker:
         services.append(tansu_broker(work / "tansu").start())
         args.bootstrap = f"127.0.0.1:{services[-1].port}"
     services.append(redis_server(work / "redis").start())
@@ -74,7 +77,7 @@ def main() -> int:
     results: dict = {"frames": args.frames, "batch": args.batch, "cpu_threads": torch.get_num_threads(),
                      "model": str(args.model)}
 
-    def run(name: str, workers: int, publish, threads: int) -> tuple[list, float]:
+    def run(name: str, workers: int, publish, threads: int | None) -> tuple[list, float]:
         prefix = f"b{uuid.uuid4().hex[:6]}"
         env = {**os.environ, "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": args.bootstrap, "LINEWATCH_KAFKA__TOPIC_PREFIX":
                prefix, "LINEWATCH_KAFKA__SESSION_TIMEOUT_MS": "6000", "LINEWATCH_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
@@ -82,6 +85,8 @@ def main() -> int:
                "LINEWATCH_STATE_DIR": str(work / name), "LINEWATCH_DETECTOR__MAX_BATCH": str(args.batch),
                "LINEWATCH_DETECTOR__GOOD_SAMPLE_RATE": "0.02", "LINEWATCH_LOG_FORMAT": "json",
                "LINEWATCH_DETECTOR__GROUP_ID": f"{prefix}-detectors"}  # runs share the broker, not a group
+        if embedded_broker and "LINEWATCH_KAFKA__FETCH_MAX_WAIT_MS" not in os.environ:
+            env["LINEWATCH_KAFKA__FETCH_MAX_WAIT_MS"] = "50"  # as `linewatch up` sets for tansu
         settings = Settings(kafka={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix},
                             database={"url": env["LINEWATCH_DATABASE__URL"]})
         engine = make_engine(settings.database_url)
@@ -95,9 +100,9 @@ def main() -> int:
                      cameras=settings.kafka.frames_partitions)
         for i in range(workers):
             log = open(work / name / f"worker-{i}.log", "ab")  # noqa: SIM115
+            threads_opt = ["--threads", str(threads)] if threads else []
             procs.append(subprocess.Popen([sys.executable, "-m", "linewatch", "detect", "--model", str(args.model),
-                                           "--no-follow-registry", "--threads", str(threads)], env=env, stdout=log,
-                                          stderr=log))
+                                           "--no-follow-registry", *threads_opt], env=env, stdout=log, stderr=log))
         if not published_before:
             time.sleep(15)  # workers up and in the group before the camera starts
             _publish(settings, files, int(args.fps * args.seconds), args.fps, CameraService, ImageFolderSource)
@@ -137,15 +142,15 @@ def main() -> int:
         print(f"offline batch scoring (decode + prepare + score, batch {args.batch}): {offline_fps:.1f} frames/s",
               flush=True)
 
-        cores = os.cpu_count() or 1
+        results["worker_threads"] = args.threads or "worker default"
         for n in [] if args.latency_only else args.workers:
-            rows, seconds = run(f"throughput-{n}", n, "backlog", max(1, cores // n))
+            rows, seconds = run(f"throughput-{n}", n, "backlog", args.threads)
             fps = (len(rows) - 1) / seconds if seconds > 0 else float("nan")
             results[f"pipeline_{n}_workers_frames_per_s"] = fps
             results[f"pipeline_{n}_workers_ratio_to_offline"] = fps / offline_fps
             print(f"pipeline, {n} worker(s): {fps:.1f} frames/s = {fps / offline_fps:.0%} of offline", flush=True)
 
-        rows, _ = run("latency", 1, "camera", cores)
+        rows, _ = run("latency", 1, "camera", args.threads)
         lat = np.array([r.total_ms for r in rows])
         inference = float(np.median([r.inference_ms for r in rows]))
         results.update(latency_fps=args.fps, latency_frames=len(rows), latency_p50_ms=float(np.percentile(lat, 50)),

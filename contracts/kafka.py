@@ -84,14 +84,15 @@ class GroupConsumer(KafkaConsumer):
     the JoinGroup/SyncGroup still in flight, the leader's assignment step makes ``need_rejoin()`` false on
     the network thread; no later poll finishes the join. The member then holds its revoked partitions,
     never fetches and never heartbeats again, and the group's frames wait for the broker to expel it.
-    Reproduced against Apache Kafka 4.1 by polling with ``timeout_ms=0`` (tests/test_services.py).
+    Reproduced against Apache Kafka 4.1 by polling with ``timeout_ms=0`` (tests/test_kafka_group.py).
     The check reads two private attributes; on a kafka-python without them it does nothing.
     """
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> dict:
         records = super().poll(timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets)
         coordinator = getattr(self, "_coordinator", None)
-        if getattr(coordinator, "_join_task", None) is not None and not coordinator.need_rejoin():
+        if (getattr(coordinator, "_join_task", None) is not None and self._subscription.partitions_auto_assigned()
+                and not coordinator.need_rejoin()):
             log.info("resuming an abandoned consumer-group join")
             coordinator.request_rejoin()  # the next poll awaits the join (or sends a new one)
         return records

@@ -1,4 +1,5 @@
-"""Micro-batching: a batch closes when it is full or when its first frame has waited long enough."""
+"""Micro-batching: a batch closes when it is full, when its first frame has waited long enough, or at once
+when the stages after it can take it (so a batch grows only while they are busy)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ T = TypeVar("T")
 
 class BatchCollector(Generic[T]):
     """Collects items into batches of at most ``max_batch``, closing a batch ``max_wait_ms`` after its
-    first item arrived even if it is not full (bounding the latency a quiet line adds)."""
+    first item arrived even if it is not full (bounding the latency a quiet line adds).
+
+    Callers that know whether the stages after them can take a batch now pass ``idle`` to :meth:`ready`
+    (the worker: at most one batch is being decoded or scored, so the new one's decoding overlaps the
+    model's work on it): the open batch then goes at once, since waiting for more frames would only add
+    their wait to every frame's latency. Under load the stages are busy, frames accumulate meanwhile, and
+    batches grow toward ``max_batch``.
+    """
 
     def __init__(self, max_batch: int, max_wait_ms: float, clock: Callable[[], float] = time.monotonic):
         if max_batch < 1:
@@ -33,10 +41,13 @@ class BatchCollector(Generic[T]):
         """How many more items fit in the open batch."""
         return max(0, self.max_batch - len(self.items))
 
-    def ready(self) -> bool:
+    def ready(self, idle: bool = False) -> bool:
+        """Whether the open batch should close now; ``idle``: the stages after it can take it now."""
         if len(self.items) >= self.max_batch:
             return True
-        return bool(self.items) and self.clock() - (self.first_at or 0.0) >= self.max_wait_s
+        if not self.items:
+            return False
+        return idle or self.clock() - (self.first_at or 0.0) >= self.max_wait_s
 
     def wait_ms(self, idle_ms: int = 200) -> int:
         """How long the next poll may block: until the open batch is due, or ``idle_ms`` when empty."""

@@ -72,15 +72,22 @@ class DetectorWorker:
         settings: all settings (Kafka, Redis, SQL, detector section).
         model_dir: the model to score with (a new version can be swapped in with :meth:`swap_model`).
         worker_id: the name in heartbeats and results (default ``<host>-<pid>``).
+        threads: CPU threads for the model. Default: all of torch's (its physical cores, or
+            ``OMP_NUM_THREADS``) for batches of several frames, all but one for a single frame, so that
+            decoding the next frame beside it does not stall the model's threads (bench/README.md).
     Raises (constructor):
         ModelFileError, WeightsNotFoundError: the model cannot be loaded.
     """
 
-    def __init__(self, settings: Settings, model_dir: Path, worker_id: str | None = None):
+    def __init__(self, settings: Settings, model_dir: Path, worker_id: str | None = None,
+                 threads: int | None = None):
         self.settings = settings
         self.det = settings.detector
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.scorer = Scorer(model_dir, self.det.device, settings.backbone.weights)
+        cores = torch.get_num_threads()
+        # (threads for a single frame, threads for a batch); set on the inference thread before each batch
+        self._threads = (threads, threads) if threads else (max(1, cores - 1), cores)
         self._next_scorer: Scorer | None = None
         self.stop_event = threading.Event()
         self.failed: BaseException | None = None
@@ -94,6 +101,8 @@ class DetectorWorker:
         self._q_scored: queue.Queue = queue.Queue(maxsize=1)
         self._q_done: queue.Queue = queue.Queue()
         self._inflight = 0
+        self._submitted = 0  # batches handed to the decode stage (main thread)
+        self._scored = 0  # batches the model has finished (inference thread)
         self._decode_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
         telemetry.MODEL_INFO.labels(version=self.scorer.version).set(1)
 
@@ -153,18 +162,20 @@ class DetectorWorker:
                 if collector.room:
                     polled = self.consumer.poll(timeout_ms=collector.wait_ms(), max_records=collector.room)
                     collector.add(_raw_frames(polled))
-                if collector.ready():
+                # With at most one batch ahead (being decoded or scored), the open batch goes at once: its
+                # decoding overlaps the model's work on the one before. With more ahead it grows meanwhile.
+                if collector.ready(idle=self._submitted - self._scored <= 1):
                     # After a rebalance, frames fetched for partitions we lost are re-read by their new owner.
                     collector.drop(self._owned)
                     if collector.items:
                         self._submit(collector.take())
             collector.drop(self._owned)
-            if collector.items:
+            if collector.items and self.failed is None:
                 self._submit(collector.take())
             self._drain(timeout_s=60)
         finally:
             self.stop_event.set()
-            self._q_raw.put(_STOP)
+            self._put(self._q_raw, _STOP)
             for t in threads:
                 t.join(timeout=10)
             self._close(producer, live)
@@ -193,7 +204,17 @@ class DetectorWorker:
             key = (f.topic, f.partition)
             offsets[key] = max(offsets.get(key, 0), f.offset + 1)
         self._inflight += 1
-        self._q_raw.put(_RawBatch(frames, offsets))
+        self._submitted += 1
+        self._put(self._q_raw, _RawBatch(frames, offsets))
+
+    def _put(self, q: queue.Queue, item: object) -> None:
+        """``q.put(item)``, given up when a pipeline stage has crashed (it would never take the item)."""
+        while self.failed is None:
+            try:
+                q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def _commit_done(self, block: bool, timeout: float = 0.0) -> None:
         """Commit the offsets of every batch the store stage has finished (in submission order)."""
@@ -272,7 +293,9 @@ class DetectorWorker:
                 self._q_scored.put(_STOP)
                 return
             self._maybe_switch_model()
-            self._q_scored.put(self._score(batch))
+            scored = self._score(batch)
+            self._scored += 1
+            self._q_scored.put(scored)
 
     def _maybe_switch_model(self) -> None:
         """Model rollout: called only between batches, so no batch is scored by two models."""
@@ -286,6 +309,9 @@ class DetectorWorker:
     def _score(self, batch: _PreparedBatch) -> ScoredBatch:
         scorer = self.scorer
         frames = batch.frames
+        threads = self._threads[len(frames) > 1]
+        if scorer.device.type == "cpu" and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         if frames and frames[0].model_input.shape[-1] != scorer.image_size:  # a swap changed the input size
             redo = [prepare_frame(f.raw, scorer.image_size, self.det.max_pixels) for f in frames]
             frames = [f for f in redo if isinstance(f, PreparedFrame)]
@@ -377,8 +403,6 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
     Raises:
         ValueError: no model at all (no ``model_dir`` and nothing announced).
     """
-    if threads:
-        torch.set_num_threads(threads)
     watcher = None
     if follow_registry:
         from linewatch.contracts.rollout import ActiveModelWatcher
@@ -393,7 +417,7 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
             model_dir = _local(announced.artifact_uri)
     if model_dir is None:
         raise ValueError("no model: pass --model MODEL_DIR or activate a version in the registry")
-    worker = DetectorWorker(settings, model_dir)
+    worker = DetectorWorker(settings, model_dir, threads=threads)
     if watcher is not None:
         watcher.start()
     server = None

@@ -303,7 +303,8 @@ def detect(
     device: DeviceOpt = None,
     max_batch: Annotated[int | None, typer.Option(min=1, help="frames per inference batch at most")] = None,
     max_wait_ms: Annotated[int | None, typer.Option(min=0, help="longest a frame waits for its batch, ms")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference")] = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads for inference (default: all cores; all but one for a single frame)")] = None,
     follow_registry: Annotated[bool, typer.Option(
         help="score with the registry's active model and follow rollouts")] = True,
 ) -> None:

@@ -177,6 +177,10 @@ class Up:
             # tansu holds a group join for half the session timeout: keep it short so rebalances are quick.
             env["LINEWATCH_KAFKA__SESSION_TIMEOUT_MS"] = "6000"
             env["LINEWATCH_KAFKA__HEARTBEAT_INTERVAL_MS"] = "1000"
+            # tansu holds every fetch for fetch.max.wait.ms even when frames wait: at Kafka's 500 ms that
+            # wait is most of a frame's latency.
+            if "fetch_max_wait_ms" not in self.settings.kafka.model_fields_set:
+                env["LINEWATCH_KAFKA__FETCH_MAX_WAIT_MS"] = "50"
             print(f"embedded Kafka broker (tansu) on 127.0.0.1:{broker.port}", flush=True)
         if not self.settings.redis.url:
             redis_proc = redis_server(self.state / "redis").start()
