@@ -60,7 +60,7 @@ def main() -> int:
     from linewatch.contracts.storage import Inspection, make_engine, migrate
     from linewatch.detector.imaging import decode_image
     from linewatch.detector.scoring import Scorer
-    from linewatch.embedded import redis_server, tansu_broker
+    from linewatch.embedded import redis_server, tansu_broker, tansu_client_env
     from linewatch.ingest.camera import CameraService
     from linewatch.ingest.sources import ImageFolderSource
 
@@ -85,8 +85,8 @@ def main() -> int:
                "LINEWATCH_STATE_DIR": str(work / name), "LINEWATCH_DETECTOR__MAX_BATCH": str(args.batch),
                "LINEWATCH_DETECTOR__GOOD_SAMPLE_RATE": "0.02", "LINEWATCH_LOG_FORMAT": "json",
                "LINEWATCH_DETECTOR__GROUP_ID": f"{prefix}-detectors"}  # runs share the broker, not a group
-        if embedded_broker and "LINEWATCH_KAFKA__FETCH_MAX_WAIT_MS" not in os.environ:
-            env["LINEWATCH_KAFKA__FETCH_MAX_WAIT_MS"] = "50"  # as `linewatch up` sets for tansu
+        if embedded_broker:  # as `linewatch up` sets them for tansu
+            env.update(tansu_client_env("fetch_max_wait_ms" in Settings().kafka.model_fields_set))
         settings = Settings(kafka={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix},
                             database={"url": env["LINEWATCH_DATABASE__URL"]})
         engine = make_engine(settings.database_url)

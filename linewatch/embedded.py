@@ -163,6 +163,20 @@ class ManagedProcess:
         self.stop()
 
 
+def tansu_client_env(fetch_max_wait_set: bool = False) -> dict[str, str]:
+    """Kafka client settings for services talking to the embedded tansu broker, as their environment.
+
+    tansu holds a group join for half the session timeout (so keep it short for quick rebalances), and
+    holds every fetch for ``fetch.max.wait.ms`` even when frames wait (at Kafka's 500 ms that wait is
+    most of a frame's latency; bench/README.md). ``fetch_max_wait_set``: the user chose a fetch wait,
+    which is then kept.
+    """
+    env = {"LINEWATCH_KAFKA__SESSION_TIMEOUT_MS": "6000", "LINEWATCH_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
+    if not fetch_max_wait_set:
+        env["LINEWATCH_KAFKA__FETCH_MAX_WAIT_MS"] = "50"
+    return env
+
+
 def tansu_broker(workdir: Path, port: int | None = None) -> ManagedProcess:
     """The embedded Kafka-protocol broker (tansu, memory storage) on ``127.0.0.1:port``.
 

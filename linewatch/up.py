@@ -30,7 +30,7 @@ from linewatch.contracts.live_state import LiveStateReader, connect_settings
 from linewatch.contracts.settings import Settings
 from linewatch.contracts.storage import Inspection, make_engine, migrate
 
-from .embedded import EmbeddedServiceError, ManagedProcess, redis_server, tansu_broker
+from .embedded import EmbeddedServiceError, ManagedProcess, redis_server, tansu_broker, tansu_client_env
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +174,7 @@ class Up:
             broker = tansu_broker(self.state / "tansu").start()
             self.children.services.append(broker)
             env["LINEWATCH_KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{broker.port}"
-            # tansu holds a group join for half the session timeout: keep it short so rebalances are quick.
-            env["LINEWATCH_KAFKA__SESSION_TIMEOUT_MS"] = "6000"
-            env["LINEWATCH_KAFKA__HEARTBEAT_INTERVAL_MS"] = "1000"
-            # tansu holds every fetch for fetch.max.wait.ms even when frames wait: at Kafka's 500 ms that
-            # wait is most of a frame's latency.
-            if "fetch_max_wait_ms" not in self.settings.kafka.model_fields_set:
-                env["LINEWATCH_KAFKA__FETCH_MAX_WAIT_MS"] = "50"
+            env.update(tansu_client_env("fetch_max_wait_ms" in self.settings.kafka.model_fields_set))
             print(f"embedded Kafka broker (tansu) on 127.0.0.1:{broker.port}", flush=True)
         if not self.settings.redis.url:
             redis_proc = redis_server(self.state / "redis").start()
