@@ -54,10 +54,8 @@ def main() -> int:
             meta = read_metadata(model_dir)
             trained_now = False
         except ModelFileError:
-            recipe = settings.training.model_dump()
-            if args.epochs:
-                recipe["epochs"] = args.epochs
-            config = TrainConfig(backbone=settings.backbone.name, device=args.device, **recipe)
+            config = TrainConfig.from_settings(settings, device=args.device,
+                                               **({"epochs": args.epochs} if args.epochs else {}))
             print(f"[{name}] training on {len(dataset.train)} good images, {config.epochs} epochs", flush=True)
             meta = train(dataset.train, model_dir, config).metadata
         scorer = Scorer(model_dir, args.device)

@@ -60,7 +60,7 @@ def main() -> int:
     from linewatch.contracts.storage import Inspection, make_engine, migrate
     from linewatch.detector.imaging import decode_image
     from linewatch.detector.scoring import Scorer
-    from linewatch.embedded import redis_server, tansu_broker, tansu_client_env
+    from linewatch.cli.embedded import redis_server, tansu_broker, tansu_client_env
     from linewatch.ingest.camera import CameraService
     from linewatch.ingest.sources import ImageFolderSource
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from linewatch.embedded import EmbeddedServiceError, ManagedProcess, redis_server
+from linewatch.cli.embedded import EmbeddedServiceError, ManagedProcess, redis_server
 
 # tests/ is on sys.path (pytest's rootdir-less conftest), so its services package imports as `services`.
 from services.apache_kafka import ApacheKafka

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.storage import Inspection, Label, TrainingJob, make_engine, migrate
 from linewatch.detector.scoring import Scorer
-from linewatch.embedded import free_port
+from linewatch.cli.embedded import free_port
 
 from dashboard_seed import WORKER_ID, CameraPlan, Seeded, register_model, reset_sql, seed
 from datasets import bottle

@@ -15,7 +15,7 @@ from prometheus import scrape, status
 
 from linewatch.detector.imaging import read_image
 from linewatch.detector.scoring import Scorer
-from linewatch.embedded import free_port
+from linewatch.cli.embedded import free_port
 
 from datasets import bottle
 from pipeline_harness import Pipeline, frame_headers

@@ -9,6 +9,7 @@ import timm
 import torch
 import torchvision
 
+from linewatch.contracts.files import sha256_file
 from linewatch.detector.backbones import (
     RESNET18_FILE,
     WeightsNotFoundError,
@@ -16,7 +17,6 @@ from linewatch.detector.backbones import (
     build_classifier,
     build_student,
     build_teacher,
-    sha256_file,
 )
 from linewatch.detector.stpm import STPM
 

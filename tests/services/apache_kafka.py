@@ -19,7 +19,7 @@ from pathlib import Path
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from linewatch.embedded import EmbeddedServiceError, ManagedProcess, free_port
+from linewatch.cli.embedded import EmbeddedServiceError, ManagedProcess, free_port
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
 REPO_ROOT = Path(__file__).resolve().parents[2]

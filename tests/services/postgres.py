@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from linewatch.embedded import EmbeddedServiceError, ManagedProcess, free_port, run_as
+from linewatch.cli.embedded import EmbeddedServiceError, ManagedProcess, free_port, run_as
 
 INSTALL_HINT = "run scripts/install-system-deps.sh"
 SUPERUSER = "postgres"

@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .backbones import backbone_spec, build_student, build_teacher, sha256_file
+from linewatch.contracts.files import sha256_file
+
+from .backbones import backbone_spec, build_student, build_teacher
 from .stpm import STPM
 
 FORMAT = "linewatch-stpm/1"
@@ -181,8 +183,3 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
         raise ModelFileError(f"{weights}: does not fit a {name} student ({exc})") from None
     stpm = STPM(backbone_spec(name), teacher, student, float(meta["map_smoothing_sigma"]))
     return LoadedModel(stpm=stpm.to(device).eval(), metadata=meta, path=model_dir)
-
-
-def content_hash(data: bytes) -> str:
-    """Hex SHA-256 of bytes: the identity of a training image in manifests."""
-    return hashlib.sha256(data).hexdigest()

@@ -27,6 +27,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .files import path_of
+
 CONFIG_ENV = "LINEWATCH_CONFIG"
 SECRETS_DIR_ENV = "LINEWATCH_SECRETS_DIR"
 
@@ -34,8 +36,9 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 def _default_data_root() -> Path:
-    """``../shared/data`` next to the working directory or next to this checkout, whichever exists."""
-    candidates = [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"]
+    """``../shared/data`` next to the working directory or next to this checkout (src/linewatch/contracts/ is
+    three folders below it), whichever exists."""
+    candidates = [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate.resolve()
@@ -257,11 +260,11 @@ class Settings(BaseSettings):
 
     @property
     def image_store_root(self) -> Path:
-        return _path_from_uri(self.image_store) if self.image_store else self.state_dir / "images"
+        return path_of(self.image_store) if self.image_store else self.state_dir / "images"
 
     @property
     def artifact_store_root(self) -> Path:
-        return _path_from_uri(self.artifact_store) if self.artifact_store else self.state_dir / "models"
+        return path_of(self.artifact_store) if self.artifact_store else self.state_dir / "models"
 
     @classmethod
     def settings_customise_sources(
@@ -288,14 +291,6 @@ class Settings(BaseSettings):
             sources.append(NestedSecretsSettingsSource(file_secret_settings, secrets_dir=secrets, secrets_prefix="",
                                                        secrets_nested_delimiter="__", secrets_dir_missing="error"))
         return tuple(sources)
-
-
-def _path_from_uri(uri: str) -> Path:
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if "://" in uri:
-        raise ValueError(f"unsupported store URI {uri!r}: only local directories and file:// URIs")
-    return Path(uri)
 
 
 @lru_cache(maxsize=1)

@@ -25,6 +25,7 @@ from linewatch.contracts.storage import Inspection, effective_labels
 from linewatch.detector.imaging import ImageError, read_image
 from linewatch.detector.metrics import image_auroc
 from linewatch.detector.scoring import Scorer
+from linewatch.contracts.files import path_of
 
 AUROC_TOLERANCE = 0.01
 
@@ -41,7 +42,7 @@ def labelled_review_set(engine: Engine) -> list[LabelledFrame]:
     with engine.connect() as conn:
         rows = conn.execute(select(Inspection.image_uri, eff.c.label).join(eff, eff.c.inspection_id == Inspection.id)
                             .where(Inspection.image_uri.is_not(None)).order_by(Inspection.id)).all()
-    return [LabelledFrame(Path(uri.removeprefix("file://")), label == "defect") for uri, label in rows]
+    return [LabelledFrame(path_of(uri), label == "defect") for uri, label in rows]
 
 
 def judge(scorer: Scorer, frames: list[LabelledFrame], batch_size: int = 16) -> dict:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import cv2
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from linewatch.contracts.files import IMAGE_SUFFIXES
+
 
 
 class SourceError(RuntimeError):

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+
+from linewatch.contracts.files import UnsupportedURIError, path_of
 
 MAX_BYTES = 64 * 1024 * 1024
 
 
-def path_of(uri: str, root: Path) -> Path | None:
+def kept_file(uri: str, root: Path) -> Path | None:
     """The local file a ``file://`` URI (or plain path) names, if it lies inside the image store ``root``.
 
     A URI outside the store (a tampered row, another machine's mount) gives None rather than a read
     of an arbitrary file.
     """
-    if uri.startswith("file://"):
-        parsed = urlparse(uri)
-        if parsed.netloc not in ("", "localhost"):
-            return None
-        path = Path(unquote(parsed.path))
-    elif "://" in uri:
-        return None
-    else:
-        path = Path(uri)
     try:
-        resolved = path.resolve()
+        resolved = path_of(uri).resolve()
         resolved.relative_to(Path(root).resolve())
-    except (OSError, ValueError):
+    except (UnsupportedURIError, OSError, ValueError):
         return None
     return resolved
 
@@ -35,7 +27,7 @@ def read_kept(uri: str | None, root: Path) -> tuple[bytes | None, str]:
     """The bytes of a kept frame, or None and a sentence saying why they cannot be shown. Never raises."""
     if not uri:
         return None, "not kept (only defects and sampled good frames are stored)"
-    path = path_of(uri, root)
+    path = kept_file(uri, root)
     if path is None:
         return None, f"outside the image store ({root})"
     try:

@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 
 from linewatch.contracts.messages import FrameMeta
+from linewatch.contracts.files import SUFFIX_OF_CONTENT_TYPE, uri_of
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif", "image/webp": ".webp"}
 
 
 def safe_name(text: str) -> str:
@@ -29,11 +29,6 @@ def keep_good_sample(camera_id: str, frame_id: int, rate: float) -> bool:
         return False
     digest = hashlib.blake2b(f"{camera_id}:{frame_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < rate
-
-
-def uri_to_path(uri: str) -> Path:
-    """The local path of a ``file://`` URI (or a plain path)."""
-    return Path(uri.removeprefix("file://"))
 
 
 class ImageStore:
@@ -54,11 +49,11 @@ class ImageStore:
         """
         folder = self.folder(meta)
         folder.mkdir(parents=True, exist_ok=True)
-        image = folder / f"{meta.frame_id}{_EXT.get(meta.content_type, '.img')}"
+        image = folder / f"{meta.frame_id}{SUFFIX_OF_CONTENT_TYPE.get(meta.content_type, '.img')}"
         heatmap = folder / f"{meta.frame_id}.heatmap.jpg"
         _write_atomic(image, original)
         _write_atomic(heatmap, overlay_jpeg)
-        return image.as_uri(), heatmap.as_uri()
+        return uri_of(image), uri_of(heatmap)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -3,7 +3,6 @@ content hash, never including a frame labelled defect (nor any image with the sa
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.storage import Inspection, ModelVersion, confirmed_good_frames, effective_labels
+from linewatch.contracts.files import path_of, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ class TrainingSet:
 
 
 def _sha256(path: Path) -> str | None:
+    """The file's SHA-256, or None when it cannot be read (a kept frame removed by retention, say)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -41,7 +42,7 @@ def defect_frame_hashes(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         uris = conn.execute(select(Inspection.image_uri).join(eff, eff.c.inspection_id == Inspection.id)
                             .where(eff.c.label == "defect", Inspection.image_uri.is_not(None))).scalars().all()
-    return {h for h in (_sha256(Path(u.removeprefix("file://"))) for u in uris) if h}
+    return {h for h in (_sha256(path_of(u)) for u in uris) if h}
 
 
 def base_images(active: ModelVersion | None, base_data: Path | None) -> list[Path]:
@@ -81,7 +82,7 @@ def build_training_set(engine: Engine, active: ModelVersion | None, base_data: P
     with engine.connect() as conn:
         frames = confirmed_good_frames(conn)
     for frame in frames:
-        out.confirmed += add(Path(frame.image_uri.removeprefix("file://")))
+        out.confirmed += add(path_of(frame.image_uri))
     if out.missing:
         log.warning("%d training images are missing, e.g. %s", len(out.missing), out.missing[0])
     return out

@@ -87,13 +87,11 @@ def run_job(settings: Settings, job_id: int) -> int:
 
 def _recipe(settings: Settings, active, from_scratch: bool) -> tuple[TrainConfig, dict | None]:
     """Fine-tune the active student (its architecture, image size and smoothing) or train from scratch."""
-    base = settings.training.model_dump()
-    common = {"teacher_weights": settings.backbone.weights, "device": settings.detector.device,
-              "max_pixels": settings.detector.max_pixels}
     if active is None or from_scratch:
-        return TrainConfig(backbone=settings.backbone.name, **base, **common), None
+        return TrainConfig.from_settings(settings), None
     path = artifact_path(active)
     meta = read_metadata(path)
-    base.update(image_size=meta["image_size"], map_smoothing_sigma=meta["map_smoothing_sigma"],
-                epochs=settings.trainer.fine_tune_epochs, lr=settings.trainer.fine_tune_lr)
-    return TrainConfig(backbone=meta["backbone"], **base, **common), load_file(str(path / WEIGHTS_FILE))
+    config = TrainConfig.from_settings(settings, backbone=meta["backbone"], image_size=meta["image_size"],
+                                       map_smoothing_sigma=meta["map_smoothing_sigma"],
+                                       epochs=settings.trainer.fine_tune_epochs, lr=settings.trainer.fine_tune_lr)
+    return config, load_file(str(path / WEIGHTS_FILE))

@@ -103,15 +103,6 @@ def resolve_weights(name: str, weights: Path | None) -> Path:
     raise WeightsNotFoundError(f"teacher weights for {name!r} not found at {path}.{hint}")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a weights file; ``.pth`` files are read with ``weights_only`` (no arbitrary unpickling)."""
     if path.suffix == ".safetensors":

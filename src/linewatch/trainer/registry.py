@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from linewatch.contracts.rollout import ModelAnnouncement, announce
 from linewatch.contracts.settings import KafkaSettings
 from linewatch.contracts.storage import ModelVersion
+from linewatch.contracts.files import path_of, uri_of
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class RegistryError(ValueError):
 
 
 def artifact_path(version: ModelVersion) -> Path:
-    return Path(version.artifact_uri.removeprefix("file://"))
+    return path_of(version.artifact_uri)
 
 
 class ModelRegistry:
@@ -85,7 +86,7 @@ class ModelRegistry:
             dest = self._copy(model_dir, version)
             row = ModelVersion(
                 version=version, number=number, parent_version=parent, backbone=meta["backbone"],
-                created_at=dt.datetime.now(dt.UTC), artifact_uri=dest.as_uri(),
+                created_at=dt.datetime.now(dt.UTC), artifact_uri=uri_of(dest),
                 manifest=meta.get("manifest", []), metrics=metrics or {"validation": meta.get("validation")},
                 thresholds=meta["thresholds"], status=status, notes=notes,
             )

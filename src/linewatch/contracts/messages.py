@@ -24,7 +24,6 @@ from pydantic import BaseModel, Field
 
 FRAME_SCHEMA = "linewatch.frame/1"
 INSPECTION_SCHEMA = "linewatch.inspection/1"
-CONTENT_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/tiff", "image/webp")
 
 Headers = list[tuple[str, bytes]]
 

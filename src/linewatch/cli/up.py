@@ -29,6 +29,7 @@ from linewatch.contracts.kafka import ensure_topics
 from linewatch.contracts.live_state import LiveStateReader, connect_settings
 from linewatch.contracts.settings import Settings
 from linewatch.contracts.storage import Inspection, make_engine, migrate
+from linewatch.contracts.files import path_of
 
 from .embedded import EmbeddedServiceError, ManagedProcess, redis_server, tansu_broker, tansu_client_env
 
@@ -80,11 +81,7 @@ def ensure_default_model(settings: Settings, epochs: int | None = None) -> Path:
         return out
     data = settings.data_root / "mvtec_ad" / "bottle"
     dataset = open_dataset(data)
-    recipe = settings.training.model_dump()
-    if epochs:
-        recipe["epochs"] = epochs
-    config = TrainConfig(backbone=settings.backbone.name, teacher_weights=settings.backbone.weights,
-                         device=settings.detector.device, **recipe)
+    config = TrainConfig.from_settings(settings, **({"epochs": epochs} if epochs else {}))
     print(f"No model given: training the default model on {data}/train/good "
           f"({len(dataset.train)} images, {config.epochs} epochs); it is cached in {out}", flush=True)
     train(dataset.train, out, config)
@@ -127,7 +124,7 @@ class Up:
             print(f"active model: {active.version} ({active.artifact_uri})", flush=True)
             started = dt.datetime.now(dt.UTC)
             for i in range(o.workers):
-                self._spawn(f"worker-{i + 1}", ["detect", "--model", active.artifact_uri.removeprefix("file://")], env)
+                self._spawn(f"worker-{i + 1}", ["detect", "--model", str(path_of(active.artifact_uri))], env)
             if o.trainer:
                 self._spawn("trainer", ["trainer"], env)
             self._wait_for_workers(o.workers)

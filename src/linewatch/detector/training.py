@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import backbone_spec, build_student, build_teacher, sha256_file
+from linewatch.contracts.files import sha256_bytes, sha256_file
+from linewatch.contracts.settings import Settings
+
+from .backbones import backbone_spec, build_student, build_teacher
 from .calibration import score_statistics, threshold_at_rate
 from .devices import autocast, resolve_device, to_model_layout
 from .imaging import DEFAULT_MAX_PIXELS, ImageError, read_image, to_model_input
-from .model_files import content_hash, read_metadata, save_model
+from .model_files import read_metadata, save_model
 from .stpm import STPM, image_scores, pyramid_loss
 
 
@@ -51,6 +54,25 @@ class TrainConfig:
     pixel_false_positive_rate: float = 0.001
     map_smoothing_sigma: float = 4.0
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
+        """The recipe the settings name: every ``[training]`` field, the ``[backbone]`` name and teacher weights,
+        ``detector.device`` and ``detector.max_pixels``. ``overrides`` replace fields afterwards (a fine-tune's
+        epochs, a command-line option).
+
+        Raises:
+            TypeError: an override that is no field of TrainConfig.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"not TrainConfig fields: {sorted(unknown)}")
+        values = {k: v for k, v in settings.training.model_dump().items() if k in names}
+        values.update(backbone=settings.backbone.name, teacher_weights=settings.backbone.weights,
+                      device=settings.detector.device, max_pixels=settings.detector.max_pixels)
+        values.update(overrides)
+        return cls(**values)
 
 
 @dataclass
@@ -93,7 +115,7 @@ def load_images(paths: Sequence[Path], size: int,
             rgb = read_image(path, max_pixels)
         except ImageError as exc:
             return exc
-        return to_model_input(rgb, size), content_hash(Path(path).read_bytes())
+        return to_model_input(rgb, size), sha256_bytes(Path(path).read_bytes())
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(one, paths))

@@ -38,6 +38,7 @@ from linewatch.contracts.kafka import make_consumer, make_producer
 from linewatch.contracts.live_state import LiveStateWriter, connect_settings
 from linewatch.contracts.settings import Settings
 from linewatch.contracts.storage import make_engine, migrate
+from linewatch.contracts.files import path_of
 
 from . import telemetry
 from .batching import BatchCollector
@@ -407,14 +408,14 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
     if follow_registry:
         from linewatch.contracts.rollout import ActiveModelWatcher
 
-        watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(_local(a.artifact_uri)))
+        watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(path_of(a.artifact_uri)))
         announced = watcher.read_current()
         while announced is None and model_dir is None:  # a fresh deployment: wait for the first model
             log.warning("no model yet: waiting for a version to be activated (linewatch model register --activate)")
             announced = watcher.read_current(settle_s=5.0)
         if announced is not None:
             log.info("registry: active model is %s", announced.version)
-            model_dir = _local(announced.artifact_uri)
+            model_dir = path_of(announced.artifact_uri)
     if model_dir is None:
         raise ValueError("no model: pass --model MODEL_DIR or activate a version in the registry")
     worker = DetectorWorker(settings, model_dir, threads=threads)
@@ -433,6 +434,3 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
         if server is not None:
             server.shutdown()
 
-
-def _local(uri: str) -> Path:
-    return Path(uri.removeprefix("file://"))

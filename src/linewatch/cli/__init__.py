@@ -131,8 +131,6 @@ def train(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Train an STPM student on good images; thresholds are calibrated on held-out good images."""
-    from dataclasses import fields
-
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.model_files import check_output_dir
     from linewatch.detector.training import TrainConfig
@@ -140,10 +138,7 @@ def train(
 
     s = _with(_settings(), "training", epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, seed=seed)
     s = _with(_with(s, "backbone", name=backbone, weights=teacher_weights), "detector", device=_device(device))
-    recipe = s.training.model_dump()
-    recipe.update(backbone=s.backbone.name, teacher_weights=s.backbone.weights, device=s.detector.device,
-                  max_pixels=s.detector.max_pixels)
-    config = TrainConfig(**{f.name: recipe[f.name] for f in fields(TrainConfig) if f.name in recipe})
+    config = TrainConfig.from_settings(s)
     with _user_errors():
         check_output_dir(out)  # before the training, not after it
         dataset = open_dataset(data)
@@ -486,7 +481,7 @@ def up(
     epochs: Annotated[int | None, typer.Option(min=1, help="epochs when the default model is trained")] = None,
 ) -> None:
     """Run everything on this machine with embedded defaults: broker, Redis, SQLite, model, camera, workers."""
-    from linewatch.up import UpOptions, run_up
+    from linewatch.cli.up import UpOptions, run_up
 
     options = UpOptions(max_frames=max_frames, workers=workers, fps=fps, model=model, source=source,
                         dashboard=dashboard, dashboard_port=dashboard_port, trainer=trainer, epochs=epochs)

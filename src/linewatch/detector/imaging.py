@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from linewatch.contracts.files import IMAGE_SUFFIXES
+
 MIN_SIDE = 16
 DEFAULT_MAX_PIXELS = 40_000_000
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 cv2.setNumThreads(1)  # decoding runs in many threads of its own; OpenCV's pool would oversubscribe
 
