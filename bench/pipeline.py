@@ -55,12 +55,13 @@ def main() -> int:
     import torch
     from sqlalchemy import select
 
+    from linewatch.cli.embedded import redis_server, tansu_broker, tansu_client_env
+    from linewatch.contracts.database import make_engine, migrate
     from linewatch.contracts.kafka import ensure_topics
+    from linewatch.contracts.schema import Inspection
     from linewatch.contracts.settings import Settings
-    from linewatch.contracts.storage import Inspection, make_engine, migrate
     from linewatch.detector.imaging import decode_image
     from linewatch.detector.scoring import Scorer
-    from linewatch.cli.embedded import redis_server, tansu_broker, tansu_client_env
     from linewatch.ingest.camera import CameraService
     from linewatch.ingest.sources import ImageFolderSource
 

@@ -35,13 +35,14 @@ def main() -> int:
     import torch
     from sqlalchemy import insert, select
 
-    from linewatch.contracts import training_jobs as jobs
+    from linewatch.contracts.database import make_engine, migrate
+    from linewatch.contracts.schema import Inspection, Label
     from linewatch.contracts.settings import Settings
-    from linewatch.contracts.storage import Inspection, Label, make_engine, migrate
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.evaluation import evaluate
     from linewatch.detector.scoring import Scorer
     from linewatch.detector.training import TrainConfig, train
+    from linewatch.trainer import job_queue as jobs
     from linewatch.trainer.job import run_job
     from linewatch.trainer.registry import ModelRegistry, artifact_path
 

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 
 from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.messages import FrameMeta, InspectionResult
+from linewatch.contracts.schema import Base, ModelVersion
 from linewatch.contracts.settings import KafkaSettings
-from linewatch.contracts.storage import Base, ModelVersion
 from linewatch.detector.frames import PreparedFrame, RawFrame, prepare_frame
 from linewatch.detector.image_store import ImageStore
 from linewatch.detector.inspection import score_batch

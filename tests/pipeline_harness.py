@@ -18,11 +18,12 @@ from kafka import KafkaConsumer, KafkaProducer
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.kafka import ensure_topics
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.messages import FrameMeta
+from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import Settings
-from linewatch.contracts.storage import Inspection, make_engine, migrate
 from linewatch.ingest.camera import CameraCounters, CameraService
 from linewatch.ingest.sources import ImageFolderSource
 

@@ -21,10 +21,11 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from prometheus import scrape, status
 from sqlalchemy import select
 
-from linewatch.contracts.live_state import LiveStateWriter
-from linewatch.contracts.storage import Inspection, Label, TrainingJob, make_engine, migrate
-from linewatch.detector.scoring import Scorer
 from linewatch.cli.embedded import free_port
+from linewatch.contracts.database import make_engine, migrate
+from linewatch.contracts.live_state import LiveStateWriter
+from linewatch.contracts.schema import Inspection, Label, TrainingJob
+from linewatch.detector.scoring import Scorer
 
 from dashboard_seed import WORKER_ID, CameraPlan, Seeded, register_model, reset_sql, seed
 from datasets import bottle

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from linewatch.cli.embedded import ManagedProcess, free_port
+from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.kafka import client_config
 from linewatch.contracts.settings import KafkaSettings, Settings
-from linewatch.contracts.storage import make_engine, migrate
-from linewatch.cli.embedded import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "deploy" / "compose.yaml"

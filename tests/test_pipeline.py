@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from prometheus import scrape, status
 
+from linewatch.cli.embedded import free_port
 from linewatch.detector.imaging import read_image
 from linewatch.detector.scoring import Scorer
-from linewatch.cli.embedded import free_port
 
 from datasets import bottle
 from pipeline_harness import Pipeline, frame_headers

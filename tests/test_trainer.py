@@ -12,9 +12,9 @@ import time
 import pytest
 from sqlalchemy import insert
 
-from linewatch.contracts import training_jobs as jobs
 from linewatch.contracts.live_state import LiveStateReader
-from linewatch.contracts.storage import Label
+from linewatch.contracts.schema import Label
+from linewatch.trainer import job_queue as jobs
 from linewatch.trainer.registry import ModelRegistry, artifact_path
 
 from datasets import bottle

@@ -76,7 +76,7 @@ def main(
     for name in unknown_settings():
         typer.secho(f"warning: {name} is not a linewatch setting and is ignored", err=True, fg=typer.colors.YELLOW)
     get_settings.cache_clear()
-    from linewatch.contracts.observability import configure_logging
+    from linewatch.observability import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -279,7 +279,7 @@ def ingest(
     ensure_topics(s.kafka)
     server = None
     if s.ingest.metrics_port:
-        from linewatch.contracts.observability import serve_metrics
+        from linewatch.observability import serve_metrics
 
         server = serve_metrics(s.ingest.metrics_port)
     counters = CameraService(s, camera_id, line_id, src, fps=fps, max_frames=max_frames).run()
@@ -340,7 +340,7 @@ def retrain(
     """Ask the trainer service for a retraining now (one job at a time: an unfinished job is reused)."""
     import time
 
-    from linewatch.contracts import training_jobs as jobs
+    from linewatch.trainer import job_queue as jobs
 
     registry = _registry()
     if not from_scratch and registry.active() is None:
@@ -373,7 +373,7 @@ app.add_typer(model_app, name="model")
 
 
 def _registry():
-    from linewatch.contracts.storage import make_engine, migrate
+    from linewatch.contracts.database import make_engine, migrate
     from linewatch.trainer.registry import ModelRegistry
 
     s = _settings()
@@ -456,7 +456,7 @@ def model_rollback(by: Annotated[str, typer.Option(help="who rolls back (recorde
 @model_app.command("jobs")
 def model_jobs(limit: Annotated[int, typer.Option(min=1)] = 10) -> None:
     """Recent training jobs with their progress."""
-    from linewatch.contracts import training_jobs as jobs
+    from linewatch.trainer import job_queue as jobs
 
     rows = jobs.recent_jobs(_registry().engine, limit)
     if not rows:
@@ -586,7 +586,7 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or upgrade the database schema (Alembic migrations)."""
-    from linewatch.contracts.storage import migrate
+    from linewatch.contracts.database import migrate
 
     s = _settings()
     migrate(s.database_url)

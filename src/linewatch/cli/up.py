@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
+from linewatch.contracts.database import make_engine, migrate
+from linewatch.contracts.files import path_of
 from linewatch.contracts.kafka import ensure_topics
 from linewatch.contracts.live_state import LiveStateReader, connect_settings
+from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import Settings
-from linewatch.contracts.storage import Inspection, make_engine, migrate
-from linewatch.contracts.files import path_of
 
 from .embedded import EmbeddedServiceError, ManagedProcess, redis_server, tansu_broker, tansu_client_env
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -149,6 +149,27 @@ class InspectionResult(BaseModel):
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
+    def to_row(self) -> dict[str, Any]:
+        """This result's ``inspections`` row (the mapping lives beside the table: :func:`.schema.inspection_row`)."""
+        from .schema import inspection_row  # the message schema must not need SQLAlchemy to import
+
+        return inspection_row(self)
+
     @classmethod
     def from_json(cls, data: bytes | str) -> InspectionResult:
         return cls.model_validate_json(data)
+
+
+# Model rollout: the active version is announced on the compacted topic ``<prefix>.models``, key
+# ACTIVE_MODEL_KEY, value the JSON of a ModelAnnouncement (linewatch.trainer.rollout writes it,
+# linewatch.detector.model_watch follows it).
+ACTIVE_MODEL_KEY = b"active"
+
+
+class ModelAnnouncement(BaseModel):
+    """The model version every worker should score with, and where its files are."""
+
+    version: str
+    artifact_uri: str
+    activated_at: dt.datetime
+    activated_by: str | None = None

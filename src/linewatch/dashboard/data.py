@@ -3,7 +3,7 @@
 Connections are cached per process (``st.cache_resource``). Live numbers come from Redis
 (:class:`~linewatch.contracts.live_state.LiveStateReader`); history, galleries, the review queue and
 labels from SQL. Every SQL query is bounded (a time window and/or a LIMIT, keyset pagination on
-``(captured_at, id)``) and follows an index of :mod:`linewatch.contracts.storage`; each statement is cut
+``(captured_at, id)``) and follows an index of :mod:`linewatch.contracts.schema`; each statement is cut
 off after ``dashboard.query_timeout_s`` (PostgreSQL ``statement_timeout``; a progress handler on SQLite),
 so a slow query shows an error instead of blocking a page.
 """
@@ -21,17 +21,11 @@ import streamlit as st
 from sqlalchemy import Integer, and_, cast, event, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
+from linewatch.contracts.database import make_engine
+from linewatch.contracts.labels import count_confirmed_good_frames, effective_labels
 from linewatch.contracts.live_state import LiveStateReader, connect
+from linewatch.contracts.schema import Camera, Inspection, Label, ModelVersion
 from linewatch.contracts.settings import Settings, get_settings
-from linewatch.contracts.storage import (
-    Camera,
-    Inspection,
-    Label,
-    ModelVersion,
-    count_confirmed_good_frames,
-    effective_labels,
-    make_engine,
-)
 from linewatch.dashboard import telemetry
 
 LABELS = ("good", "defect")

@@ -32,8 +32,8 @@ def readiness(settings: Settings) -> Callable[[], bool]:
     """
     from sqlalchemy import text
 
+    from linewatch.contracts.database import make_engine
     from linewatch.contracts.live_state import connect_settings
-    from linewatch.contracts.storage import make_engine
 
     engine = make_engine(settings.database_url, pool_size=1)
     client = connect_settings(settings.redis)
@@ -55,6 +55,6 @@ def serve(settings: Settings) -> None:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``dashboard.metrics_port`` when it is set."""
     if not settings.dashboard.metrics_port:
         return
-    from linewatch.contracts.observability import serve_metrics
+    from linewatch.observability import serve_metrics
 
     serve_metrics(settings.dashboard.metrics_port, ready=readiness(settings))

@@ -10,7 +10,7 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
-from linewatch.contracts.storage import Inspection
+from linewatch.contracts.schema import Inspection
 
 from . import data, images
 from .data import Cursor

@@ -14,7 +14,6 @@ Weights are read from files already on the machine and never downloaded:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path

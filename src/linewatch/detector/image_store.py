@@ -11,8 +11,8 @@ import os
 import re
 from pathlib import Path
 
-from linewatch.contracts.messages import FrameMeta
 from linewatch.contracts.files import SUFFIX_OF_CONTENT_TYPE, uri_of
+from linewatch.contracts.messages import FrameMeta
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -11,7 +11,6 @@ match the one recorded at training time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,8 @@ FORMAT = "linewatch-stpm/1"
 WEIGHTS_FILE = "student.safetensors"
 METADATA_FILE = "model.json"
 MODEL_FILES = frozenset({WEIGHTS_FILE, METADATA_FILE})
+# Fields every model.json has; read_metadata refuses a model without one of them.
+REQUIRED_FIELDS = ("backbone", "teacher_weights", "image_size", "thresholds", "weights_sha256", "map_smoothing_sigma")
 
 
 class ModelFileError(ValueError):
@@ -143,11 +144,27 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
         raise ModelFileError(f"{meta_path}: invalid JSON ({exc})") from None
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    required = ("backbone", "teacher_weights", "image_size", "thresholds", "weights_sha256", "map_smoothing_sigma")
-    missing = [k for k in required if k not in meta]
+    missing = [k for k in REQUIRED_FIELDS if k not in meta]
     if missing:
         raise ModelFileError(f"{meta_path}: missing fields {missing}")
     return meta
+
+
+def write_metadata(model_dir: Path, meta: dict[str, Any]) -> None:
+    """Replace ``model.json`` of an existing model directory with ``meta`` (written beside it, then renamed, so
+    a reader never sees half a file). The weights are not touched: ``weights_sha256`` must stay theirs.
+
+    Raises:
+        ModelFileError: ``meta`` lacks a required field (see :func:`read_metadata`).
+        OSError: the directory cannot be written.
+    """
+    missing = [k for k in REQUIRED_FIELDS if k not in meta]
+    if missing:
+        raise ModelFileError(f"{model_dir}: metadata without fields {missing}")
+    target = Path(model_dir) / METADATA_FILE
+    tmp = target.with_name(f".{METADATA_FILE}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, target)
 
 
 def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weights: Path | None = None) -> LoadedModel:

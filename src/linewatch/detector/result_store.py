@@ -19,11 +19,12 @@ import numpy as np
 from kafka import KafkaProducer
 from sqlalchemy.engine import Engine
 
+from linewatch.contracts.database import insert_ignore_duplicates, upsert_cameras
 from linewatch.contracts.heatmap import render_overlay
 from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.messages import InspectionResult
+from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import KafkaSettings
-from linewatch.contracts.storage import Inspection, insert_ignore_duplicates, upsert_cameras
 
 from .frames import DeadLetter, PreparedFrame
 from .image_store import ImageStore
@@ -116,7 +117,7 @@ class ResultStore:
         rows, cameras = [], {}
         for res, frame in zip(b.results, b.frames, strict=True):
             res.latency.total_ms = (now_ns - frame.meta.captured_at_ns) / 1e6
-            rows.append(_row(res))
+            rows.append(res.to_row())
             f = res.frame
             if f.camera_id not in cameras or cameras[f.camera_id][1] < f.captured_at:
                 cameras[f.camera_id] = (f.line_id, f.captured_at)
@@ -148,16 +149,3 @@ class ResultStore:
         for fut in futures:
             fut.get(timeout=0)  # raises the delivery error, if any
 
-
-def _row(r: InspectionResult) -> dict:
-    f = r.frame
-    return {
-        "camera_id": f.camera_id, "line_id": f.line_id, "frame_id": f.frame_id, "part_id": f.part_id,
-        "captured_at": f.captured_at, "processed_at": r.processed_at, "model_version": r.model_version,
-        "image_score": r.image_score, "normalized_score": r.normalized_score, "verdict": r.verdict,
-        "threshold": r.threshold, "regions": [g.model_dump() for g in r.regions], "width": r.width,
-        "height": r.height, "queue_wait_ms": r.latency.queue_wait_ms, "decode_ms": r.latency.decode_ms,
-        "inference_ms": r.latency.inference_ms, "total_ms": r.latency.total_ms, "worker_id": r.worker_id,
-        "image_uri": r.image_uri, "heatmap_uri": r.heatmap_uri, "kafka_topic": f.topic,
-        "kafka_partition": f.partition, "kafka_offset": f.offset,
-    }

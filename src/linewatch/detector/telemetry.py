@@ -1,4 +1,4 @@
-"""Prometheus metrics of a detector worker (served by ``linewatch.contracts.observability.serve_metrics``)."""
+"""Prometheus metrics of a detector worker (served by ``linewatch.observability.serve_metrics``)."""
 
 from prometheus_client import Counter, Gauge, Histogram
 

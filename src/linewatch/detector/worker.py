@@ -34,11 +34,11 @@ from kafka import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from linewatch.contracts.database import make_engine, migrate
+from linewatch.contracts.files import path_of
 from linewatch.contracts.kafka import make_consumer, make_producer
 from linewatch.contracts.live_state import LiveStateWriter, connect_settings
 from linewatch.contracts.settings import Settings
-from linewatch.contracts.storage import make_engine, migrate
-from linewatch.contracts.files import path_of
 
 from . import telemetry
 from .batching import BatchCollector
@@ -406,7 +406,7 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
     """
     watcher = None
     if follow_registry:
-        from linewatch.contracts.rollout import ActiveModelWatcher
+        from linewatch.detector.model_watch import ActiveModelWatcher
 
         watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(path_of(a.artifact_uri)))
         announced = watcher.read_current()
@@ -423,7 +423,7 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
         watcher.start()
     server = None
     if settings.detector.metrics_port:
-        from linewatch.contracts.observability import serve_metrics
+        from linewatch.observability import serve_metrics
 
         server = serve_metrics(settings.detector.metrics_port, ready=lambda: not worker.stop_event.is_set())
     try:

@@ -15,7 +15,6 @@ import cv2
 from linewatch.contracts.files import IMAGE_SUFFIXES
 
 
-
 class SourceError(RuntimeError):
     """The source cannot be opened or read (a camera unplugged, a stream down); the service reconnects."""
 

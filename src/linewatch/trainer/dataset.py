@@ -10,8 +10,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from linewatch.contracts.storage import Inspection, ModelVersion, confirmed_good_frames, effective_labels
 from linewatch.contracts.files import path_of, sha256_file
+from linewatch.contracts.labels import confirmed_good_frames, effective_labels
+from linewatch.contracts.schema import Inspection, ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from linewatch.contracts import training_jobs as jobs
+from linewatch.contracts.database import make_engine
 from linewatch.contracts.settings import Settings
-from linewatch.contracts.storage import make_engine
 from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.training import EpochReport, TrainConfig, train
+from linewatch.trainer import job_queue as jobs
 
 from .dataset import build_training_set
 from .promotion import judge, labelled_review_set, promotion_decision

@@ -21,11 +21,12 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from linewatch.contracts.storage import Inspection, effective_labels
+from linewatch.contracts.files import path_of
+from linewatch.contracts.labels import effective_labels
+from linewatch.contracts.schema import Inspection
 from linewatch.detector.imaging import ImageError, read_image
 from linewatch.detector.metrics import image_auroc
 from linewatch.detector.scoring import Scorer
-from linewatch.contracts.files import path_of
 
 AUROC_TOLERANCE = 0.01
 

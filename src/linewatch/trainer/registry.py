@@ -3,13 +3,12 @@
 A version is ``v<N>``; its model directory is copied to ``<artifact store>/v<N>`` with ``version`` set
 in its ``model.json``, so every result scored with it carries that version. Exactly one version is
 ``active``; activating another retires it and announces the change to the workers
-(:mod:`linewatch.contracts.rollout`). Status: candidate, active, retired, rejected.
+(:mod:`linewatch.trainer.rollout`). Status: candidate, active, retired, rejected.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -20,14 +19,16 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from linewatch.contracts.rollout import ModelAnnouncement, announce
-from linewatch.contracts.settings import KafkaSettings
-from linewatch.contracts.storage import ModelVersion
 from linewatch.contracts.files import path_of, uri_of
+from linewatch.contracts.messages import ModelAnnouncement
+from linewatch.contracts.schema import ModelVersion
+from linewatch.contracts.settings import KafkaSettings
+from linewatch.detector.model_files import ModelFileError, read_metadata, write_metadata
+
+from .rollout import announce
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "model.json"
 
 
 class RegistryError(ValueError):
@@ -76,10 +77,10 @@ class ModelRegistry:
         """Copy a model directory into the artifact store as the next version and record it.
 
         Raises:
-            FileNotFoundError: ``model_dir`` has no model.json.
+            ModelFileError: ``model_dir`` is not a model directory (no or an invalid model.json).
         """
         model_dir = Path(model_dir)
-        meta = json.loads((model_dir / METADATA_FILE).read_text())
+        meta = read_metadata(model_dir)
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             number = (s.scalar(select(func.max(ModelVersion.number))) or 0) + 1
             version = f"v{number}"
@@ -99,9 +100,9 @@ class ModelRegistry:
         dest = self.root / version
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.root))
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
-        meta = json.loads((tmp / METADATA_FILE).read_text())
+        meta = read_metadata(tmp)
         meta["version"] = version
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        write_metadata(tmp, meta)
         if dest.exists():  # left over from a registration whose SQL transaction failed
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -175,11 +176,11 @@ class ModelRegistry:
     def use(self, model_dir: Path, by: str) -> ModelVersion:
         """Make the model in ``model_dir`` the active version, registering it first if the registry has no
         version with the same weights; announces it."""
-        sha = json.loads((Path(model_dir) / METADATA_FILE).read_text())["weights_sha256"]
+        sha = read_metadata(Path(model_dir))["weights_sha256"]
         for row in self.list():
             try:
-                same = json.loads((artifact_path(row) / METADATA_FILE).read_text())["weights_sha256"] == sha
-            except (OSError, ValueError, KeyError):
+                same = read_metadata(artifact_path(row))["weights_sha256"] == sha
+            except ModelFileError:
                 continue
             if same:
                 if row.status == "active":

@@ -20,9 +20,10 @@ import threading
 
 from sqlalchemy.engine import Engine
 
-from linewatch.contracts import training_jobs as jobs
+from linewatch.contracts.database import make_engine, migrate
+from linewatch.contracts.labels import confirmed_good_frames
 from linewatch.contracts.settings import Settings
-from linewatch.contracts.storage import confirmed_good_frames, make_engine, migrate
+from linewatch.trainer import job_queue as jobs
 
 from . import telemetry
 from .registry import ModelRegistry
@@ -141,7 +142,7 @@ def run_trainer(settings: Settings, run_job_id: int | None = None) -> int:
         return run_job(settings, run_job_id)
     server = None
     if settings.trainer.metrics_port:
-        from linewatch.contracts.observability import serve_metrics
+        from linewatch.observability import serve_metrics
 
         server = serve_metrics(settings.trainer.metrics_port)
     try:

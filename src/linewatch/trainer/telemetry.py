@@ -1,4 +1,4 @@
-"""Prometheus metrics of the trainer service (served by ``linewatch.contracts.observability.serve_metrics``)."""
+"""Prometheus metrics of the trainer service (served by ``linewatch.observability.serve_metrics``)."""
 
 from prometheus_client import Counter, Gauge
 

@@ -1,10 +1,10 @@
-"""Alembic environment: runs migrations on the connection :func:`linewatch.contracts.storage.migrate` passes,
+"""Alembic environment: runs migrations on the connection :func:`linewatch.contracts.database.migrate` passes,
 or on ``sqlalchemy.url`` when invoked from the alembic command line."""
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from linewatch.contracts.storage import Base
+from linewatch.contracts.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

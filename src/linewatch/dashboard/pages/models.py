@@ -9,8 +9,8 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.contracts import training_jobs
-from linewatch.contracts.storage import ModelVersion
+from linewatch.contracts.schema import ModelVersion
+from linewatch.trainer import job_queue as training_jobs
 
 from .. import auth, data, telemetry, views
 from ..windows import fmt

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .storage import TrainingJob
+from linewatch.contracts.schema import TrainingJob
 
 STALE_AFTER = dt.timedelta(minutes=3)
 

@@ -1,18 +1,15 @@
-"""The SQL record (SQLAlchemy 2): one schema for SQLite (embedded) and PostgreSQL (production).
+"""The SQL record's schema (SQLAlchemy 2): one schema for SQLite (embedded) and PostgreSQL (production).
 
 Tables: ``cameras``, ``inspections`` (one row per inspected frame, unique on (camera_id, frame_id)),
 ``labels`` (operator reviews), ``models`` (model versions) and ``training_jobs``. The schema is created
-and upgraded by Alembic migrations (``linewatch.contracts.migrations``); :func:`migrate` applies them.
+and upgraded by Alembic migrations (``linewatch.contracts.migrations``; :func:`.database.migrate`).
+An inspection result becomes its row through :func:`inspection_row`, beside the table it fills.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -27,14 +24,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    create_engine,
-    event,
-    text,
 )
-from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+if TYPE_CHECKING:
+    from .messages import InspectionResult
 
 # SQLite only auto-increments INTEGER PRIMARY KEY columns.
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -171,148 +165,16 @@ class TrainingJob(Base):
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # progress heartbeat
 
 
-def make_engine(url: str, pool_size: int = 5) -> Engine:
-    """An engine for ``url``; SQLite gets WAL mode and a busy timeout so several processes can share it."""
-    if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
-
-
-def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
-    """Bring the database schema to ``revision`` with the Alembic migrations.
-
-    Idempotent and safe when several workers start at once: PostgreSQL serialises them with an
-    advisory lock, SQLite with a lock file beside the database.
-    """
-    from alembic import command
-    from alembic.config import Config
-
-    engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with _migration_lock(engine), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(7419032)"))
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
-
-
-@contextlib.contextmanager
-def _migration_lock(engine: Engine) -> Iterator[None]:
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not database or database == ":memory:":
-        yield
-        return
-    with open(f"{database}.migrate.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def insert_ignore_duplicates(conn: Connection, table: Any, rows: Iterable[Mapping[str, Any]],
-                             keys: list[str]) -> int:
-    """INSERT rows, silently skipping any whose ``keys`` already exist; returns rows actually inserted."""
-    rows = list(rows)
-    if not rows:
-        return 0
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"{conn.dialect.name} is not supported: use PostgreSQL or SQLite")
-    result = conn.execute(insert(table).on_conflict_do_nothing(index_elements=keys), rows)
-    return max(0, result.rowcount or 0)
-
-
-def upsert_cameras(conn: Connection, seen: Mapping[str, tuple[str, dt.datetime]]) -> None:
-    """Record cameras (camera_id -> (line_id, last seen)), keeping first_seen and the latest last_seen."""
-    if not seen:
-        return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    from sqlalchemy import func
-
-    table = Camera.__table__
-    stmt = insert(table).values(
-        [{"camera_id": c, "line_id": line, "first_seen": t, "last_seen": t} for c, (line, t) in seen.items()]
-    )
-    greatest = func.greatest if conn.dialect.name == "postgresql" else func.max
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["camera_id"],
-        set_={"line_id": stmt.excluded.line_id, "last_seen": greatest(table.c.last_seen, stmt.excluded.last_seen)},
-    )
-    conn.execute(stmt)
-
-
-def effective_labels() -> Any:
-    """A subquery of each inspection's effective label: its newest label that was not undone.
-
-    Columns: ``inspection_id``, ``label`` (good | defect), ``operator``, ``created_at``.
-    """
-    from sqlalchemy import func, select
-
-    ranked = (
-        select(Label.inspection_id, Label.label, Label.operator, Label.created_at,
-               func.row_number().over(partition_by=Label.inspection_id,
-                                      order_by=(Label.created_at.desc(), Label.id.desc())).label("rank"))
-        .where(Label.revoked_at.is_(None))
-        .subquery()
-    )
-    return select(ranked.c.inspection_id, ranked.c.label, ranked.c.operator, ranked.c.created_at).where(
-        ranked.c.rank == 1).subquery()
-
-
-def confirmed_good_frames(conn: Connection, since: dt.datetime | None = None) -> list[Any]:
-    """Kept frames whose effective label is ``good`` (operator-confirmed), oldest first: the frames the
-    trainer may learn from. A frame whose effective label is ``defect`` is never among them.
-
-    Rows: ``Inspection`` columns ``id``, ``camera_id``, ``frame_id``, ``image_uri``, plus the label's
-    ``operator`` and ``labelled_at``. ``since``: only labels made after this moment.
-    """
-    from sqlalchemy import select
-
-    eff = effective_labels()
-    query = (
-        select(Inspection.id, Inspection.camera_id, Inspection.frame_id, Inspection.image_uri,
-               eff.c.operator, eff.c.created_at.label("labelled_at"))
-        .join(eff, eff.c.inspection_id == Inspection.id)
-        .where(eff.c.label == "good", Inspection.image_uri.is_not(None))
-        .order_by(eff.c.created_at, Inspection.id)
-    )
-    if since is not None:
-        query = query.where(eff.c.created_at > since)
-    return list(conn.execute(query).all())
-
-
-def count_confirmed_good_frames(conn: Connection, since: dt.datetime | None = None) -> int:
-    """How many frames :func:`confirmed_good_frames` would return (the frames ready for retraining)."""
-    from sqlalchemy import func, select
-
-    eff = effective_labels()
-    query = (
-        select(func.count())
-        .select_from(Inspection)
-        .join(eff, eff.c.inspection_id == Inspection.id)
-        .where(eff.c.label == "good", Inspection.image_uri.is_not(None))
-    )
-    if since is not None:
-        query = query.where(eff.c.created_at > since)
-    return int(conn.execute(query).scalar_one())
+def inspection_row(r: InspectionResult) -> dict[str, Any]:
+    """The ``inspections`` row of a result: every column but ``id``, regions as plain dicts."""
+    f = r.frame
+    return {
+        "camera_id": f.camera_id, "line_id": f.line_id, "frame_id": f.frame_id, "part_id": f.part_id,
+        "captured_at": f.captured_at, "processed_at": r.processed_at, "model_version": r.model_version,
+        "image_score": r.image_score, "normalized_score": r.normalized_score, "verdict": r.verdict,
+        "threshold": r.threshold, "regions": [g.model_dump() for g in r.regions], "width": r.width,
+        "height": r.height, "queue_wait_ms": r.latency.queue_wait_ms, "decode_ms": r.latency.decode_ms,
+        "inference_ms": r.latency.inference_ms, "total_ms": r.latency.total_ms, "worker_id": r.worker_id,
+        "image_uri": r.image_uri, "heatmap_uri": r.heatmap_uri, "kafka_topic": f.topic,
+        "kafka_partition": f.partition, "kafka_offset": f.offset,
+    }

@@ -1,48 +1,20 @@
-"""Model rollout: the active model version is announced on the compacted Kafka topic ``<prefix>.models``.
-
-Why Kafka and not Redis pub/sub: the announcement must reach every worker, including one that is
-restarting or reconnecting at that moment, and a worker that starts later must find the active
-version. Pub/sub delivers only to subscribers connected at that instant; a compacted topic keeps the
-latest announcement (key ``active``) for as long as the topic exists, in order, with the same
-delivery guarantees as the frames. SQL (table ``models``) stays the record; the topic is the signal.
-
-Message: key ``active``; value JSON of :class:`ModelAnnouncement`.
+"""Model rollout, the following side: a worker reads the active version announced on the compacted topic
+``<prefix>.models`` (:mod:`linewatch.trainer.rollout` writes it) and is told of each newer one.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
 
 from kafka import TopicPartition
-from pydantic import BaseModel
 
-from .kafka import make_consumer, make_producer
-from .settings import KafkaSettings
+from linewatch.contracts.kafka import make_consumer
+from linewatch.contracts.messages import ACTIVE_MODEL_KEY, ModelAnnouncement
+from linewatch.contracts.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-
-KEY = b"active"
-
-
-class ModelAnnouncement(BaseModel):
-    """The model version every worker should score with, and where its files are."""
-
-    version: str
-    artifact_uri: str
-    activated_at: dt.datetime
-    activated_by: str | None = None
-
-
-def announce(kafka: KafkaSettings, announcement: ModelAnnouncement) -> None:
-    """Publish the active version (waits for the broker's acknowledgement; raises KafkaError on failure)."""
-    producer = make_producer(kafka)
-    try:
-        producer.send(kafka.models_topic, key=KEY, value=announcement.model_dump_json().encode()).get(timeout=30)
-    finally:
-        producer.close(timeout=10)
 
 
 class ActiveModelWatcher:
@@ -66,7 +38,7 @@ class ActiveModelWatcher:
         latest = None
         for records in self._consumer.poll(timeout_ms=timeout_ms).values():
             for record in records:
-                if record.key != KEY or record.value is None:
+                if record.key != ACTIVE_MODEL_KEY or record.value is None:
                     continue
                 try:
                     latest = ModelAnnouncement.model_validate_json(record.value)
