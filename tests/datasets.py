@@ -1,4 +1,5 @@
-"""Where the real images are: ``LINEWATCH_DATA_ROOT`` or ``../shared/data`` beside the repository."""
+"""Where the real images and the field cases are: ``LINEWATCH_DATA_ROOT`` or ``../shared/data``, and
+``LINEWATCH_CASES_ROOT`` or ``../shared/cases``, beside the repository."""
 
 from __future__ import annotations
 
@@ -23,3 +24,12 @@ def bottle() -> Path:
 
 def magnetic_tile() -> Path:
     return data_root() / "magnetic_tile"
+
+
+def field_case(name: str) -> Path:
+    """A folder of ``../shared/cases`` (failure cases from the field; ``LINEWATCH_CASES_ROOT`` moves it)."""
+    root = Path(os.environ.get("LINEWATCH_CASES_ROOT", REPO / ".." / "shared" / "cases")).resolve()
+    folder = root / name
+    if not folder.is_dir():
+        pytest.fail(f"field case {name} not found under {root}: set LINEWATCH_CASES_ROOT", pytrace=False)
+    return folder

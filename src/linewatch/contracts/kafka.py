@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import InvalidConfigurationError, KafkaError, TopicAlreadyExistsError
 
 from .settings import KafkaSettings
@@ -146,6 +146,25 @@ def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
         _wait_for_leaders(admin, [t.name for t in wanted], timeout_s)
     finally:
         admin.close()
+
+
+def topic_max_message_bytes(k: KafkaSettings, topic: str, timeout_s: float = 10.0) -> int | None:
+    """The largest record batch the broker accepts on ``topic`` (its ``max.message.bytes``, the broker's
+    default when the topic sets none), or None when the broker does not say (no such topic, no
+    DescribeConfigs permission, a broker that keeps no topic configs)."""
+    admin = None
+    try:
+        admin = KafkaAdminClient(**client_config(k), request_timeout_ms=int(timeout_s * 1000))
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+        entry = described.get("topic", {}).get(topic, {}).get("max.message.bytes")
+        value = entry.get("value") if isinstance(entry, dict) else entry
+        return int(value) if value not in (None, "") else None
+    except (KafkaError, ValueError, TypeError, AttributeError) as exc:
+        log.info("max.message.bytes of %s unknown (%s); only the producer's limit applies", topic, exc)
+        return None
+    finally:
+        if admin is not None:
+            admin.close()
 
 
 def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:

@@ -25,6 +25,15 @@ from pydantic import BaseModel, Field
 FRAME_SCHEMA = "linewatch.frame/1"
 INSPECTION_SCHEMA = "linewatch.inspection/1"
 
+# Limits of header values, and so of the columns that hold them (contracts/schema.py uses these): a frame
+# outside them can never be stored and is dead-lettered as ``bad_headers`` (FrameMeta.from_headers).
+ID_MAX_CHARS = 128  # camera_id, line_id, part_id
+CONTENT_TYPE_MAX_CHARS = 64
+FRAME_ID_MAX = 2**63 - 1  # SQL BIGINT
+CAPTURED_AT_MIN_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z
+CAPTURED_AT_MAX_NS = 4_102_444_800 * 10**9  # 2100-01-01T00:00:00Z
+_REQUIRED_HEADERS = ("camera_id", "line_id", "frame_id", "captured_at", "content_type")
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -68,28 +77,71 @@ class FrameMeta:
 
     @classmethod
     def from_headers(cls, headers: Headers | None) -> FrameMeta:
-        """Parse frame headers.
+        """Parse and check frame headers against the limits every store holds (:data:`ID_MAX_CHARS`,
+        :data:`FRAME_ID_MAX`, :data:`CAPTURED_AT_MIN_NS` .. :data:`CAPTURED_AT_MAX_NS`, :data:`FRAME_SCHEMA`).
+
+        A frame that passes can be written to SQL, Redis and the image store; one that fails could never be,
+        so it is dead-lettered instead of being retried.
 
         Raises:
-            MessageError: ``bad_headers`` when a required header is missing or malformed.
+            MessageError: ``bad_headers``, with a detail naming the header and the rule it breaks.
         """
         values: dict[str, str] = {}
-        try:
-            for key, value in headers or []:
+        for key, value in headers or []:
+            try:
                 values[key] = value.decode() if value is not None else ""
-        except (UnicodeDecodeError, AttributeError):
-            raise MessageError("bad_headers", "headers are not UTF-8 text") from None
-        missing = [k for k in ("camera_id", "line_id", "frame_id", "captured_at", "content_type") if not values.get(k)]
+            except (UnicodeDecodeError, AttributeError):
+                raise MessageError("bad_headers", f"header {key!r} is not UTF-8 text") from None
+        missing = [k for k in ("schema", *_REQUIRED_HEADERS) if not values.get(k)]
         if missing:
             raise MessageError("bad_headers", f"missing frame headers: {', '.join(missing)}")
+        if values["schema"] != FRAME_SCHEMA:
+            raise MessageError("bad_headers", f"frame schema {_shown(values['schema'])} is not {FRAME_SCHEMA!r}, "
+                                              "the one this release reads")
+        for name in ("camera_id", "line_id", "part_id"):
+            if values.get(name):  # part_id is optional: absent or empty means none
+                check_id(name, values[name])
+        check_text("content_type", values["content_type"], CONTENT_TYPE_MAX_CHARS)
         try:
             frame_id, captured = int(values["frame_id"]), int(values["captured_at"])
         except ValueError:
-            raise MessageError("bad_headers", "frame_id and captured_at must be integers") from None
-        if frame_id < 0 or captured <= 0:
-            raise MessageError("bad_headers", "frame_id must be >= 0 and captured_at > 0")
+            raise MessageError("bad_headers", "frame_id and captured_at must be decimal integers") from None
+        if not 0 <= frame_id <= FRAME_ID_MAX:
+            raise MessageError("bad_headers", f"frame_id {frame_id} is outside 0 .. 2^63-1")
+        if not CAPTURED_AT_MIN_NS <= captured < CAPTURED_AT_MAX_NS:
+            raise MessageError("bad_headers", f"captured_at {captured} ns is outside 2000-01-01 .. 2100-01-01 UTC "
+                                              "(integer nanoseconds since the epoch expected)")
         return cls(values["camera_id"], values["line_id"], frame_id, captured, values["content_type"],
                    values.get("part_id") or None)
+
+
+def check_text(name: str, value: str, max_chars: int) -> str:
+    """``value`` if it is 1 to ``max_chars`` printable characters (any script; no NUL, no control characters).
+
+    Raises:
+        MessageError: ``bad_headers`` naming ``name`` and the rule broken (the message is also a ValueError).
+    """
+    if not value:
+        raise MessageError("bad_headers", f"{name} is empty")
+    if len(value) > max_chars:
+        raise MessageError("bad_headers", f"{name} has {len(value)} characters; at most {max_chars}")
+    if not value.isprintable():
+        raise MessageError("bad_headers", f"{name} {_shown(value)} holds a NUL or another control character")
+    return value
+
+
+def check_id(name: str, value: str) -> str:
+    """A camera, line or part id as every store can hold it: 1 to :data:`ID_MAX_CHARS` printable characters.
+    ``linewatch ingest`` checks its ids with this at start, the workers every frame's headers.
+
+    Raises:
+        MessageError: ``bad_headers`` (a ValueError) naming the id and the rule broken.
+    """
+    return check_text(name, value, ID_MAX_CHARS)
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")
 
 
 class FrameRef(BaseModel):

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .messages import ID_MAX_CHARS
+
 if TYPE_CHECKING:
     from .messages import InspectionResult
 
@@ -62,8 +64,8 @@ class Base(DeclarativeBase):
 class Camera(Base):
     __tablename__ = "cameras"
 
-    camera_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    line_id: Mapped[str] = mapped_column(String(128), index=True)
+    camera_id: Mapped[str] = mapped_column(String(ID_MAX_CHARS), primary_key=True)
+    line_id: Mapped[str] = mapped_column(String(ID_MAX_CHARS), index=True)
     first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
@@ -80,10 +82,10 @@ class Inspection(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    camera_id: Mapped[str] = mapped_column(String(128))
-    line_id: Mapped[str] = mapped_column(String(128))
+    camera_id: Mapped[str] = mapped_column(String(ID_MAX_CHARS))
+    line_id: Mapped[str] = mapped_column(String(ID_MAX_CHARS))
     frame_id: Mapped[int] = mapped_column(BigInteger)
-    part_id: Mapped[str | None] = mapped_column(String(128))
+    part_id: Mapped[str | None] = mapped_column(String(ID_MAX_CHARS))
     captured_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     processed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     model_version: Mapped[str] = mapped_column(String(64), index=True)
