@@ -1,4 +1,4 @@
-"""Accuracy benchmark: train (or reuse) STPM models and evaluate them with the paper's protocol.
+"""Accuracy benchmark: train (or reuse) STPM models and evaluate them with the metrics the paper reports.
 
     python bench/accuracy.py [--datasets bottle magnetic_tile] [--epochs 20] [--sigmas 0 2 4 8] [--reuse]
 

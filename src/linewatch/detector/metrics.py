@@ -1,6 +1,6 @@
 """The metrics the STPM paper reports on MVTec AD, computed as MVTec's evaluation code defines them.
 
-* image-level AUROC, the image score being the anomaly map's maximum (scikit-learn);
+* image-level AUROC, the image score being the anomaly map's maximum (of the smoothed map, :mod:`.stpm`);
 * pixel-level AUROC over every pixel of every test image at its original resolution;
 * AU-PRO, MVTec's per-region overlap curve (Bergmann et al., IJCV 2021, Sec. 5.2; the reference
   ``compute_pro`` and ``trapezoid`` of the MVTec AD evaluation code): ground-truth regions are

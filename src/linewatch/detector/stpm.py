@@ -82,7 +82,8 @@ def smooth_map(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def image_scores(anomaly_map: torch.Tensor) -> torch.Tensor:
-    """Sec. 3.3: the image score is the maximum of the anomaly map; (B, 1, H, W) -> (B,)."""
+    """Sec. 3.3: the image score is the maximum of the anomaly map (the smoothed one, in :meth:`STPM.forward`);
+    float (B, 1, H, W) -> (B,)."""
     return anomaly_map.flatten(1).amax(dim=1)
 
 
