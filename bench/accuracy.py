@@ -1,10 +1,12 @@
-"""Accuracy benchmark: train (or reuse) STPM models and evaluate them with the paper's protocol.
+"""Accuracy benchmark: train (or reuse) STPM models and evaluate them with the metrics the paper reports.
 
     python bench/accuracy.py [--datasets bottle magnetic_tile] [--epochs 20] [--sigmas 0 2 4 8] [--reuse]
 
-For each dataset: trains on its good training images with the default recipe (or reuses the model in
-``bench/results/models/<dataset>``), then evaluates on its test set at each anomaly-map smoothing
-sigma, and prints a table beside the published figures. Writes everything to
+For each dataset: trains on its good training images with the default recipe from the settings
+(EfficientNet-Lite0 teacher, 20 epochs; see ``linewatch.detector.training``), or reuses the model in
+``bench/results/models/<dataset>``; then evaluates on its test set (``linewatch.detector.evaluation``)
+at each anomaly-map smoothing sigma, keeping the thresholds calibrated at the sigma the model was
+trained with, and prints a table beside the published figures. Writes everything to
 ``bench/results/accuracy.json``. Data: ``LINEWATCH_DATA_ROOT`` or ``../shared/data``.
 """
 
@@ -20,7 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"bottle": "mvtec_ad/bottle", "magnetic_tile": "magnetic_tile"}
 # Published STPM figures (ResNet-18 teacher). Bottle: pixel AUROC from the paper (Table 2); image AUROC
-# from the authors' released checkpoint. The paper reports no magnetic tile figures.
+# from the authors' released checkpoint. The paper reports no magnetic tile figures. The paper's PRO is not
+# listed: the authors' evaluate.py computes it DFR's way (4000 thresholds, FPR and PRO min-max rescaled),
+# which is not MVTec's AU-PRO; and that code scores pixels at 256x256, ours at the original resolution.
 PUBLISHED = {"bottle": {"image_auroc": 1.000, "pixel_auroc": 0.988, "au_pro": None}}
 
 

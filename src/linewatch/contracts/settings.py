@@ -117,23 +117,27 @@ class BackboneSettings(BaseModel):
 
 
 class TrainingSettings(BaseModel):
-    """STPM training recipe (Wang et al. 2021, Sec. 4.1) and calibration targets."""
+    """STPM training recipe and calibration targets: the paper's SGD, batch and input size (Wang et al. 2021,
+    Sec. 4.1), 20 epochs instead of 100, and Gaussian map smoothing (see ``linewatch.detector.training``)."""
 
-    image_size: int = Field(256, ge=32, le=1024)
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.4, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    image_size: int = Field(256, ge=32, le=1024, description="side of the square model input, pixels (paper: 256)")
+    epochs: int = Field(20, ge=1, description="training epochs; the best validation epoch is kept (paper: 100)")
+    batch_size: int = Field(32, ge=1, description="images per SGD step, their losses summed (paper: 32)")
+    lr: float = Field(0.4, gt=0, description="SGD learning rate (paper: 0.4)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (paper: 0.9)")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay (paper: 1e-4)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of good images held out for validation and "
+                                "threshold calibration")
+    seed: int = Field(0, description="seeds the validation split, the student's initialisation and the batch order")
     target_false_reject_rate: float = Field(
         0.01, gt=0, lt=0.5, description="share of good parts allowed above the image threshold"
     )
     pixel_false_positive_rate: float = Field(
         0.001, gt=0, lt=0.5, description="share of good pixels allowed above the region threshold"
     )
-    map_smoothing_sigma: float = Field(4.0, ge=0, description="Gaussian sigma (model pixels) applied to anomaly maps")
+    map_smoothing_sigma: float = Field(
+        4.0, ge=0, description="Gaussian sigma (model pixels) applied to anomaly maps; not in the paper; 0 = off"
+    )
 
 
 class DetectorSettings(BaseModel):

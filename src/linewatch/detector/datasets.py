@@ -42,7 +42,11 @@ class Sample:
 
 @dataclass
 class Dataset:
-    """Good training images and labelled test images of one part type."""
+    """Good training images and labelled test images of one part type.
+
+    ``layout`` is ``mvtec``, ``magnetic_tile`` or ``folder``; a mask pixel is defective when its 8-bit value
+    is above ``mask_threshold``.
+    """
 
     root: Path
     layout: str
@@ -60,7 +64,8 @@ def open_dataset(root: Path) -> Dataset:
 
     Raises:
         DatasetError: ``root`` is missing, empty, or a layout with parts missing (e.g. no ``train/good``,
-            a defect image without its mask in a ``ground_truth/<type>/`` folder that holds masks).
+            a defect image without its mask in a ``ground_truth/<type>/`` folder that holds masks), or an
+            invalid ``split.json`` or one that names missing files.
     """
     root = Path(root).expanduser()
     if not root.is_dir():

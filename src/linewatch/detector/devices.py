@@ -29,6 +29,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def to_model_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``x`` (B, C, H, W) on ``device`` in the channels_last memory layout the models run in: convolutions
-    are faster with it on CPUs and GPUs alike (measured 1.52x on the CPU, bench/README.md)."""
+    """``x`` (B, C, H, W), any dtype, on ``device`` in the channels_last memory layout the models run in:
+    convolutions are faster with it (1.52x on the CPU: 0.94 s against 1.43 s per batch, bench/README.md)."""
     return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -1,8 +1,11 @@
-"""Evaluation of a model on a labelled test set, with the STPM paper's protocol (see :mod:`.metrics`).
+"""Evaluation of a model on a labelled test set with the metrics the STPM paper reports (see :mod:`.metrics`).
 
-Maps are scored at model resolution and resized to each image's original size before any pixel
-metric. Reported overall and per defect type (that type's images plus all good test images), with
-the false-reject rate on good images and the miss rate on defective ones at the stored threshold.
+Each image is scored at model resolution: its image score is the maximum of its smoothed anomaly map
+there (:mod:`.stpm`). For the pixel metrics that map is resized bilinearly to the image's original
+size, and compared with the mask at that size (the authors' code compares at 256x256 instead).
+Reported overall and per defect type (that type's images plus all good test images), with the
+false-reject rate on good images and the miss rate on defective ones at the stored image threshold
+(defective = score above it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from .scoring import Scorer
 
 @dataclass
 class ScoredSample:
-    """A test image after scoring: its image score, its full-resolution map and its ground-truth mask."""
+    """A test image after scoring: its image score (map units), its full-resolution map and its ground-truth mask
+    (all False for a good image or a defect image without a mask)."""
 
     sample: Sample
     score: float
@@ -41,7 +45,8 @@ def score_test_set(
     scorer: Scorer, dataset: Dataset, batch_size: int = 16, progress: bool = True,
     on_scored: Callable[[ScoredSample, np.ndarray], None] | None = None,
 ) -> list[ScoredSample]:
-    """Score every test image of ``dataset``; ``on_scored(item, rgb)`` sees each one with its image.
+    """Score every test image of ``dataset``, in its order; ``on_scored(item, rgb)`` sees each one with its
+    uint8 (H, W, 3) image.
 
     Raises:
         DatasetError: the dataset has no test images. ImageError: an unreadable image or mask.
@@ -99,7 +104,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``scorer`` on ``dataset``'s test set -> a JSON-ready report.
 
+    The report has ``dataset``, ``model`` (path, version, backbone, thresholds, smoothing sigma), ``overall``
+    and ``per_defect_type`` metrics (None where undefined), ``f1_optimal`` thresholds and ``seconds``.
     ``maps_dir``: also write one heatmap overlay PNG per test image to ``maps_dir/<label>/<name>.png``.
+
+    Raises:
+        DatasetError: the dataset has no test images. ImageError: an unreadable image or mask.
     """
     started = time.monotonic()
     image_threshold, pixel_threshold = scorer.image_threshold, scorer.pixel_threshold

@@ -85,7 +85,7 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT
         uint8 array (H, W, 3), RGB. Grayscale is replicated to three channels; alpha is dropped.
     Raises:
         ImageError: see :func:`probe_image`; also undecodable pixel data, 16-bit or float images,
-            and images smaller than 16 pixels on a side.
+            images smaller than 16 pixels on a side, and channel counts other than 1, 3 or 4.
     """
     probe_image(data, source, max_pixels)
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -137,8 +137,9 @@ def read_mask(path: Path, shape: tuple[int, int], threshold: int = 127) -> np.nd
 
 
 def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB image to the model's square input -> uint8 (3, size, size), channels first.
+    """Resize a uint8 (H, W, 3) RGB image to the model's square input -> uint8 (3, size, size), channels first.
 
+    The aspect ratio is not kept (like the authors' ``transforms.Resize([256, 256])``).
     Area interpolation when shrinking (anti-aliased), bilinear when enlarging. Training, evaluation
     and the workers all use this one function, so a frame is seen exactly as training images were.
     """
@@ -148,7 +149,10 @@ def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinearly resize a float32 (h, w) anomaly map to ``shape`` (H, W) of the original image."""
+    """Bilinearly resize (OpenCV) a float32 (h, w) anomaly map to ``shape`` (H, W) of the original image.
+
+    Returns the same array, not a copy, when it already has that shape.
+    """
     if anomaly_map.shape == tuple(shape):
         return anomaly_map
     return cv2.resize(anomaly_map, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)

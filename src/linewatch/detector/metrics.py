@@ -1,11 +1,17 @@
-"""Anomaly-detection metrics as the STPM paper reports them on MVTec AD.
+"""The metrics the STPM paper reports on MVTec AD, computed as MVTec's evaluation code defines them.
 
-* image-level AUROC, the image score being the anomaly map's maximum (scikit-learn);
+* image-level AUROC, the image score being the anomaly map's maximum (of the smoothed map, :mod:`.stpm`);
 * pixel-level AUROC over every pixel of every test image at its original resolution;
 * AU-PRO, MVTec's per-region overlap curve (Bergmann et al., IJCV 2021, Sec. 5.2; the reference
-  ``compute_pro`` of the MVTec AD evaluation code): ground-truth regions are 8-connected
-  components (scipy), the curve is integrated up to a false-positive rate of 0.3 with the end
-  point linearly interpolated, and divided by 0.3 so that a perfect detector scores 1.
+  ``compute_pro`` and ``trapezoid`` of the MVTec AD evaluation code): ground-truth regions are
+  8-connected components (scipy), every distinct map value is a threshold, the curve is integrated up
+  to a false-positive rate of 0.3 with the end point linearly interpolated, and divided by 0.3 so that
+  a perfect detector scores 1. ``tests/test_aupro_reference.py`` checks it against a port of that code.
+
+The STPM authors' released evaluation (github.com/gdwang08/STFPM, ``evaluate.py``) differs: it scores
+pixels at 256x256 with the masks resized, and its PRO (taken from DFR) samples 4000 evenly spaced
+thresholds and min-max rescales both the FPRs up to 0.3 and the PRO values before integrating, so the
+paper's PRO figures are not this AU-PRO.
 
 Pixel metrics share one sort of all pixels (:class:`PixelSet`): a bottle test set is 67 million
 pixels, and scikit-learn's ``roc_auc_score`` spends about 30 s sorting them on every call (overall
@@ -26,7 +32,7 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def image_auroc(is_defect: Sequence[bool], scores: Sequence[float]) -> float:
-    """Image-level AUROC of labels (True = defective) against image scores.
+    """Image-level AUROC of N labels (True = defective) against N image scores (any unit) -> float in [0, 1].
 
     Raises:
         ValueError: only one class present.
@@ -37,8 +43,12 @@ def image_auroc(is_defect: Sequence[bool], scores: Sequence[float]) -> float:
 class PixelSet:
     """All pixels of a set of images, sorted once by anomaly-map value, for pixel-level metrics.
 
+    Map values are stored as float32: nothing is lost for the float32 maps evaluation produces, and
+    float64 values that round to the same float32 value count as one threshold
+    (``tests/test_aupro_reference.py`` shows both).
+
     Args:
-        masks: bool (H_i, W_i) ground truth per image (True = defective pixel).
+        masks: bool (H_i, W_i) ground truth per image (True = defective pixel); images may differ in size.
         maps: float (H_i, W_i) anomaly maps of the same shapes.
     Raises:
         ValueError: counts or shapes differ.
@@ -106,7 +116,7 @@ class PixelSet:
         return self._cache[key]
 
     def auroc(self, images: Sequence[int] | None = None) -> float:
-        """Pixel-level AUROC over the pixels of ``images`` (all by default).
+        """Pixel-level AUROC over the pixels of ``images`` (indices into the masks; all by default) -> [0, 1].
 
         Raises:
             ValueError: no defective or no good pixel among them.
@@ -121,11 +131,11 @@ class PixelSet:
         return float(trapezoid(tpr, fpr))
 
     def pro_curve(self, images: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """PRO curve -> (false-positive rates, per-region overlaps), ascending, starting at (0, 0).
+        """PRO curve -> (false-positive rates, per-region overlaps), float64 (T + 1,), ascending, from (0, 0).
 
-        At each threshold (every distinct map value, highest first) the FPR is the share of good pixels
-        at or above it, and the PRO the mean over all ground-truth regions of all images of the share of
-        each region's pixels at or above it.
+        At each of the T thresholds (every distinct map value, highest first) the FPR is the share of good
+        pixels of ``images`` at or above it, and the PRO the mean, over all ground-truth regions of those
+        images, of the share of each region's pixels at or above it (each region weighs the same).
 
         Raises:
             ValueError: no ground-truth region or no good pixel.
@@ -137,7 +147,11 @@ class PixelSet:
         return np.concatenate(([0.0], fps / float(n_good))), np.concatenate(([0.0], weights / n_regions))
 
     def au_pro(self, images: Sequence[int] | None = None, fpr_limit: float = 0.3) -> float:
-        """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec's AU-PRO), in [0, 1]."""
+        """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec's AU-PRO), in [0, 1].
+
+        Raises:
+            ValueError: no ground-truth region or no good pixel among ``images``.
+        """
         fpr, pro = self.pro_curve(images)
         return integrate_to(fpr, pro, fpr_limit) / fpr_limit
 
@@ -156,20 +170,30 @@ class PixelSet:
 
 
 def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
-    """Pixel-level AUROC of bool masks against float maps of the same shapes (see :class:`PixelSet`)."""
+    """Pixel-level AUROC of bool masks against float maps of the same shapes (see :class:`PixelSet`).
+
+    Raises:
+        ValueError: counts or shapes differ, or no defective or no good pixel.
+    """
     return PixelSet(masks, maps).auroc()
 
 
 def au_pro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: float = 0.3) -> float:
-    """MVTec AU-PRO of bool masks against float maps of the same shapes (see :class:`PixelSet`)."""
+    """MVTec AU-PRO of bool masks against float maps of the same shapes (see :class:`PixelSet`).
+
+    Raises:
+        ValueError: counts or shapes differ, or no ground-truth region or no good pixel.
+    """
     return PixelSet(masks, maps).au_pro(fpr_limit=fpr_limit)
 
 
 def integrate_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     """Trapezoidal area under the curve (x ascending) from x[0] to ``x_max``.
 
-    Like MVTec's reference ``trapezoid``: where ``x_max`` falls between two points, y is linearly
-    interpolated there; where it equals a point, the first point at ``x_max`` closes the area.
+    Like MVTec's reference ``trapezoid`` (``generic_util.py`` of the MVTec AD evaluation code): where
+    ``x_max`` falls between two points, y is linearly interpolated there; where it equals a point, the
+    first point at ``x_max`` closes the area (later points at ``x_max`` would add zero width). Beyond the
+    last point the curve is taken as flat at its last y.
     """
     end = int(np.searchsorted(x, x_max, side="left"))  # first index with x >= x_max
     if end >= len(x):

@@ -2,8 +2,9 @@
 
     MODEL_DIR/
       student.safetensors   student feature-pyramid weights (safetensors: tensors only, nothing unpickled)
-      model.json            backbone, teacher weights SHA-256, image size, normalisation, thresholds,
-                            training manifest with content hashes, validation statistics, versions
+      model.json            backbone, teacher weights SHA-256, image size, normalisation, map smoothing
+                            sigma, thresholds, training recipe and history, manifest with content
+                            hashes, validation statistics, versions
 
 The teacher is not stored: it is rebuilt from the local ImageNet weights file, whose SHA-256 must
 match the one recorded at training time.
@@ -41,7 +42,11 @@ class ModelFileError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """An STPM model ready to score, with its metadata."""
+    """An STPM model ready to score, with its metadata (``model.json``) and its directory.
+
+    ``thresholds``: ``image`` and ``pixel`` (anomaly-map units), the rates they were calibrated for, and
+    on what.
+    """
 
     stpm: STPM
     metadata: dict[str, Any]
@@ -176,6 +181,7 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
     Raises:
         ModelFileError: inconsistent or corrupt model files, or a different teacher.
         WeightsNotFoundError: the teacher weights file is absent.
+        ValueError: the teacher weights do not fit the backbone.
     """
     model_dir = Path(model_dir)
     meta = read_metadata(model_dir)

@@ -8,11 +8,17 @@ Formulas (paper Sec. 3):
 
 * Eq. 1 normalisation: ``f_hat = f / ||f||_2`` over channels, per position.
 * Eq. 2 per-stage loss of an image: ``l = 1 / (2 h w) * sum_ij ||t_hat_ij - s_hat_ij||^2``.
-* Eq. 3 total loss: the sum over stages (all weights 1); like the official code, images of a batch
-  are summed, not averaged, which is what the recipe's learning rate of 0.4 was tuned for.
-* Eq. 4 stage anomaly map: ``0.5 * ||t_hat - s_hat||^2`` per position (= 1 - cosine similarity).
-* Eq. 5 anomaly map: stage maps bilinearly upsampled to the input size and multiplied.
-* Sec. 3.3 image score: the maximum of the anomaly map.
+* Eq. 3 total loss of an image: the sum over stages (all weights 1).
+* Batches: the images' losses are summed, as anomalib does (``STFPMLoss``: ``MSELoss(reduction="sum")``
+  times ``0.5 / (h w)``) and, as there, trained with the paper's SGD learning rate of 0.4; the figures
+  in bench/README.md were measured so. The authors' released code (github.com/gdwang08/STFPM,
+  ``main.py``) instead averages over the batch and the positions and leaves out the 1/2: for the same
+  features our loss and its gradient are B / 2 times theirs (16 times for a batch of 32) at that rate.
+* Eq. 4 stage anomaly map: ``0.5 * ||t_hat - s_hat||^2`` per position (= 1 - cosine similarity), in [0, 2].
+* Eq. 5 anomaly map: stage maps bilinearly upsampled to the input size and multiplied, in [0, 8].
+* Then, in neither the paper nor the authors' code: Gaussian smoothing of the map with a sigma of
+  ``smoothing_sigma`` model pixels (``training.map_smoothing_sigma``, 4 by default; 0 turns it off).
+* Sec. 3.3 image score: the maximum of the smoothed anomaly map.
 """
 
 from __future__ import annotations
@@ -29,17 +35,19 @@ from .backbones import BackboneSpec, FeaturePyramid
 
 
 def normalize_features(features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Eq. 1: each (B, C, h, w) stage L2-normalised over C, float32 out."""
+    """Eq. 1: each (B, C, h, w) stage L2-normalised over C (``F.normalize``, eps 1e-12), float32 out."""
     return [F.normalize(f.float(), p=2, dim=1) for f in features]
 
 
 def pyramid_loss(teacher_hat: Sequence[torch.Tensor], student_hat: Sequence[torch.Tensor]) -> torch.Tensor:
     """Eqs. 2-3: sum over stages and over the batch of the per-image mean of 0.5 * ||t_hat - s_hat||^2.
 
+    Summed, not averaged, over the B images (see the module docstring).
+
     Args:
-        teacher_hat, student_hat: normalised stages, float (B, C_i, h_i, w_i).
+        teacher_hat, student_hat: normalised stages, float (B, C_i, h_i, w_i), stage by stage the same shapes.
     Returns:
-        scalar float32 loss.
+        scalar float32 loss, in [0, 2 * B * number of stages].
     """
     loss = torch.zeros((), device=teacher_hat[0].device)
     for t, s in zip(teacher_hat, student_hat, strict=True):
@@ -62,7 +70,11 @@ def combine_maps(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.T
 
 
 def smooth_map(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing of (B, 1, H, W) maps with ``sigma`` in map pixels; ``sigma == 0`` is a no-op."""
+    """Gaussian smoothing of float (B, 1, H, W) maps with ``sigma`` in map pixels -> the same shape.
+
+    Not part of STPM (see the module docstring). The kernel is ``2 * ceil(3 * sigma) + 1`` pixels wide,
+    edges are reflected (torchvision's ``gaussian_blur``); ``sigma <= 0`` returns the map unchanged.
+    """
     if sigma <= 0:
         return anomaly_map
     kernel = 2 * math.ceil(3 * sigma) + 1
@@ -70,7 +82,8 @@ def smooth_map(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def image_scores(anomaly_map: torch.Tensor) -> torch.Tensor:
-    """Sec. 3.3: the image score is the maximum of the anomaly map; (B, 1, H, W) -> (B,)."""
+    """Sec. 3.3: the image score is the maximum of the anomaly map (the smoothed one, in :meth:`STPM.forward`);
+    float (B, 1, H, W) -> (B,)."""
     return anomaly_map.flatten(1).amax(dim=1)
 
 
@@ -79,6 +92,14 @@ class STPM(nn.Module):
 
     Inputs everywhere are RGB images as uint8 (B, 3, H, W), already resized to the model's
     ``image_size`` (see :func:`linewatch.detector.imaging.to_model_input`).
+
+    Args:
+        spec: the backbone's build recipe and input mean/std.
+        teacher: the ImageNet pyramid; frozen here and kept in eval mode.
+        student: a pyramid of the same stage channels.
+        smoothing_sigma: Gaussian sigma in model pixels applied to every anomaly map (0 = none).
+    Raises:
+        ValueError: teacher and student stages differ in channels.
     """
 
     def __init__(self, spec: BackboneSpec, teacher: FeaturePyramid, student: FeaturePyramid, smoothing_sigma: float):
@@ -98,7 +119,7 @@ class STPM(nn.Module):
         return self
 
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) RGB -> float (B, 3, H, W) normalised as the teacher was trained."""
+        """uint8 (B, 3, H, W) RGB -> float32 (B, 3, H, W), ``(x / 255 - mean) / std`` as the teacher was trained."""
         return (images.float() - self.mean) / self.std
 
     @torch.no_grad()
@@ -112,12 +133,15 @@ class STPM(nn.Module):
 
     def anomaly_map_from(self, teacher_hat: Sequence[torch.Tensor], student_hat: Sequence[torch.Tensor],
                          size: tuple[int, int]) -> torch.Tensor:
-        """Anomaly map float (B, 1, H, W) at ``size`` from normalised stages (Eqs. 4-5, then smoothing)."""
+        """Anomaly map float (B, 1, H, W) at ``size`` (H, W) from normalised stages (Eqs. 4-5, then smoothing)."""
         return smooth_map(combine_maps(stage_maps(teacher_hat, student_hat), size), self.smoothing_sigma)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score uint8 (B, 3, H, W) images -> (image scores float (B,), anomaly maps float (B, 1, H, W))."""
+        """Score uint8 (B, 3, H, W) images -> (image scores float (B,), anomaly maps float (B, 1, H, W)).
+
+        The map is Eq. 5's product at the input size, smoothed; the score is its maximum (Sec. 3.3).
+        """
         x = self.normalize_input(images)
         t_hat = normalize_features(self.teacher(x))
         s_hat = normalize_features(self.student(x))

@@ -1,10 +1,21 @@
-"""STPM student training on defect-free images (Wang et al. 2021, Sec. 4.1 recipe).
+"""STPM student training on defect-free images (Wang et al. 2021, Sec. 4.1; see :mod:`.stpm` for the method).
 
-SGD (lr 0.4, momentum 0.9, weight decay 1e-4), batches of 32, 256x256 inputs; 20% of the good
-images are held out, and the student of the epoch with the lowest mean validation loss is kept.
-The teacher is frozen and sees the same images every epoch, so its normalised features are computed
-once and cached (float16) instead of being recomputed per batch. Thresholds are then set on the
-held-out good images (:mod:`.calibration`). Same seed and device, same model.
+As in the paper and the authors' code (github.com/gdwang08/STFPM, ``main.py``): SGD with learning rate
+0.4, momentum 0.9 and weight decay 1e-4, batches of 32, 256x256 inputs. As in the authors' code: no
+augmentation, a randomly initialised student, 20% of the good images held out and the student of the
+best validation epoch kept (theirs has the lowest mean validation anomaly map, ours the lowest mean
+validation loss). Where the defaults differ:
+
+* 20 epochs, not the paper's 100;
+* an EfficientNet-Lite0 teacher, not the paper's ResNet-18 (``resnet18`` is available as ``backbone``);
+* a batch's loss is the sum over its images, as in anomalib, not the authors' mean (:mod:`.stpm`);
+* anomaly maps are smoothed with a Gaussian of sigma 4 model pixels (:mod:`.stpm`);
+* the frozen teacher sees the same images every epoch, so its normalised features are computed once
+  and cached in float16 instead of recomputed per batch; on CUDA, mixed precision (bfloat16 where
+  supported, else float16 with a gradient scaler).
+
+Thresholds are then set on the held-out good images (:mod:`.calibration`). On the CPU the same seed
+gives the same weights (a test checks it); on CUDA nothing forces deterministic kernels.
 """
 
 from __future__ import annotations
@@ -37,7 +48,14 @@ from .stpm import STPM, image_scores, pyramid_loss
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a trained model. Defaults follow the paper's recipe."""
+    """Everything besides the images that determines a trained model (with the teacher weights file's content).
+
+    Defaults: the paper's optimiser, batch size and input size, with the differences listed in the module
+    docstring (20 epochs, EfficientNet-Lite0, sigma 4). ``image_size`` and ``map_smoothing_sigma`` are in
+    pixels of the model input; ``val_fraction`` is the share of the good images held out; the two rates
+    are the calibration targets of :func:`.calibration.threshold_at_rate`; larger images than ``max_pixels``
+    pixels are refused.
+    """
 
     backbone: str = "efficientnet_lite0"
     teacher_weights: Path | None = None
@@ -77,7 +95,8 @@ class TrainConfig:
 
 @dataclass
 class EpochReport:
-    """One finished epoch: mean training loss per image, mean validation loss per image, seconds."""
+    """Epoch ``epoch`` (from 1) of ``epochs`` finished: mean training and validation loss per image (Eq. 3),
+    the best epoch so far, the epoch's seconds and the estimated seconds left."""
 
     epoch: int
     epochs: int
@@ -154,7 +173,8 @@ def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batc
 def evaluate_student(
     model: STPM, images: torch.Tensor, teacher_hat: list[torch.Tensor], device: torch.device, batch: int
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Student in eval mode on cached images -> (mean loss per image, image scores (N,), maps float32 (N, H, W))."""
+    """Student in eval mode on uint8 (N, 3, S, S) images and their cached teacher stages -> (mean loss per image,
+    image scores float32 (N,), smoothed anomaly maps float32 (N, S, S))."""
     model.eval()
     total, scores, maps = 0.0, [], []
     size = tuple(images.shape[-2:])
@@ -190,9 +210,13 @@ def train(
         on_epoch: called after every epoch (the trainer service reports progress through it).
         progress: show a progress bar (epoch, loss, validation loss, time left) on stderr.
         extra_metadata: merged into ``model.json`` (e.g. the registry's ``version``).
+    Returns:
+        the model directory and its metadata (thresholds, validation statistics, per-epoch history).
     Raises:
-        TrainingError: fewer than 2 images, or unusable images (each named).
-        WeightsNotFoundError: teacher weights absent.
+        TrainingError: fewer than 2 images, unusable images (each named), or a non-finite training loss.
+        WeightsNotFoundError: teacher weights absent. ValueError: unknown backbone or weights that do not fit it.
+        RuntimeError: device ``cuda`` asked for and none present.
+        ModelFileError: ``out_dir`` holds other files (found only when writing, after training).
     """
     started = time.monotonic()
     device = resolve_device(config.device)
