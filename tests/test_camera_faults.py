@@ -5,7 +5,6 @@ is skipped and counted as ``too_large``, the frames after it are published in or
 from __future__ import annotations
 
 import pytest
-from datasets import field_case
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -16,6 +15,8 @@ from linewatch.contracts.settings import Settings
 from linewatch.ingest import camera as camera_module
 from linewatch.ingest.camera import CameraService
 from linewatch.ingest.sources import open_source
+
+from datasets import field_case
 
 MiB = 1024 * 1024
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588

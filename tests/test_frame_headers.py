@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-from datasets import field_case
 
 from linewatch.contracts.messages import (
     CAPTURED_AT_MAX_NS,
@@ -17,6 +16,8 @@ from linewatch.contracts.messages import (
     MessageError,
     check_id,
 )
+
+from datasets import field_case
 
 
 def _headers(**values: object) -> list[tuple[str, bytes]]:

@@ -10,7 +10,7 @@ from PIL import Image
 from linewatch.detector.datasets import DatasetError, open_dataset
 from linewatch.detector.imaging import ImageError, decode_image, probe_image, read_image, to_model_input
 
-from datasets import bottle
+from datasets import bottle, field_case
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,21 @@ def test_device_jpeg_decoding_matches_the_cpu_path(png_bytes):
     assert preview.shape == (640, 640, 3)
     cpu = to_model_input(decode_image(jpeg), 256).astype(np.int16)
     assert np.abs(model_input.numpy().astype(np.int16) - cpu).mean() < 1.0
+
+
+@pytest.mark.parametrize("name", ["corrupt_mid_128x128.jpg", "jpeg_corrupt_middle_10pct_dropped_900x900.jpg"])
+def test_field_case_c02_a_jpeg_corrupt_mid_stream_is_refused_as_corrupt(name):
+    """10% of the bytes gone from the middle, the end marker intact: libjpeg only warns and fills in grey."""
+    data = (field_case("c02_corrupt_mid_jpeg") / name).read_bytes()
+    assert data.rstrip(b"\x00").endswith(b"\xff\xd9")  # the truncation check alone cannot see it
+    with pytest.raises(ImageError) as err:
+        decode_image(data, "cam-1/frame-9")
+    assert err.value.reason == "corrupt"
+    assert "Corrupt JPEG data" in err.value.detail
+
+
+def test_field_case_c02_the_intact_original_decodes_to_opencvs_pixels():
+    data = (field_case("c02_corrupt_mid_jpeg") / "intact_128x128.jpg").read_bytes()
+    rgb = decode_image(data)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert rgb.shape == (128, 128, 3) and np.array_equal(rgb, bgr[:, :, ::-1])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from linewatch.contracts.files import IMAGE_SUFFIXES
@@ -28,7 +29,7 @@ class ImageError(ValueError):
     """An image that cannot be inspected.
 
     Attributes:
-        reason: a short code (``empty``, ``truncated``, ``not_an_image``, ``undecodable``,
+        reason: a short code (``empty``, ``truncated``, ``corrupt``, ``not_an_image``, ``undecodable``,
             ``too_many_pixels``, ``unsupported_depth``, ``too_small``, ``unreadable``).
         source: the file path or frame reference it came from.
     """
@@ -81,13 +82,28 @@ def _is_truncated(fmt: str, data: bytes) -> bool:
 def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, BMP, TIFF, WebP) to RGB.
 
+    JPEG is decoded strictly (libjpeg-turbo through simplejpeg, the same pixels OpenCV gives): where libjpeg
+    would only warn and fill the damage with grey or smeared blocks ("Corrupt JPEG data: premature end of data
+    segment", bytes lost mid-stream while the file still ends with its end marker), the image is refused as
+    ``corrupt``, since its pixels are not what the camera saw.
+
     Returns:
         uint8 array (H, W, 3), RGB. Grayscale is replicated to three channels; alpha is dropped.
     Raises:
-        ImageError: see :func:`probe_image`; also undecodable pixel data, 16-bit or float images,
-            images smaller than 16 pixels on a side, and channel counts other than 1, 3 or 4.
+        ImageError: see :func:`probe_image`; ``corrupt`` JPEG data; undecodable pixel data, 16-bit or float
+            images, images smaller than 16 pixels on a side, and channel counts other than 1, 3 or 4.
     """
-    probe_image(data, source, max_pixels)
+    fmt, _, _ = probe_image(data, source, max_pixels)
+    rgb = _decode_jpeg_strict(data, source) if fmt == "JPEG" else None
+    if rgb is None:
+        rgb = _decode_any(data, source)
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise ImageError("too_small", source, f"{rgb.shape[1]}x{rgb.shape[0]} is smaller than {MIN_SIDE} px a side")
+    return rgb
+
+
+def _decode_any(data: bytes, source: str) -> np.ndarray:
+    """OpenCV's decoder for every format -> uint8 (H, W, 3) RGB (see :func:`decode_image` for the errors)."""
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError("undecodable", source, "image data could not be decoded (corrupt)")
@@ -95,8 +111,6 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT
         raise ImageError(
             "unsupported_depth", source, f"{img.dtype} pixels are not supported: convert to 8 bits per channel"
         )
-    if min(img.shape[:2]) < MIN_SIDE:
-        raise ImageError("too_small", source, f"{img.shape[1]}x{img.shape[0]} is smaller than {MIN_SIDE} px a side")
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     channels = img.shape[2]
@@ -107,6 +121,23 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT
     if channels == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     raise ImageError("unsupported_depth", source, f"{channels}-channel images are not supported")
+
+
+def _decode_jpeg_strict(data: bytes, source: str) -> np.ndarray | None:
+    """uint8 (H, W, 3) RGB of a JPEG, decoded with every libjpeg warning treated as an error; None where
+    simplejpeg cannot take the file at all (a colour space it lacks, say), so OpenCV decodes it instead.
+
+    Raises:
+        ImageError: ``corrupt`` when libjpeg decodes the file only with warnings about damaged data.
+    """
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as strict_error:
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+        except ValueError:
+            return None  # not a warning but an error: not a JPEG simplejpeg handles
+        raise ImageError("corrupt", source, f"corrupt JPEG data ({strict_error})") from None
 
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
