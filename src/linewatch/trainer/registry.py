@@ -30,7 +30,6 @@ from .rollout import announce
 log = logging.getLogger(__name__)
 
 
-
 class RegistryError(ValueError):
     """An unknown version, or a request the registry's state does not allow; the message says why."""
 
