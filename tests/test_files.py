@@ -47,3 +47,26 @@ def test_field_case_c31_a_model_registered_under_a_state_folder_with_a_space_loa
     assert folder == (state / "models" / "v1").resolve()  # ... and every reader decodes it
     assert read_metadata(folder)["version"] == "v1"
     assert Scorer(path_of(row.artifact_uri), "cpu").version == "v1"
+
+
+def test_field_case_c19_distinct_ids_never_share_an_image_folder(tmp_path):
+    import json
+
+    from linewatch.contracts.messages import FrameMeta
+    from linewatch.detector.image_store import MAX_NAME_BYTES, ImageStore, safe_name
+
+    from datasets import field_case
+
+    pair = json.loads((field_case("c19_header_values") / "c19_poison_headers.json").read_text())[
+        "camera_id_slash_vs_colon_same_folder"]
+    ids = [p["camera_id"] for p in pair] + ["press_1", "press%2F1", ".", "..", ".hidden", "a" * 128, "a" * 127 + "b",
+                                            "Ö" * 128, "Ö" * 127 + "Ä", "cam 1", "cam-1", "CAM-1", "~x"]
+    names = [safe_name(i) for i in ids]
+    assert len(set(names)) == len(ids)
+    assert safe_name("press/1") == "press%2F1" and safe_name("cam-1") == "cam-1"
+    for name in names:
+        assert "/" not in name and name not in (".", "..") and not name.startswith(".")
+        assert len(name.encode()) <= MAX_NAME_BYTES
+    store = ImageStore(tmp_path)
+    folders = {store.folder(FrameMeta(i, "L1", 1, 1_700_000_000 * 10**9, "image/jpeg")) for i in ids}
+    assert len(folders) == len(ids) and all(f.parent.parent == tmp_path.resolve() / "L1" for f in folders)

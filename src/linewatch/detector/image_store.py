@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
 from linewatch.contracts.files import SUFFIX_OF_CONTENT_TYPE, uri_of
 from linewatch.contracts.messages import FrameMeta
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+MAX_NAME_BYTES = 200  # file systems allow 255 per path component; room for a hash suffix
 
 
 def safe_name(text: str) -> str:
-    """A path component made only of letters, digits, '.', '_' and '-' (never '.' or '..')."""
-    name = _SAFE.sub("_", text).strip(".") or "_"
-    return name
+    """A path component for an id: letters, digits, '.', '_' and '-' kept, every other character (and a
+    leading '.') percent-encoded as UTF-8, so distinct ids never share a folder (``press/1`` -> ``press%2F1``,
+    ``press:1`` -> ``press%3A1``) and no id names ``.``, ``..`` or a hidden file. A name longer than
+    ``MAX_NAME_BYTES`` is cut and ends with ``~`` and a BLAKE2b hash of the whole id (``~`` never appears
+    otherwise: it is encoded)."""
+    name = "".join(c if c in _KEEP and not (i == 0 and c == ".") else
+                   "".join(f"%{b:02X}" for b in c.encode()) for i, c in enumerate(text))
+    if len(name) > MAX_NAME_BYTES:
+        digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        name = f"{name[:MAX_NAME_BYTES - 17]}~{digest}"
+    return name or "%"
 
 
 def keep_good_sample(camera_id: str, frame_id: int, rate: float) -> bool:
