@@ -100,3 +100,32 @@ def test_scorer_rejects_wrong_input(quick_model):
     scorer = Scorer(quick_model.model_dir, "cpu")
     with pytest.raises(ValueError, match="expected uint8"):
         scorer.score(torch.zeros(1, 3, 128, 128))
+
+
+def test_a_stop_request_ends_training_within_the_epoch_and_writes_nothing(tmp_path):
+    import threading
+
+    from linewatch.detector.training import TrainingStopped
+
+    stop = threading.Event()
+    reports = []
+
+    def on_epoch(report):
+        reports.append(report.epoch)
+        stop.set()  # as a SIGTERM handler would, during epoch 2's batches
+
+    ds = open_dataset(bottle())
+    config = TrainConfig(image_size=64, epochs=50, batch_size=2, seed=3, device="cpu")
+    with pytest.raises(TrainingStopped, match="epoch 2 of 50"):
+        train(ds.train[:10], tmp_path / "m", config, progress=False, on_epoch=on_epoch, stop=stop)
+    assert reports == [1]
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_folder_that_is_not_a_model_is_refused_before_training(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    ds = open_dataset(bottle())
+    with pytest.raises(ModelFileError, match="not empty and not a model directory"):
+        train(ds.train[:10], tmp_path / "m", TrainConfig(image_size=64, epochs=50, device="cpu"), progress=False)
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"

@@ -24,6 +24,7 @@ import copy
 import datetime as dt
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ from .backbones import backbone_spec, build_student, build_teacher
 from .calibration import score_statistics, threshold_at_rate
 from .devices import autocast, resolve_device, to_model_layout
 from .imaging import DEFAULT_MAX_PIXELS, ImageError, read_image, to_model_input
-from .model_files import read_metadata, save_model
+from .model_files import check_output_dir, read_metadata, save_model
 from .stpm import STPM, image_scores, pyramid_loss
 
 
@@ -114,6 +115,10 @@ class TrainResult:
     model_dir: Path
     metadata: dict[str, Any]
     history: list[EpochReport] = field(default_factory=list)
+
+
+class TrainingStopped(Exception):
+    """Training was asked to stop (its ``stop`` event was set) before it finished."""
 
 
 class TrainingError(ValueError):
@@ -199,6 +204,7 @@ def train(
     on_epoch: Callable[[EpochReport], None] | None = None,
     progress: bool = True,
     extra_metadata: dict[str, Any] | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainResult:
     """Train an STPM student on good images and write the model directory ``out_dir``.
 
@@ -210,14 +216,17 @@ def train(
         on_epoch: called after every epoch (the trainer service reports progress through it).
         progress: show a progress bar (epoch, loss, validation loss, time left) on stderr.
         extra_metadata: merged into ``model.json`` (e.g. the registry's ``version``).
+        stop: when set (by a signal handler, say), training ends after the current batch and nothing is written.
     Returns:
         the model directory and its metadata (thresholds, validation statistics, per-epoch history).
     Raises:
         TrainingError: fewer than 2 images, unusable images (each named), or a non-finite training loss.
         WeightsNotFoundError: teacher weights absent. ValueError: unknown backbone or weights that do not fit it.
         RuntimeError: device ``cuda`` asked for and none present.
-        ModelFileError: ``out_dir`` holds other files (found only when writing, after training).
+        ModelFileError: ``out_dir`` holds other files (checked before training starts).
+        TrainingStopped: ``stop`` was set; ``out_dir`` is left as it was.
     """
+    check_output_dir(out_dir)  # before minutes of training, not after them
     started = time.monotonic()
     device = resolve_device(config.device)
     paths = [Path(p) for p in image_paths]
@@ -263,6 +272,10 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             running += loss.item()
+            if stop is not None and stop.is_set():
+                bar.close()
+                raise TrainingStopped(f"training stopped by request in epoch {epoch} of {config.epochs}; "
+                                      f"nothing was written to {out_dir}")
         if not math.isfinite(running):
             raise TrainingError(f"training diverged at epoch {epoch} (loss {running}); lower the learning rate")
         val_loss, _, _ = evaluate_student(model, val_images, val_t, device, config.batch_size)
