@@ -6,18 +6,18 @@ command loads only what its service needs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-from linewatch.contracts.settings import CONFIG_ENV, Settings, get_settings, unknown_settings
+from linewatch.contracts.settings import CONFIG_ENV, get_settings, unknown_settings
+
+from .errors import fail, service_errors, user_errors
+from .options import DeviceOpt, device_name, load_settings, with_values
 
 app = typer.Typer(
     name="linewatch",
@@ -27,42 +27,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
-class DeviceChoice(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-DeviceOpt = Annotated[DeviceChoice | None, typer.Option("--device", help="[settings: detector.device]")]
-
-
-def _device(choice: DeviceChoice | None) -> str | None:
-    return choice.value if choice is not None else None
-
 
 def run() -> None:
     """The console entry point: the app, with the service errors an operator can fix (no broker
     configured or reachable, Redis or the SQL store down, a state folder that cannot be made) reported
     in one line, exit status 2, instead of a traceback."""
-    import redis
-    from kafka.errors import KafkaError
-    from sqlalchemy.exc import OperationalError
-
-    from linewatch.contracts.kafka import KafkaNotConfiguredError
-
-    try:
+    with service_errors():
         app()
-    except KafkaNotConfiguredError as exc:
-        _fail(str(exc))
-    except KafkaError as exc:
-        servers = get_settings().kafka.bootstrap_servers
-        _fail(f"Kafka at {servers} did not answer: {type(exc).__name__}: {exc}")
-    except redis.ConnectionError as exc:
-        _fail(f"Redis at {get_settings().redis.url} did not answer: {exc}")
-    except OperationalError as exc:
-        _fail(f"the SQL store did not answer: {str(exc.orig).strip() or exc}")
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
-        _fail(str(exc))
 
 
 @app.callback()
@@ -78,41 +49,8 @@ def main(
     get_settings.cache_clear()
     from linewatch.observability import configure_logging
 
-    settings = _settings()
+    settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except (ValueError, OSError) as exc:
-        _fail(f"invalid settings: {exc}")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` to stderr and exit with ``code`` (SystemExit, so it also works in :func:`run`,
-    outside the app)."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    sys.exit(code)
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad file, missing weights, ...) into one clear line and exit 2."""
-    from linewatch.detector.backbones import WeightsNotFoundError
-    from linewatch.detector.datasets import DatasetError
-    from linewatch.detector.imaging import ImageError
-    from linewatch.detector.model_files import ModelFileError
-    from linewatch.detector.training import TrainingError
-
-    try:
-        yield
-    except (ImageError, DatasetError, ModelFileError, WeightsNotFoundError, TrainingError) as exc:
-        _fail(str(exc))
-    except RuntimeError as exc:
-        if "cuda" in str(exc).lower():
-            _fail(str(exc))
-        raise
 
 
 @app.command()
@@ -136,10 +74,12 @@ def train(
     from linewatch.detector.training import TrainConfig
     from linewatch.detector.training import train as run_training
 
-    s = _with(_settings(), "training", epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, seed=seed)
-    s = _with(_with(s, "backbone", name=backbone, weights=teacher_weights), "detector", device=_device(device))
+    s = with_values(load_settings(), "training", epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+                    seed=seed)
+    s = with_values(with_values(s, "backbone", name=backbone, weights=teacher_weights), "detector",
+                    device=device_name(device))
     config = TrainConfig.from_settings(s)
-    with _user_errors():
+    with user_errors():
         check_output_dir(out)  # before the training, not after it
         dataset = open_dataset(data)
         result = run_training(dataset.train, out, config, progress=progress)
@@ -168,10 +108,10 @@ def evaluate(
     from linewatch.detector.evaluation import evaluate as run_evaluation
     from linewatch.detector.scoring import Scorer
 
-    s = _settings()
-    with _user_errors():
+    s = load_settings()
+    with user_errors():
         dataset = open_dataset(data)
-        scorer = Scorer(model, _device(device) or s.detector.device, s.backbone.weights)
+        scorer = Scorer(model, device_name(device) or s.detector.device, s.backbone.weights)
         report = run_evaluation(scorer, dataset, maps_dir=maps, progress=progress)
     typer.echo(format_report(report))
     if json_out is not None:
@@ -211,9 +151,9 @@ def score(
     from linewatch.detector.imaging import ImageError, read_image
     from linewatch.detector.scoring import Scorer
 
-    s = _settings()
-    with _user_errors():
-        scorer = Scorer(model, _device(device) or s.detector.device, s.backbone.weights)
+    s = load_settings()
+    with user_errors():
+        scorer = Scorer(model, device_name(device) or s.detector.device, s.backbone.weights)
     failed = False
     for path in images:
         try:
@@ -235,24 +175,6 @@ def score(
         raise typer.Exit(1)
 
 
-def _with(settings: Settings, section: str, **values: object) -> Settings:
-    """A copy of ``settings`` with the given (non-None) values set in one section, checked against the
-    same limits as the settings themselves (exits with a clear error where a value breaks one)."""
-    from pydantic import ValidationError
-
-    values = {k: v for k, v in values.items() if v is not None}
-    if not values:
-        return settings
-    current = getattr(settings, section)
-    try:
-        updated = type(current).model_validate({**current.model_dump(), **values})
-    except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}"
-                             for e in exc.errors())
-        _fail(problems)
-    return settings.model_copy(update={section: updated})
-
-
 @app.command()
 def ingest(
     camera_id: Annotated[str, typer.Option("--camera-id", help="camera identity (the Kafka message key)")],
@@ -271,11 +193,11 @@ def ingest(
     from linewatch.ingest.camera import CameraService
     from linewatch.ingest.sources import SourceError, open_source
 
-    s = _with(_settings(), "ingest", jpeg_quality=jpeg_quality)
+    s = with_values(load_settings(), "ingest", jpeg_quality=jpeg_quality)
     try:
         src = open_source(source, loop=loop, jpeg_quality=s.ingest.jpeg_quality)
     except SourceError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     ensure_topics(s.kafka)
     server = None
     if s.ingest.metrics_port:
@@ -307,16 +229,16 @@ def detect(
     from linewatch.contracts.kafka import ensure_topics
     from linewatch.detector.worker import run_worker
 
-    s = _with(_settings(), "detector", model_dir=model, group_id=group, device=_device(device), max_batch=max_batch,
-              max_wait_ms=max_wait_ms)
+    s = with_values(load_settings(), "detector", model_dir=model, group_id=group, device=device_name(device),
+                    max_batch=max_batch, max_wait_ms=max_wait_ms)
     if s.detector.model_dir is None and not follow_registry:
-        _fail("no model: pass --model MODEL_DIR or set LINEWATCH_DETECTOR__MODEL_DIR")
+        fail("no model: pass --model MODEL_DIR or set LINEWATCH_DETECTOR__MODEL_DIR")
     ensure_topics(s.kafka)
-    with _user_errors():
+    with user_errors():
         try:
             code = run_worker(s, s.detector.model_dir, threads, follow_registry)
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     raise typer.Exit(code)
 
 
@@ -327,7 +249,7 @@ def trainer(
     """Run the retraining service: retrains on operator-confirmed good frames and rolls out better models."""
     from linewatch.trainer.service import run_trainer
 
-    raise typer.Exit(run_trainer(_settings(), run_job))
+    raise typer.Exit(run_trainer(load_settings(), run_job))
 
 
 @app.command()
@@ -344,7 +266,7 @@ def retrain(
 
     registry = _registry()
     if not from_scratch and registry.active() is None:
-        _fail("no active model version to fine-tune: register one with `linewatch model register DIR --activate`, "
+        fail("no active model version to fine-tune: register one with `linewatch model register DIR --activate`, "
               "or pass --from-scratch")
     engine = registry.engine
     job_id = jobs.request_job(engine, "manual", requested_by=by, from_scratch=from_scratch)
@@ -376,7 +298,7 @@ def _registry():
     from linewatch.contracts.database import make_engine, migrate
     from linewatch.trainer.registry import ModelRegistry
 
-    s = _settings()
+    s = load_settings()
     engine = make_engine(s.database_url)
     migrate(engine)
     return ModelRegistry(engine, s.artifact_store_root, s.kafka if s.kafka.bootstrap_servers else None)
@@ -403,7 +325,7 @@ def model_show(version: str) -> None:
     try:
         r = _registry().get(version)
     except RegistryError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(json.dumps({c: getattr(r, c) for c in ("version", "status", "parent_version", "backbone", "created_at",
                            "artifact_uri", "thresholds", "metrics", "activated_by", "activated_at", "notes")}
                           | {"training_images": len(r.manifest)}, indent=2, default=str))
@@ -421,7 +343,7 @@ def model_register(
     try:
         read_metadata(model_dir)
     except ModelFileError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     registry = _registry()
     row = registry.use(model_dir, by) if activate else registry.register(model_dir, notes=f"registered by {by}")
     typer.echo(f"{row.version} registered ({row.status})")
@@ -436,7 +358,7 @@ def model_activate(version: str, by: Annotated[str, typer.Option(help="who activ
     try:
         row = _registry().activate(version, by)
     except RegistryError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"{row.version} is active")
 
 
@@ -449,7 +371,7 @@ def model_rollback(by: Annotated[str, typer.Option(help="who rolls back (recorde
     try:
         row = _registry().rollback(by)
     except RegistryError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"rolled back: {row.version} is active")
 
 
@@ -485,8 +407,8 @@ def up(
 
     options = UpOptions(max_frames=max_frames, workers=workers, fps=fps, model=model, source=source,
                         dashboard=dashboard, dashboard_port=dashboard_port, trainer=trainer, epochs=epochs)
-    with _user_errors():
-        code = run_up(_settings(), options)
+    with user_errors():
+        code = run_up(load_settings(), options)
     raise typer.Exit(code)
 
 
@@ -499,7 +421,7 @@ def dashboard(
 
     The process becomes ``streamlit run`` (same PID), so SIGTERM stops the dashboard directly.
     """
-    s = _with(_settings(), "dashboard", port=port, address=address)
+    s = with_values(load_settings(), "dashboard", port=port, address=address)
     # `streamlit run dashboard/app.py` with these options (see linewatch.dashboard.launch for why a launcher)
     argv = [sys.executable, "-m", "linewatch.dashboard.launch",
             "--server.port", str(s.dashboard.port), "--server.address", s.dashboard.address,
@@ -520,9 +442,9 @@ AccountsOpt = Annotated[Path | None,
 
 
 def _accounts_file(accounts: Path | None) -> Path:
-    path = accounts or _settings().dashboard.accounts_file
+    path = accounts or load_settings().dashboard.accounts_file
     if path is None:
-        _fail("no accounts file: pass --accounts FILE or set LINEWATCH_DASHBOARD__ACCOUNTS_FILE")
+        fail("no accounts file: pass --accounts FILE or set LINEWATCH_DASHBOARD__ACCOUNTS_FILE")
     return path
 
 
@@ -539,7 +461,7 @@ def operator_add(
     try:
         validate_name(name)
     except AccountsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -547,7 +469,7 @@ def operator_add(
     try:
         new = set_password(path, name, password)
     except (AccountsError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"{'added' if new else 'updated'} operator {name} in {path}")
 
 
@@ -560,9 +482,9 @@ def operator_remove(name: str, accounts: AccountsOpt = None) -> None:
     try:
         removed = remove_account(path, name)
     except (AccountsError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not removed:
-        _fail(f"no operator {name!r} in {path}", code=1)
+        fail(f"no operator {name!r} in {path}", code=1)
     typer.echo(f"removed operator {name} from {path}")
 
 
@@ -575,7 +497,7 @@ def operator_list(accounts: AccountsOpt = None) -> None:
     try:
         names = sorted(load_accounts(path))
     except AccountsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo("\n".join(names) if names else f"no operators in {path}")
 
 
@@ -588,7 +510,7 @@ def db_upgrade() -> None:
     """Create or upgrade the database schema (Alembic migrations)."""
     from linewatch.contracts.database import migrate
 
-    s = _settings()
+    s = load_settings()
     migrate(s.database_url)
     typer.echo(f"database schema up to date ({_redact(s.database_url)})")
 
@@ -605,7 +527,7 @@ def topics() -> None:
     """Create the Kafka topics with their partition counts and size limits (idempotent)."""
     from linewatch.contracts.kafka import ensure_topics
 
-    s = _settings()
+    s = load_settings()
     ensure_topics(s.kafka)
     k = s.kafka
     typer.echo(f"topics ready: {k.frames_topic}, {k.dead_letter_topic}, {k.inspections_topic}, {k.models_topic}")
