@@ -1,0 +1,132 @@
+"""``linewatch train``, ``eval`` and ``score``: a model from good images, its accuracy, and its verdict on image
+files, all on this machine (no services). torch and the detector load inside each command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import user_errors
+from .options import DeviceOpt, device_name, load_settings, with_values
+
+
+def train(
+    data: Annotated[Path, typer.Option(
+        "--data", help="MVTec AD category, Magnetic Tile folder or folder of good images")],
+    out: Annotated[Path, typer.Option("--out", help="model directory to write")],
+    backbone: Annotated[str | None, typer.Option(help="teacher/student architecture [efficientnet_lite0]")] = None,
+    teacher_weights: Annotated[Path | None, typer.Option(help="teacher ImageNet weights file")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    image_size: Annotated[int | None, typer.Option(min=32)] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0)] = None,
+    device: DeviceOpt = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train an STPM student on good images; thresholds are calibrated on held-out good images."""
+    from linewatch.detector.datasets import open_dataset
+    from linewatch.detector.model_files import check_output_dir
+    from linewatch.detector.training import TrainConfig
+    from linewatch.detector.training import train as run_training
+
+    s = with_values(load_settings(), "training", epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+                    seed=seed)
+    s = with_values(with_values(s, "backbone", name=backbone, weights=teacher_weights), "detector",
+                    device=device_name(device))
+    config = TrainConfig.from_settings(s)
+    with user_errors():
+        check_output_dir(out)  # before the training, not after it
+        dataset = open_dataset(data)
+        result = run_training(dataset.train, out, config, progress=progress)
+    meta = result.metadata
+    typer.echo(
+        f"model written to {result.model_dir}\n"
+        f"  best epoch {meta['training']['best_epoch']}/{config.epochs}, "
+        f"validation loss {meta['validation']['loss']:.4f}, "
+        f"{meta['training']['duration_s']:.0f} s on {meta['training']['device']}\n"
+        f"  image threshold {meta['thresholds']['image']:.5f} (false-reject target {config.target_false_reject_rate}), "
+        f"pixel threshold {meta['thresholds']['pixel']:.5f}"
+    )
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="model directory")],
+    data: Annotated[Path, typer.Option("--data", help="MVTec AD category or the Magnetic Tile folder")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full report as JSON")] = None,
+    maps: Annotated[Path | None, typer.Option("--maps", help="write heatmap overlays (PNG) to this folder")] = None,
+    device: DeviceOpt = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Image AUROC, pixel AUROC and AU-PRO (MVTec protocol), per defect type and overall."""
+    from linewatch.detector.datasets import open_dataset
+    from linewatch.detector.evaluation import evaluate as run_evaluation
+    from linewatch.detector.scoring import Scorer
+
+    s = load_settings()
+    with user_errors():
+        dataset = open_dataset(data)
+        scorer = Scorer(model, device_name(device) or s.detector.device, s.backbone.weights)
+        report = run_evaluation(scorer, dataset, maps_dir=maps, progress=progress)
+    typer.echo(format_report(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        typer.echo(f"report written to {json_out}")
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table of an evaluation report."""
+
+    def f(v: float | None) -> str:
+        return "  -  " if v is None else f"{v:.3f}"
+
+    lines = [f"{'subset':<16}{'images':>7}{'img AUROC':>11}{'px AUROC':>10}{'AU-PRO':>8}{'miss':>7}"]
+    o = report["overall"]
+    lines.append(f"{'overall':<16}{o['images']:>7}{f(o['image_auroc']):>11}{f(o['pixel_auroc']):>10}"
+                 f"{f(o['au_pro']):>8}{f(o['miss_rate']):>7}")
+    for name, m in report["per_defect_type"].items():
+        lines.append(f"{name:<16}{m['images']:>7}{f(m['image_auroc']):>11}{f(m['pixel_auroc']):>10}"
+                     f"{f(m['au_pro']):>8}{f(m['miss_rate']):>7}")
+    lines.append(f"false-reject rate on good images at the stored threshold: {f(o['false_reject_rate'])}")
+    if "image" in report["f1_optimal"]:
+        best = report["f1_optimal"]["image"]
+        lines.append(f"F1-optimal image threshold {best['threshold']:.5f} "
+                     f"({best['normalized_threshold']:.2f} x stored), F1 {best['f1']:.3f}")
+    return "\n".join(lines)
+
+
+def score(
+    model: Annotated[Path, typer.Option("--model", help="model directory")],
+    images: Annotated[list[Path], typer.Argument(help="image files to score")],
+    device: DeviceOpt = None,
+) -> None:
+    """Score image files; prints one JSON line per image (bad files get an error line, exit code 1)."""
+    from linewatch.detector.imaging import ImageError, read_image
+    from linewatch.detector.scoring import Scorer
+
+    s = load_settings()
+    with user_errors():
+        scorer = Scorer(model, device_name(device) or s.detector.device, s.backbone.weights)
+    failed = False
+    for path in images:
+        try:
+            rgb = read_image(path, s.detector.max_pixels)
+        except ImageError as exc:
+            typer.echo(json.dumps({"path": str(path), "error": exc.reason, "detail": exc.detail}))
+            failed = True
+            continue
+        result = scorer.score(scorer.prepare(rgb)[None])
+        # Regions explain a defect verdict, as in the workers' results; a good part has none.
+        regions = scorer.regions(result.anomaly_maps[0], rgb.shape[:2]) if result.is_defect[0] else []
+        typer.echo(json.dumps({
+            "path": str(path), "image_score": float(result.image_scores[0]),
+            "normalized_score": float(result.normalized[0]),
+            "verdict": "defect" if result.is_defect[0] else "good", "model_version": scorer.version,
+            "regions": [r.model_dump() for r in regions],
+        }))
+    if failed:
+        raise typer.Exit(1)

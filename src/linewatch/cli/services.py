@@ -1,0 +1,58 @@
+"""``linewatch up`` and ``dashboard``: the whole system on one machine (see :mod:`linewatch.cli.up`), and the
+Streamlit dashboard."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import user_errors
+from .options import load_settings, with_values
+
+
+def up(
+    max_frames: Annotated[int | None, typer.Option(
+        min=1, help="stop after this many inspections; print a JSON summary")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="detector workers")] = 1,
+    fps: Annotated[float, typer.Option(min=0.0, help="camera frame rate; 0 = as fast as possible")] = 10.0,
+    model: Annotated[Path | None, typer.Option(
+        help="model directory (default: train on the bottle images once)")] = None,
+    source: Annotated[Path | None, typer.Option(
+        help="image folder the camera replays (default: bottle test images)")] = None,
+    dashboard: Annotated[bool, typer.Option(help="start the dashboard")] = True,
+    trainer: Annotated[bool, typer.Option(help="start the retraining service")] = True,
+    dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
+    epochs: Annotated[int | None, typer.Option(min=1, help="epochs when the default model is trained")] = None,
+) -> None:
+    """Run everything on this machine with embedded defaults: broker, Redis, SQLite, model, camera, workers."""
+    from .up import UpOptions, run_up
+
+    options = UpOptions(max_frames=max_frames, workers=workers, fps=fps, model=model, source=source,
+                        dashboard=dashboard, dashboard_port=dashboard_port, trainer=trainer, epochs=epochs)
+    with user_errors():
+        code = run_up(load_settings(), options)
+    raise typer.Exit(code)
+
+
+def dashboard(
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port [settings: dashboard.port]")] = None,
+    address: Annotated[str | None, typer.Option(help="interface to listen on [settings: dashboard.address]")] = None,
+) -> None:
+    """Run the Streamlit dashboard: live defect rates, heatmaps, defect gallery, operator review, models.
+
+    The process becomes ``streamlit run`` (same PID), so SIGTERM stops the dashboard directly.
+    """
+    s = with_values(load_settings(), "dashboard", port=port, address=address)
+    # `streamlit run dashboard/app.py` with these options (see linewatch.dashboard.launch for why a launcher)
+    argv = [sys.executable, "-m", "linewatch.dashboard.launch",
+            "--server.port", str(s.dashboard.port), "--server.address", s.dashboard.address,
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+            "--client.toolbarMode", "minimal"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
