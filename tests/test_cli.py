@@ -134,3 +134,30 @@ def test_eval_and_score_on_real_images(quick_model, tmp_path):
     good_line, bad_line = (json.loads(line) for line in result.stdout.splitlines())
     assert good_line["verdict"] == "defect" and good_line["normalized_score"] > 1.0 and good_line["regions"]
     assert bad_line == {"path": str(bad), "error": "not_an_image", "detail": bad_line["detail"]}
+
+
+def test_retrain_wait_says_when_no_trainer_takes_the_job(tmp_path):
+    env = {"LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": "", "LINEWATCH_STATE_DIR": str(tmp_path),
+           "LINEWATCH_TRAINER__POLL_S": "1"}
+    result = linewatch("retrain", "--from-scratch", "--wait", env=env, timeout=60)
+    assert result.returncode == 1
+    assert "no trainer has taken job 1 in 8 s: is `linewatch trainer` running?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("camera_id", "line_id", "says"), [("cam\x01", "line-1", "--camera-id"),
+                                                            ("cam-1", "L" * 129, "--line-id has 129 characters")])
+def test_ingest_refuses_ids_no_store_can_hold(camera_id, line_id, says, tmp_path):
+    result = linewatch("ingest", "--camera-id", camera_id, "--line-id", line_id, "--source", str(tmp_path),
+                       env={"LINEWATCH_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_score_refuses_a_jpeg_corrupt_mid_stream(quick_model):
+    from datasets import field_case
+
+    corrupt = field_case("c02_corrupt_mid_jpeg") / "corrupt_mid_128x128.jpg"
+    result = linewatch("score", "--model", str(quick_model.model_dir), str(corrupt))
+    assert result.returncode == 1  # an image that could not be scored; no verdict is printed for it
+    line = json.loads(result.stdout)
+    assert line["error"] == "corrupt" and "Corrupt JPEG data" in line["detail"] and "verdict" not in line

@@ -39,10 +39,18 @@ def retrain(
     engine = registry.engine
     job_id = jobs.request_job(engine, "manual", requested_by=by, from_scratch=from_scratch)
     typer.echo(f"training job {job_id} queued; the trainer service (`linewatch trainer`) runs it")
+    # A live trainer claims a queued job within one poll (it runs one job at a time, and an unfinished job is
+    # reused, so a job still queued after a few polls means no trainer is running).
+    patience_s = 3 * load_settings().trainer.poll_s + 5
+    waited_from = time.monotonic()
     while wait:
         job = jobs.get_job(engine, job_id)
         typer.echo(f"\r{job_line(job)}", nl=False)
         if job.status in ("succeeded", "failed"):
             typer.echo()
             raise typer.Exit(0 if job.status == "succeeded" else 1)
+        if job.status == "queued" and time.monotonic() - waited_from > patience_s:
+            typer.echo()
+            fail(f"no trainer has taken job {job_id} in {patience_s:.0f} s: is `linewatch trainer` running? "
+                 "The job stays queued for the next trainer that starts.", code=1)
         time.sleep(2)

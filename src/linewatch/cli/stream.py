@@ -27,13 +27,16 @@ def ingest(
     from dataclasses import asdict
 
     from linewatch.contracts.kafka import ensure_topics
+    from linewatch.contracts.messages import MessageError, check_id
     from linewatch.ingest.camera import CameraService
     from linewatch.ingest.sources import SourceError, open_source
 
     s = with_values(load_settings(), "ingest", jpeg_quality=jpeg_quality)
     try:
+        check_id("--camera-id", camera_id)  # every frame of an id no store can hold would be dead-lettered
+        check_id("--line-id", line_id)
         src = open_source(source, loop=loop, jpeg_quality=s.ingest.jpeg_quality)
-    except SourceError as exc:
+    except (SourceError, MessageError) as exc:
         fail(str(exc))
     ensure_topics(s.kafka)
     server = None
