@@ -305,7 +305,7 @@ def detect(
 ) -> None:
     """Run a detector worker in the consumer group; start more to scale out (up to the partition count)."""
     from linewatch.contracts.kafka import ensure_topics
-    from linewatch.detector.worker import run_worker
+    from linewatch.detector.stream.main import run_worker
 
     s = _with(_settings(), "detector", model_dir=model, group_id=group, device=_device(device), max_batch=max_batch,
               max_wait_ms=max_wait_ms)

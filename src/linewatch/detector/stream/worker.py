@@ -35,18 +35,17 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from linewatch.contracts.database import make_engine, migrate
-from linewatch.contracts.files import path_of
 from linewatch.contracts.kafka import make_consumer, make_producer
 from linewatch.contracts.live_state import LiveStateWriter, connect_settings
 from linewatch.contracts.settings import Settings
 
+from ..scoring import Scorer
 from . import telemetry
 from .batching import BatchCollector
 from .frames import DeadLetter, PreparedFrame, RawFrame, prepare_batch, prepare_frame
 from .image_store import ImageStore, keep_good_sample
 from .inspection import score_batch
 from .result_store import ResultStore, ScoredBatch
-from .scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -392,45 +391,3 @@ def _raw_frames(polled: dict) -> list[RawFrame]:
         for r in records:
             out.append(RawFrame(tp.topic, tp.partition, r.offset, r.key, r.value, list(r.headers or [])))
     return out
-
-
-def run_worker(settings: Settings, model_dir: Path | None, threads: int | None = None,
-               follow_registry: bool = True) -> int:
-    """Entry point of ``linewatch detect``: run one worker until SIGTERM/SIGINT; returns the exit code.
-
-    With ``follow_registry`` the worker scores with the version last announced on the models topic
-    (falling back to ``model_dir`` when none was announced) and switches on every new announcement.
-
-    Raises:
-        ValueError: no model at all (no ``model_dir`` and nothing announced).
-    """
-    watcher = None
-    if follow_registry:
-        from linewatch.detector.model_watch import ActiveModelWatcher
-
-        watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(path_of(a.artifact_uri)))
-        announced = watcher.read_current()
-        while announced is None and model_dir is None:  # a fresh deployment: wait for the first model
-            log.warning("no model yet: waiting for a version to be activated (linewatch model register --activate)")
-            announced = watcher.read_current(settle_s=5.0)
-        if announced is not None:
-            log.info("registry: active model is %s", announced.version)
-            model_dir = path_of(announced.artifact_uri)
-    if model_dir is None:
-        raise ValueError("no model: pass --model MODEL_DIR or activate a version in the registry")
-    worker = DetectorWorker(settings, model_dir, threads=threads)
-    if watcher is not None:
-        watcher.start()
-    server = None
-    if settings.detector.metrics_port:
-        from linewatch.observability import serve_metrics
-
-        server = serve_metrics(settings.detector.metrics_port, ready=lambda: not worker.stop_event.is_set())
-    try:
-        return worker.run()
-    finally:
-        if watcher is not None:
-            watcher.stop()
-        if server is not None:
-            server.shutdown()
-

@@ -12,7 +12,7 @@ import torch
 
 from linewatch.contracts.messages import FrameMeta, MessageError
 
-from .imaging import ImageError, decode_image, probe_image, to_model_input
+from ..imaging import ImageError, decode_image, probe_image, to_model_input
 
 PREVIEW_SIDE = 640  # overlays for review and the dashboard are drawn at most this large
 
