@@ -24,7 +24,8 @@ from linewatch.contracts.schema import Base, ModelVersion
 from linewatch.contracts.settings import KafkaSettings
 from linewatch.detector.model_files import read_metadata
 from linewatch.detector.scoring import Scorer
-from linewatch.detector.stream.frames import PreparedFrame, RawFrame, prepare_frame
+from linewatch.detector.stream.batches import PreparedFrame, RawFrame
+from linewatch.detector.stream.frames import prepare_frame
 from linewatch.detector.stream.image_store import ImageStore
 from linewatch.detector.stream.inspection import score_batch
 from linewatch.detector.stream.result_store import ResultStore

@@ -13,8 +13,7 @@ import torch
 from linewatch.contracts.messages import FrameMeta, FrameRef, InspectionResult, Latency
 
 from ..scoring import Scorer
-from .frames import DeadLetter, PreparedFrame
-from .result_store import ScoredBatch
+from .batches import DeadLetter, PreparedFrame, ScoredBatch
 
 
 def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, keep_good: Callable[[FrameMeta], bool],

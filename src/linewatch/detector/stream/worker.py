@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,28 +40,16 @@ from linewatch.contracts.settings import Settings
 
 from ..scoring import Scorer
 from . import telemetry
+from .batches import DeadLetter, PreparedBatch, PreparedFrame, RawBatch, RawFrame, ScoredBatch
 from .batching import BatchCollector
-from .frames import DeadLetter, PreparedFrame, RawFrame, prepare_batch, prepare_frame
+from .frames import prepare_batch, prepare_frame
 from .image_store import ImageStore, keep_good_sample
 from .inspection import score_batch
-from .result_store import ResultStore, ScoredBatch
+from .result_store import ResultStore
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-
-
-@dataclass
-class _RawBatch:
-    frames: list[RawFrame]
-    offsets: dict[tuple[str, int], int]
-
-
-@dataclass
-class _PreparedBatch:
-    frames: list[PreparedFrame]
-    dead: list[DeadLetter]
-    offsets: dict[tuple[str, int], int]
 
 
 class DetectorWorker:
@@ -205,7 +192,7 @@ class DetectorWorker:
             offsets[key] = max(offsets.get(key, 0), f.offset + 1)
         self._inflight += 1
         self._submitted += 1
-        self._put(self._q_raw, _RawBatch(frames, offsets))
+        self._put(self._q_raw, RawBatch(frames, offsets))
 
     def _put(self, q: queue.Queue, item: object) -> None:
         """``q.put(item)``, given up when a pipeline stage has crashed (it would never take the item)."""
@@ -280,7 +267,7 @@ class DetectorWorker:
             dead = [o for o in out if isinstance(o, DeadLetter)]
             for d in dead:
                 log.warning("dead-lettering %s: %s (%s)", d.raw.source, d.reason, d.detail)
-            self._q_prepared.put(_PreparedBatch(frames, dead, batch.offsets))
+            self._q_prepared.put(PreparedBatch(frames, dead, batch.offsets))
 
     def _inference_stage(self) -> None:
         while True:
@@ -306,7 +293,7 @@ class DetectorWorker:
         telemetry.MODEL_INFO.labels(version=self.scorer.version).set(1)
         log.info("now scoring with model %s", self.scorer.version)
 
-    def _score(self, batch: _PreparedBatch) -> ScoredBatch:
+    def _score(self, batch: PreparedBatch) -> ScoredBatch:
         scorer = self.scorer
         frames = batch.frames
         threads = self._threads[len(frames) > 1]
