@@ -66,20 +66,20 @@ class DeadLetter:
 class RawBatch:
     """A micro-batch as consumed, handed to the decode stage.
 
-    ``offsets``: per (topic, partition), the next offset to commit once the batch is stored.
+    ``batch_id``: the id the :class:`.offsets.OffsetTracker` gave the batch (the tracker keeps its offsets).
     """
 
+    batch_id: int
     frames: list[RawFrame]
-    offsets: dict[tuple[str, int], int]
 
 
 @dataclass
 class PreparedBatch:
     """A micro-batch after decoding: the frames the model can take, and the dead letters of the others."""
 
+    batch_id: int
     frames: list[PreparedFrame]
     dead: list[DeadLetter]
-    offsets: dict[tuple[str, int], int]
 
 
 @dataclass
@@ -88,7 +88,8 @@ class ScoredBatch:
 
     ``keep``: indices of frames to keep in the image store; ``done``: the storing steps already done
     (:class:`.result_store.ResultStore` skips them on a retry); ``overlays``: JPEG overlays by frame index.
-    ``offsets``: per (topic, partition), the next offset to commit once the batch is stored.
+    ``batch_id``: the offsets tracker's id of the batch (its offsets are committed once it is stored); None
+    for a batch scored outside a worker.
     """
 
     results: list[InspectionResult]
@@ -96,7 +97,7 @@ class ScoredBatch:
     maps: np.ndarray  # float32 (B, S, S)
     pixel_threshold: float
     dead: list[DeadLetter]
-    offsets: dict[tuple[str, int], int]
+    batch_id: int | None = None
     keep: set[int] = field(default_factory=set)
     done: set[str] = field(default_factory=set)
     overlays: dict[int, bytes] = field(default_factory=dict)
