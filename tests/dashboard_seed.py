@@ -1,8 +1,8 @@
 """Fill SQL, Redis and the image store exactly as a detector worker would, from real bottle images.
 
-Frames go through the worker's own steps: :func:`linewatch.detector.frames.prepare_frame` (decode, preview,
-model input), :func:`linewatch.detector.inspection.score_batch` (the model, verdicts, regions, kept frames) and
-:class:`linewatch.detector.result_store.ResultStore`
+Frames go through the worker's own steps: :func:`linewatch.detector.stream.frames.prepare_frame` (decode, preview,
+model input), :func:`linewatch.detector.stream.inspection.score_batch` (the model, verdicts, regions, kept frames) and
+:class:`linewatch.detector.stream.result_store.ResultStore`
 (overlays with ``contracts.heatmap.render_overlay``, kept images, SQL rows, Redis live state). Only the
 Kafka step is skipped: the dashboard never reads the inspections topic.
 """
@@ -22,12 +22,13 @@ from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.messages import FrameMeta, InspectionResult
 from linewatch.contracts.schema import Base, ModelVersion
 from linewatch.contracts.settings import KafkaSettings
-from linewatch.detector.frames import PreparedFrame, RawFrame, prepare_frame
-from linewatch.detector.image_store import ImageStore
-from linewatch.detector.inspection import score_batch
 from linewatch.detector.model_files import read_metadata
-from linewatch.detector.result_store import ResultStore
 from linewatch.detector.scoring import Scorer
+from linewatch.detector.stream.batches import PreparedFrame, RawFrame
+from linewatch.detector.stream.frames import prepare_frame
+from linewatch.detector.stream.image_store import ImageStore
+from linewatch.detector.stream.inspection import score_batch
+from linewatch.detector.stream.result_store import ResultStore
 
 WORKER_ID = "seed-worker-1"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from linewatch.detector.batching import BatchCollector
+from linewatch.detector.stream.batching import BatchCollector
 
 
 class Clock:

@@ -135,7 +135,7 @@ def test_device_jpeg_decoding_matches_the_cpu_path(png_bytes):
     """The worker's CUDA path (torchvision.io decode + resize on the device), run here on the CPU device."""
     import torch
 
-    from linewatch.detector.device_decode import decode_jpegs
+    from linewatch.detector.stream.device_decode import decode_jpegs
 
     rgb = decode_image(png_bytes)
     jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()

@@ -66,7 +66,7 @@ def detect(
 ) -> None:
     """Run a detector worker in the consumer group; start more to scale out (up to the partition count)."""
     from linewatch.contracts.kafka import ensure_topics
-    from linewatch.detector.worker import run_worker  # the CLI's only import of the streaming worker
+    from linewatch.detector.stream.main import run_worker  # the CLI's only import of the streaming worker
 
     s = with_values(load_settings(), "detector", model_dir=model, group_id=group, device=device_name(device),
                     max_batch=max_batch, max_wait_ms=max_wait_ms)

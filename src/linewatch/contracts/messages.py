@@ -214,7 +214,7 @@ class InspectionResult(BaseModel):
 
 # Model rollout: the active version is announced on the compacted topic ``<prefix>.models``, key
 # ACTIVE_MODEL_KEY, value the JSON of a ModelAnnouncement (linewatch.trainer.rollout writes it,
-# linewatch.detector.model_watch follows it).
+# linewatch.detector.stream.rollout follows it).
 ACTIVE_MODEL_KEY = b"active"
 
 

@@ -1,1 +1,1 @@
-"""Detector: the STPM model (training, scoring, evaluation) and the streaming detector workers."""
+"""Detector: the STPM model (training, scoring, evaluation) here, and the streaming workers in :mod:`.stream`."""

@@ -1,5 +1,5 @@
 """Model rollout, the announcing side: the trainer (and ``linewatch model activate``) publish the active
-version on the compacted Kafka topic ``<prefix>.models``; :mod:`linewatch.detector.model_watch` follows it.
+version on the compacted Kafka topic ``<prefix>.models``; :mod:`linewatch.detector.stream.rollout` follows it.
 
 Why Kafka and not Redis pub/sub: the announcement must reach every worker, including one that is
 restarting or reconnecting at that moment, and a worker that starts later must find the active

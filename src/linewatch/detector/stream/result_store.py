@@ -12,43 +12,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import cv2
-import numpy as np
 from kafka import KafkaProducer
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import insert_ignore_duplicates, upsert_cameras
 from linewatch.contracts.heatmap import render_overlay
 from linewatch.contracts.live_state import LiveStateWriter
-from linewatch.contracts.messages import InspectionResult
 from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import KafkaSettings
 
-from .frames import DeadLetter, PreparedFrame
+from .batches import ScoredBatch
 from .image_store import ImageStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoredBatch:
-    """A batch after the model: results aligned with their frames and anomaly maps, plus its dead letters.
-
-    ``keep``: indices of frames to keep in the image store; ``latest``: index of each camera's newest frame.
-    ``offsets``: per (topic, partition), the next offset to commit once the batch is stored.
-    """
-
-    results: list[InspectionResult]
-    frames: list[PreparedFrame]
-    maps: np.ndarray  # float32 (B, S, S)
-    pixel_threshold: float
-    dead: list[DeadLetter]
-    offsets: dict[tuple[str, int], int]
-    keep: set[int] = field(default_factory=set)
-    done: set[str] = field(default_factory=set)
-    overlays: dict[int, bytes] = field(default_factory=dict)
 
 
 class ResultStore:

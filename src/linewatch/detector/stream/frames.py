@@ -4,58 +4,14 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
 import cv2
-import numpy as np
 import torch
 
 from linewatch.contracts.messages import FrameMeta, MessageError
 
-from .imaging import ImageError, decode_image, probe_image, to_model_input
-
-PREVIEW_SIDE = 640  # overlays for review and the dashboard are drawn at most this large
-
-
-@dataclass
-class RawFrame:
-    """A frame message as consumed: where it came from, its bytes, and when the worker received it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    received_ns: int = field(default_factory=time.time_ns)
-
-    @property
-    def source(self) -> str:
-        return f"{self.topic}/{self.partition}@{self.offset}"
-
-
-@dataclass
-class PreparedFrame:
-    """A decoded frame: model input uint8 (3, S, S) (a NumPy array, or a tensor on the device when decoded
-    there), a preview uint8 (h, w, 3) RGB for overlays, timings."""
-
-    raw: RawFrame
-    meta: FrameMeta
-    model_input: np.ndarray
-    preview: np.ndarray
-    width: int
-    height: int
-    decode_started_ns: int
-    decode_ms: float
-
-
-@dataclass
-class DeadLetter:
-    """A frame that cannot be inspected and why (``reason`` is a short code, ``detail`` a sentence)."""
-
-    raw: RawFrame
-    reason: str
-    detail: str
+from ..imaging import ImageError, decode_image, probe_image, to_model_input
+from .batches import PREVIEW_SIDE, DeadLetter, PreparedFrame, RawFrame
 
 
 def prepare_frame(raw: RawFrame, image_size: int, max_pixels: int) -> PreparedFrame | DeadLetter:

@@ -12,23 +12,21 @@ import torch
 
 from linewatch.contracts.messages import FrameMeta, FrameRef, InspectionResult, Latency
 
-from .frames import DeadLetter, PreparedFrame
-from .result_store import ScoredBatch
-from .scoring import Scorer
+from ..scoring import Scorer
+from .batches import DeadLetter, PreparedFrame, ScoredBatch
 
 
 def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, keep_good: Callable[[FrameMeta], bool],
-                dead: list[DeadLetter] | None = None, offsets: dict[tuple[str, int], int] | None = None
-                ) -> ScoredBatch:
+                dead: list[DeadLetter] | None = None, batch_id: int | None = None) -> ScoredBatch:
     """Score ``frames`` in one batch and build their results.
 
     Defective frames are always kept (with their regions); good ones when ``keep_good(meta)`` says so.
     ``inference_ms`` in each result is the model time of the whole batch; ``total_ms`` is filled in when
-    the result is stored.
+    the result is stored. ``dead`` and ``batch_id`` are carried into the :class:`ScoredBatch` unchanged.
     """
     maps = np.zeros((0, scorer.image_size, scorer.image_size), dtype=np.float32)
     if not frames:
-        return ScoredBatch([], [], maps, scorer.pixel_threshold, dead or [], offsets or {}, set())
+        return ScoredBatch([], [], maps, scorer.pixel_threshold, dead or [], batch_id, set())
     t0 = time.perf_counter()
     inputs = [f.model_input for f in frames]
     if any(isinstance(x, torch.Tensor) for x in inputs):  # decoded on the device
@@ -56,4 +54,4 @@ def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, kee
         ))
         if defect or keep_good(m):
             keep.add(i)
-    return ScoredBatch(results, frames, maps, scorer.pixel_threshold, dead or [], offsets or {}, keep)
+    return ScoredBatch(results, frames, maps, scorer.pixel_threshold, dead or [], batch_id, keep)

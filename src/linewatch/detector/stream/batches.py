@@ -1,0 +1,103 @@
+"""The data a worker's pipeline passes along, one module that every stage imports and that imports none of them.
+
+A frame message becomes a :class:`RawFrame`; decoding makes it a :class:`PreparedFrame` or a
+:class:`DeadLetter`; batches of them go from stage to stage as :class:`RawBatch` (consumed),
+:class:`PreparedBatch` (decoded) and :class:`ScoredBatch` (scored, then stored).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from linewatch.contracts.messages import FrameMeta, InspectionResult
+
+# Previews (for the overlays shown in review and on the dashboard) are at most this many pixels on their
+# longer side. Here, beside PreparedFrame.preview, so the CPU decoder (frames.py) and the device decoder
+# (device_decode.py) share it without importing each other.
+PREVIEW_SIDE = 640
+
+
+@dataclass
+class RawFrame:
+    """A frame message as consumed: where it came from, its bytes, and when the worker received it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    received_ns: int = field(default_factory=time.time_ns)
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
+
+@dataclass
+class PreparedFrame:
+    """A decoded frame: model input uint8 (3, S, S) (a NumPy array, or a tensor on the device when decoded
+    there), a preview uint8 (h, w, 3) RGB for overlays (at most :data:`PREVIEW_SIDE` on its longer side),
+    the original width and height, timings."""
+
+    raw: RawFrame
+    meta: FrameMeta
+    model_input: np.ndarray
+    preview: np.ndarray
+    width: int
+    height: int
+    decode_started_ns: int
+    decode_ms: float
+
+
+@dataclass
+class DeadLetter:
+    """A frame that cannot be inspected and why (``reason`` is a short code, ``detail`` a sentence)."""
+
+    raw: RawFrame
+    reason: str
+    detail: str
+
+
+@dataclass
+class RawBatch:
+    """A micro-batch as consumed, handed to the decode stage.
+
+    ``batch_id``: the id the :class:`.offsets.OffsetTracker` gave the batch (the tracker keeps its offsets).
+    """
+
+    batch_id: int
+    frames: list[RawFrame]
+
+
+@dataclass
+class PreparedBatch:
+    """A micro-batch after decoding: the frames the model can take, and the dead letters of the others."""
+
+    batch_id: int
+    frames: list[PreparedFrame]
+    dead: list[DeadLetter]
+
+
+@dataclass
+class ScoredBatch:
+    """A batch after the model: results aligned with their frames and anomaly maps, plus its dead letters.
+
+    ``keep``: indices of frames to keep in the image store; ``done``: the storing steps already done
+    (:class:`.result_store.ResultStore` skips them on a retry); ``overlays``: JPEG overlays by frame index.
+    ``batch_id``: the offsets tracker's id of the batch (its offsets are committed once it is stored); None
+    for a batch scored outside a worker.
+    """
+
+    results: list[InspectionResult]
+    frames: list[PreparedFrame]
+    maps: np.ndarray  # float32 (B, S, S)
+    pixel_threshold: float
+    dead: list[DeadLetter]
+    batch_id: int | None = None
+    keep: set[int] = field(default_factory=set)
+    done: set[str] = field(default_factory=set)
+    overlays: dict[int, bytes] = field(default_factory=dict)

@@ -1,0 +1,185 @@
+"""The worker's pipeline after the consumer: decode, inference and store, each a thread.
+
+Stages are connected by queues of one batch, so the decoding, scoring and storing of consecutive batches
+overlap while at most one batch waits between two stages. Batches go through in the order they were
+submitted (each stage is one thread taking from one queue). A stored batch's id comes out of
+:meth:`Pipeline.take_stored`; the main thread commits its offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from linewatch.contracts.settings import DetectorSettings
+
+from . import telemetry
+from .batches import DeadLetter, PreparedBatch, PreparedFrame, RawBatch, ScoredBatch
+from .frames import prepare_batch, prepare_frame
+from .image_store import keep_good_sample
+from .inspection import score_batch
+from .model_slot import ModelSlot
+from .result_store import ResultStore
+from .throughput import Throughput
+
+log = logging.getLogger(__name__)
+
+_STOP = object()  # passed down the queues after the last batch: each stage forwards it and ends
+
+
+class Pipeline:
+    """Decode, inference and store stages for one worker.
+
+    Args:
+        model: the model slot (the inference stage switches models between batches).
+        det: the detector settings (``max_pixels``, ``good_sample_rate``).
+        worker_id: the name written into results.
+        store: writes a scored batch to every sink.
+        threads: CPU threads for the model, (for a single frame, for a batch of several).
+        stop: the worker's stop event; set here too when a stage crashes.
+    """
+
+    def __init__(self, model: ModelSlot, det: DetectorSettings, worker_id: str, store: ResultStore,
+                 threads: tuple[int, int], stop: threading.Event):
+        self.model = model
+        self.det = det
+        self.worker_id = worker_id
+        self.store = store
+        self.threads = threads
+        self.stop_event = stop
+        self.failed: BaseException | None = None
+        self.throughput = Throughput()
+        self._q_raw: queue.Queue = queue.Queue(maxsize=1)
+        self._q_prepared: queue.Queue = queue.Queue(maxsize=1)
+        self._q_scored: queue.Queue = queue.Queue(maxsize=1)
+        self._q_stored: queue.Queue = queue.Queue()  # ids of stored batches, for the main thread
+        self._submitted = 0  # batches handed to the decode stage (main thread)
+        self._scored = 0  # batches the model has finished (inference thread)
+        self._decode_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
+        self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True) for f, n in
+                         ((self._decode_stage, "decode"), (self._inference_stage, "inference"),
+                          (self._store_stage, "store"))]
+
+    # ---- the main thread's side -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the three stage threads."""
+        for t in self._threads:
+            t.start()
+
+    @property
+    def ahead(self) -> int:
+        """Batches submitted that the model has not finished yet (being decoded, or waiting, or scored)."""
+        return self._submitted - self._scored
+
+    def submit(self, batch: RawBatch) -> None:
+        """Hand a batch to the decode stage; blocks while it is busy (gives up if a stage crashed)."""
+        self._submitted += 1
+        self._put(self._q_raw, batch)
+
+    def take_stored(self, block: bool, timeout: float = 0.0) -> list[int]:
+        """Ids of the batches stored since the last call, oldest first; waits up to ``timeout`` for the
+        first one when ``block``, else returns at once (possibly empty)."""
+        out = []
+        while True:
+            try:
+                out.append(self._q_stored.get(block=block, timeout=timeout if block else None))
+            except queue.Empty:
+                return out
+            block = False
+
+    def close(self, join_s: float = 10.0) -> None:
+        """Let the stages finish what they hold and end (each waited for up to ``join_s``)."""
+        self._put(self._q_raw, _STOP)
+        for t in self._threads:
+            t.join(timeout=join_s)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _put(self, q: queue.Queue, item: object) -> None:
+        """``q.put(item)``, given up when a pipeline stage has crashed (it would never take the item)."""
+        while self.failed is None:
+            try:
+                q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    # ---- stages (each in its own thread) ----------------------------------------------------------------
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # a bug, not bad input: stop without committing what is unstored
+                log.exception("pipeline stage %s crashed", threading.current_thread().name)
+                self.failed = exc
+                self.stop_event.set()
+        return run
+
+    def _decode_stage(self) -> None:
+        while True:
+            batch = self._q_raw.get()
+            if batch is _STOP:
+                self._q_prepared.put(_STOP)
+                return
+            scorer = self.model.current
+            out = prepare_batch(batch.frames, scorer.image_size, self.det.max_pixels, scorer.device,
+                                self._decode_pool)
+            frames = [o for o in out if isinstance(o, PreparedFrame)]
+            dead = [o for o in out if isinstance(o, DeadLetter)]
+            for d in dead:
+                log.warning("dead-lettering %s: %s (%s)", d.raw.source, d.reason, d.detail)
+            self._q_prepared.put(PreparedBatch(batch.batch_id, frames, dead))
+
+    def _inference_stage(self) -> None:
+        while True:
+            try:
+                batch = self._q_prepared.get(timeout=0.5)
+            except queue.Empty:
+                self.model.switch()  # an idle line switches at once
+                continue
+            if batch is _STOP:
+                self._q_scored.put(_STOP)
+                return
+            self.model.switch()  # between two batches, so no batch is scored by two models
+            scored = self._score(batch)
+            self._scored += 1
+            self._q_scored.put(scored)
+
+    def _score(self, batch: PreparedBatch) -> ScoredBatch:
+        scorer = self.model.current
+        frames = batch.frames
+        threads = self.threads[len(frames) > 1]
+        if scorer.device.type == "cpu" and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        if frames and frames[0].model_input.shape[-1] != scorer.image_size:  # a swap changed the input size
+            redo = [prepare_frame(f.raw, scorer.image_size, self.det.max_pixels) for f in frames]
+            frames = [f for f in redo if isinstance(f, PreparedFrame)]
+        scored = score_batch(scorer, frames, self.worker_id,
+                             lambda m: keep_good_sample(m.camera_id, m.frame_id, self.det.good_sample_rate),
+                             batch.dead, batch.batch_id)
+        if frames:
+            telemetry.INFERENCE_SECONDS.observe(scored.results[0].latency.inference_ms / 1000)
+            telemetry.BATCH_SIZE.observe(len(frames))
+        return scored
+
+    def _store_stage(self) -> None:
+        while True:
+            batch = self._q_scored.get()
+            if batch is _STOP:
+                return
+            if not self.store.store(batch, self.stop_event):
+                continue  # stopped while a sink was down: the batch stays uncommitted, and so do later ones
+            for r in batch.results:
+                telemetry.INSPECTED.labels(verdict=r.verdict).inc()
+                telemetry.LATENCY_SECONDS.observe(r.latency.total_ms / 1000)
+            for d in batch.dead:
+                telemetry.DEAD_LETTERED.labels(reason=d.reason).inc()
+            self.throughput.add(len(batch.results), len(batch.dead))
+            self._q_stored.put(batch.batch_id)
