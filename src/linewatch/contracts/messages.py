@@ -22,16 +22,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .limits import CAPTURED_AT_MAX_NS, CAPTURED_AT_MIN_NS, CONTENT_TYPE_MAX_CHARS, FRAME_ID_MAX, ID_MAX_CHARS
+
 FRAME_SCHEMA = "linewatch.frame/1"
 INSPECTION_SCHEMA = "linewatch.inspection/1"
 
-# Limits of header values, and so of the columns that hold them (contracts/schema.py uses these): a frame
-# outside them can never be stored and is dead-lettered as ``bad_headers`` (FrameMeta.from_headers).
-ID_MAX_CHARS = 128  # camera_id, line_id, part_id
-CONTENT_TYPE_MAX_CHARS = 64
-FRAME_ID_MAX = 2**63 - 1  # SQL BIGINT
-CAPTURED_AT_MIN_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z
-CAPTURED_AT_MAX_NS = 4_102_444_800 * 10**9  # 2100-01-01T00:00:00Z
 _REQUIRED_HEADERS = ("camera_id", "line_id", "frame_id", "captured_at", "content_type")
 
 Headers = list[tuple[str, bytes]]

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .messages import ID_MAX_CHARS
+from .limits import ID_MAX_CHARS
 
 if TYPE_CHECKING:
     from .messages import InspectionResult
