@@ -73,19 +73,27 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
 
 def insert_ignore_duplicates(conn: Connection, table: Any, rows: Iterable[Mapping[str, Any]],
-                             keys: list[str]) -> int:
-    """INSERT rows, silently skipping any whose ``keys`` already exist; returns rows actually inserted."""
+                             keys: list[str]) -> set[tuple]:
+    """INSERT rows, silently skipping any whose ``keys`` already exist; returns the ``keys`` values of the rows
+    this statement created (``RETURNING``), so a caller knows which were new and which redelivered.
+
+    Raises:
+        NotImplementedError: a database other than PostgreSQL or SQLite.
+        sqlalchemy.exc.DBAPIError: the database refused the statement (see its subclasses).
+    """
     rows = list(rows)
     if not rows:
-        return 0
+        return set()
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise NotImplementedError(f"{conn.dialect.name} is not supported: use PostgreSQL or SQLite")
-    result = conn.execute(insert(table).on_conflict_do_nothing(index_elements=keys), rows)
-    return max(0, result.rowcount or 0)
+    columns = [table.c[k] for k in keys]
+    stmt = insert(table).on_conflict_do_nothing(index_elements=keys).returning(*columns)
+    # SQLAlchemy 2 runs an executemany INSERT ... RETURNING as batched multi-row statements ("insertmanyvalues")
+    return {tuple(r) for r in conn.execute(stmt, rows)}
 
 
 def upsert_cameras(conn: Connection, seen: Mapping[str, tuple[str, dt.datetime]]) -> None:

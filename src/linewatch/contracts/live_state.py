@@ -1,23 +1,29 @@
 """Live state in Redis: written by the detector workers, read by the dashboard and ``linewatch up``.
 
-Key layout (``P`` = prefix, ``linewatch`` by default; minutes are Unix time // 60 of ``captured_at``):
+Key layout (``P`` = prefix, ``linewatch`` by default; minutes are Unix time // 60 of ``processed_at``, the
+worker's clock, never the camera's: a camera whose clock is off neither freezes nor hides its frames):
 
 =====================================  ======  ==========================================================
 key                                    type    content, bound
 =====================================  ======  ==========================================================
 ``P:cameras``                          hash    camera_id -> line_id                     (one per camera)
 ``P:latest:<camera_id>``               hash    ``result`` (JSON), ``overlay`` (JPEG)    TTL 1 day
-``P:hwm:<camera_id>``                  string  highest frame_id counted                 (one per camera)
 ``P:counts:camera:<camera_id>:<min>``  hash    ``inspected``, ``defects``               TTL counts_ttl_s
 ``P:counts:line:<line_id>:<min>``      hash    ``inspected``, ``defects``               TTL counts_ttl_s
 ``P:dlq:<min>``                        hash    reason -> dead-lettered frames           TTL counts_ttl_s
 ``P:recent``                           stream  field ``result`` (JSON)                  MAXLEN ~ cap
 ``P:workers``                          hash    worker_id -> heartbeat JSON              (one per worker)
+``P:live:since``                       string  when the counts were last rebuilt whole  (one)
+``P:live:lock``                        string  the worker rebuilding counts now         TTL a few seconds
 =====================================  ======  ==========================================================
 
-Redeliveries (at-least-once) never count twice: one Lua script per result compares the frame_id
-with the camera's high-water mark (frame ids rise strictly per camera, and one camera's frames
-are processed in order on one partition) and updates counts, latest and the stream only above it.
+SQL is the record and Redis a view of it: counts of minutes that closed more than ``settle_s`` ago are
+rebuilt from SQL (:meth:`LiveStateWriter.overwrite_counts`), so whatever Redis lost (a restart without a
+snapshot, an outage, evicted keys) is made whole; the minutes since are counted as results are stored.
+
+Redeliveries (at-least-once) never count twice: the workers record only the results whose SQL row their
+own insert created (``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so the record decides what is new,
+whatever Redis has kept or evicted. One Lua script per result updates counts, latest and the stream at once.
 """
 
 from __future__ import annotations
@@ -38,22 +44,18 @@ LATEST_TTL_S = 24 * 3600
 WORKER_STALE_S = 30.0
 
 _RECORD = """
-local frame_id = tonumber(ARGV[1])
-local hwm = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if frame_id <= hwm then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-local defect = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[7])
-for i = 2, 3 do
+local defect = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[6])
+for i = 1, 2 do
   redis.call('HINCRBY', KEYS[i], 'inspected', 1)
   redis.call('HINCRBY', KEYS[i], 'defects', defect)
   redis.call('EXPIRE', KEYS[i], ttl)
 end
-redis.call('HSET', KEYS[4], 'result', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], 'overlay', ARGV[4]) end
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[8]))
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', 'result', ARGV[3])
-redis.call('HSET', KEYS[6], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[3], 'result', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 'overlay', ARGV[3]) else redis.call('HDEL', KEYS[3], 'overlay') end
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'result', ARGV[2])
+redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
 return 1
 """
 
@@ -85,22 +87,31 @@ class LiveStateWriter:
         self._record = client.register_script(_RECORD)
 
     def record(self, results: Sequence[InspectionResult], overlays: dict[int, bytes] | None = None) -> int:
-        """Record inspection results (overlay JPEG bytes by index into ``results``); returns how many were new."""
+        """Count new inspection results in the minute they were processed, make each the camera's latest and
+        append it to the recent stream; returns how many were recorded.
+
+        Args:
+            results: results whose SQL rows were just created (the caller de-duplicates redeliveries: every
+                result given here is counted).
+            overlays: heatmap overlay JPEG bytes by index into ``results``.
+        Raises:
+            redis.RedisError: Redis unavailable, read-only or out of memory (nothing is recorded partially per
+                result: each result is one script).
+        """
         overlays = overlays or {}
         pipe = self.r.pipeline(transaction=False)
         for i, res in enumerate(results):
             f = res.frame
-            minute = minute_of(f.captured_at)
+            minute = minute_of(res.processed_at)
             keys = [
-                f"{self.p}:hwm:{f.camera_id}",
                 f"{self.p}:counts:camera:{f.camera_id}:{minute}",
                 f"{self.p}:counts:line:{f.line_id}:{minute}",
                 f"{self.p}:latest:{f.camera_id}",
                 f"{self.p}:recent",
                 f"{self.p}:cameras",
             ]
-            args = [f.frame_id, int(res.verdict == "defect"), res.to_json(), overlays.get(i, b""), f.camera_id,
-                    f.line_id, self.counts_ttl_s, LATEST_TTL_S, self.recent_cap]
+            args = [int(res.verdict == "defect"), res.to_json(), overlays.get(i, b""), f.camera_id, f.line_id,
+                    self.counts_ttl_s, LATEST_TTL_S, self.recent_cap]
             self._record(keys=keys, args=args, client=pipe)
         return sum(int(x) for x in pipe.execute())
 
@@ -115,6 +126,33 @@ class LiveStateWriter:
             pipe.hincrby(key, reason, 1)
         pipe.expire(key, self.counts_ttl_s)
         pipe.execute()
+
+    def overwrite_counts(self, counts: dict[tuple[str, str, int], tuple[int, int]]) -> None:
+        """Set per-minute counts to exact values: ``(kind, ident, minute) -> (inspected, defects)``, ``kind``
+        ``camera`` or ``line`` (a rebuild from the SQL record; a minute absent from ``counts`` is left alone).
+
+        Raises:
+            redis.RedisError: Redis unavailable.
+        """
+        pipe = self.r.pipeline(transaction=False)
+        for (kind, ident, minute), (inspected, defects) in counts.items():
+            key = f"{self.p}:counts:{kind}:{ident}:{minute}"
+            pipe.hset(key, mapping={"inspected": inspected, "defects": defects})
+            pipe.expire(key, self.counts_ttl_s)
+        pipe.execute()
+
+    def rebuilt_since(self) -> float | None:
+        """Unix time of the last whole rebuild of the counts, or None when Redis has none (it restarted empty,
+        or was flushed): then every count it holds may be short."""
+        value = self.r.get(f"{self.p}:live:since")
+        return float(value) if value is not None else None
+
+    def mark_rebuilt(self, at: float) -> None:
+        self.r.set(f"{self.p}:live:since", repr(at))
+
+    def try_lock(self, owner: str, ttl_s: float) -> bool:
+        """Take the rebuild lock for ``ttl_s`` seconds (one worker rebuilds at a time); True when taken."""
+        return bool(self.r.set(f"{self.p}:live:lock", owner, nx=True, px=int(ttl_s * 1000)))
 
     def heartbeat(self, worker_id: str, info: dict) -> None:
         """Publish a worker's heartbeat (model version, frames/s, ...); ``last_seen`` is added."""

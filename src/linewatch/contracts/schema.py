@@ -79,6 +79,7 @@ class Inspection(Base):
         Index("ix_inspections_line_time", "line_id", "captured_at"),
         Index("ix_inspections_camera_time", "camera_id", "captured_at"),
         Index("ix_inspections_verdict_time", "verdict", "captured_at"),
+        Index("ix_inspections_processed_at", "processed_at"),  # live counts are rebuilt by processing time
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -95,6 +95,12 @@ class RedisSettings(BaseModel):
     password: SecretStr | None = None
     recent_results_cap: int = Field(10_000, ge=100, description="entries kept in the recent-results stream")
     counts_ttl_s: int = Field(8 * 24 * 3600, ge=3600, description="lifetime of per-minute counters, seconds")
+    wait_s: float = Field(5.0, ge=0, le=60, description="longest a batch waits for Redis before it is committed "
+                                                         "without live state (which catches up later), seconds")
+    settle_s: float = Field(120.0, ge=1, le=3600, description="per-minute counts are rebuilt from the SQL record "
+                                                              "once a minute closed this long ago, seconds")
+    rebuild_window_s: int = Field(24 * 3600, ge=3600, description="how far back counts are rebuilt when Redis "
+                                                                   "comes back empty, seconds")
 
 
 class DatabaseSettings(BaseModel):

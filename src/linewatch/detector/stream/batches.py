@@ -101,3 +101,19 @@ class ScoredBatch:
     keep: set[int] = field(default_factory=set)
     done: set[str] = field(default_factory=set)
     overlays: dict[int, bytes] = field(default_factory=dict)
+    new: set[int] = field(default_factory=set)  # indices whose SQL row this batch created (not redelivered)
+
+    def take_out(self, details: dict[int, str], reason: str) -> None:
+        """Move the frames at the indices of ``details`` from the results to the dead letters (with ``reason``
+        and each one's detail), keeping every per-frame field aligned."""
+        if not details:
+            return
+        self.dead = self.dead + [DeadLetter(self.frames[i].raw, reason, detail) for i, detail in details.items()]
+        kept = [i for i in range(len(self.results)) if i not in details]
+        position = {old: new for new, old in enumerate(kept)}
+        self.results = [self.results[i] for i in kept]
+        self.frames = [self.frames[i] for i in kept]
+        self.maps = self.maps[kept]
+        self.keep = {position[i] for i in self.keep if i in position}
+        self.new = {position[i] for i in self.new if i in position}
+        self.overlays = {position[i]: v for i, v in self.overlays.items() if i in position}

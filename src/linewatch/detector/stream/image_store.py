@@ -65,6 +65,15 @@ class ImageStore:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path`` and rename it into place; a failed write (disk full) leaves no partial file.
+
+    Raises:
+        OSError: the disk refused the write.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

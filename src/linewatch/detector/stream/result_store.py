@@ -1,8 +1,16 @@
 """Storing a scored batch: kept images, the SQL record, Redis live state, the result and dead-letter topics.
 
-Each step is idempotent and retried on its own until it succeeds (or the worker is told to stop),
-and a step that succeeded is not repeated: a Redis outage neither rewrites SQL rows nor counts a
-dead letter twice. Offsets are committed by the caller only after :meth:`ResultStore.store` returns True.
+Offsets are committed by the caller only after :meth:`ResultStore.store` returns True. The steps, in order,
+each done once (a retried batch skips the steps already done):
+
+* images: each kept frame's original and overlay, best effort: a frame whose files cannot be written (disk
+  full) is stored without them, so a full disk never stops the record;
+* SQL, the record: retried while the database is away (connection lost, timeout). A frame the database
+  refuses for good (a value it cannot hold) is taken out of the batch and dead-lettered as ``unstorable``,
+  the rest stored. The insert tells which frames are new, and only those reach live state: a redelivered
+  frame is never counted twice, whatever Redis has kept;
+* Redis live state, through :class:`.live_sink.LiveSink`: waits at most ``redis.wait_s``, then goes on;
+* the inspections and dead-letter topics: retried until the broker takes them (the reject gates read them).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from collections.abc import Callable
 
 import cv2
 from kafka import KafkaProducer
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import insert_ignore_duplicates, upsert_cameras
@@ -23,19 +32,34 @@ from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import KafkaSettings
 
+from . import telemetry
 from .batches import ScoredBatch
 from .image_store import ImageStore
+from .live_sink import LiveSink
 
 log = logging.getLogger(__name__)
 
+# Errors after which the same statement can succeed later (the database away or busy); any other error of a
+# frame's row is that frame's own and never goes away by retrying.
+TRANSIENT_SQL = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.InternalError, sa_exc.TimeoutError,
+                 sa_exc.DisconnectionError, ConnectionError, TimeoutError)
+PERMANENT_SQL = (sa_exc.StatementError, ValueError, TypeError, OverflowError)
+KEYS = ["camera_id", "frame_id"]
+
 
 class ResultStore:
-    """Writes scored batches to every sink, retrying each sink until it succeeds."""
+    """Writes scored batches to every sink (see the module docstring for what each step does on failure).
+
+    Args:
+        live_wait_s, settle_s: see :class:`.live_sink.LiveSink` (settings ``redis.wait_s``, ``redis.settle_s``).
+        on_retry: called with the step's name and the error each time a step is retried.
+    """
 
     def __init__(self, engine: Engine, live: LiveStateWriter, producer: KafkaProducer, kafka: KafkaSettings,
-                 images: ImageStore, worker_id: str, on_retry: Callable[[str, BaseException], None] | None = None):
+                 images: ImageStore, worker_id: str, on_retry: Callable[[str, BaseException], None] | None = None,
+                 live_wait_s: float = 5.0, settle_s: float = 120.0):
         self.engine = engine
-        self.live = live
+        self.live = LiveSink(live, live_wait_s, settle_s)
         self.producer = producer
         self.kafka = kafka
         self.images = images
@@ -60,7 +84,7 @@ class ResultStore:
             try:
                 action()
                 return True
-            except Exception as exc:  # noqa: BLE001 -- any sink failure is retried, never fatal
+            except Exception as exc:  # noqa: BLE001 -- a sink that is away is retried, never fatal
                 if self.on_retry:
                     self.on_retry(name, exc)
                 log.warning("storing to %s failed (%s: %s); retrying in %.1f s", name, type(exc).__name__, exc, delay)
@@ -87,27 +111,54 @@ class ResultStore:
     def _images(self, b: ScoredBatch) -> None:
         for i in sorted(b.keep):
             frame = b.frames[i]
-            image_uri, heatmap_uri = self.images.keep(frame.meta, frame.raw.value or b"", b.overlays[i])
+            try:
+                image_uri, heatmap_uri = self.images.keep(frame.meta, frame.raw.value or b"", b.overlays[i])
+            except OSError as exc:  # disk full, read-only ...: the record goes on without this frame's image
+                telemetry.IMAGES_NOT_KEPT.labels(reason=type(exc).__name__).inc()
+                log.error("frame %s/%d stored without its image: %s", frame.meta.camera_id, frame.meta.frame_id, exc)
+                continue
             b.results[i].image_uri, b.results[i].heatmap_uri = image_uri, heatmap_uri
 
     def _sql(self, b: ScoredBatch) -> None:
         now_ns = time.time_ns()
-        rows, cameras = [], {}
         for res, frame in zip(b.results, b.frames, strict=True):
             res.latency.total_ms = (now_ns - frame.meta.captured_at_ns) / 1e6
+        try:
+            new = self._insert(range(len(b.results)), b)
+        except TRANSIENT_SQL:
+            raise
+        except PERMANENT_SQL as exc:  # some frame's row can never be stored: find it, row by row
+            log.warning("the database refused a batch (%s: %s); storing its frames one by one",
+                        type(exc).__name__, exc)
+            new, refused = set(), {}
+            for i in range(len(b.results)):
+                try:
+                    new |= self._insert([i], b)
+                except TRANSIENT_SQL:
+                    raise
+                except PERMANENT_SQL as one:
+                    refused[i] = f"the database refused its row: {type(one).__name__}: {one}"[:2000]
+            b.take_out(refused, reason="unstorable")
+        b.new = {i for i, r in enumerate(b.results) if (r.frame.camera_id, r.frame.frame_id) in new}
+
+    def _insert(self, indices, b: ScoredBatch) -> set[tuple]:
+        """Insert the rows of ``b.results[indices]`` in one transaction; returns the keys of the new rows."""
+        rows, cameras = [], {}
+        for i in indices:
+            res = b.results[i]
             rows.append(res.to_row())
             f = res.frame
             if f.camera_id not in cameras or cameras[f.camera_id][1] < f.captured_at:
                 cameras[f.camera_id] = (f.line_id, f.captured_at)
         with self.engine.begin() as conn:
             upsert_cameras(conn, cameras)
-            insert_ignore_duplicates(conn, Inspection.__table__, rows, ["camera_id", "frame_id"])
+            return insert_ignore_duplicates(conn, Inspection.__table__, rows, KEYS)
 
     def _redis(self, b: ScoredBatch) -> None:
-        if b.results:
-            self.live.record(b.results, b.overlays)
-        if b.dead:
-            self.live.dead_lettered(d.reason for d in b.dead)
+        """Live state of the frames new to the record (never raises; see :class:`.live_sink.LiveSink`)."""
+        new = sorted(b.new)
+        self.live.write([b.results[i] for i in new], {j: b.overlays[i] for j, i in enumerate(new) if i in b.overlays},
+                        [d.reason for d in b.dead])
 
     def _kafka(self, b: ScoredBatch) -> None:
         futures = [self.producer.send(self.kafka.inspections_topic, key=r.frame.camera_id.encode(), value=r.to_json())

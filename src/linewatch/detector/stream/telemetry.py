@@ -13,4 +13,11 @@ LATENCY_SECONDS = Histogram("linewatch_end_to_end_latency_seconds",
                             "From capture to the result in the SQL store, seconds",
                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 CONSUMER_LAG = Gauge("linewatch_consumer_lag_frames", "Frames not yet committed, per partition", ["partition"])
+IMAGES_NOT_KEPT = Counter("linewatch_images_not_kept_total",
+                          "Frames to keep whose image could not be written (disk full ...); stored without it",
+                          ["reason"])
+LIVE_PENDING = Gauge("linewatch_live_state_pending_results", "Stored results whose live update waits for Redis")
+LIVE_LEFT_TO_REBUILD = Counter("linewatch_live_state_left_to_rebuild_total",
+                               "Live updates not written because the rebuild from the SQL record covers their minute")
+LIVE_UNAVAILABLE = Gauge("linewatch_live_state_unavailable", "1 while this worker cannot write live state to Redis")
 MODEL_INFO = Gauge("linewatch_model_info", "The model version this worker scores with (value 1)", ["version"])

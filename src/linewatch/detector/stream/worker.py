@@ -40,6 +40,7 @@ from .batching import BatchCollector
 from .consumer import FrameConsumer
 from .heartbeat import send_heartbeats, worker_status
 from .image_store import ImageStore
+from .live_rebuild import LiveRebuilder, keep_live_state
 from .model_slot import ModelSlot
 from .offsets import OffsetTracker, next_offsets
 from .result_store import ResultStore
@@ -112,7 +113,9 @@ class DetectorWorker:
                                recent_cap=s.redis.recent_results_cap)
         producer = make_producer(s.kafka)
         store = ResultStore(engine, live, producer, s.kafka, ImageStore(s.image_store_root), self.worker_id,
-                            on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc())
+                            on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc(),
+                            live_wait_s=s.redis.wait_s, settle_s=s.redis.settle_s)
+        rebuilder = LiveRebuilder(engine, live, self.worker_id, s.redis.settle_s, s.redis.rebuild_window_s)
         pipeline = self.pipeline = Pipeline(self.model, self.det, self.worker_id, store, self._threads,
                                             self.stop_event)
         consumer = FrameConsumer(make_consumer(s.kafka, self.det.group_id), self.offsets)
@@ -122,8 +125,11 @@ class DetectorWorker:
             live, self.worker_id,
             lambda: worker_status(self.model, pipeline.throughput, self.offsets.snapshot, self.started_at),
             self.stop_event))
+        live_state = threading.Thread(target=keep_live_state, name="live-state", daemon=True,
+                                      args=(store.live, rebuilder, self.stop_event))
         pipeline.start()
         heartbeat.start()
+        live_state.start()
         log.info("worker %s consuming %s in group %s with model %s on %s", self.worker_id, s.kafka.frames_topic,
                  self.det.group_id, self.model.current.version, self.model.current.device)
         try:
@@ -132,6 +138,8 @@ class DetectorWorker:
             self.stop_event.set()
             pipeline.close()
             heartbeat.join(timeout=10)
+            live_state.join(timeout=10)
+            store.live.flush(wait_s=5.0)  # what still waits for Redis, if it answers now
             consumer.close()  # leaves the group, so its partitions move at once
             producer.close(timeout=10)
             try:
