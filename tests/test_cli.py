@@ -161,3 +161,30 @@ def test_score_refuses_a_jpeg_corrupt_mid_stream(quick_model):
     assert result.returncode == 1  # an image that could not be scored; no verdict is printed for it
     line = json.loads(result.stdout)
     assert line["error"] == "corrupt" and "Corrupt JPEG data" in line["detail"] and "verdict" not in line
+
+
+def test_children_die_with_the_process_that_started_them():
+    """A ``linewatch up`` killed with SIGKILL leaves no broker, Redis or worker behind (PR_SET_PDEATHSIG)."""
+    import time
+
+    script = ("import subprocess, time\n"
+              "from linewatch.cli.embedded import die_with_parent\n"
+              "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent, start_new_session=True)\n"
+              "print(child.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(10)
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(child)

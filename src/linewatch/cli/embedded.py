@@ -11,6 +11,7 @@ answers *and* that our process is the one answering, and stops it (SIGTERM, then
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pwd
@@ -43,6 +44,19 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+def die_with_parent() -> None:
+    """``Popen(preexec_fn=...)``: ask the kernel to send this child SIGTERM when the thread that started it dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``), so a ``linewatch up`` killed with SIGKILL leaves no broker, Redis or
+    worker running on. Does nothing where ``prctl`` is missing (not Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = getattr(libc, "prctl", None)
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def run_as(user: str | None) -> dict[str, object]:
@@ -107,7 +121,7 @@ class ManagedProcess:
         with open(self.log_path, "ab") as logfile:
             self.process = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, **run_as(self.user),
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent, **run_as(self.user),
             )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,16 @@ from linewatch.contracts.kafka import ensure_topics
 from linewatch.contracts.live_state import LiveStateReader, connect_settings
 from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import Settings
+from linewatch.detector.training import TrainingStopped
 
-from .embedded import EmbeddedServiceError, ManagedProcess, redis_server, tansu_broker, tansu_client_env
+from .embedded import (
+    EmbeddedServiceError,
+    ManagedProcess,
+    die_with_parent,
+    redis_server,
+    tansu_broker,
+    tansu_client_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +75,13 @@ def default_model_dir(settings: Settings) -> Path:
     return settings.state_dir / "models" / DEFAULT_MODEL_NAME
 
 
-def ensure_default_model(settings: Settings, epochs: int | None = None) -> Path:
+def ensure_default_model(settings: Settings, epochs: int | None = None, stop: threading.Event | None = None
+                         ) -> Path:
     """The cached default model, trained on ``<data_root>/mvtec_ad/bottle`` train/good the first time.
 
     Raises:
         DatasetError: the bottle images are not where ``data_root`` says.
+        TrainingStopped: ``stop`` was set (Ctrl-C, SIGTERM) during the training; nothing is cached.
     """
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.model_files import ModelFileError, read_metadata
@@ -85,7 +96,7 @@ def ensure_default_model(settings: Settings, epochs: int | None = None) -> Path:
     config = TrainConfig.from_settings(settings, **({"epochs": epochs} if epochs else {}))
     print(f"No model given: training the default model on {data}/train/good "
           f"({len(dataset.train)} images, {config.epochs} epochs); it is cached in {out}", flush=True)
-    train(dataset.train, out, config)
+    train(dataset.train, out, config, stop=stop)
     return out
 
 
@@ -107,7 +118,7 @@ class Up:
         self.state = settings.state_dir.resolve()
         self.logs = self.state / "logs"
         self.children = _Children()
-        self.stopping = False
+        self.stop_event = threading.Event()  # set by SIGINT/SIGTERM; training and the status loop obey it
 
     def run(self) -> int:
         o = self.options
@@ -117,7 +128,7 @@ class Up:
         try:
             self._check_inputs()
             env = self._start_infrastructure()
-            model = o.model or ensure_default_model(self.settings, o.epochs)
+            model = o.model or ensure_default_model(self.settings, o.epochs, stop=self.stop_event)
             self.settings = Settings()  # re-read: the environment now points at the embedded services
             migrate(self.settings.database_url)
             ensure_topics(self.settings.kafka)
@@ -145,6 +156,9 @@ class Up:
         except ServiceExited as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except TrainingStopped as exc:
+            print(f"stopped: {exc}", file=sys.stderr)
+            return 130
         finally:
             self._stop_all()
         if summary is not None:
@@ -187,7 +201,7 @@ class Up:
         proc = subprocess.Popen(
             [sys.executable, "-m", "linewatch", *args], env={**os.environ, **env},
             stdout=subprocess.PIPE if capture_stdout else logfile, stderr=logfile, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         self.children.processes[name] = proc
 
@@ -195,14 +209,14 @@ class Up:
         """Wait until ``n`` workers send heartbeats, so the first frames do not wait for a group join."""
         reader = LiveStateReader(connect_settings(self.settings.redis))
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.stopping:
+        while time.monotonic() < deadline and not self.stop_event.is_set():
             if len([w for w in reader.workers() if w["alive"]]) >= n:
                 return
             for name, proc in self.children.processes.items():
                 if proc.poll() is not None:
                     raise ValueError(f"{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}")
             time.sleep(0.5)
-        if not self.stopping:
+        if not self.stop_event.is_set():
             raise ValueError(f"workers did not report within {timeout_s:.0f} s; see {self.logs}")
 
     # ---- watching -----------------------------------------------------------------------------------
@@ -229,7 +243,7 @@ class Up:
         published: dict | None = None
         target = self.options.max_frames
         try:
-            while not self.stopping:
+            while not self.stop_event.is_set():
                 time.sleep(1.0)
                 n, defects = _count(engine, started)
                 dead = sum(reader.dead_letters(started, dt.datetime.now(dt.UTC)).values())
@@ -284,7 +298,7 @@ class Up:
     # ---- stopping -----------------------------------------------------------------------------------
 
     def _on_signal(self, *_: object) -> None:
-        self.stopping = True
+        self.stop_event.set()
 
     def _stop_all(self) -> None:
         """SIGTERM the services (camera first, so workers get its last frames), then the infrastructure."""
