@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for linewatch: system packages (Debian/Ubuntu), a virtual environment in
-# .venv with linewatch and its test extras. Idempotent and quick when everything is already there.
+# .venv with linewatch, plus its test extras when LINEWATCH_WITH_TESTS=1 (scripts/test.sh sets it).
+# Idempotent and quick when everything is already there.
 # Python 3.11+ is required; torch is pinned (a large download the first time, then pip's cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,14 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
+target="."
 stamp=.venv/.linewatch-installed
+if [[ "${LINEWATCH_WITH_TESTS:-0}" == "1" ]]; then
+  target=".[test]"
+  stamp=.venv/.linewatch-installed-test
+fi
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet --editable ".[test]"
+  .venv/bin/python -m pip install --quiet --editable "$target"
   touch "$stamp"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages linewatch's tests need on Debian/Ubuntu: redis-server, PostgreSQL,
-# Java + Maven (the tests start a real Apache Kafka resolved from Maven Central) and, with
-# LINEWATCH_WITH_BROWSER=1, chromium. Idempotent: when everything is present it returns without
+# Installs the system packages linewatch needs on Debian/Ubuntu: redis-server; with LINEWATCH_WITH_TESTS=1
+# also PostgreSQL, Java + Maven (the tests start a real Apache Kafka resolved from Maven Central) and
+# docker-compose; with LINEWATCH_WITH_BROWSER=1, chromium. Idempotent: when everything is present it returns without
 # touching apt. It never starts the system redis/postgres services: the tests run their own
 # instances on free ports.
 set -euo pipefail
@@ -9,13 +9,17 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 # Each entry: "<package> <what proves it is installed: a command, or an absolute path glob>".
-wanted=(
-  "redis-server redis-server"
-  "postgresql /usr/lib/postgresql/*/bin/initdb"
-  "default-jre-headless java"
-  "maven mvn"
-  "docker-compose docker-compose"
-)
+# The main job (linewatch up) needs only redis-server; the tests also run PostgreSQL, Apache Kafka
+# (Java + Maven) and check the compose file (docker-compose).
+wanted=("redis-server redis-server")
+if [[ "${LINEWATCH_WITH_TESTS:-0}" == "1" ]]; then
+  wanted+=(
+    "postgresql /usr/lib/postgresql/*/bin/initdb"
+    "default-jre-headless java"
+    "maven mvn"
+    "docker-compose docker-compose"
+  )
+fi
 if [[ "${LINEWATCH_WITH_BROWSER:-0}" == "1" ]]; then
   wanted+=("chromium chromium")
 fi

@@ -5,5 +5,5 @@
 # Arguments go to pytest (e.g. `scripts/test.sh -k pipeline`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINEWATCH_WITH_BROWSER=1 bash scripts/bootstrap.sh
+LINEWATCH_WITH_BROWSER=1 LINEWATCH_WITH_TESTS=1 bash scripts/bootstrap.sh
 exec .venv/bin/python -m pytest "$@"

@@ -50,8 +50,17 @@ class FrameConsumer:
         self.consumer.subscribe([topic], listener=_LogRebalance())
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawFrame]:
-        """Fetch up to ``max_records`` frames (rebalances happen in here), then record the assignment."""
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        """Fetch up to ``max_records`` frames (rebalances happen in here), then record the assignment.
+
+        A poll that fails (the broker away) returns no frames instead of raising: the worker keeps its batches
+        in flight and polls again, and kafka-python reconnects and rejoins the group when the broker is back.
+        """
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:  # the broker away (a restart, say): keep the worker, poll again shortly
+            log.warning("poll failed (%s: %s); polling again", type(exc).__name__, exc)
+            time.sleep(min(1.0, timeout_ms / 1000))
+            polled = {}
         self.observe_assignment()
         return [RawFrame(tp.topic, tp.partition, r.offset, r.key, r.value, list(r.headers or []))
                 for tp, records in polled.items() for r in records]
