@@ -13,6 +13,7 @@ from linewatch.contracts.kafka import ensure_topics, topic_max_message_bytes
 from linewatch.contracts.messages import MessageError
 from linewatch.contracts.settings import Settings
 from linewatch.ingest import camera as camera_module
+from linewatch.ingest import publisher as publisher_module
 from linewatch.ingest.camera import CameraService
 from linewatch.ingest.sources import open_source
 
@@ -82,12 +83,12 @@ def test_c12_a_broker_rejection_rebuilds_the_producer_and_loses_no_frame(apache_
     left in a fatal state, the camera builds a new one and sends again the frames that failed with it."""
     settings = _settings(apache_kafka, "c12c", 4 * MiB)
     _default_sized_topic(settings)
-    monkeypatch.setattr(camera_module, "topic_max_message_bytes", lambda *_a, **_k: None)
-    rebuilt = camera_module.NEW_PRODUCERS.labels("cam-c12")._value.get()
+    monkeypatch.setattr(publisher_module, "topic_max_message_bytes", lambda *_a, **_k: None)
+    rebuilt = publisher_module.NEW_PRODUCERS.labels("cam-c12")._value.get()
     counters = _run_camera(settings)
     assert (counters.captured, counters.published, counters.dropped, counters.too_large, counters.failed) == \
         (4, 3, 1, 1, 0)
-    assert camera_module.NEW_PRODUCERS.labels("cam-c12")._value.get() >= rebuilt + 1
+    assert publisher_module.NEW_PRODUCERS.labels("cam-c12")._value.get() >= rebuilt + 1
     assert _published_part_ids(settings, 3) == ["01_small.jpg", "03_small.jpg", "04_small.jpg"]
 
 

@@ -163,3 +163,14 @@ def test_field_case_c02_the_intact_original_decodes_to_opencvs_pixels():
     rgb = decode_image(data)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert rgb.shape == (128, 128, 3) and np.array_equal(rgb, bgr[:, :, ::-1])
+
+
+def test_the_gpu_workers_integrity_check_refuses_c02_and_passes_the_original():
+    from linewatch.detector.imaging import check_jpeg
+
+    folder = field_case("c02_corrupt_mid_jpeg")
+    check_jpeg((folder / "intact_128x128.jpg").read_bytes())
+    for name in ("corrupt_mid_128x128.jpg", "jpeg_corrupt_middle_10pct_dropped_900x900.jpg"):
+        with pytest.raises(ImageError) as err:
+            check_jpeg((folder / name).read_bytes(), name)
+        assert err.value.reason == "corrupt"

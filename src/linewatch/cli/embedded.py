@@ -50,13 +50,13 @@ def die_with_parent() -> None:
     """``Popen(preexec_fn=...)``: ask the kernel to send this child SIGTERM when the thread that started it dies
     (Linux ``prctl(PR_SET_PDEATHSIG)``), so a ``linewatch up`` killed with SIGKILL leaves no broker, Redis or
     worker running on. Does nothing where ``prctl`` is missing (not Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    prctl = getattr(libc, "prctl", None)
-    if prctl is not None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 _PR_SET_PDEATHSIG = 1
+# Looked up here, in the parent: a forked child should call, not load (other threads may hold loader locks).
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
 def run_as(user: str | None) -> dict[str, object]:

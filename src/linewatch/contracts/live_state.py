@@ -13,15 +13,16 @@ key                                    type    content, bound
 ``P:dlq:<min>``                        hash    reason -> dead-lettered frames           TTL counts_ttl_s
 ``P:recent``                           stream  field ``result`` (JSON)                  MAXLEN ~ cap
 ``P:workers``                          hash    worker_id -> heartbeat JSON              (one per worker)
-``P:live:since``                       string  when the counts were last rebuilt whole  (one)
+``P:live:through``                     string  end of the last rebuild of counts (Unix s) (one)
 ``P:live:lock``                        string  the worker rebuilding counts now         TTL a few seconds
 =====================================  ======  ==========================================================
 
 SQL is the record and Redis a view of it: counts of minutes that closed more than ``settle_s`` ago are
-rebuilt from SQL (:meth:`LiveStateWriter.overwrite_counts`), so whatever Redis lost (a restart without a
-snapshot, an outage, evicted keys) is made whole; the minutes since are counted as results are stored.
+recounted from SQL (:meth:`LiveStateWriter.overwrite_counts`; linewatch.detector.stream.live_rebuild says
+which minutes and when), so what Redis lost (a restart without a snapshot, an outage, evicted keys) is
+counted again; the minutes since are counted as results are stored.
 
-Redeliveries (at-least-once) never count twice: the workers record only the results whose SQL row their
+Redeliveries (at-least-once) are not counted twice: the workers record only the results whose SQL row their
 own insert created (``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so the record decides what is new,
 whatever Redis has kept or evicted. One Lua script per result updates counts, latest and the stream at once.
 """
@@ -75,6 +76,14 @@ def connect_settings(settings: RedisSettings) -> redis.Redis:
     return connect(settings.url, settings.password.get_secret_value() if settings.password else None)
 
 
+class PartlyRecorded(redis.RedisError):
+    """:meth:`LiveStateWriter.record` wrote only some results; ``done``: their indices."""
+
+    def __init__(self, done: set[int], cause: BaseException):
+        super().__init__(f"{len(done)} results recorded, the others refused: {cause}")
+        self.done = done
+
+
 class LiveStateWriter:
     """The workers' side. All methods raise ``redis.RedisError`` when Redis is unavailable (callers retry)."""
 
@@ -95,8 +104,9 @@ class LiveStateWriter:
                 result given here is counted).
             overlays: heatmap overlay JPEG bytes by index into ``results``.
         Raises:
-            redis.RedisError: Redis unavailable, read-only or out of memory (nothing is recorded partially per
-                result: each result is one script).
+            PartlyRecorded: Redis took some results and refused the others (out of memory, say); ``done`` holds
+                the indices it took (each result is one script, so none is half recorded).
+            redis.RedisError: Redis unavailable or refusing every result.
         """
         overlays = overlays or {}
         pipe = self.r.pipeline(transaction=False)
@@ -113,7 +123,13 @@ class LiveStateWriter:
             args = [int(res.verdict == "defect"), res.to_json(), overlays.get(i, b""), f.camera_id, f.line_id,
                     self.counts_ttl_s, LATEST_TTL_S, self.recent_cap]
             self._record(keys=keys, args=args, client=pipe)
-        return sum(int(x) for x in pipe.execute())
+        replies = pipe.execute(raise_on_error=False)
+        failed = [x for x in replies if isinstance(x, Exception)]
+        if failed and len(failed) < len(replies):
+            raise PartlyRecorded({i for i, x in enumerate(replies) if not isinstance(x, Exception)}, failed[0])
+        if failed:
+            raise failed[0]
+        return len(replies)
 
     def dead_lettered(self, reasons: Iterable[str], moment: dt.datetime | None = None) -> None:
         """Count dead-lettered frames by reason in the current minute."""
@@ -141,14 +157,14 @@ class LiveStateWriter:
             pipe.expire(key, self.counts_ttl_s)
         pipe.execute()
 
-    def rebuilt_since(self) -> float | None:
-        """Unix time of the last whole rebuild of the counts, or None when Redis has none (it restarted empty,
-        or was flushed): then every count it holds may be short."""
-        value = self.r.get(f"{self.p}:live:since")
-        return float(value) if value is not None else None
+    def rebuilt_through(self) -> dt.datetime | None:
+        """The end of the last rebuild of the counts that Redis took, or None when Redis has none (it restarted
+        empty, or was flushed): then every count it holds may be short."""
+        value = self.r.get(f"{self.p}:live:through")
+        return dt.datetime.fromtimestamp(float(value), dt.UTC) if value is not None else None
 
-    def mark_rebuilt(self, at: float) -> None:
-        self.r.set(f"{self.p}:live:since", repr(at))
+    def mark_rebuilt_through(self, moment: dt.datetime) -> None:
+        self.r.set(f"{self.p}:live:through", repr(moment.timestamp()))
 
     def try_lock(self, owner: str, ttl_s: float) -> bool:
         """Take the rebuild lock for ``ttl_s`` seconds (one worker rebuilds at a time); True when taken."""

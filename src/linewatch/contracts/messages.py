@@ -17,6 +17,7 @@ Inspection result (topic ``<prefix>.inspections``, key = camera id, value = JSON
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from .limits import CAPTURED_AT_MAX_NS, CAPTURED_AT_MIN_NS, CONTENT_TYPE_MAX_CHA
 FRAME_SCHEMA = "linewatch.frame/1"
 INSPECTION_SCHEMA = "linewatch.inspection/1"
 
+_DECIMAL = re.compile(r"-?[0-9]{1,30}")  # int() would also take "1_000", " 7", "+7" and non-ASCII digits
 _REQUIRED_HEADERS = ("camera_id", "line_id", "frame_id", "captured_at", "content_type")
 
 Headers = list[tuple[str, bytes]]
@@ -97,10 +99,9 @@ class FrameMeta:
             if values.get(name):  # part_id is optional: absent or empty means none
                 check_id(name, values[name])
         check_text("content_type", values["content_type"], CONTENT_TYPE_MAX_CHARS)
-        try:
-            frame_id, captured = int(values["frame_id"]), int(values["captured_at"])
-        except ValueError:
-            raise MessageError("bad_headers", "frame_id and captured_at must be decimal integers") from None
+        if not (_DECIMAL.fullmatch(values["frame_id"]) and _DECIMAL.fullmatch(values["captured_at"])):
+            raise MessageError("bad_headers", "frame_id and captured_at must be decimal integers (ASCII digits)")
+        frame_id, captured = int(values["frame_id"]), int(values["captured_at"])
         if not 0 <= frame_id <= FRAME_ID_MAX:
             raise MessageError("bad_headers", f"frame_id {frame_id} is outside 0 .. 2^63-1")
         if not CAPTURED_AT_MIN_NS <= captured < CAPTURED_AT_MAX_NS:

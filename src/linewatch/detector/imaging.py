@@ -123,18 +123,30 @@ def _decode_any(data: bytes, source: str) -> np.ndarray:
     raise ImageError("unsupported_depth", source, f"{channels}-channel images are not supported")
 
 
-def _decode_jpeg_strict(data: bytes, source: str) -> np.ndarray | None:
-    """uint8 (H, W, 3) RGB of a JPEG, decoded with every libjpeg warning treated as an error; None where
-    simplejpeg cannot take the file at all (a colour space it lacks, say), so OpenCV decodes it instead.
+def check_jpeg(data: bytes, source: str = "<bytes>") -> None:
+    """Refuse a JPEG whose entropy-coded data is damaged, without keeping its pixels: a strict decode at 1/8
+    scale (every scan is still read). Workers that decode JPEGs on the GPU check each frame with this first,
+    since the device decoder does not report such damage.
+
+    Raises:
+        ImageError: ``corrupt`` (see :func:`decode_image`).
+    """
+    _decode_jpeg_strict(data, source, min_factor=8)
+
+
+def _decode_jpeg_strict(data: bytes, source: str, min_factor: int = 1) -> np.ndarray | None:
+    """uint8 (H, W, 3) RGB of a JPEG (scaled down by up to ``min_factor``), decoded with every libjpeg warning
+    treated as an error; None where simplejpeg cannot take the file at all (a colour space it lacks, say), so
+    OpenCV decodes it instead.
 
     Raises:
         ImageError: ``corrupt`` when libjpeg decodes the file only with warnings about damaged data.
     """
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_factor=min_factor)
     except ValueError as strict_error:
         try:
-            simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+            simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False, min_factor=min_factor)
         except ValueError:
             return None  # not a warning but an error: not a JPEG simplejpeg handles
         raise ImageError("corrupt", source, f"corrupt JPEG data ({strict_error})") from None

@@ -101,7 +101,8 @@ class ScoredBatch:
     keep: set[int] = field(default_factory=set)
     done: set[str] = field(default_factory=set)
     overlays: dict[int, bytes] = field(default_factory=dict)
-    new: set[int] = field(default_factory=set)  # indices whose SQL row this batch created (not redelivered)
+    inserted: set[tuple] = field(default_factory=set)  # (camera_id, frame_id) of the SQL rows this batch created
+    new: set[int] = field(default_factory=set)  # indices of those rows' results (one per key; not redelivered)
 
     def take_out(self, details: dict[int, str], reason: str) -> None:
         """Move the frames at the indices of ``details`` from the results to the dead letters (with ``reason``

@@ -10,7 +10,7 @@ import torch
 
 from linewatch.contracts.messages import FrameMeta, MessageError
 
-from ..imaging import ImageError, decode_image, probe_image, to_model_input
+from ..imaging import ImageError, check_jpeg, decode_image, probe_image, to_model_input
 from .batches import PREVIEW_SIDE, DeadLetter, PreparedFrame, RawFrame
 
 
@@ -47,6 +47,8 @@ def prepare_batch(raws: list[RawFrame], image_size: int, max_pixels: int, device
         try:
             meta = FrameMeta.from_headers(raw.headers)
             fmt, _, _ = probe_image(raw.value or b"", raw.source, max_pixels)
+            if fmt == "JPEG":
+                check_jpeg(raw.value or b"", raw.source)  # nvJPEG would decode damaged data without a word
         except (MessageError, ImageError) as exc:
             out[i] = DeadLetter(raw, exc.reason, exc.detail)
             continue

@@ -3,7 +3,10 @@
 SQL is exact (one row per frame, written before any live update); Redis can lose counts (a restart without
 a snapshot, an outage longer than a worker's patience, a worker killed with updates still waiting). Every
 ``period_s`` one worker of the group (a Redis lock decides which) recounts the minutes that closed between
-``settle_s`` and an hour ago; when Redis has come back empty it recounts ``rebuild_window_s`` at once.
+``settle_s`` and an hour ago, and every minute since the last recount that Redis took (after an outage or
+while it was full); when Redis has come back empty it recounts ``rebuild_window_s`` at once. A row
+committed more than an hour after it was processed (an SQL outage that long) is counted by the next
+recount that reaches back to it: only after Redis comes back empty.
 A minute closed less than ``settle_s`` ago is left to the increments, which :mod:`.live_sink` stops making
 before the rebuild reaches that minute, so no frame is counted twice.
 """
@@ -15,7 +18,7 @@ import logging
 import threading
 import time
 
-from sqlalchemy import Integer, case, cast, func, select
+from sqlalchemy import BigInteger, case, cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from linewatch.contracts.live_state import LiveStateWriter
@@ -34,20 +37,19 @@ def counts_by_minute(conn: Connection, start: dt.datetime, end: dt.datetime
     minutes, ``processed_at // 60``) with ``start <= processed_at < end``: ``(kind, ident, minute) ->
     (inspected, defects)``, ``kind`` ``camera`` or ``line``."""
     if conn.dialect.name == "sqlite":  # stored as naive UTC text; strftime('%s') gives integer seconds
-        seconds = cast(func.strftime("%s", Inspection.processed_at), Integer)
+        seconds = cast(func.strftime("%s", Inspection.processed_at), BigInteger)
     else:
-        seconds = cast(func.floor(func.extract("epoch", Inspection.processed_at)), Integer)
-    minute = (seconds / 60).label("minute")  # integer division on both backends
+        seconds = cast(func.floor(func.extract("epoch", Inspection.processed_at)), BigInteger)
+    minute = (seconds // 60).label("minute")  # floor division (SQLAlchemy's `/` would be true division)
     defect = func.sum(case((Inspection.verdict == "defect", 1), else_=0))
     query = (select(Inspection.camera_id, Inspection.line_id, minute, func.count(), defect)
              .where(Inspection.processed_at >= start, Inspection.processed_at < end)
              .group_by(Inspection.camera_id, Inspection.line_id, minute))
     out: dict[tuple[str, str, int], tuple[int, int]] = {}
     for camera_id, line_id, m, inspected, defects in conn.execute(query):
-        out[("camera", camera_id, int(m))] = (int(inspected), int(defects or 0))
-        key = ("line", line_id, int(m))
-        before = out.get(key, (0, 0))
-        out[key] = (before[0] + int(inspected), before[1] + int(defects or 0))
+        for key in (("camera", camera_id, int(m)), ("line", line_id, int(m))):
+            before = out.get(key, (0, 0))
+            out[key] = (before[0] + int(inspected), before[1] + int(defects or 0))
     return out
 
 
@@ -73,17 +75,20 @@ class LiveRebuilder:
         try:
             if not self.live.try_lock(self.owner, ttl_s=max(5.0, self.period_s / 2)):
                 return None
-            started = time.time()
-            whole = self.live.rebuilt_since() is None  # Redis came back empty (or never had counts)
             now = dt.datetime.now(dt.UTC)
             closed = (now - dt.timedelta(seconds=self.settle_s)).replace(second=0, microsecond=0)
-            reach = self.rebuild_window_s if whole else RECENT_S
+            oldest = closed - dt.timedelta(seconds=self.rebuild_window_s)
+            through = self.live.rebuilt_through()  # None: Redis came back empty (or never had counts)
+            start = closed - dt.timedelta(seconds=RECENT_S)
+            if through is None or through < start:  # also every minute since the last rebuild that got through
+                start = max(oldest, through or oldest)
             with self.engine.connect() as conn:
-                counts = counts_by_minute(conn, closed - dt.timedelta(seconds=reach), closed)
+                counts = counts_by_minute(conn, start, closed)
             self.live.overwrite_counts(counts)
-            if whole:
-                self.live.mark_rebuilt(started)
-                log.info("live counts rebuilt from the record: %d camera/line minutes", len(counts))
+            self.live.mark_rebuilt_through(closed)
+            if through is None or through < closed - dt.timedelta(seconds=RECENT_S):
+                log.info("live counts rebuilt from the record since %s: %d camera/line minutes", start.isoformat(),
+                         len(counts))
             return len(counts)
         except Exception as exc:  # noqa: BLE001 -- Redis or SQL away: the next tick tries again
             log.debug("live counts not rebuilt now: %s", exc)
@@ -93,5 +98,5 @@ class LiveRebuilder:
 def keep_live_state(sink: LiveSink, rebuilder: LiveRebuilder, stop: threading.Event, period_s: float = 1.0) -> None:
     """A worker thread's loop until ``stop``: write what waits for Redis, and recount closed minutes when due."""
     while not stop.wait(period_s):
-        sink.flush()
+        sink.flush(wait_s=period_s)
         rebuilder.tick()

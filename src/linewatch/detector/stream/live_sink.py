@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
-from linewatch.contracts.live_state import LiveStateWriter
+from linewatch.contracts.live_state import LiveStateWriter, PartlyRecorded
 from linewatch.contracts.messages import InspectionResult
 
 from .telemetry import LIVE_LEFT_TO_REBUILD, LIVE_PENDING, LIVE_UNAVAILABLE
@@ -65,9 +65,12 @@ class LiveSink:
         self.flush(self.wait_s)
 
     def flush(self, wait_s: float = 0.0) -> bool:
-        """Write the kept updates, oldest first, trying for at most ``wait_s``; True when none is left."""
+        """Write the kept updates, oldest first, for about ``wait_s`` (one Redis call can take up to the client's
+        socket timeout longer); True when none is left. What is not written by then waits for the next call."""
         deadline = time.monotonic() + wait_s
-        with self.lock:
+        if not self.lock.acquire(timeout=wait_s):  # another thread is writing: it carries on
+            return False
+        try:
             if self.down and time.monotonic() < self.retry_at:
                 return False  # Redis failed a moment ago: do not wait on it again yet
             while self.pending:
@@ -83,9 +86,14 @@ class LiveSink:
                 if self.down:
                     log.info("live state: Redis answers again")
                 self.down = False
+                if self.pending and time.monotonic() >= deadline:
+                    LIVE_PENDING.set(sum(len(u.results) for u in self.pending))
+                    return False
             LIVE_PENDING.set(0)
             LIVE_UNAVAILABLE.set(0)
             return True
+        finally:
+            self.lock.release()
 
     def _write(self, update: _Update) -> None:
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.settle_s / 2)
@@ -95,7 +103,13 @@ class LiveSink:
             update.overlays = {j: update.overlays[i] for j, i in enumerate(fresh) if i in update.overlays}
             update.results = [update.results[i] for i in fresh]
         if update.results:
-            self.live.record(update.results, update.overlays)
+            try:
+                self.live.record(update.results, update.overlays)
+            except PartlyRecorded as exc:  # keep only what Redis refused, so nothing is counted twice
+                left = [i for i in range(len(update.results)) if i not in exc.done]
+                update.overlays = {j: update.overlays[i] for j, i in enumerate(left) if i in update.overlays}
+                update.results = [update.results[i] for i in left]
+                raise
             update.results, update.overlays = [], {}  # written: not again if the dead letters fail next
         if update.dead_reasons:
             self.live.dead_lettered(update.dead_reasons, update.at)

@@ -41,8 +41,11 @@ log = logging.getLogger(__name__)
 
 # Errors after which the same statement can succeed later (the database away or busy); any other error of a
 # frame's row is that frame's own and never goes away by retrying.
+# ProgrammingError and NotSupportedError count as transient: a missing table or a revoked permission is the
+# deployment's fault, not the frame's, and dead-lettering every frame until it is mended would lose them all.
 TRANSIENT_SQL = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.InternalError, sa_exc.TimeoutError,
-                 sa_exc.DisconnectionError, ConnectionError, TimeoutError)
+                 sa_exc.DisconnectionError, sa_exc.ProgrammingError, sa_exc.NotSupportedError, ConnectionError,
+                 TimeoutError)
 PERMANENT_SQL = (sa_exc.StatementError, ValueError, TypeError, OverflowError)
 KEYS = ["camera_id", "frame_id"]
 
@@ -124,22 +127,25 @@ class ResultStore:
         for res, frame in zip(b.results, b.frames, strict=True):
             res.latency.total_ms = (now_ns - frame.meta.captured_at_ns) / 1e6
         try:
-            new = self._insert(range(len(b.results)), b)
+            b.inserted |= self._insert(range(len(b.results)), b)
         except TRANSIENT_SQL:
             raise
         except PERMANENT_SQL as exc:  # some frame's row can never be stored: find it, row by row
             log.warning("the database refused a batch (%s: %s); storing its frames one by one",
                         type(exc).__name__, exc)
-            new, refused = set(), {}
+            refused = {}
             for i in range(len(b.results)):
                 try:
-                    new |= self._insert([i], b)
-                except TRANSIENT_SQL:
+                    b.inserted |= self._insert([i], b)  # kept on the batch: a retry after a transient error
+                except TRANSIENT_SQL:                    # finds these rows present, not new
                     raise
                 except PERMANENT_SQL as one:
                     refused[i] = f"the database refused its row: {type(one).__name__}: {one}"[:2000]
             b.take_out(refused, reason="unstorable")
-        b.new = {i for i, r in enumerate(b.results) if (r.frame.camera_id, r.frame.frame_id) in new}
+        firsts: dict[tuple, int] = {}  # a frame twice in one batch (a camera's resend) is new once
+        for i, r in enumerate(b.results):
+            firsts.setdefault((r.frame.camera_id, r.frame.frame_id), i)
+        b.new = {i for key, i in firsts.items() if key in b.inserted}
 
     def _insert(self, indices, b: ScoredBatch) -> set[tuple]:
         """Insert the rows of ``b.results[indices]`` in one transaction; returns the keys of the new rows."""

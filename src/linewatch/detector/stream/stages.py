@@ -161,9 +161,12 @@ class Pipeline:
         if frames and frames[0].model_input.shape[-1] != scorer.image_size:  # a swap changed the input size
             redo = [prepare_frame(f.raw, scorer.image_size, self.det.max_pixels) for f in frames]
             frames = [f for f in redo if isinstance(f, PreparedFrame)]
+            dead = batch.dead + [d for d in redo if isinstance(d, DeadLetter)]  # never dropped unnoticed
+        else:
+            dead = batch.dead
         scored = score_batch(scorer, frames, self.worker_id,
                              lambda m: keep_good_sample(m.camera_id, m.frame_id, self.det.good_sample_rate),
-                             batch.dead, batch.batch_id)
+                             dead, batch.batch_id)
         if frames:
             telemetry.INFERENCE_SECONDS.observe(scored.results[0].latency.inference_ms / 1000)
             telemetry.BATCH_SIZE.observe(len(frames))
