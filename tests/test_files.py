@@ -53,7 +53,7 @@ def test_field_case_c19_distinct_ids_never_share_an_image_folder(tmp_path):
     import json
 
     from linewatch.contracts.messages import FrameMeta
-    from linewatch.detector.image_store import MAX_NAME_BYTES, ImageStore, safe_name
+    from linewatch.detector.stream.image_store import MAX_NAME_BYTES, ImageStore, safe_name
 
     from datasets import field_case
 
