@@ -16,7 +16,7 @@ from .options import load_settings, with_values
 
 def up(
     max_frames: Annotated[int | None, typer.Option(
-        min=1, help="stop after this many inspections; print a JSON summary")] = None,
+        min=1, help="stop after this many frames are inspected or dead-lettered; print a JSON summary")] = None,
     workers: Annotated[int, typer.Option(min=1, help="detector workers")] = 1,
     fps: Annotated[float, typer.Option(min=0.0, help="camera frame rate; 0 = as fast as possible")] = 10.0,
     model: Annotated[Path | None, typer.Option(

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from sqlalchemy import func, select
+import redis
+from sqlalchemy import select
 
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.files import path_of
@@ -42,6 +42,7 @@ from .embedded import (
     tansu_broker,
     tansu_client_env,
 )
+from .up_status import last_json, ms, percentiles, this_run
 
 log = logging.getLogger(__name__)
 
@@ -235,64 +236,84 @@ class Up:
                 "or give --model and --source")
 
     def _watch(self, started: dt.datetime) -> dict | None:
-        """Print a status line every second; returns the summary when ``max_frames`` are done."""
+        """Print a status line every second until ``max_frames`` frames are inspected or dead-lettered, or a
+        signal arrives; returns the run's summary. Every figure is this run's: rows and latency come from SQL
+        rows processed since ``started``, dead letters from Redis minus what it held when the run began.
+
+        Raises:
+            ServiceExited: a child process, the embedded broker or Redis ended on its own.
+        """
         engine = make_engine(self.settings.database_url)
         reader = LiveStateReader(connect_settings(self.settings.redis))
-        camera = self.children.processes["camera"]
+        dead_before = self._dead_letters(reader, started)
         t0, last_n, last_t = time.monotonic(), 0, time.monotonic()
         published: dict | None = None
         target = self.options.max_frames
         try:
-            while not self.stop_event.is_set():
-                time.sleep(1.0)
-                n, defects = _count(engine, started)
-                dead = sum(reader.dead_letters(started, dt.datetime.now(dt.UTC)).values())
+            while not self.stop_event.wait(1.0):
+                self._check_children()
+                camera = self.children.processes["camera"]
+                if camera.poll() is not None and published is None:
+                    published = last_json(camera)
+                n, defects, latency = this_run(engine, started)
+                dead_now = self._dead_letters(reader, started)
+                dead = None if dead_now is None or dead_before is None else dead_now - dead_before
                 now = time.monotonic()
                 fps = (n - last_n) / (now - last_t)
                 last_n, last_t = n, now
-                lat = [r.latency.total_ms for r in reader.recent(200)]
-                p50, p99 = (np.percentile(lat, [50, 99]) if lat else (float("nan"),) * 2)
+                p50, p99 = percentiles(latency[-200:])
                 rate = defects / n if n else 0.0
-                print(f"\r{n} inspected  {fps:5.1f} frames/s  defect rate {rate:6.1%}  dead-lettered {dead}  "
-                      f"latency p50 {p50:6.0f} ms  p99 {p99:6.0f} ms", end="", flush=True)
-                if camera.poll() is not None and published is None:
-                    out = camera.stdout.read().decode() if camera.stdout else ""
-                    published = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-                if target and n + dead >= target:
-                    print(flush=True)
-                    return self._summary(engine, reader, started, published, t0)
-                for name, proc in self.children.processes.items():
-                    if proc.poll() is not None and (name != "camera" or proc.returncode != 0):
-                        raise ServiceExited(name, proc.returncode, self.logs / f"{name}.log")
+                shown_dead = "live state unavailable" if dead is None else f"dead-lettered {dead}"
+                print(f"\r{n} inspected  {fps:5.1f} frames/s  defect rate {rate:6.1%}  {shown_dead}  "
+                      f"latency p50 {ms(p50)}  p99 {ms(p99)}", end="", flush=True)
+                if target and n + (dead or 0) >= target:
+                    break
+            print(flush=True)
+            if published is None and not self.stop_event.is_set():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.children.processes["camera"].wait(30)
+                published = last_json(self.children.processes["camera"])
+            dead_now = self._dead_letters(reader, started)
+            dead = None if dead_now is None or dead_before is None else dead_now - dead_before
+            return self._summary(engine, started, published, dead, t0)
         finally:
             print(flush=True)
             engine.dispose()
-        return None
 
-    def _summary(self, engine, reader: LiveStateReader, started: dt.datetime, published: dict | None,
-                 t0: float) -> dict:
-        camera = self.children.processes["camera"]
-        if published is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                camera.wait(30)
-            out = camera.stdout.read().decode() if camera.stdout else ""
-            published = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    def _check_children(self) -> None:
+        """Raise ServiceExited for the first child that ended on its own (the camera may end with code 0)."""
+        for name, proc in self.children.processes.items():
+            if proc.poll() is not None and (name != "camera" or proc.returncode != 0):
+                raise ServiceExited(name, proc.returncode, self.logs / f"{name}.log")
+        for service in self.children.services:
+            if service.process is not None and service.process.poll() is not None:
+                raise ServiceExited(service.name, service.process.returncode, service.log_path)
+
+    @staticmethod
+    def _dead_letters(reader: LiveStateReader, started: dt.datetime) -> int | None:
+        """Dead letters Redis counts since the minute ``started`` falls in, or None when Redis does not answer."""
+        try:
+            return sum(reader.dead_letters(started, dt.datetime.now(dt.UTC)).values())
+        except redis.RedisError:
+            return None
+
+    def _summary(self, engine, started: dt.datetime, published: dict | None, dead: int | None, t0: float) -> dict:
         with engine.connect() as conn:
             rows = conn.execute(select(Inspection.total_ms, Inspection.verdict, Inspection.model_version)
-                                .where(Inspection.captured_at >= started)).all()
-        latency = np.array([r.total_ms for r in rows]) if rows else np.array([np.nan])
+                                .where(Inspection.processed_at >= started)).all()
+        p50, p99 = percentiles([r.total_ms for r in rows])
         elapsed = time.monotonic() - t0
         return {
-            "published": published.get("published"),
+            "published": (published or {}).get("published"),
             "inspected": len(rows),
             "defects": sum(r.verdict == "defect" for r in rows),
-            "dead_lettered": sum(reader.dead_letters(started, dt.datetime.now(dt.UTC)).values()),
-            "latency_ms": {"p50": round(float(np.percentile(latency, 50)), 1),
-                           "p99": round(float(np.percentile(latency, 99)), 1)},
+            "dead_lettered": dead,
+            "latency_ms": {"p50": p50, "p99": p99},
             "frames_per_s": round(len(rows) / elapsed, 2) if elapsed else None,
             "model_versions": sorted({r.model_version for r in rows}),
             "workers": self.options.workers,
             "state_dir": str(self.state),
+            "stopped_by_signal": self.stop_event.is_set(),
         }
 
     # ---- stopping -----------------------------------------------------------------------------------
@@ -320,15 +341,6 @@ class Up:
                     os.killpg(proc.pid, signal.SIGKILL)
         for service in reversed(self.children.services):
             service.stop()
-
-
-def _count(engine, started: dt.datetime) -> tuple[int, int]:
-    with engine.connect() as conn:
-        total, defects = conn.execute(
-            select(func.count(), func.count().filter(Inspection.verdict == "defect"))
-            .where(Inspection.captured_at >= started)
-        ).one()
-    return int(total), int(defects)
 
 
 def run_up(settings: Settings, options: UpOptions) -> int:
