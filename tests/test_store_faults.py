@@ -18,7 +18,7 @@ from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.live_state import LiveStateReader, LiveStateWriter
 from linewatch.contracts.messages import FrameMeta
 from linewatch.contracts.schema import Inspection
-from linewatch.contracts.settings import KafkaSettings
+from linewatch.contracts.settings import KafkaSettings, RedisSettings
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.stream.batches import PreparedFrame, RawFrame
 from linewatch.detector.stream.frames import prepare_frame
@@ -96,7 +96,7 @@ def test_field_case_c22_a_full_redis_never_holds_the_record(postgres_server, sma
         except redis.exceptions.ResponseError as exc:
             assert "maxmemory" in str(exc)
             break
-    store = _store(engine, small_redis, tmp_path / "images", live_wait_s=1.0, settle_s=120.0)
+    store = _store(engine, small_redis, tmp_path / "images", redis=RedisSettings(wait_s=1.0, settle_s=120.0))
     batch = _batch(scorer, "cam-c22", 1, 4)
     started = time.monotonic()
     assert store.store(batch, threading.Event())

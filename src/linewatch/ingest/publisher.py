@@ -108,6 +108,8 @@ class FramePublisher:
                 give_up = self.sends[meta.frame_id] >= MAX_SENDS
             log.error("camera %s: the producer refused frame %d (%s)", self.camera_id, meta.frame_id, exc)
             if give_up:
+                with self.lock:
+                    self.sends.pop(meta.frame_id, None)
                 self._count_failed(meta, exc)
                 return True
             self.stop.wait(min(5.0, 0.5 * self.sends[meta.frame_id]))

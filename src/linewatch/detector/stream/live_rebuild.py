@@ -80,13 +80,14 @@ class LiveRebuilder:
             oldest = closed - dt.timedelta(seconds=self.rebuild_window_s)
             through = self.live.rebuilt_through()  # None: Redis came back empty (or never had counts)
             start = closed - dt.timedelta(seconds=RECENT_S)
-            if through is None or through < start:  # also every minute since the last rebuild that got through
+            behind = through is None or through < start  # Redis missed recounts (empty, away or full)
+            if behind:  # also every minute since the last recount that got through
                 start = max(oldest, through or oldest)
             with self.engine.connect() as conn:
                 counts = counts_by_minute(conn, start, closed)
             self.live.overwrite_counts(counts)
             self.live.mark_rebuilt_through(closed)
-            if through is None or through < closed - dt.timedelta(seconds=RECENT_S):
+            if behind:
                 log.info("live counts rebuilt from the record since %s: %d camera/line minutes", start.isoformat(),
                          len(counts))
             return len(counts)

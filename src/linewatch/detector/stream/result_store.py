@@ -30,7 +30,7 @@ from linewatch.contracts.database import insert_ignore_duplicates, upsert_camera
 from linewatch.contracts.heatmap import render_overlay
 from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.schema import Inspection
-from linewatch.contracts.settings import KafkaSettings
+from linewatch.contracts.settings import KafkaSettings, RedisSettings
 
 from . import telemetry
 from .batches import ScoredBatch
@@ -54,15 +54,17 @@ class ResultStore:
     """Writes scored batches to every sink (see the module docstring for what each step does on failure).
 
     Args:
-        live_wait_s, settle_s: see :class:`.live_sink.LiveSink` (settings ``redis.wait_s``, ``redis.settle_s``).
+        redis: ``wait_s`` and ``settle_s`` of the live state (see :class:`.live_sink.LiveSink`); default: the
+            settings' defaults.
         on_retry: called with the step's name and the error each time a step is retried.
     """
 
     def __init__(self, engine: Engine, live: LiveStateWriter, producer: KafkaProducer, kafka: KafkaSettings,
                  images: ImageStore, worker_id: str, on_retry: Callable[[str, BaseException], None] | None = None,
-                 live_wait_s: float = 5.0, settle_s: float = 120.0):
+                 redis: RedisSettings | None = None):
+        redis = redis or RedisSettings()
         self.engine = engine
-        self.live = LiveSink(live, live_wait_s, settle_s)
+        self.live = LiveSink(live, redis.wait_s, redis.settle_s)
         self.producer = producer
         self.kafka = kafka
         self.images = images

@@ -114,7 +114,7 @@ class DetectorWorker:
         producer = make_producer(s.kafka)
         store = ResultStore(engine, live, producer, s.kafka, ImageStore(s.image_store_root), self.worker_id,
                             on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc(),
-                            live_wait_s=s.redis.wait_s, settle_s=s.redis.settle_s)
+                            redis=s.redis)
         rebuilder = LiveRebuilder(engine, live, self.worker_id, s.redis.settle_s, s.redis.rebuild_window_s)
         pipeline = self.pipeline = Pipeline(self.model, self.det, self.worker_id, store, self._threads,
                                             self.stop_event)
