@@ -124,7 +124,10 @@ def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
     """
     size = {"max.message.bytes": str(k.max_message_bytes + 65536)}
     wanted = [
-        NewTopic(k.frames_topic, k.frames_partitions, k.replication_factor, topic_configs=size),
+        # The broker stamps frames when it appends them: workers time frames by that clock, not the camera's
+        # (linewatch.contracts.clock), and time-based retention never follows a camera clock a year ahead.
+        NewTopic(k.frames_topic, k.frames_partitions, k.replication_factor,
+                 topic_configs={**size, "message.timestamp.type": "LogAppendTime"}),
         NewTopic(k.dead_letter_topic, k.frames_partitions, k.replication_factor, topic_configs=size),
         NewTopic(k.inspections_topic, k.frames_partitions, k.replication_factor),
         NewTopic(k.models_topic, 1, k.replication_factor, topic_configs={"cleanup.policy": "compact"}),

@@ -6,7 +6,8 @@ worker's clock, never the camera's: a camera whose clock is off neither freezes 
 =====================================  ======  ==========================================================
 key                                    type    content, bound
 =====================================  ======  ==========================================================
-``P:cameras``                          hash    camera_id -> line_id                     (one per camera)
+``P:cameras:seen``                     zset    camera_id, scored by last processing time  entries > 1 day trimmed
+``P:camera:<camera_id>``               hash    ``line_id``, ``skew_ms``, ``skewed``      TTL 1 day
 ``P:latest:<camera_id>``               hash    ``result`` (JSON), ``overlay`` (JPEG)    TTL 1 day
 ``P:counts:camera:<camera_id>:<min>``  hash    ``inspected``, ``defects``               TTL counts_ttl_s
 ``P:counts:line:<line_id>:<min>``      hash    ``inspected``, ``defects``               TTL counts_ttl_s
@@ -20,7 +21,10 @@ key                                    type    content, bound
 SQL is the record and Redis a view of it: counts of minutes that closed more than ``settle_s`` ago are
 recounted from SQL (:meth:`LiveStateWriter.overwrite_counts`; linewatch.detector.stream.live_rebuild says
 which minutes and when), so what Redis lost (a restart without a snapshot, an outage, evicted keys) is
-counted again; the minutes since are counted as results are stored.
+counted again; the minutes since are counted as results are stored. Every per-camera key expires a day after
+the camera's last frame, by the worker's clock, so a camera that left (or whose clock runs a year ahead) holds
+nothing for good. ``skew_ms`` is the newest frame's camera clock skew and ``skewed`` counts the frames whose
+skew was beyond the tolerance (:mod:`linewatch.contracts.clock`).
 
 Redeliveries (at-least-once) are not counted twice: the workers record only the results whose SQL row their
 own insert created (``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so the record decides what is new,
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 
 import redis
 
+from .clock import DEFAULT_CLOCK, ClockRule
 from .messages import InspectionResult
 from .settings import RedisSettings
 
@@ -56,7 +61,12 @@ redis.call('HSET', KEYS[3], 'result', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 'overlay', ARGV[3]) else redis.call('HDEL', KEYS[3], 'overlay') end
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'result', ARGV[2])
-redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
+local now = tonumber(ARGV[9])
+redis.call('ZADD', KEYS[5], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[7]))
+redis.call('HSET', KEYS[6], 'line_id', ARGV[5], 'skew_ms', ARGV[10])
+redis.call('HINCRBY', KEYS[6], 'skewed', tonumber(ARGV[11]))
+redis.call('EXPIRE', KEYS[6], tonumber(ARGV[7]))
 return 1
 """
 
@@ -88,8 +98,9 @@ class LiveStateWriter:
     """The workers' side. All methods raise ``redis.RedisError`` when Redis is unavailable (callers retry)."""
 
     def __init__(self, client: redis.Redis, prefix: str = PREFIX, counts_ttl_s: int = 8 * 24 * 3600,
-                 recent_cap: int = 10_000):
+                 recent_cap: int = 10_000, clock: ClockRule = DEFAULT_CLOCK):
         self.r = client
+        self.clock = clock
         self.p = prefix
         self.counts_ttl_s = counts_ttl_s
         self.recent_cap = recent_cap
@@ -118,10 +129,13 @@ class LiveStateWriter:
                 f"{self.p}:counts:line:{f.line_id}:{minute}",
                 f"{self.p}:latest:{f.camera_id}",
                 f"{self.p}:recent",
-                f"{self.p}:cameras",
+                f"{self.p}:cameras:seen",
+                f"{self.p}:camera:{f.camera_id}",
             ]
+            skew = res.latency.clock_skew_ms
             args = [int(res.verdict == "defect"), res.to_json(), overlays.get(i, b""), f.camera_id, f.line_id,
-                    self.counts_ttl_s, LATEST_TTL_S, self.recent_cap]
+                    self.counts_ttl_s, LATEST_TTL_S, self.recent_cap, res.processed_at.timestamp(), repr(skew),
+                    int(not self.clock.trusted(skew))]
             self._record(keys=keys, args=args, client=pipe)
         replies = pipe.execute(raise_on_error=False)
         failed = [x for x in replies if isinstance(x, Exception)]
@@ -199,8 +213,24 @@ class LiveStateReader:
         self.p = prefix
 
     def cameras(self) -> dict[str, str]:
-        """camera_id -> line_id of every camera that has reported."""
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(f"{self.p}:cameras").items()}
+        """camera_id -> line_id of every camera that reported in the last day."""
+        return {c: info["line_id"] for c, info in self.camera_states().items()}
+
+    def camera_states(self) -> dict[str, dict]:
+        """camera_id -> ``line_id``, ``seen`` (last processing time, Unix s), ``skew_ms`` (the newest frame's
+        camera clock skew, ms) and ``skewed`` (frames whose skew was beyond the tolerance) of every camera that
+        reported in the last day."""
+        since = time.time() - LATEST_TTL_S
+        seen = self.r.zrangebyscore(f"{self.p}:cameras:seen", since, "+inf", withscores=True)
+        pipe = self.r.pipeline(transaction=False)
+        for camera, _ in seen:
+            pipe.hgetall(f"{self.p}:camera:{camera.decode()}")
+        out = {}
+        for (camera, at), h in zip(seen, pipe.execute(), strict=True):
+            if h:  # expired between the two reads: gone
+                out[camera.decode()] = {"line_id": h[b"line_id"].decode(), "seen": at,
+                                        "skew_ms": float(h.get(b"skew_ms", 0)), "skewed": int(h.get(b"skewed", 0))}
+        return out
 
     def counts_per_minute(self, kind: str, ident: str, start: dt.datetime, end: dt.datetime) -> dict[int, Counts]:
         """Per-minute counts of a ``camera`` or ``line`` between ``start`` and ``end`` (minute -> Counts)."""

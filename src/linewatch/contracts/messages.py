@@ -166,13 +166,16 @@ class DefectRegion(BaseModel):
 
 
 class Latency(BaseModel):
-    """Where the time went, in ms: waiting in Kafka and the batch, decoding, the model, and in all
-    (from ``captured_at`` to the moment the result is written to the SQL store)."""
+    """Where the time went, in ms: waiting in Kafka and the batch, decoding, the model, and in all (to the
+    moment the result is written to the SQL store). Waiting starts at ``captured_at`` while the camera's clock
+    agrees with the frame's arrival, else at the arrival (linewatch.detector.stream.clock); never negative.
+    ``clock_skew_ms``: the camera's ``captured_at`` minus the frame's arrival (positive: its clock runs ahead)."""
 
     queue_wait_ms: float
     decode_ms: float
     inference_ms: float
     total_ms: float
+    clock_skew_ms: float = 0.0
 
 
 class InspectionResult(BaseModel):

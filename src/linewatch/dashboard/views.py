@@ -22,6 +22,18 @@ def score_text(normalized: float, verdict: str) -> str:
     return f"{normalized:.2f} × threshold · {'DEFECT' if verdict == 'defect' else 'good'}"
 
 
+def skew_text(skew_ms: float) -> str:
+    """A camera clock skew in words: ``'5 min ahead'``, ``'1.2 s behind'``, ``'3 days behind'``."""
+    seconds = abs(skew_ms) / 1000
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size if unit == "days" else seconds >= size:
+            amount = f"{seconds / size:.0f} {unit}"
+            break
+    else:
+        amount = f"{seconds:.1f} s"
+    return f"{amount} {'ahead' if skew_ms > 0 else 'behind'}"
+
+
 def explain(exc: BaseException) -> str:
     """A sentence for an operator about why data could not be read."""
     if isinstance(exc, redis.RedisError):

@@ -12,6 +12,7 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
+from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.live_state import LiveStateReader
 
 from .. import charts, data, views, windows
@@ -91,7 +92,9 @@ def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
     cameras: dict[str, str] = {}
     if reader is not None:
         try:
-            cameras.update(reader.cameras())
+            states = reader.camera_states()
+            cameras.update({c: info["line_id"] for c, info in states.items()})
+            _clock_warnings(states, ClockRule(s.detector.clock_ahead_s, s.detector.clock_behind_s))
         except redis.RedisError as exc:
             live_ok, live_problem = False, views.explain(exc)
     try:
@@ -122,6 +125,16 @@ def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
         _workers(reader, window)
     else:
         st.caption("Worker health needs the live state (Redis).")
+
+
+def _clock_warnings(states: dict[str, dict], rule: ClockRule) -> None:
+    """One line per camera whose clock disagrees with the line's (its frames are counted and timed by the
+    workers' clock meanwhile, so nothing below is skewed; the camera's ``captured_at`` values are)."""
+    for cam, info in sorted(states.items()):
+        if not rule.trusted(info["skew_ms"]):
+            st.warning(f"Camera {cam}: its clock is {views.skew_text(info['skew_ms'])} "
+                       f"({info['skewed']:,} frames timed from their arrival). Counts and latency here use "
+                       "the workers' clock; fix the camera's time sync (NTP).")
 
 
 def _buckets(reader: LiveStateReader | None, cameras: dict[str, str], window: Window) -> list[Bucket] | None:

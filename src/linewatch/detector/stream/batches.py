@@ -22,7 +22,9 @@ PREVIEW_SIDE = 640
 
 @dataclass
 class RawFrame:
-    """A frame message as consumed: where it came from, its bytes, and when the worker received it."""
+    """A frame message as consumed: where it came from, its bytes, when the worker received it, and when the
+    broker appended it (``broker_ns``, only from a topic with ``message.timestamp.type=LogAppendTime``: the
+    record timestamp of a ``CreateTime`` topic is the camera's clock again)."""
 
     topic: str
     partition: int
@@ -31,6 +33,12 @@ class RawFrame:
     value: bytes | None
     headers: list[tuple[str, bytes]]
     received_ns: int = field(default_factory=time.time_ns)
+    broker_ns: int | None = None
+
+    @property
+    def arrived_ns(self) -> int:
+        """The frame's arrival, ns since the epoch: the broker's append time when known, else its receipt."""
+        return self.broker_ns if self.broker_ns is not None else self.received_ns
 
     @property
     def source(self) -> str:

@@ -21,6 +21,9 @@ from . import telemetry
 from .batches import RawFrame
 from .offsets import OffsetTracker, Partition
 
+# Kafka's record timestamp type 1: the broker stamped the record when it appended it (its clock, not the camera's).
+LOG_APPEND_TIME = 1
+
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +65,8 @@ class FrameConsumer:
             time.sleep(min(1.0, timeout_ms / 1000))
             polled = {}
         self.observe_assignment()
-        return [RawFrame(tp.topic, tp.partition, r.offset, r.key, r.value, list(r.headers or []))
+        return [RawFrame(tp.topic, tp.partition, r.offset, r.key, r.value, list(r.headers or []),
+                         broker_ns=r.timestamp * 1_000_000 if r.timestamp_type == LOG_APPEND_TIME else None)
                 for tp, records in polled.items() for r in records]
 
     def observe_assignment(self) -> None:

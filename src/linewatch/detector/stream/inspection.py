@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from linewatch.contracts.clock import DEFAULT_CLOCK, ClockRule
 from linewatch.contracts.messages import FrameMeta, FrameRef, InspectionResult, Latency
 
 from ..scoring import Scorer
@@ -17,12 +18,15 @@ from .batches import DeadLetter, PreparedFrame, ScoredBatch
 
 
 def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, keep_good: Callable[[FrameMeta], bool],
-                dead: list[DeadLetter] | None = None, batch_id: int | None = None) -> ScoredBatch:
+                dead: list[DeadLetter] | None = None, batch_id: int | None = None,
+                clock: ClockRule = DEFAULT_CLOCK) -> ScoredBatch:
     """Score ``frames`` in one batch and build their results.
 
     Defective frames are always kept (with their regions); good ones when ``keep_good(meta)`` says so.
     ``inference_ms`` in each result is the model time of the whole batch; ``total_ms`` is filled in when
-    the result is stored. ``dead`` and ``batch_id`` are carried into the :class:`ScoredBatch` unchanged.
+    the result is stored. ``queue_wait_ms`` starts at the frame's capture time while the camera's clock agrees
+    with the frame's arrival, else at its arrival (``clock``; never negative); ``clock_skew_ms`` is the camera's
+    skew. ``dead`` and ``batch_id`` are carried into the :class:`ScoredBatch` unchanged.
     """
     maps = np.zeros((0, scorer.image_size, scorer.image_size), dtype=np.float32)
     if not frames:
@@ -40,6 +44,7 @@ def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, kee
     for i, f in enumerate(frames):
         defect = bool(scores.is_defect[i])
         m = f.meta
+        origin_ns = clock.latency_origin_ns(m.captured_at_ns, f.raw.arrived_ns)
         results.append(InspectionResult(
             frame=FrameRef(camera_id=m.camera_id, line_id=m.line_id, frame_id=m.frame_id, part_id=m.part_id,
                            captured_at=m.captured_at, topic=f.raw.topic, partition=f.raw.partition,
@@ -48,8 +53,9 @@ def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, kee
             image_score=float(scores.image_scores[i]), normalized_score=float(scores.normalized[i]),
             verdict="defect" if defect else "good", threshold=scorer.image_threshold,
             regions=scorer.regions(maps[i], (f.height, f.width)) if defect else [],
-            latency=Latency(queue_wait_ms=(f.decode_started_ns - m.captured_at_ns) / 1e6, decode_ms=f.decode_ms,
-                            inference_ms=inference_ms, total_ms=0.0),
+            latency=Latency(queue_wait_ms=max(0.0, (f.decode_started_ns - origin_ns) / 1e6), decode_ms=f.decode_ms,
+                            inference_ms=inference_ms, total_ms=0.0,
+                            clock_skew_ms=clock.skew_ms(m.captured_at_ns, f.raw.arrived_ns)),
             processed_at=now, worker_id=worker_id,
         ))
         if defect or keep_good(m):

@@ -127,7 +127,8 @@ class ResultStore:
     def _sql(self, b: ScoredBatch) -> None:
         now_ns = time.time_ns()
         for res, frame in zip(b.results, b.frames, strict=True):
-            res.latency.total_ms = (now_ns - frame.meta.captured_at_ns) / 1e6
+            # from where the queue wait started (the capture, or the arrival when the camera's clock is off)
+            res.latency.total_ms = res.latency.queue_wait_ms + max(0, now_ns - frame.decode_started_ns) / 1e6
         try:
             b.inserted |= self._insert(range(len(b.results)), b)
         except TRANSIENT_SQL:
@@ -156,8 +157,9 @@ class ResultStore:
             res = b.results[i]
             rows.append(res.to_row())
             f = res.frame
-            if f.camera_id not in cameras or cameras[f.camera_id][1] < f.captured_at:
-                cameras[f.camera_id] = (f.line_id, f.captured_at)
+            # last seen by the worker's clock: a camera whose clock runs ahead must not pin its row in the future
+            if f.camera_id not in cameras or cameras[f.camera_id][1] < res.processed_at:
+                cameras[f.camera_id] = (f.line_id, res.processed_at)
         with self.engine.begin() as conn:
             upsert_cameras(conn, cameras)
             return insert_ignore_duplicates(conn, Inspection.__table__, rows, KEYS)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.settings import DetectorSettings
 
 from . import telemetry
@@ -49,6 +50,7 @@ class Pipeline:
                  threads: tuple[int, int], stop: threading.Event):
         self.model = model
         self.det = det
+        self.clock = ClockRule(det.clock_ahead_s, det.clock_behind_s)
         self.worker_id = worker_id
         self.store = store
         self.threads = threads
@@ -166,7 +168,7 @@ class Pipeline:
             dead = batch.dead
         scored = score_batch(scorer, frames, self.worker_id,
                              lambda m: keep_good_sample(m.camera_id, m.frame_id, self.det.good_sample_rate),
-                             dead, batch.batch_id)
+                             dead, batch.batch_id, self.clock)
         if frames:
             telemetry.INFERENCE_SECONDS.observe(scored.results[0].latency.inference_ms / 1000)
             telemetry.BATCH_SIZE.observe(len(frames))
@@ -182,6 +184,9 @@ class Pipeline:
             for r in batch.results:
                 telemetry.INSPECTED.labels(verdict=r.verdict).inc()
                 telemetry.LATENCY_SECONDS.observe(r.latency.total_ms / 1000)
+                telemetry.CLOCK_SKEW.labels(camera_id=r.frame.camera_id).set(r.latency.clock_skew_ms / 1000)
+                if not self.clock.trusted(r.latency.clock_skew_ms):
+                    telemetry.CLOCK_UNTRUSTED.labels(camera_id=r.frame.camera_id).inc()
             for d in batch.dead:
                 telemetry.DEAD_LETTERED.labels(reason=d.reason).inc()
             self.throughput.add(len(batch.results), len(batch.dead))

@@ -10,8 +10,14 @@ BATCH_SIZE = Histogram("linewatch_batch_size_frames", "Frames per inference batc
 INFERENCE_SECONDS = Histogram("linewatch_inference_seconds", "Model time per batch, seconds",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 LATENCY_SECONDS = Histogram("linewatch_end_to_end_latency_seconds",
-                            "From capture to the result in the SQL store, seconds",
+                            "From capture (from arrival when the camera's clock is off) to the SQL row, seconds",
                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+CLOCK_SKEW = Gauge("linewatch_camera_clock_skew_seconds",
+                   "The camera's capture time minus the frame's arrival, newest frame (positive: clock ahead)",
+                   ["camera_id"])
+CLOCK_UNTRUSTED = Counter("linewatch_frames_clock_skewed_total",
+                          "Frames whose camera clock was off by more than the tolerance (latency from arrival)",
+                          ["camera_id"])
 CONSUMER_LAG = Gauge("linewatch_consumer_lag_frames", "Frames not yet committed, per partition", ["partition"])
 IMAGES_NOT_KEPT = Counter("linewatch_images_not_kept_total",
                           "Frames to keep whose image could not be written (disk full ...); stored without it",

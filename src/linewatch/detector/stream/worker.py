@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.kafka import make_consumer, make_producer
 from linewatch.contracts.live_state import LiveStateWriter, connect_settings
@@ -110,7 +111,8 @@ class DetectorWorker:
         engine = make_engine(s.database_url, s.database.pool_size)
         migrate(engine)
         live = LiveStateWriter(connect_settings(s.redis), counts_ttl_s=s.redis.counts_ttl_s,
-                               recent_cap=s.redis.recent_results_cap)
+                               recent_cap=s.redis.recent_results_cap,
+                               clock=ClockRule(s.detector.clock_ahead_s, s.detector.clock_behind_s))
         producer = make_producer(s.kafka)
         store = ResultStore(engine, live, producer, s.kafka, ImageStore(s.image_store_root), self.worker_id,
                             on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc(),

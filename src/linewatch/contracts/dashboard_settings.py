@@ -1,0 +1,47 @@
+"""Settings of the Streamlit dashboard: the ``[dashboard]`` section of :class:`linewatch.contracts.settings.Settings`
+(kept beside it in its own module for its validators; read only through ``Settings``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class DashboardSettings(BaseModel):
+    """The Streamlit dashboard."""
+
+    port: int = Field(8501, ge=1, le=65535)
+    refresh_s: float = Field(2.0, ge=0.5, description="live page refresh period, seconds")
+    accounts_file: Path | None = Field(
+        None, description="TOML file of operators and their password hashes; set = labelling needs a login"
+    )
+    oidc: bool = Field(False, description="use Streamlit's built-in OIDC login (configured in .streamlit/secrets.toml)")
+    page_size: int = Field(24, ge=1, le=500, description="frames per page in galleries and the review queue")
+    address: str = Field("0.0.0.0", description="interface the dashboard listens on")
+    oidc_provider: str | None = Field(None, description="named provider in secrets.toml [auth.<name>]; none = [auth]")
+    query_timeout_s: float = Field(5.0, gt=0, description="longest a dashboard SQL query may run, seconds")
+    timezone: str = Field("UTC", description="IANA time zone for times shown and for shift boundaries")
+    shift_starts: list[str] = Field(["06:00", "14:00", "22:00"], min_length=1,
+                                    description="local times (HH:MM) at which shifts start")
+    metrics_port: int | None = Field(None, description="Prometheus /metrics, /healthz, /readyz port; none = off")
+
+    @field_validator("shift_starts")
+    @classmethod
+    def _shift_times(cls, value: list[str]) -> list[str]:
+        for item in value:
+            hours, _, minutes = item.partition(":")
+            if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+                raise ValueError(f"shift start {item!r} is not HH:MM")
+        return sorted(value, key=lambda t: (int(t.split(":")[0]), int(t.split(":")[1])))
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
