@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.kafka import ensure_topics
 from linewatch.contracts.live_state import LiveStateReader
-from linewatch.contracts.messages import FrameMeta
+from linewatch.contracts.messages import FRAME_SCHEMA, FrameMeta
 from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import Settings
 from linewatch.ingest.camera import CameraCounters, CameraService
@@ -171,6 +171,16 @@ class Pipeline:
         self.kill()
         self.engine.dispose()
         self.redis.close()
+
+
+def raw_headers(camera_id: str, line_id: str, frame_id: int, captured_ns: int | None = None,
+             part_id: str | None = None, content_type: str = "image/jpeg") -> list[tuple[str, bytes]]:
+    """Frame headers written by hand (any values, valid or not), as a camera's producer would send them."""
+    values = {"schema": FRAME_SCHEMA, "camera_id": camera_id, "line_id": line_id, "frame_id": str(frame_id),
+              "captured_at": str(captured_ns or time.time_ns()), "content_type": content_type}
+    if part_id is not None:
+        values["part_id"] = part_id
+    return [(k, v.encode()) for k, v in values.items()]
 
 
 def frame_headers(frame_id: int, camera_id: str = "cam-raw", content_type: str = "image/png") -> list:

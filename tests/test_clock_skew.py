@@ -14,8 +14,7 @@ from sqlalchemy import text
 from linewatch.contracts.live_state import LiveStateReader
 
 from datasets import field_case
-from pipeline_harness import Pipeline
-from test_poison_frames import _headers
+from pipeline_harness import Pipeline, raw_headers
 
 pytestmark = pytest.mark.services
 
@@ -31,12 +30,12 @@ def test_field_case_c20_camera_clock_skew_counts_by_the_workers_clock(
         p.start_worker("w1")
         now = time.time_ns()
         # (a) 50 frames on time, then the camera restarts with its clock 10 min behind and sends 50 more
-        p.publish_raw([(frame, _headers("cam-behind", "L1", 1000 + n, captured_ns=now + n * 10**6))
+        p.publish_raw([(frame, raw_headers("cam-behind", "L1", 1000 + n, captured_ns=now + n * 10**6))
                        for n in range(50)], camera_id="cam-behind")
-        p.publish_raw([(frame, _headers("cam-behind", "L1", 2000 + n, captured_ns=now - 10 * MINUTE_NS + n * 10**6))
+        p.publish_raw([(frame, raw_headers("cam-behind", "L1", 2000 + n, captured_ns=now - 10 * MINUTE_NS + n * 10**6))
                        for n in range(50)], camera_id="cam-behind")
         # (b) a camera 5 min ahead
-        p.publish_raw([(frame, _headers("cam-ahead", "L1", 3000 + n, captured_ns=now + 5 * MINUTE_NS + n * 10**6))
+        p.publish_raw([(frame, raw_headers("cam-ahead", "L1", 3000 + n, captured_ns=now + 5 * MINUTE_NS + n * 10**6))
                        for n in range(50)], camera_id="cam-ahead")
         assert p.wait_for_rows(150, timeout_s=240) == 150
         time.sleep(1.5)  # the live state is written just after the SQL rows

@@ -9,21 +9,10 @@ import time
 
 import pytest
 
-from linewatch.contracts.messages import FRAME_SCHEMA
-
 from datasets import field_case
-from pipeline_harness import Pipeline
+from pipeline_harness import Pipeline, raw_headers
 
 pytestmark = pytest.mark.services
-
-
-def _headers(camera_id: str, line_id: str, frame_id: int, captured_ns: int | None = None,
-             part_id: str | None = None, content_type: str = "image/jpeg") -> list[tuple[str, bytes]]:
-    values = {"schema": FRAME_SCHEMA, "camera_id": camera_id, "line_id": line_id, "frame_id": str(frame_id),
-              "captured_at": str(captured_ns or time.time_ns()), "content_type": content_type}
-    if part_id is not None:
-        values["part_id"] = part_id
-    return [(k, v.encode()) for k, v in values.items()]
 
 
 def test_field_cases_c19_c19b_c02_poison_frames_are_dead_lettered_and_the_rest_stored(
@@ -34,14 +23,14 @@ def test_field_cases_c19_c19b_c02_poison_frames_are_dead_lettered_and_the_rest_s
         frame = (field_case("c19_header_values") / "c19_frame_640x480.jpg").read_bytes()
         corrupt = (field_case("c02_corrupt_mid_jpeg") / "jpeg_corrupt_middle_10pct_dropped_900x900.jpg").read_bytes()
         poison = json.loads((field_case("c19_header_values") / "c19_poison_headers.json").read_text())
-        items = [(frame, _headers("cam-ok", "L1", 1))]
+        items = [(frame, raw_headers("cam-ok", "L1", 1))]
         for n, ids in enumerate(v for v in poison.values() if isinstance(v, dict)):
-            items.append((frame, _headers(ids["camera_id"], ids["line_id"], 100 + n, part_id=ids.get("part_id"))))
-        items.append((frame, _headers("cam-future", "L1", 200, captured_ns=10**22)))  # c19b
-        items.append((corrupt, _headers("cam-corrupt", "L1", 300)))  # c02
+            items.append((frame, raw_headers(ids["camera_id"], ids["line_id"], 100 + n, part_id=ids.get("part_id"))))
+        items.append((frame, raw_headers("cam-future", "L1", 200, captured_ns=10**22)))  # c19b
+        items.append((corrupt, raw_headers("cam-corrupt", "L1", 300)))  # c02
         for n, ids in enumerate(poison["camera_id_slash_vs_colon_same_folder"]):  # distinct, both valid
-            items.append((frame, _headers(ids["camera_id"], ids["line_id"], 400 + n)))
-        items.append((frame, _headers("cam-ok", "L1", 2)))
+            items.append((frame, raw_headers(ids["camera_id"], ids["line_id"], 400 + n)))
+        items.append((frame, raw_headers("cam-ok", "L1", 2)))
         p.publish_raw(items)
         started = time.monotonic()
         p.start_worker("w1")

@@ -4,24 +4,31 @@ file system."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from linewatch.cli.embedded import ManagedProcess, free_port
 from linewatch.contracts.database import make_engine, migrate
+from linewatch.contracts.files import path_of
 from linewatch.contracts.live_state import LiveStateReader, LiveStateWriter
 from linewatch.contracts.messages import FrameMeta
-from linewatch.contracts.schema import Inspection
+from linewatch.contracts.schema import Inspection, Label
 from linewatch.contracts.settings import KafkaSettings, RedisSettings
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.stream.batches import PreparedFrame, RawFrame
 from linewatch.detector.stream.frames import prepare_frame
+from linewatch.detector.stream.image_retention import ImageRetention, RetentionRule
 from linewatch.detector.stream.image_store import ImageStore
 from linewatch.detector.stream.inspection import score_batch
 from linewatch.detector.stream.result_store import ResultStore
@@ -31,12 +38,16 @@ from datasets import bottle
 pytestmark = pytest.mark.services
 
 
-def _batch(scorer: Scorer, camera: str, first_id: int, n: int, keep_all: bool = False):
+def _batch(scorer: Scorer, camera: str, first_id: int, n: int, keep_all: bool = False, jpeg: bool = False):
+    """Bottle frames: the PNG files (about 525 KB), or (``jpeg``) encoded at quality 90 (about 95 KB)."""
     images = sorted((bottle() / "test" / "broken_large").glob("*.png"))[:n]
     frames = []
     for i, path in enumerate(images):
-        meta = FrameMeta(camera, "line-1", first_id + i, time.time_ns(), "image/png")
-        raw = RawFrame("t.frames", 0, first_id + i, camera.encode(), path.read_bytes(), meta.headers())
+        data = path.read_bytes()
+        if jpeg:
+            data = cv2.imencode(".jpg", cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        meta = FrameMeta(camera, "line-1", first_id + i, time.time_ns(), "image/jpeg" if jpeg else "image/png")
+        raw = RawFrame("t.frames", 0, first_id + i, camera.encode(), data, meta.headers())
         prepared = prepare_frame(raw, scorer.image_size, 40_000_000)
         assert isinstance(prepared, PreparedFrame)
         frames.append(prepared)
@@ -126,21 +137,46 @@ def one_mib_disk(tmp_path):
         subprocess.run(["umount", str(folder)], check=False)
 
 
-def test_field_case_c21_a_full_disk_never_holds_the_record(postgres_server, redis_url, quick_model, one_mib_disk):
-    engine = make_engine(postgres_server.url)
+def test_field_case_c21_a_full_disk_makes_room_and_never_holds_the_record(postgres_server, redis_url, quick_model,
+                                                                          one_mib_disk):
+    engine = make_engine(postgres_server.fresh_database("c21"))  # retention looks at every row of its record
     migrate(engine)
     scorer = Scorer(quick_model.model_dir, "cpu")
-    store = _store(engine, redis.Redis.from_url(redis_url), one_mib_disk)
-    stored = 0
-    for first in range(1, 31, 3):  # bottle PNGs of about 400 KB: the disk is full after two
-        batch = _batch(scorer, "cam-c21", first, 3, keep_all=True)
-        assert store.store(batch, threading.Event())
-        stored += 3
+    retention = ImageRetention(engine, one_mib_disk, RetentionRule(max_age_days=None, min_free_ratio=0.05))
+    store = _store(engine, redis.Redis.from_url(redis_url), one_mib_disk, retention=retention)
+    (one_mib_disk / ".crashed.png.4242.tmp").write_bytes(b"x" * 1000)  # a worker killed mid-write left this
+    os.utime(one_mib_disk / ".crashed.png.4242.tmp", (time.time() - 3600, time.time() - 3600))
+    for first in range(1, 31, 3):  # frames of about 100 KB, as in the case: the disk holds about eight
+        assert store.store(_batch(scorer, "cam-c21", first, 3, keep_all=True, jpeg=True), threading.Event())
+        if first == 1:  # an operator labels the first frame: retention must keep it
+            with engine.begin() as conn:
+                conn.execute(Label.__table__.insert().values(
+                    inspection_id=_rows(engine, "cam-c21")[0].id, label="defect", operator="op",
+                    created_at=dt.datetime.now(dt.UTC)))
     rows = _rows(engine, "cam-c21")
-    assert len(rows) == stored == 30
+    assert len(rows) == 30  # every frame has its row, whatever the disk did
     kept = [r for r in rows if r.image_uri]
-    assert 0 < len(kept) < stored  # some images were kept until the disk filled, the rows all the same
-    assert not list(one_mib_disk.rglob("*.tmp"))  # no partial files left behind
+    assert rows[0].image_uri and path_of(rows[0].image_uri).is_file()  # the labelled frame survived
+    assert rows[-1].image_uri and path_of(rows[-1].image_uri).is_file()  # room was made for the newest
+    assert all(path_of(r.image_uri).is_file() for r in kept)  # no row points at a removed file
+    on_disk = {p.name for p in one_mib_disk.rglob("*.jpg") if ".heatmap." not in p.name}
+    assert on_disk == {path_of(r.image_uri).name for r in kept}  # every removed frame's files are gone
+    assert retention.last.by_space > 0 and not retention.full
+    assert [p.name for p in one_mib_disk.rglob("*.tmp")] == [".crashed.png.4242.tmp"]  # no partial file of ours
+    retention.run_once()  # the worker's periodic pass sweeps what a crashed worker left
+    assert not list(one_mib_disk.rglob("*.tmp"))
     reader = LiveStateReader(redis.Redis.from_url(redis_url))
-    now = rows[-1].processed_at
-    assert _inspected(reader, "cam-c21", now) == 30
+    assert _inspected(reader, "cam-c21", rows[-1].processed_at) == 30
+
+    # Nothing left to remove (every kept frame labelled): frames are stored without images, and the alarm is up.
+    with engine.begin() as conn:
+        conn.execute(Label.__table__.insert(), [
+            {"inspection_id": r.id, "label": "good", "operator": "op", "created_at": dt.datetime.now(dt.UTC)}
+            for r in kept[1:]])
+    batch = _batch(scorer, "cam-c21", 100, 3, keep_all=True, jpeg=True)
+    with contextlib.suppress(OSError):  # fill what is left so that not even one frame fits
+        (one_mib_disk / "filler").write_bytes(b"\0" * shutil.disk_usage(one_mib_disk).free)
+    assert store.store(batch, threading.Event())
+    assert len(_rows(engine, "cam-c21")) == 33 and not any(r.image_uri for r in _rows(engine, "cam-c21")[30:])
+    assert retention.full
+    assert REGISTRY.get_sample_value("linewatch_image_store_full") == 1

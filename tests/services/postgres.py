@@ -82,6 +82,14 @@ class PostgresServer:
         """The SQLAlchemy URL (psycopg 3 driver) of the ``linewatch`` database."""
         return f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
 
+    def fresh_database(self, name: str) -> str:
+        """Create an empty database ``name`` (dropped first if it exists) owned by the ``linewatch`` role, for a
+        test that needs a record of its own; returns its SQLAlchemy URL."""
+        with psycopg.connect(self._superuser_conninfo(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name} OWNER {self.user}")
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     @property
     def log_path(self) -> Path:
         return self.workdir / "postgres.log"

@@ -174,6 +174,16 @@ class IngestSettings(BaseModel):
     metrics_port: int | None = None
 
 
+class ImageSettings(BaseModel):
+    """Retention of kept frames in the image store (labelled and trained-on frames are never removed)."""
+
+    max_age_days: float | None = Field(30.0, gt=0, description="kept frames older than this are removed; none = "
+                                       "kept until space runs short")
+    min_free_ratio: float = Field(0.05, ge=0, lt=1, description="share of the image store's file system kept free: "
+                                  "below it the oldest kept frames are removed")
+    check_s: float = Field(30.0, gt=0, description="how often a worker applies retention, seconds")
+
+
 class TrainerSettings(BaseModel):
     """The retraining service."""
 
@@ -199,6 +209,7 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path("var"), description="embedded state: SQLite file, image store, models")
     data_root: Path = Field(default_factory=_default_data_root, description="real datasets (MVTec AD, ...)")
     image_store: str = Field("", description="where kept frames go; a directory or file:// URI")
+    images: ImageSettings = ImageSettings()
     artifact_store: str = Field("", description="where model versions go; a directory or file:// URI")
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -240,5 +240,12 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
                 "last heartbeat": ago(w.get("last_seen")),
             })
         st.table(rows, hide_index=True)
+        for w in workers:
+            images = w.get("image_store") or {}
+            if w["alive"] and images.get("full"):
+                st.error(f"Image store full on worker {w['worker_id']} "
+                         f"({100 * float(images.get('free_ratio', 0)):.1f}% free, nothing left that retention may "
+                         "remove): frames are inspected and recorded, but stored without their images. Free space "
+                         "or lower `images.max_age_days`.")
     if dead:
         st.caption("Dead-lettered in this window: " + ", ".join(f"{k} {v}" for k, v in sorted(dead.items())))

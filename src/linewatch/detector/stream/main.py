@@ -44,7 +44,7 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
     if settings.detector.metrics_port:
         from linewatch.observability import serve_metrics
 
-        server = serve_metrics(settings.detector.metrics_port, ready=lambda: not worker.stop_event.is_set())
+        server = serve_metrics(settings.detector.metrics_port, ready=lambda: worker.ready)
     try:
         return worker.run()
     finally:

@@ -3,8 +3,9 @@
 Offsets are committed by the caller only after :meth:`ResultStore.store` returns True. The steps, in order,
 each done once (a retried batch skips the steps already done):
 
-* images: each kept frame's original and overlay, best effort: a frame whose files cannot be written (disk
-  full) is stored without them, so a full disk never stops the record;
+* images: each kept frame's original and overlay, best effort: when the disk is full, image retention
+  (:mod:`.image_retention`) makes room once per batch; a frame whose files still cannot be written is stored
+  without them, so a full disk never stops the record;
 * SQL, the record: retried while the database is away (connection lost, timeout). A frame the database
   refuses for good (a value it cannot hold) is taken out of the batch and dead-lettered as ``unstorable``,
   the rest stored. The insert tells which frames are new, and only those reach live state: a redelivered
@@ -34,6 +35,7 @@ from linewatch.contracts.settings import KafkaSettings, RedisSettings
 
 from . import telemetry
 from .batches import ScoredBatch
+from .image_retention import NO_SPACE, ImageRetention
 from .image_store import ImageStore
 from .live_sink import LiveSink
 
@@ -48,12 +50,15 @@ TRANSIENT_SQL = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.Internal
                  TimeoutError)
 PERMANENT_SQL = (sa_exc.StatementError, ValueError, TypeError, OverflowError)
 KEYS = ["camera_id", "frame_id"]
+ROOM_SLACK_BYTES = 1 << 16  # file-system blocks and metadata beyond a frame's bytes, when retention makes room
 
 
 class ResultStore:
     """Writes scored batches to every sink (see the module docstring for what each step does on failure).
 
     Args:
+        retention: image retention, asked to make room when the disk is full (none: frames that do not fit are
+            stored without their images).
         redis: ``wait_s`` and ``settle_s`` of the live state (see :class:`.live_sink.LiveSink`); default: the
             settings' defaults.
         on_retry: called with the step's name and the error each time a step is retried.
@@ -61,8 +66,9 @@ class ResultStore:
 
     def __init__(self, engine: Engine, live: LiveStateWriter, producer: KafkaProducer, kafka: KafkaSettings,
                  images: ImageStore, worker_id: str, on_retry: Callable[[str, BaseException], None] | None = None,
-                 redis: RedisSettings | None = None):
+                 redis: RedisSettings | None = None, retention: ImageRetention | None = None):
         redis = redis or RedisSettings()
+        self.retention = retention
         self.engine = engine
         self.live = LiveSink(live, redis.wait_s, redis.settle_s)
         self.producer = producer
@@ -114,15 +120,36 @@ class ResultStore:
                 b.overlays[i] = jpeg.tobytes()
 
     def _images(self, b: ScoredBatch) -> None:
+        room_made = False  # retention runs at most once per batch: a disk it cannot clear stays full a while
         for i in sorted(b.keep):
-            frame = b.frames[i]
             try:
-                image_uri, heatmap_uri = self.images.keep(frame.meta, frame.raw.value or b"", b.overlays[i])
-            except OSError as exc:  # disk full, read-only ...: the record goes on without this frame's image
-                telemetry.IMAGES_NOT_KEPT.labels(reason=type(exc).__name__).inc()
-                log.error("frame %s/%d stored without its image: %s", frame.meta.camera_id, frame.meta.frame_id, exc)
-                continue
-            b.results[i].image_uri, b.results[i].heatmap_uri = image_uri, heatmap_uri
+                uris = self._keep(b, i)
+            except OSError as exc:
+                if self.retention is None or room_made or exc.errno not in NO_SPACE:
+                    uris = self._not_kept(b, i, exc)
+                else:
+                    self.retention.refused(exc)
+                    room_made = True
+                    try:
+                        need = len(b.frames[i].raw.value or b"") + len(b.overlays[i]) + ROOM_SLACK_BYTES
+                        uris = self._keep(b, i) if self.retention.make_room(need) else self._not_kept(b, i, exc)
+                    except OSError as again:
+                        uris = self._not_kept(b, i, again)
+            if uris is not None:
+                b.results[i].image_uri, b.results[i].heatmap_uri = uris
+
+    def _keep(self, b: ScoredBatch, i: int) -> tuple[str, str]:
+        frame = b.frames[i]
+        return self.images.keep(frame.meta, frame.raw.value or b"", b.overlays[i])
+
+    def _not_kept(self, b: ScoredBatch, i: int, exc: OSError) -> None:
+        """A frame whose files the disk refused (full, read-only ...): the record goes on without its image."""
+        meta = b.frames[i].meta
+        if self.retention is not None:
+            self.retention.refused(exc)
+        telemetry.IMAGES_NOT_KEPT.labels(reason=type(exc).__name__).inc()
+        log.error("frame %s/%d stored without its image: %s", meta.camera_id, meta.frame_id, exc)
+        return None
 
     def _sql(self, b: ScoredBatch) -> None:
         now_ns = time.time_ns()

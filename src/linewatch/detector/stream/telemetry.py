@@ -27,3 +27,7 @@ LIVE_LEFT_TO_REBUILD = Counter("linewatch_live_state_left_to_rebuild_total",
                                "Live updates not written because the rebuild from the SQL record covers their minute")
 LIVE_UNAVAILABLE = Gauge("linewatch_live_state_unavailable", "1 while this worker cannot write live state to Redis")
 MODEL_INFO = Gauge("linewatch_model_info", "The model version this worker scores with (value 1)", ["version"])
+IMAGE_STORE_FREE_RATIO = Gauge("linewatch_image_store_free_ratio", "Free share of the image store's file system, 0-1")
+IMAGE_STORE_FULL = Gauge("linewatch_image_store_full",
+                         "1 while kept frames cannot be written for lack of space (stored without their images)")
+IMAGES_REMOVED = Counter("linewatch_images_removed_total", "Kept frames removed by image retention", ["reason"])

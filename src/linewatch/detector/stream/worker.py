@@ -40,6 +40,7 @@ from .batches import RawBatch, RawFrame
 from .batching import BatchCollector
 from .consumer import FrameConsumer
 from .heartbeat import send_heartbeats, worker_status
+from .image_retention import ImageRetention, RetentionRule, keep_image_store
 from .image_store import ImageStore
 from .live_rebuild import LiveRebuilder, keep_live_state
 from .model_slot import ModelSlot
@@ -79,6 +80,7 @@ class DetectorWorker:
         self.started_at = time.time()
         self.offsets = OffsetTracker()
         self.pipeline: Pipeline | None = None
+        self.retention: ImageRetention | None = None
 
     # ---- public control -------------------------------------------------------------------------------
 
@@ -94,6 +96,11 @@ class DetectorWorker:
     def model_version(self) -> str:
         """The version of the model scoring now."""
         return self.model.current.version
+
+    @property
+    def ready(self) -> bool:
+        """Not stopping, and kept frames can be written (``/readyz``: a full image store is an alarm)."""
+        return not self.stop_event.is_set() and not (self.retention is not None and self.retention.full)
 
     @property
     def failed(self) -> BaseException | None:
@@ -114,9 +121,11 @@ class DetectorWorker:
                                recent_cap=s.redis.recent_results_cap,
                                clock=ClockRule(s.detector.clock_ahead_s, s.detector.clock_behind_s))
         producer = make_producer(s.kafka)
+        retention = self.retention = ImageRetention(engine, s.image_store_root, RetentionRule(
+            s.images.max_age_days, s.images.min_free_ratio))
         store = ResultStore(engine, live, producer, s.kafka, ImageStore(s.image_store_root), self.worker_id,
                             on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc(),
-                            redis=s.redis)
+                            redis=s.redis, retention=retention)
         rebuilder = LiveRebuilder(engine, live, self.worker_id, s.redis.settle_s, s.redis.rebuild_window_s)
         pipeline = self.pipeline = Pipeline(self.model, self.det, self.worker_id, store, self._threads,
                                             self.stop_event)
@@ -125,13 +134,17 @@ class DetectorWorker:
         # The heartbeat reads the offsets tracker's snapshot, never the consumer (not thread-safe).
         heartbeat = threading.Thread(target=send_heartbeats, name="heartbeat", daemon=True, args=(
             live, self.worker_id,
-            lambda: worker_status(self.model, pipeline.throughput, self.offsets.snapshot, self.started_at),
+            lambda: {**worker_status(self.model, pipeline.throughput, self.offsets.snapshot, self.started_at),
+                     "image_store": retention.status()},
             self.stop_event))
         live_state = threading.Thread(target=keep_live_state, name="live-state", daemon=True,
                                       args=(store.live, rebuilder, self.stop_event))
+        images = threading.Thread(target=keep_image_store, name="image-retention", daemon=True,
+                                  args=(retention, self.stop_event, s.images.check_s))
         pipeline.start()
         heartbeat.start()
         live_state.start()
+        images.start()
         log.info("worker %s consuming %s in group %s with model %s on %s", self.worker_id, s.kafka.frames_topic,
                  self.det.group_id, self.model.current.version, self.model.current.device)
         try:
