@@ -36,8 +36,7 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 def _default_data_root() -> Path:
-    """``../shared/data`` next to the working directory or next to this checkout (src/linewatch/contracts/ is
-    three folders below it), whichever exists."""
+    """``../shared/data`` beside the working directory or this checkout (3 folders above this file), if any."""
     candidates = [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"]
     for candidate in candidates:
         if candidate.is_dir():
@@ -157,6 +156,7 @@ class DetectorSettings(BaseModel):
     max_pixels: int = Field(40_000_000, ge=1, description="frames with more pixels are dead-lettered")
     good_sample_rate: float = Field(0.02, ge=0, le=1, description="share of good frames kept for review")
     metrics_port: int | None = Field(None, description="Prometheus /metrics and /healthz port; none = off")
+    stall_after_s: float = Field(120.0, gt=0, description="oldest batch in flight or silent loop past this: stalled, s")
 
 
 class IngestSettings(BaseModel):
