@@ -28,7 +28,8 @@ from linewatch.detector.stream.throughput import Throughput
 
 TOPIC = "t.frames"
 P0, P1, P2 = (TOPIC, 0), (TOPIC, 1), (TOPIC, 2)
-Record = namedtuple("Record", "offset key value headers")
+# kafka-python's ConsumerRecord fields the worker reads (timestamp type 0: CreateTime, the producer's clock)
+Record = namedtuple("Record", "offset key value headers timestamp timestamp_type", defaults=(0, 0))
 
 
 class FakeConsumer:

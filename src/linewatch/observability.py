@@ -50,9 +50,14 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-def serve_metrics(port: int, ready: Callable[[], bool] = lambda: True, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """Serve ``/metrics`` (Prometheus text format), ``/healthz`` (process alive) and ``/readyz``
-    (``ready()`` is true) on ``host:port`` from a daemon thread; returns the server (``.shutdown()`` stops it).
+def serve_metrics(port: int, ready: Callable[[], bool] = lambda: True, host: str = "0.0.0.0",
+                  problem: Callable[[], str | None] = lambda: None) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` (Prometheus text format), ``/healthz`` and ``/readyz`` on ``host:port`` from a daemon
+    thread; returns the server (``.shutdown()`` stops it).
+
+    ``/healthz``: 200 ``ok`` while ``problem()`` is None, else 503 with its text (alive but making no
+    progress, e.g. ``stalled 45 s: oldest batch in flight``: an orchestrator's liveness probe replaces it).
+    ``/readyz``: 200 ``ready`` when ``ready()`` is true and there is no problem, else 503 with the reason.
     """
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -61,10 +66,13 @@ def serve_metrics(port: int, ready: Callable[[], bool] = lambda: True, host: str
             if self.path.startswith("/metrics"):
                 body, status, ctype = generate_latest(), 200, CONTENT_TYPE_LATEST
             elif self.path.startswith("/healthz"):
-                body, status, ctype = b"ok\n", 200, "text/plain"
+                trouble = problem()
+                body, status, ctype = (f"{trouble}\n".encode() if trouble else b"ok\n"), (503 if trouble else 200), \
+                    "text/plain"
             elif self.path.startswith("/readyz"):
-                ok = ready()
-                body, status, ctype = (b"ready\n" if ok else b"not ready\n"), (200 if ok else 503), "text/plain"
+                trouble = problem() or (None if ready() else "not ready")
+                body, status, ctype = (f"{trouble}\n".encode() if trouble else b"ready\n"), \
+                    (503 if trouble else 200), "text/plain"
             else:
                 body, status, ctype = b"not found\n", 404, "text/plain"
             self.send_response(status)

@@ -13,7 +13,8 @@ key                                    type    content, bound
 ``P:counts:line:<line_id>:<min>``      hash    ``inspected``, ``defects``               TTL counts_ttl_s
 ``P:dlq:<min>``                        hash    reason -> dead-lettered frames           TTL counts_ttl_s
 ``P:recent``                           stream  field ``result`` (JSON)                  MAXLEN ~ cap
-``P:workers``                          hash    worker_id -> heartbeat JSON              (one per worker)
+``P:workers``                          hash    worker_id -> heartbeat JSON              entry expires after
+                                                                                        WORKER_EXPIRE_S
 ``P:live:through``                     string  end of the last rebuild of counts (Unix s) (one)
 ``P:live:lock``                        string  the worker rebuilding counts now         TTL a few seconds
 =====================================  ======  ==========================================================
@@ -47,7 +48,10 @@ from .settings import RedisSettings
 
 PREFIX = "linewatch"
 LATEST_TTL_S = 24 * 3600
-WORKER_STALE_S = 30.0
+WORKER_STALE_S = 30.0  # a heartbeat older than this shows the worker as silent
+# A heartbeat older than this is a dead worker's (killed before it could remove its entry): readers skip it
+# and every heartbeat write removes such entries, since a hash field has no TTL of its own.
+WORKER_EXPIRE_S = 300.0
 
 _RECORD = """
 local defect = tonumber(ARGV[1])
@@ -185,9 +189,14 @@ class LiveStateWriter:
         return bool(self.r.set(f"{self.p}:live:lock", owner, nx=True, px=int(ttl_s * 1000)))
 
     def heartbeat(self, worker_id: str, info: dict) -> None:
-        """Publish a worker's heartbeat (model version, frames/s, ...); ``last_seen`` is added."""
-        self.r.hset(f"{self.p}:workers", worker_id, json.dumps({**info, "worker_id": worker_id,
-                                                                 "last_seen": time.time()}))
+        """Publish a worker's heartbeat (model version, frames/s, ...); ``last_seen`` is added. Entries of
+        other workers silent for more than ``WORKER_EXPIRE_S`` are removed."""
+        now = time.time()
+        key = f"{self.p}:workers"
+        self.r.hset(key, worker_id, json.dumps({**info, "worker_id": worker_id, "last_seen": now}))
+        expired = [k for k, raw in self.r.hgetall(key).items() if now - _last_seen(raw) > WORKER_EXPIRE_S]
+        if expired:
+            self.r.hdel(key, *expired)
 
     def worker_gone(self, worker_id: str) -> None:
         self.r.hdel(f"{self.p}:workers", worker_id)
@@ -278,11 +287,22 @@ class LiveStateReader:
         return out
 
     def workers(self) -> list[dict]:
-        """Heartbeats of all workers, each with ``alive`` (seen in the last 30 s)."""
+        """Heartbeats of the workers seen in the last ``WORKER_EXPIRE_S``, each with ``alive`` (seen in the
+        last ``WORKER_STALE_S``)."""
         now = time.time()
         out = []
         for raw in self.r.hvals(f"{self.p}:workers"):
+            if now - _last_seen(raw) > WORKER_EXPIRE_S:
+                continue
             info = json.loads(raw)
             info["alive"] = now - float(info.get("last_seen", 0)) < WORKER_STALE_S
             out.append(info)
         return sorted(out, key=lambda w: w["worker_id"])
+
+
+def _last_seen(raw: bytes) -> float:
+    """A heartbeat's ``last_seen`` (Unix s); 0 for an entry that is not a heartbeat (it expires)."""
+    try:
+        return float(json.loads(raw).get("last_seen", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0.0

@@ -37,8 +37,7 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 def _default_data_root() -> Path:
-    """``../shared/data`` next to the working directory or next to this checkout (src/linewatch/contracts/ is
-    three folders below it), whichever exists."""
+    """``../shared/data`` beside the working directory or this checkout (3 folders above this file), if any."""
     candidates = [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"]
     for candidate in candidates:
         if candidate.is_dir():
@@ -162,6 +161,7 @@ class DetectorSettings(BaseModel):
     clock_behind_s: float = Field(120.0, ge=0, description="a capture time earlier than the frame's arrival by more "
                                   "than this is a camera clock running behind (latency then starts at arrival)")
     metrics_port: int | None = Field(None, description="Prometheus /metrics and /healthz port; none = off")
+    stall_after_s: float = Field(120.0, gt=0, description="oldest batch in flight or silent loop past this: stalled, s")
 
 
 class IngestSettings(BaseModel):

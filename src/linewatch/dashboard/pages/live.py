@@ -216,6 +216,14 @@ def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveSt
                     f"{ago(result.frame.captured_at)} ({fmt(result.frame.captured_at, zone)})")
 
 
+def _status(worker: dict) -> str:
+    """``silent`` (no heartbeat lately), the worker's own stall reason (e.g. ``stalled 45 s: oldest batch in
+    flight``), or ``alive``."""
+    if not worker["alive"]:
+        return "silent"
+    return worker.get("stalled") or "alive"
+
+
 def _workers(reader: LiveStateReader, window: Window) -> None:
     try:
         workers = reader.workers()
@@ -231,7 +239,7 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
             lag = w.get("lag")
             rows.append({
                 "worker": w["worker_id"],
-                "status": "alive" if w["alive"] else "silent",
+                "status": _status(w),
                 "model": w.get("model_version", "—"),
                 "frames/s": f"{float(w.get('frames_per_s') or 0):.1f}",
                 "inspected": f"{int(w.get('inspected') or 0):,}",

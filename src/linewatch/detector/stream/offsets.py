@@ -15,10 +15,14 @@ The rules, which are the worker's delivery guarantee:
   worker are re-read by their new owner, whose idempotent writes skip the ones already stored here.
 - Lag is kept per owned partition (high-water mark minus the offset just committed) and forgotten as soon
   as the partition is no longer owned, so no stale figure outlives a rebalance.
+- Progress is kept beside it: when the oldest batch not committed yet was submitted, and when offsets were
+  last taken for a commit, so that a worker whose batches stop moving can be seen as stalled
+  (:mod:`.progress`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -44,13 +48,20 @@ def next_offsets(positions: Iterable[tuple[str, int, int]]) -> dict[Partition, i
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The partitions a worker owned and their lag, as of the main thread's last look at its consumer.
+    """The partitions a worker owned and their lag, as of the main thread's last look at its consumer, and
+    how its batches are moving.
 
     Immutable, so any thread may read it while the main thread publishes the next one.
+    ``pending``: batches submitted and not yet taken for a commit; ``oldest_batch_at``: when the oldest of
+    them was submitted (None when there is none); ``last_commit_at``: when stored batches were last taken
+    for a commit (None before the first). Both times are the tracker's clock (``time.monotonic``, seconds).
     """
 
     partitions: frozenset[Partition] = frozenset()
     lag: Mapping[Partition, int] = field(default_factory=lambda: MappingProxyType({}))
+    pending: int = 0
+    oldest_batch_at: float | None = None
+    last_commit_at: float | None = None
 
     def partition_names(self) -> list[str]:
         """Owned partitions as ``"topic/partition"``, sorted (the heartbeat's ``partitions``)."""
@@ -65,10 +76,13 @@ class OffsetTracker:
     """Batches submitted and stored, the current assignment, what may be committed, and lag.
 
     Not thread-safe by design: one thread (the worker's main thread) calls every method; other threads
-    read :attr:`snapshot` only.
+    read :attr:`snapshot` only. ``clock``: the time source of the snapshot's progress times (seconds).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._submitted_at: dict[int, float] = {}  # batch id -> when submitted, for batches not taken yet
+        self._last_commit_at: float | None = None
         # batch id -> next offset per partition, for batches not yet committed, in submission order
         # (dicts keep insertion order, and ids only grow).
         self._batches: dict[int, dict[Partition, int]] = {}
@@ -89,6 +103,8 @@ class OffsetTracker:
         batch_id = self._next_id
         self._next_id += 1
         self._batches[batch_id] = dict(offsets)
+        self._submitted_at[batch_id] = self.clock()
+        self._publish()
         return batch_id
 
     def stored(self, batch_id: int) -> None:
@@ -116,11 +132,17 @@ class OffsetTracker:
             left out; empty when there is nothing to commit.
         """
         out: dict[Partition, int] = {}
+        taken = False
         for batch_id in list(self._batches):
             if batch_id not in self._stored:
                 break
             self._stored.discard(batch_id)
+            self._submitted_at.pop(batch_id, None)
             out.update(self._batches.pop(batch_id))
+            taken = True
+        if taken:
+            self._last_commit_at = self.clock()
+            self._publish()
         return {p: o for p, o in out.items() if p in self._owned}
 
     # ---- assignment and lag ----------------------------------------------------------------------------
@@ -167,4 +189,6 @@ class OffsetTracker:
 
     def _publish(self) -> None:
         # A new object each time (one attribute store): a reader sees the old snapshot or the new one.
-        self.snapshot = Snapshot(self._owned, MappingProxyType(dict(self._lag)))
+        oldest = next(iter(self._submitted_at.values()), None)  # ids only grow: the first is the oldest
+        self.snapshot = Snapshot(self._owned, MappingProxyType(dict(self._lag)), len(self._batches), oldest,
+                                 self._last_commit_at)

@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +33,7 @@ from .throughput import Throughput
 log = logging.getLogger(__name__)
 
 _STOP = object()  # passed down the queues after the last batch: each stage forwards it and ends
+_SMOOTHING = 0.3  # weight of the newest batch in the scoring time per frame (exponential moving average)
 
 
 class Pipeline:
@@ -63,6 +65,9 @@ class Pipeline:
         self._q_stored: queue.Queue = queue.Queue()  # ids of stored batches, for the main thread
         self._submitted = 0  # batches handed to the decode stage (main thread)
         self._scored = 0  # batches the model has finished (inference thread)
+        self.scored_frames = 0  # frames the model has scored, redeliveries included (inference thread)
+        self.seconds_per_frame: float | None = None  # the model's time per frame lately (inference thread)
+        self._abandon = threading.Event()  # set on a stop that cannot wait: batches not scored are skipped
         self._decode_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
         self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True) for f, n in
                          ((self._decode_stage, "decode"), (self._inference_stage, "inference"),
@@ -96,12 +101,26 @@ class Pipeline:
                 return out
             block = False
 
-    def close(self, join_s: float = 10.0) -> None:
-        """Let the stages finish what they hold and end (each waited for up to ``join_s``)."""
+    def abandon(self) -> None:
+        """Skip the batches not scored or stored yet (they stay uncommitted; the next owner reads them);
+        the batch being scored now still finishes, since a model call cannot be interrupted."""
+        self._abandon.set()
+
+    def close(self, join_s: float = 120.0) -> bool:
+        """Let the stages finish what they hold and end; returns whether every stage thread ended.
+
+        Each thread is waited for up to ``join_s``: a process must not exit while the inference thread is
+        inside the model (the C++ runtime aborts the process), and a batch is sized to take a fraction of
+        that (worker.BATCH_TIME_SHARE).
+        """
         self._put(self._q_raw, _STOP)
         for t in self._threads:
             t.join(timeout=join_s)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.error("pipeline stage(s) %s still running after %.0f s", alive, join_s)
+        return not alive
 
     def _put(self, q: queue.Queue, item: object) -> None:
         """``q.put(item)``, given up when a pipeline stage has crashed (it would never take the item)."""
@@ -130,6 +149,8 @@ class Pipeline:
             if batch is _STOP:
                 self._q_prepared.put(_STOP)
                 return
+            if self._abandon.is_set():
+                continue
             scorer = self.model.current
             out = prepare_batch(batch.frames, scorer.image_size, self.det.max_pixels, scorer.device,
                                 self._decode_pool)
@@ -149,8 +170,17 @@ class Pipeline:
             if batch is _STOP:
                 self._q_scored.put(_STOP)
                 return
+            if self._abandon.is_set():
+                continue
             self.model.switch()  # between two batches, so no batch is scored by two models
+            started = time.perf_counter()
             scored = self._score(batch)
+            if batch.frames:
+                per_frame = (time.perf_counter() - started) / len(batch.frames)
+                last = self.seconds_per_frame
+                self.seconds_per_frame = per_frame if last is None else last + _SMOOTHING * (per_frame - last)
+                self.scored_frames += len(batch.frames)
+                telemetry.SCORED.inc(len(batch.frames))
             self._scored += 1
             self._q_scored.put(scored)
 
@@ -179,6 +209,8 @@ class Pipeline:
             batch = self._q_scored.get()
             if batch is _STOP:
                 return
+            if self._abandon.is_set():
+                continue
             if not self.store.store(batch, self.stop_event):
                 continue  # stopped while a sink was down: the batch stays uncommitted, and so do later ones
             for r in batch.results:

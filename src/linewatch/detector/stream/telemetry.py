@@ -4,6 +4,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 INSPECTED = Counter("linewatch_frames_inspected_total", "Frames inspected and stored", ["verdict"])
 DEAD_LETTERED = Counter("linewatch_frames_dead_lettered_total", "Frames sent to the dead-letter topic", ["reason"])
+SCORED = Counter("linewatch_frames_scored_total",
+                 "Frames the model scored, redeliveries included (above inspected: work done again after a rebalance)")
 STORE_RETRIES = Counter("linewatch_store_retries_total", "Failed writes to a sink, each retried", ["sink"])
 BATCH_SIZE = Histogram("linewatch_batch_size_frames", "Frames per inference batch",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))

@@ -10,10 +10,21 @@ storing of consecutive batches overlap; :mod:`.stages`)::
 Delivery is at-least-once: a batch's offsets are committed only after its results are in SQL,
 Redis and the inspections topic (and its dead letters in the dead-letter topic), in the order the
 batches were submitted (:mod:`.offsets`). Every write is idempotent per (camera_id, frame_id), so a
-redelivered frame never makes a second row or count. On a rebalance, frames of partitions that moved
-are dropped from the open batch, and those in flight are stored but not committed (their new owner
-re-reads them and its writes ignore them); on SIGTERM or SIGINT the worker finishes, stores and commits
-what it has, then leaves the group. Only the main thread calls the Kafka consumer (:mod:`.consumer`).
+redelivered frame never makes a second row or count. On a rebalance, what is stored is committed before
+the partitions go (:mod:`.consumer`), frames of partitions that moved are dropped from the open batch, and
+those in flight are stored but not committed (their new owner re-reads them and its writes ignore them).
+Only the main thread calls the Kafka consumer.
+
+A slow worker stays a member: the main thread polls at least every ``HOLD_WAIT_S`` whatever the pipeline
+is doing (with its partitions paused while the pipeline is full), because kafka-python makes a member
+that does not poll for ``max_poll_interval_ms`` leave the group, and every leave re-reads the frames in
+flight. Batches are also sized to a time budget (``BATCH_TIME_SHARE`` of the smaller of
+``max_poll_interval_ms`` and ``detector.stall_after_s``, from the measured scoring time per frame), which
+bounds a frame's wait, the work redone after a rebalance and the time a stop takes.
+
+On SIGTERM or SIGINT the worker stops fetching, lets the batches in flight finish and commits them (at most
+``DRAIN_S``; after that the rest is abandoned uncommitted), frames not submitted yet are left to the next
+owner, the consumer leaves the group, and every stage thread is joined before the process exits.
 """
 
 from __future__ import annotations
@@ -45,12 +56,16 @@ from .image_store import ImageStore
 from .live_rebuild import LiveRebuilder, keep_live_state
 from .model_slot import ModelSlot
 from .offsets import OffsetTracker, next_offsets
+from .progress import progress
 from .result_store import ResultStore
 from .stages import Pipeline
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING_BATCHES = 3  # submitted but not committed; beyond this the main loop stops polling
+MAX_PENDING_BATCHES = 3  # submitted but not committed; beyond this the partitions are paused (still polled)
+HOLD_WAIT_S = 0.05  # while the pipeline is full: wait this long for a stored batch between two polls
+BATCH_TIME_SHARE = 0.2  # a batch's scoring time budget, as a share of min(max_poll_interval, stall_after_s)
+DRAIN_S = 60.0  # on a stop: longest wait for the batches in flight to be stored and committed
 
 
 class DetectorWorker:
@@ -63,12 +78,14 @@ class DetectorWorker:
         threads: CPU threads for the model. Default: all of torch's (its physical cores, or
             ``OMP_NUM_THREADS``) for batches of several frames, all but one for a single frame, so that
             decoding the next frame beside it does not stall the model's threads (bench/README.md).
+        stop_event: set to stop the worker (default: a new one; ``linewatch detect`` passes the one its
+            signal handlers set, installed before the model loads).
     Raises (constructor):
         ModelFileError, WeightsNotFoundError: the model cannot be loaded.
     """
 
     def __init__(self, settings: Settings, model_dir: Path, worker_id: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, stop_event: threading.Event | None = None):
         self.settings = settings
         self.det = settings.detector
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -76,11 +93,15 @@ class DetectorWorker:
         cores = torch.get_num_threads()
         # (threads for a single frame, threads for a batch); set on the inference thread before each batch
         self._threads = (threads, threads) if threads else (max(1, cores - 1), cores)
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event or threading.Event()
         self.started_at = time.time()
         self.offsets = OffsetTracker()
         self.pipeline: Pipeline | None = None
         self.retention: ImageRetention | None = None
+        self.loop_at = time.monotonic()  # the consumer loop's last round (read by other threads: progress)
+        self.threads_ended = True  # False when a pipeline stage was still running at the end of run()
+        share = BATCH_TIME_SHARE * min(settings.kafka.max_poll_interval_ms / 1000, self.det.stall_after_s)
+        self.batch_budget_s = share
 
     # ---- public control -------------------------------------------------------------------------------
 
@@ -96,6 +117,10 @@ class DetectorWorker:
     def model_version(self) -> str:
         """The version of the model scoring now."""
         return self.model.current.version
+
+    def stalled(self) -> str | None:
+        """Why the worker counts as stalled (:mod:`.progress`), or None (thread-safe)."""
+        return progress(self.offsets.snapshot, self.loop_at).stalled(self.det.stall_after_s)
 
     @property
     def ready(self) -> bool:
@@ -129,13 +154,15 @@ class DetectorWorker:
         rebuilder = LiveRebuilder(engine, live, self.worker_id, s.redis.settle_s, s.redis.rebuild_window_s)
         pipeline = self.pipeline = Pipeline(self.model, self.det, self.worker_id, store, self._threads,
                                             self.stop_event)
-        consumer = FrameConsumer(make_consumer(s.kafka, self.det.group_id), self.offsets)
+        consumer = FrameConsumer(make_consumer(s.kafka, self.det.group_id), self.offsets,
+                                 lambda: self._record_stored(pipeline.take_stored(block=False)))
         consumer.join(s.kafka.frames_topic)
         # The heartbeat reads the offsets tracker's snapshot, never the consumer (not thread-safe).
         heartbeat = threading.Thread(target=send_heartbeats, name="heartbeat", daemon=True, args=(
             live, self.worker_id,
             lambda: {**worker_status(self.model, pipeline.throughput, self.offsets.snapshot, self.started_at),
-                     "image_store": retention.status()},
+                     "image_store": retention.status(),
+                     **progress(self.offsets.snapshot, self.loop_at).heartbeat_fields(self.det.stall_after_s)},
             self.stop_event))
         live_state = threading.Thread(target=keep_live_state, name="live-state", daemon=True,
                                       args=(store.live, rebuilder, self.stop_event))
@@ -151,7 +178,7 @@ class DetectorWorker:
             self._consume(consumer, pipeline)
         finally:
             self.stop_event.set()
-            pipeline.close()
+            self.threads_ended = pipeline.close()
             heartbeat.join(timeout=10)
             live_state.join(timeout=10)
             store.live.flush(wait_s=5.0)  # what still waits for Redis, if it answers now
@@ -165,50 +192,74 @@ class DetectorWorker:
         if self.failed is not None:
             log.error("worker stopped after a fatal error: %r", self.failed)
             return 1
-        log.info("worker %s stopped cleanly after %d inspections", self.worker_id, pipeline.throughput.inspected)
+        log.info("worker %s stopped cleanly after %d inspections (%d frames scored)", self.worker_id,
+                 pipeline.throughput.inspected, pipeline.scored_frames,
+                 extra={"inspected": pipeline.throughput.inspected, "scored_frames": pipeline.scored_frames})
         return 0
 
     def _consume(self, consumer: FrameConsumer, pipeline: Pipeline) -> None:
-        """Poll, batch and submit until stopped; then submit the open batch and drain (main thread)."""
+        """Poll, batch and submit until stopped; then drain what is in flight (main thread)."""
         collector: BatchCollector[RawFrame] = BatchCollector(self.det.max_batch, self.det.max_wait_ms)
         while not self.stop_event.is_set():
+            self.loop_at = time.monotonic()
             self._commit_stored(consumer, pipeline, block=False)
-            if self.offsets.pending >= MAX_PENDING_BATCHES:
-                self._commit_stored(consumer, pipeline, block=True, timeout=0.1)
-                continue
-            if collector.room:
+            full = self.offsets.pending >= MAX_PENDING_BATCHES
+            collector.max_batch = self._batch_size(pipeline)
+            if full or not collector.room:
+                # Poll anyway, with the partitions paused: a member that stops polling for
+                # max_poll_interval_ms is made to leave the group, and its frames in flight are read again.
+                consumer.hold(0)
+                self._commit_stored(consumer, pipeline, block=True, timeout=HOLD_WAIT_S)
+            else:
                 collector.add(consumer.poll(collector.wait_ms(), collector.room))
             # With at most one batch ahead (being decoded or scored), the open batch goes at once: its
             # decoding overlaps the model's work on the one before. With more ahead it grows meanwhile.
-            if collector.ready(idle=pipeline.ahead <= 1):
+            if not full and collector.ready(idle=pipeline.ahead <= 1):
                 # After a rebalance, frames fetched for partitions we lost are re-read by their new owner.
                 consumer.observe_assignment()
                 collector.drop(consumer.owns)
                 if collector.items:
-                    self._submit(pipeline, collector.take())
-        consumer.observe_assignment()
-        collector.drop(consumer.owns)
-        if collector.items and self.failed is None:
-            self._submit(pipeline, collector.take())
-        self._drain(consumer, pipeline, timeout_s=60)
+                    self._submit(pipeline, collector.take(collector.max_batch))
+        # Frames not submitted yet were never scored: the partitions' next owner reads them (uncommitted).
+        if collector.items:
+            log.info("stopping: %d frame(s) not submitted are left to the next owner", len(collector.items))
+        if self.failed is None:
+            self._drain(consumer, pipeline, timeout_s=DRAIN_S)
+        if self.offsets.pending:
+            pipeline.abandon()
+
+    def _batch_size(self, pipeline: Pipeline) -> int:
+        """The most frames a batch may hold now: ``max_batch``, or fewer when the measured scoring time per
+        frame says that many would take longer than the batch time budget."""
+        per_frame = pipeline.seconds_per_frame
+        if not per_frame:
+            return self.det.max_batch
+        return max(1, min(self.det.max_batch, int(self.batch_budget_s / per_frame)))
 
     def _submit(self, pipeline: Pipeline, frames: list[RawFrame]) -> None:
         batch_id = self.offsets.submit(next_offsets((f.topic, f.partition, f.offset) for f in frames))
         pipeline.submit(RawBatch(batch_id, frames))
 
+    def _record_stored(self, stored: list[int]) -> None:
+        for batch_id in stored:
+            self.offsets.stored(batch_id)
+
     def _commit_stored(self, consumer: FrameConsumer, pipeline: Pipeline, block: bool, timeout: float = 0.0
                        ) -> None:
         """Record the batches the store stage has finished, and commit what that allows."""
         stored = pipeline.take_stored(block, timeout)
-        for batch_id in stored:
-            self.offsets.stored(batch_id)
-        if stored:
+        self._record_stored(stored)
+        if stored or consumer.retry_due():
             consumer.commit_stored()
 
     def _drain(self, consumer: FrameConsumer, pipeline: Pipeline, timeout_s: float) -> None:
-        """Wait until every submitted batch is stored and committed, at most ``timeout_s``."""
+        """Wait until every submitted batch is stored and committed, at most ``timeout_s``, polling with the
+        partitions paused meanwhile (the member stays in the group, so its commits are accepted)."""
         deadline = time.monotonic() + timeout_s
-        while self.offsets.pending > 0 and time.monotonic() < deadline and self.failed is None:
+        while (self.offsets.pending > 0 or consumer.retry_due(0.0)) and time.monotonic() < deadline \
+                and self.failed is None:
+            self.loop_at = time.monotonic()
+            consumer.hold(0)
             self._commit_stored(consumer, pipeline, block=True, timeout=0.1)
         if self.offsets.pending:
             log.warning("%d batch(es) not stored in time; their frames stay uncommitted", self.offsets.pending)
