@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from linewatch.cli.embedded import ManagedProcess, free_port
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.files import path_of
-from linewatch.contracts.live_state import LiveStateReader, LiveStateWriter
+from linewatch.contracts.live_state import LiveStateReader, LiveStateWriter, eviction_warning
 from linewatch.contracts.messages import FrameMeta
 from linewatch.contracts.schema import Inspection, Label
 from linewatch.contracts.settings import KafkaSettings, RedisSettings
@@ -93,6 +93,16 @@ def small_redis(tmp_path):
         yield redis.Redis(port=port)
     finally:
         proc.stop()
+
+
+def test_an_evicting_redis_is_named_at_start(small_redis):
+    assert eviction_warning(small_redis) is None  # noeviction: a full Redis refuses, and the workers wait it out
+    for policy in ("allkeys-lru", "volatile-ttl"):
+        small_redis.config_set("maxmemory-policy", policy)
+        warning = eviction_warning(small_redis)
+        assert warning is not None and f"maxmemory-policy {policy}" in warning and "noeviction" in warning
+    small_redis.config_set("maxmemory", "0")  # no limit: nothing is evicted
+    assert eviction_warning(small_redis) is None
 
 
 def test_field_case_c22_a_full_redis_never_holds_the_record(postgres_server, small_redis, quick_model, tmp_path):

@@ -90,6 +90,27 @@ def connect_settings(settings: RedisSettings) -> redis.Redis:
     return connect(settings.url, settings.password.get_secret_value() if settings.password else None)
 
 
+def eviction_warning(client: redis.Redis) -> str | None:
+    """A warning when Redis may evict live-state keys under memory pressure, else None.
+
+    Any policy but ``noeviction`` may drop keys linewatch never expires (worker heartbeats, the camera index,
+    the rebuild mark) or counts before their minute is recounted (``volatile-*`` evicts keys with a TTL: every
+    count). Counts are made whole from the SQL record (``settle_s`` later) either way, but in between the live
+    view can run short; with ``noeviction`` a full Redis refuses writes instead, which the workers wait out
+    and then rebuild. Read from ``INFO memory`` (``CONFIG GET`` is disabled on many managed Redis services).
+
+    Raises:
+        redis.RedisError: Redis unavailable.
+    """
+    info = client.info("memory")
+    policy, limit = str(info.get("maxmemory_policy", "noeviction")), int(info.get("maxmemory", 0) or 0)
+    if policy == "noeviction" or limit == 0:
+        return None
+    return (f"Redis evicts keys when full (maxmemory-policy {policy}, maxmemory {limit / 2**20:.0f} MiB): live "
+            "counts, worker heartbeats and the camera list may vanish until the workers recount them from the "
+            "SQL record; set maxmemory-policy noeviction for the live state")
+
+
 class PartlyRecorded(redis.RedisError):
     """:meth:`LiveStateWriter.record` wrote only some results; ``done``: their indices."""
 

@@ -29,6 +29,7 @@ owner, the consumer leaves the group, and every stage thread is joined before th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -37,12 +38,13 @@ import threading
 import time
 from pathlib import Path
 
+import redis
 import torch
 
 from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.kafka import make_consumer, make_producer
-from linewatch.contracts.live_state import LiveStateWriter, connect_settings
+from linewatch.contracts.live_state import LiveStateWriter, connect_settings, eviction_warning
 from linewatch.contracts.settings import Settings
 
 from ..scoring import Scorer
@@ -145,6 +147,9 @@ class DetectorWorker:
         live = LiveStateWriter(connect_settings(s.redis), counts_ttl_s=s.redis.counts_ttl_s,
                                recent_cap=s.redis.recent_results_cap,
                                clock=ClockRule(s.detector.clock_ahead_s, s.detector.clock_behind_s))
+        with contextlib.suppress(redis.RedisError):  # Redis away at start: the live sink waits it out
+            if (warning := eviction_warning(live.r)) is not None:
+                log.warning(warning)
         producer = make_producer(s.kafka)
         retention = self.retention = ImageRetention(engine, s.image_store_root, RetentionRule(
             s.images.max_age_days, s.images.min_free_ratio))
