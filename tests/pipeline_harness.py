@@ -14,7 +14,8 @@ import uuid
 from pathlib import Path
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -153,6 +154,27 @@ class Pipeline:
         reader = LiveStateReader(self.redis)
         now = dt.datetime.now(dt.UTC)
         return reader.totals("camera", camera_id, now - dt.timedelta(hours=1), now + dt.timedelta(minutes=1))
+
+    def wait_for_no_lag(self, timeout_s: float = 60.0) -> int:
+        """The group's lag on the frames topic (end offsets minus committed), once 0 or after ``timeout_s``."""
+        topic = self.settings.kafka.frames_topic
+        partitions = [TopicPartition(topic, i) for i in range(self.settings.kafka.frames_partitions)]
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        reader = KafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                ends = reader.end_offsets(partitions)
+                group = self.settings.detector.group_id
+                committed = admin.list_group_offsets({group: partitions})[group]
+                lag = sum(ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+                          for tp in partitions)
+                if lag == 0 or time.monotonic() > deadline:
+                    return lag
+                time.sleep(1)
+        finally:
+            admin.close()
+            reader.close()
 
     def consume(self, topic: str, n: int, timeout_s: float = 60.0) -> list:
         consumer = KafkaConsumer(topic, bootstrap_servers=self.settings.kafka.bootstrap_servers,

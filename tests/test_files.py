@@ -70,3 +70,10 @@ def test_field_case_c19_distinct_ids_never_share_an_image_folder(tmp_path):
     store = ImageStore(tmp_path)
     folders = {store.folder(FrameMeta(i, "L1", 1, 1_700_000_000 * 10**9, "image/jpeg")) for i in ids}
     assert len(folders) == len(ids) and all(f.parent.parent == tmp_path.resolve() / "L1" for f in folders)
+
+
+def test_every_image_suffix_has_a_content_type_the_worker_accepts():
+    from linewatch.contracts.files import CONTENT_TYPE_OF_SUFFIX, CONTENT_TYPES, IMAGE_SUFFIXES
+
+    assert sorted(CONTENT_TYPE_OF_SUFFIX) == sorted(IMAGE_SUFFIXES)
+    assert set(CONTENT_TYPE_OF_SUFFIX.values()) == set(CONTENT_TYPES)

@@ -17,8 +17,8 @@ from collections import Counter
 from itertools import cycle
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.structs import MemberState, TopicPartition
+from kafka import KafkaProducer
+from kafka.structs import MemberState
 
 from linewatch.contracts.kafka import ensure_topics, make_consumer
 from linewatch.contracts.live_state import LiveStateReader
@@ -63,7 +63,7 @@ def test_two_workers_with_batches_of_100_and_a_10_s_poll_interval_store_every_fr
     assert w1.wait(90) == 0, p.log_tail("w1")
 
     assert p.wait_for_rows(FRAMES, timeout_s=180) == FRAMES
-    lag = _wait_for_no_lag(p, timeout_s=60)
+    lag = p.wait_for_no_lag(timeout_s=60)
     assert lag == 0
     elapsed = time.monotonic() - started
     assert p.stop_workers(timeout_s=90) == {"w1": 0, "w2": 0}, p.log_tail("w2")
@@ -118,28 +118,6 @@ def test_a_held_member_stays_in_the_group_past_the_poll_interval_and_skips_no_fr
         assert not member.consumer.paused()
     finally:
         member.close()
-
-
-def _wait_for_no_lag(p: Pipeline, timeout_s: float) -> int:
-    """The group's lag on the frames topic (end offsets minus committed), once 0 or after ``timeout_s``."""
-    topic = p.settings.kafka.frames_topic
-    partitions = [TopicPartition(topic, i) for i in range(4)]
-    admin = KafkaAdminClient(bootstrap_servers=p.settings.kafka.bootstrap_servers)
-    reader = KafkaConsumer(bootstrap_servers=p.settings.kafka.bootstrap_servers)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            ends = reader.end_offsets(partitions)
-            group = p.settings.detector.group_id
-            committed = admin.list_group_offsets({group: partitions})[group]
-            lag = sum(ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-                      for tp in partitions)
-            if lag == 0 or time.monotonic() > deadline:
-                return lag
-            time.sleep(1)
-    finally:
-        admin.close()
-        reader.close()
 
 
 def _scored_frames(p: Pipeline, name: str) -> int:

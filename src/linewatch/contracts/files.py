@@ -16,6 +16,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SUFFIX_OF_CONTENT_TYPE = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif",
                           "image/webp": ".webp"}
 CONTENT_TYPES = tuple(SUFFIX_OF_CONTENT_TYPE)
+CONTENT_TYPE_OF_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp",
+                          ".tif": "image/tiff", ".tiff": "image/tiff", ".webp": "image/webp"}  # one per IMAGE_SUFFIXES
 
 
 class UnsupportedURIError(ValueError):

@@ -6,13 +6,12 @@ byte for byte (no re-encoding, so what is inspected is exactly what was stored).
 
 from __future__ import annotations
 
-import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 
-from linewatch.contracts.files import IMAGE_SUFFIXES
+from linewatch.contracts.files import CONTENT_TYPE_OF_SUFFIX, IMAGE_SUFFIXES
 
 
 class SourceError(RuntimeError):
@@ -58,7 +57,7 @@ class ImageFolderSource:
             data = path.read_bytes()
         except OSError as exc:
             raise SourceError(f"{path}: {exc}") from exc
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        content_type = CONTENT_TYPE_OF_SUFFIX.get(path.suffix.lower(), "application/octet-stream")
         return Capture(data, content_type, str(path.relative_to(self.folder)))
 
     def close(self) -> None:
