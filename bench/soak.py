@@ -63,12 +63,17 @@ def _service_name(pid: int) -> str:
         return f"pid {pid}"
     if "kafka.Kafka" in argv:
         return "kafka (broker)"
-    if argv and argv[0].endswith("redis-server"):
+    if argv and argv[0].startswith(("redis-server", "/usr/bin/redis-server")):  # Redis rewrites its title
         return "redis"
+    if any("streamlit" in a for a in argv):
+        return "dashboard"
     if "linewatch" in argv:
         command = argv[argv.index("linewatch") + 1] if argv.index("linewatch") + 1 < len(argv) else "?"
         return {"detect": "worker", "ingest": "camera"}.get(command, command)
     return Path(argv[0]).name if argv else f"pid {pid}"
+
+
+_NAMES: dict[int, str] = {}  # a child keeps the name it had when first seen (the dashboard execs streamlit)
 
 
 def sample(up_pid: int) -> dict[str, float]:
@@ -88,10 +93,10 @@ def sample(up_pid: int) -> dict[str, float]:
 
     rss = {"up (supervisor)": _rss_mib(up_pid)}
     for child in sorted(children.get(up_pid, [])):
-        name = _service_name(child)
-        if name in rss:  # several workers
-            name = f"{name}-{child}"
-        rss[name] = sum(_rss_mib(p) for p in tree(child))
+        if child not in _NAMES:
+            name = _service_name(child)
+            _NAMES[child] = f"{name}-{child}" if name in _NAMES.values() else name  # several workers
+        rss[_NAMES[child]] = sum(_rss_mib(p) for p in tree(child))
     return rss
 
 

@@ -15,17 +15,34 @@ from .settings import CONFIG_ENV, SECRETS_DIR_ENV, Settings
 _NOT_SETTINGS = {CONFIG_ENV, SECRETS_DIR_ENV, "LINEWATCH_WITH_BROWSER", "LINEWATCH_WITH_TESTS"}
 
 
-def _section_model(section: str) -> type[BaseModel] | None:
-    info = Settings.model_fields.get(section)
-    model = info.annotation if info else None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+def _field_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The settings model of field ``name`` of ``model`` (``kafka`` -> KafkaSettings), None for a plain value."""
+    info = model.model_fields.get(name)
+    annotation = info.annotation if info else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _known(section: str, field: str | None = None) -> bool:
-    if field is None:
-        return section in Settings.model_fields
-    model = _section_model(section)
-    return model is not None and field in model.model_fields
+def _known(path: list[str]) -> bool:
+    """Whether ``path`` (``["kafka", "frames_retention", "ms"]``) names a setting or a section of them."""
+    model: type[BaseModel] | None = Settings
+    for name in path:
+        if model is None or name not in model.model_fields:
+            return False
+        model = _field_model(model, name)
+    return True
+
+
+def _unknown_keys(model: type[BaseModel], table: dict, section: str = "") -> list[str]:
+    """Keys of a TOML ``table`` read into ``model`` that name no field, nested tables included, as
+    ``detektor`` (top level) or ``[training] epochz``."""
+    found = []
+    for key, value in table.items():
+        inner = _field_model(model, key)
+        if key not in model.model_fields:
+            found.append(f"[{section}] {key}" if section else key)
+        elif isinstance(value, dict) and inner is not None:
+            found += _unknown_keys(inner, value, f"{section}.{key}" if section else key)
+    return found
 
 
 def unknown_settings(environ: dict[str, str] | None = None) -> list[str]:
@@ -36,17 +53,11 @@ def unknown_settings(environ: dict[str, str] | None = None) -> list[str]:
     for name in sorted(environ):
         if not name.startswith("LINEWATCH_") or name in _NOT_SETTINGS:
             continue
-        section, nested, field = name.removeprefix("LINEWATCH_").lower().partition("__")
-        if not _known(section, field if nested else None):
+        if not _known(name.removeprefix("LINEWATCH_").lower().split("__")):
             found.append(name)
     config = environ.get(CONFIG_ENV)
     try:
         table = tomllib.loads(Path(config).expanduser().read_text()) if config else {}
     except (tomllib.TOMLDecodeError, OSError):  # reported when the settings are read
         table = {}
-    for section, value in table.items():
-        if isinstance(value, dict) and _section_model(section) is not None:
-            found += [f"{config}: [{section}] {k}" for k in value if not _known(section, k)]
-        elif not _known(section):
-            found.append(f"{config}: {section}")
-    return found
+    return found + [f"{config}: {key}" for key in _unknown_keys(Settings, table)]
