@@ -101,7 +101,7 @@ class KafkaSettings(BaseModel):
     frames_retention: TopicRetention = TopicRetention()
     results_retention: ResultsRetention = ResultsRetention()
     embedded_heap_mb: int = Field(256, ge=128, le=8192, description="JVM heap of the embedded Apache Kafka "
-                                  "that `linewatch up` starts, MiB (fixed; its RSS stays near heap + 120 MiB)")
+                                  "that `linewatch up` starts, MiB (fixed; RSS 249 MiB at 256 in bench/soak.py)")
 
     @property
     def frames_topic(self) -> str:
