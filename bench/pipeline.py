@@ -3,7 +3,7 @@ ratio to offline batch scoring of the same frames at the same batch size.
 
     python bench/pipeline.py [--model MODEL_DIR] [--frames 332] [--workers 1 2] [--batch 16] [--fps 10] [--threads N]
 
-Runs on the embedded services (tansu broker, redis-server, a SQLite file) unless
+Runs on the embedded services (Apache Kafka as `linewatch up` starts it, redis-server, a SQLite file) unless
 ``--bootstrap HOST:PORT`` points at a Kafka cluster. Three measurements, side by side in one run:
 
 * throughput: a backlog of ``--frames`` bottle test frames is published first, then N workers drain
@@ -55,7 +55,8 @@ def main() -> int:
     import torch
     from sqlalchemy import select
 
-    from linewatch.cli.embedded import redis_server, tansu_broker, tansu_client_env
+    from linewatch.cli.embedded import redis_server
+    from linewatch.cli.embedded_kafka import ApacheKafka
     from linewatch.contracts.database import make_engine, migrate
     from linewatch.contracts.kafka import ensure_topics
     from linewatch.contracts.schema import Inspection
@@ -67,10 +68,9 @@ def main() -> int:
 
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"linewatch-bench-{uuid.uuid4().hex[:6]}"
     services = []
-    embedded_broker = not args.bootstrap
-    if embedded_broker:
-        services.append(tansu_broker(work / "tansu").start())
-        args.bootstrap = f"127.0.0.1:{services[-1].port}"
+    if not args.bootstrap:
+        services.append(ApacheKafka(work / "kafka").start())
+        args.bootstrap = services[-1].bootstrap_servers
     services.append(redis_server(work / "redis").start())
     redis_url = f"redis://127.0.0.1:{services[-1].port}/0"
     bottle_test = Settings().data_root / "mvtec_ad" / "bottle" / "test"
@@ -86,8 +86,6 @@ def main() -> int:
                "LINEWATCH_STATE_DIR": str(work / name), "LINEWATCH_DETECTOR__MAX_BATCH": str(args.batch),
                "LINEWATCH_DETECTOR__GOOD_SAMPLE_RATE": "0.02", "LINEWATCH_LOG_FORMAT": "json",
                "LINEWATCH_DETECTOR__GROUP_ID": f"{prefix}-detectors"}  # runs share the broker, not a group
-        if embedded_broker:  # as `linewatch up` sets them for tansu
-            env.update(tansu_client_env("fetch_max_wait_ms" in Settings().kafka.model_fields_set))
         settings = Settings(kafka={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix},
                             database={"url": env["LINEWATCH_DATABASE__URL"]})
         engine = make_engine(settings.database_url)

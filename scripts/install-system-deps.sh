@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages linewatch needs on Debian/Ubuntu: redis-server; with LINEWATCH_WITH_TESTS=1
-# also PostgreSQL, Java + Maven (the tests start a real Apache Kafka resolved from Maven Central) and
-# docker-compose; with LINEWATCH_WITH_BROWSER=1, chromium. Idempotent: when everything is present it returns without
+# Installs the system packages linewatch needs on Debian/Ubuntu: redis-server, Java (17 or newer: Debian 12's
+# default-jre-headless is 17) and Maven (`linewatch up` embeds an Apache Kafka whose jars Maven fetches from
+# Maven Central at set-up time); with LINEWATCH_WITH_TESTS=1 also PostgreSQL and docker-compose; with LINEWATCH_WITH_BROWSER=1, chromium. Idempotent: when everything is present it returns without
 # touching apt. It never starts the system redis/postgres services: the tests run their own
 # instances on free ports.
 set -euo pipefail
@@ -9,14 +9,12 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 # Each entry: "<package> <what proves it is installed: a command, or an absolute path glob>".
-# The main job (linewatch up) needs only redis-server; the tests also run PostgreSQL, Apache Kafka
-# (Java + Maven) and check the compose file (docker-compose).
-wanted=("redis-server redis-server")
+# The main job (linewatch up) needs redis-server and Java + Maven (its embedded Apache Kafka); the tests
+# also run PostgreSQL and check the compose file (docker-compose).
+wanted=("redis-server redis-server" "default-jre-headless java" "maven mvn")
 if [[ "${LINEWATCH_WITH_TESTS:-0}" == "1" ]]; then
   wanted+=(
     "postgresql /usr/lib/postgresql/*/bin/initdb"
-    "default-jre-headless java"
-    "maven mvn"
     "docker-compose docker-compose"
   )
 fi

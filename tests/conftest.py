@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from linewatch.cli.embedded import EmbeddedServiceError, ManagedProcess, redis_server
+from linewatch.cli.embedded_kafka import ApacheKafka, fetch_kafka_libs
 
 # tests/ is on sys.path (pytest's rootdir-less conftest), so its services package imports as `services`.
-from services.apache_kafka import ApacheKafka
 from services.postgres import PostgresServer
 
 INSTALL_HINT = "run scripts/install-system-deps.sh"
@@ -38,7 +38,12 @@ def _start(service: ApacheKafka | PostgresServer | ManagedProcess) -> None:
 
 @pytest.fixture(scope="session")
 def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
-    """A single-node Apache Kafka (KRaft); ``.bootstrap_servers`` is ``127.0.0.1:<port>``."""
+    """A single-node Apache Kafka (KRaft), the one ``linewatch up`` embeds; ``.bootstrap_servers`` is
+    ``127.0.0.1:<port>``. Its jars are fetched here if ``scripts/bootstrap.sh`` has not yet done it."""
+    try:
+        fetch_kafka_libs()
+    except EmbeddedServiceError as exc:
+        raise _failure(exc) from None
     kafka = ApacheKafka(tmp_path_factory.mktemp("kafka"))
     try:
         _start(kafka)

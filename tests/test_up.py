@@ -1,22 +1,34 @@
-"""`linewatch up`: the one-command run on embedded defaults (tansu broker, redis-server, SQLite)."""
+"""`linewatch up`: the one-command run on embedded defaults (Apache Kafka, redis-server, SQLite)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from linewatch.cli.embedded_kafka import ApacheKafka
 
 from datasets import data_root
+
+MiB = 1024 * 1024
 
 pytestmark = pytest.mark.services
 
 
-def _up(state_dir, *args: str, timeout: int = 900, data=None) -> subprocess.CompletedProcess:
+def _env(state_dir, data=None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEWATCH_")}
-    env.update(LINEWATCH_STATE_DIR=str(state_dir), LINEWATCH_DATA_ROOT=str(data or data_root()))
-    return subprocess.run([sys.executable, "-m", "linewatch", "up", "--no-dashboard", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return {**env, "LINEWATCH_STATE_DIR": str(state_dir), "LINEWATCH_DATA_ROOT": str(data or data_root()), **extra}
+
+
+def _up(state_dir, *args: str, timeout: int = 900, data=None, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "linewatch", "up", "--no-dashboard", *args],
+                          env=_env(state_dir, data, **env), capture_output=True, text=True, timeout=timeout)
 
 
 def _summary(stdout: str) -> dict:
@@ -49,4 +61,77 @@ def test_up_says_where_the_bottle_images_are_expected_before_starting_anything(t
     result = _up(tmp_path / "state", data=tmp_path / "empty", timeout=120)
     assert result.returncode == 2
     assert "mvtec_ad/bottle: no such directory" in result.stderr and "LINEWATCH_DATA_ROOT" in result.stderr
-    assert not (tmp_path / "state" / "tansu").exists()  # failed before starting the broker
+    assert not (tmp_path / "state" / "kafka").exists()  # failed before starting the broker
+
+
+def _topic_configs(kafka: ApacheKafka, topics: list[str]) -> dict[str, dict[str, str]]:
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+    finally:
+        admin.close()
+    return {t: {key: entry["value"] for key, entry in c.items()} for t, c in described["topic"].items()}
+
+
+def test_up_creates_the_topics_with_retention_by_time_and_size(tmp_path, quick_model):
+    # A retention set in the environment reaches the topic; the others keep their documented defaults.
+    run = _up(tmp_path, "--model", str(quick_model.model_dir), "--max-frames", "6", "--fps", "0", "--no-trainer",
+              timeout=600, LINEWATCH_KAFKA__FRAMES_RETENTION__MS="3600000")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "embedded Apache Kafka on 127.0.0.1:" in run.stdout and "heap 256 MiB" in run.stdout
+    kafka = ApacheKafka(tmp_path / "kafka").start()  # the broker's data as `up` left it
+    try:
+        configs = _topic_configs(kafka, ["linewatch.frames", "linewatch.frames.dlq", "linewatch.inspections"])
+    finally:
+        kafka.stop()
+    frames = configs["linewatch.frames"]
+    assert frames["retention.ms"] == "3600000" and frames["retention.bytes"] == str(512 * MiB)
+    assert frames["segment.bytes"] == str(64 * MiB) and frames["segment.ms"] == "3600000"
+    for topic in ("linewatch.frames.dlq", "linewatch.inspections"):
+        assert configs[topic]["retention.ms"] == str(7 * 24 * 3600_000), topic
+        assert configs[topic]["retention.bytes"] == str(256 * MiB), topic
+
+
+def _broker_pid(state_dir: Path) -> int | None:
+    """The pid of the Java process running the broker of ``state_dir`` (read from /proc)."""
+    config = str(state_dir / "kafka" / "server.properties")
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and config in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def test_up_stops_with_the_brokers_error_when_the_broker_is_killed(tmp_path, quick_model):
+    up = subprocess.Popen([sys.executable, "-m", "linewatch", "up", "--no-dashboard", "--no-trainer", "--model",
+                           str(quick_model.model_dir), "--fps", "5"], env=_env(tmp_path), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (tmp_path / "logs" / "camera.log").exists():
+            assert up.poll() is None, up.communicate()[1][-3000:]
+            time.sleep(0.5)
+        time.sleep(5)  # frames flowing
+        pid = _broker_pid(tmp_path)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = up.communicate(timeout=120)  # not a frozen count: up ends by itself
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+    assert up.returncode == 1
+    assert "error: kafka exited with code -9" in stderr and str(tmp_path / "kafka" / "kafka.log") in stderr
+    assert _broker_pid(tmp_path) is None
+
+
+def test_up_without_the_kafka_jars_names_the_set_up_command(tmp_path):
+    # Nothing is downloaded at run time: jars missing from the cache stop `up` with one line, before any training.
+    result = _up(tmp_path / "state", timeout=120, XDG_CACHE_HOME=str(tmp_path / "empty-cache"))
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: Apache Kafka ") and "scripts/bootstrap.sh" in error[0]
+    assert str(tmp_path / "empty-cache" / "linewatch") in error[0]
+    assert "training the default model" not in result.stdout

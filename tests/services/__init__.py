@@ -1,5 +1,6 @@
-"""Real services for integration tests: Apache Kafka (KRaft), PostgreSQL and Redis, each a child
-process on free loopback ports (see :mod:`linewatch.cli.embedded` for the process handling).
+"""Real services for integration tests that the product does not embed: PostgreSQL. Apache Kafka (KRaft)
+and Redis are the product's own embedded ones (:mod:`linewatch.cli.embedded_kafka`,
+:mod:`linewatch.cli.embedded`), each a child process on free loopback ports.
 
 System packages they need: ``scripts/install-system-deps.sh``.
 """

