@@ -18,6 +18,7 @@ from linewatch.contracts.messages import DefectRegion
 from .devices import autocast, resolve_device, to_model_layout
 from .imaging import resize_map, to_model_input
 from .model_files import LoadedModel, load_model
+from .stpm import STPM
 
 MAX_REGIONS = 32
 
@@ -36,6 +37,21 @@ class BatchScores:
     normalized: np.ndarray
     is_defect: np.ndarray
     anomaly_maps: np.ndarray
+
+
+@torch.inference_mode()
+def forward_scores(stpm: STPM, batch: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The one scoring computation of serving and calibration: uint8 (B, 3, S, S) model inputs ->
+    (image scores float32 (B,), smoothed anomaly maps float32 (B, 1, S, S)).
+
+    :class:`Scorer` and the training's threshold calibration (:func:`.training.calibration_scores`) both
+    call this, so a threshold is set on exactly the scores the workers and ``linewatch score`` compute
+    (the student's and teacher's features recomputed from the pixels, never a cached copy).
+    """
+    x = to_model_layout(batch, device)
+    with autocast(device):
+        scores, maps = stpm(x)
+    return scores.float().cpu().numpy(), maps.float().cpu().numpy()
 
 
 class Scorer:
@@ -80,15 +96,12 @@ class Scorer:
             raise ValueError(
                 f"expected uint8 (B, 3, {self.image_size}, {self.image_size}), got {x.dtype} {tuple(x.shape)}"
             )
-        x = to_model_layout(x, self.device)
-        with autocast(self.device):
-            scores, maps = self.model.stpm(x)
-        scores = scores.float().cpu().numpy()
+        scores, maps = forward_scores(self.model.stpm, x, self.device)
         return BatchScores(
             image_scores=scores,
             normalized=(scores / self.image_threshold).astype(np.float32),
             is_defect=scores > self.image_threshold,
-            anomaly_maps=maps.float().cpu().numpy(),
+            anomaly_maps=maps,
         )
 
     def regions(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> list[DefectRegion]:
