@@ -14,7 +14,7 @@ from linewatch.contracts.messages import FrameMeta
 from linewatch.detector.calibration import calibrate_image_threshold
 from linewatch.detector.imaging import read_image
 from linewatch.detector.model_files import load_model
-from linewatch.detector.scoring import Scorer
+from linewatch.detector.scoring import Scorer, forward_scores
 from linewatch.detector.stream.batches import PreparedFrame, RawFrame
 from linewatch.detector.stream.frames import prepare_frame
 from linewatch.detector.stream.inspection import score_batch
@@ -131,3 +131,22 @@ def test_c10_trainer_score_and_worker_agree_on_the_same_bytes(train40):
     print(f"trainer {trainer_score:.7f}, score {command_score:.7f}, worker {worker_score:.7f}")
     assert trainer_score == pytest.approx(command_score, rel=1e-5)
     assert worker_score == pytest.approx(command_score, rel=1e-5)
+
+
+def test_bfloat16_autocast_never_flips_a_verdict_on_held_out_goods(train40):
+    precision = train40.metadata["precision"]
+    # trained on the CPU, which serves float32: nothing measured there, the default guard band stands
+    assert precision["calibrated"] == "float32" and precision["reduced"] == "float32"
+    assert precision["guard_band"] == 0.01 and precision["max_relative_shift"] is None
+    held_out = [m for m in train40.metadata["manifest"] if m["role"] == "val"]
+    exact, reduced = Scorer(train40.model_dir, "cpu"), Scorer(train40.model_dir, "cpu", precision="bfloat16")
+    assert (exact.precision, reduced.precision) == ("float32", "bfloat16")
+    inputs = np.stack([exact.prepare(read_image(m["path"])) for m in held_out])
+    e, r = exact.score(inputs), reduced.score(inputs)
+    raw = forward_scores(reduced.model.stpm, torch.as_tensor(inputs), reduced.device, "bfloat16")[0]
+    shift = float(np.max(np.abs(raw / e.image_scores - 1)))
+    raw_flips = int(((raw > exact.image_threshold) != e.is_defect).sum())
+    flips = int((r.is_defect != e.is_defect).sum())
+    print(f"bfloat16 autocast on the CPU, {len(held_out)} held-out goods: max relative shift {shift:.2e}, "
+          f"guard band {reduced.guard_band}; verdict flips without the band {raw_flips}, with it {flips}")
+    assert flips == 0 and shift < reduced.guard_band

@@ -41,11 +41,11 @@ from linewatch.contracts.settings import Settings
 
 from .backbones import backbone_spec, build_student, build_teacher
 from .calibration import calibrate_image_threshold, score_statistics, threshold_at_rate
-from .devices import autocast, resolve_device, to_model_layout
+from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
-from .scoring import forward_scores
-from .stpm import STPM, image_scores, pyramid_loss
+from .scoring import DEFAULT_GUARD_BAND, forward_scores
+from .stpm import STPM, pyramid_loss
 from .training_set import (  # noqa: F401 -- TrainingError and UnderCalibratedError are this module's API too
     TrainingError,
     UnderCalibratedError,
@@ -144,34 +144,30 @@ def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batc
 
 
 @torch.no_grad()
-def evaluate_student(
-    model: STPM, images: torch.Tensor, teacher_hat: list[torch.Tensor], device: torch.device, batch: int
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Student in eval mode on uint8 (N, 3, S, S) images and their cached teacher stages -> (mean loss per image,
-    image scores float32 (N,), smoothed anomaly maps float32 (N, S, S))."""
+def evaluate_student(model: STPM, images: torch.Tensor, teacher_hat: list[torch.Tensor], device: torch.device,
+                     batch: int) -> float:
+    """Student in eval mode on uint8 (N, 3, S, S) images and their cached teacher stages -> mean loss per image
+    (Eq. 3; selects the best epoch; scores for thresholds come from :func:`calibration_scores`)."""
     model.eval()
-    total, scores, maps = 0.0, [], []
-    size = tuple(images.shape[-2:])
+    total = 0.0
     for start in range(0, len(images), batch):
         x = to_model_layout(images[start : start + batch], device)
         t_hat = [t[start : start + batch].float() for t in teacher_hat]
         with autocast(device):
             s_hat = model.student_features(x)
         total += pyramid_loss(t_hat, s_hat).item()
-        amap = model.anomaly_map_from(t_hat, s_hat, size)
-        scores.append(image_scores(amap).float().cpu().numpy())
-        maps.append(amap[:, 0].float().cpu().numpy())
-    return total / len(images), np.concatenate(scores), np.concatenate(maps)
+    return total / len(images)
 
 
-def calibration_scores(model: STPM, images: torch.Tensor, device: torch.device,
-                       batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of uint8 (N, 3, S, S) model inputs as served (:func:`.scoring.forward_scores`, eval mode) ->
+def calibration_scores(model: STPM, images: torch.Tensor, device: torch.device, batch: int,
+                       precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """Scores of uint8 (N, 3, S, S) model inputs as served (:func:`.scoring.forward_scores`, eval mode), in
+    float32 (thresholds are calibrated there on every device) unless ``precision`` says otherwise ->
     (image scores float32 (N,), smoothed anomaly maps float32 (N, S, S))."""
     model.eval()
     scores, maps = [], []
     for start in range(0, len(images), batch):
-        s, m = forward_scores(model, images[start : start + batch], device)
+        s, m = forward_scores(model, images[start : start + batch], device, precision)
         scores.append(s)
         maps.append(m[:, 0])
     return np.concatenate(scores), np.concatenate(maps)
@@ -271,7 +267,7 @@ def train(
                                       f"nothing was written to {out_dir}")
         if not math.isfinite(running):
             raise TrainingError(f"training diverged at epoch {epoch} (loss {running}); lower the learning rate")
-        val_loss, _, _ = evaluate_student(model, val_images, val_t, device, config.batch_size)
+        val_loss = evaluate_student(model, val_images, val_t, device, config.batch_size)
         if val_loss < best_val:
             best_val, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.student.state_dict())
@@ -289,6 +285,12 @@ def train(
     assert best_state is not None
     model.student.load_state_dict(best_state)
     val_scores, val_maps = calibration_scores(model, val_images, device, config.batch_size)
+    # Reduced precision is measured, not calibrated on: on a GPU its shift on the held-out goods widens the guard
+    # band within which a bfloat16/float16 scorer re-scores in float32 (scoring module docstring). The CPU serves
+    # float32, and its emulated bfloat16 is slow, so there the default band stands.
+    reduced = precision_of(device)
+    shift = None if reduced == "float32" else float(np.max(np.abs(
+        calibration_scores(model, val_images, device, config.batch_size, reduced)[0] / val_scores - 1)))
     calibration = calibrate_image_threshold(val_scores, config.target_false_reject_rate, config.min_held_out_goods)
     pixel_threshold = threshold_at_rate(val_maps, config.pixel_false_positive_rate)
     role = np.full(len(paths), "train", dtype=object)
@@ -312,6 +314,9 @@ def train(
             "status": calibration.status,
             "calibration": calibration.as_dict(),
         },
+        "precision": {"calibrated": "float32", "reduced": reduced, "max_relative_shift": shift,
+                      "guard_band": max(DEFAULT_GUARD_BAND, 4 * (shift or 0.0)),
+                      "serving": "float32 within guard_band of the image threshold, else the device's autocast"},
         "validation": {"loss": best_val, "image_score": score_statistics(val_scores)},
         "training": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
