@@ -58,7 +58,7 @@ def main() -> int:
             meta = read_metadata(model_dir)
             trained_now = False
         except ModelFileError:
-            config = TrainConfig.from_settings(settings, device=args.device,
+            config = TrainConfig.from_settings(settings, device=args.device, allow_under_calibrated=True,
                                                **({"epochs": args.epochs} if args.epochs else {}))
             print(f"[{name}] training on {len(dataset.train)} good images, {config.epochs} epochs", flush=True)
             meta = train(dataset.train, model_dir, config).metadata

@@ -54,9 +54,11 @@ def main() -> int:
         work = Path(tempfile.mkdtemp(prefix="linewatch-retrain-"))
         try:
             settings = Settings(state_dir=work, database={"url": f"sqlite:///{work / 'db.sqlite'}"},
-                                detector={"device": device})
+                                detector={"device": device}, training={"allow_under_calibrated": True})
             t0 = time.monotonic()
-            v1_dir = train(base, work / "v1", TrainConfig(epochs=args.base_epochs, device=device)).model_dir
+            # 150 images hold out 30, too few for the 1% false-reject target: published marked under-calibrated
+            config = TrainConfig(epochs=args.base_epochs, device=device, allow_under_calibrated=True)
+            v1_dir = train(base, work / "v1", config).model_dir
             base_s = time.monotonic() - t0
             engine = make_engine(settings.database_url)
             migrate(engine)

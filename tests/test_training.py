@@ -50,7 +50,7 @@ def test_defective_bottles_score_above_good_ones(quick_model):
 
 def test_same_seed_same_model(tmp_path):
     ds = open_dataset(bottle())
-    config = TrainConfig(image_size=64, epochs=2, batch_size=4, seed=3, device="cpu")
+    config = TrainConfig(image_size=64, epochs=2, batch_size=4, seed=3, device="cpu", allow_under_calibrated=True)
     a = train(ds.train[:10], tmp_path / "a", config, progress=False)
     b = train(ds.train[:10], tmp_path / "b", config, progress=False)
     assert a.metadata["weights_sha256"] == b.metadata["weights_sha256"]
@@ -115,7 +115,7 @@ def test_a_stop_request_ends_training_within_the_epoch_and_writes_nothing(tmp_pa
         stop.set()  # as a SIGTERM handler would, during epoch 2's batches
 
     ds = open_dataset(bottle())
-    config = TrainConfig(image_size=64, epochs=50, batch_size=2, seed=3, device="cpu")
+    config = TrainConfig(image_size=64, epochs=50, batch_size=2, seed=3, device="cpu", allow_under_calibrated=True)
     with pytest.raises(TrainingStopped, match="epoch 2 of 50"):
         train(ds.train[:10], tmp_path / "m", config, progress=False, on_epoch=on_epoch, stop=stop)
     assert reports == [1]

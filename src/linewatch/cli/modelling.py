@@ -26,8 +26,11 @@ def train(
     device: DeviceOpt = None,
     seed: Annotated[int | None, typer.Option()] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    force: Annotated[bool, typer.Option("--force", help="publish even with too few held-out good images for the "
+                                        "false-reject target, marked under-calibrated")] = False,
 ) -> None:
-    """Train an STPM student on good images; thresholds are calibrated on held-out good images."""
+    """Train an STPM student on good images; thresholds are calibrated on held-out good images (refused when too
+    few stand behind the false-reject target, unless --force)."""
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.model_files import check_output_dir
     from linewatch.detector.training import TrainConfig
@@ -37,6 +40,7 @@ def train(
                     seed=seed)
     s = with_values(with_values(s, "backbone", name=backbone, weights=teacher_weights), "detector",
                     device=device_name(device))
+    s = with_values(s, "training", allow_under_calibrated=True if force else None)
     config = TrainConfig.from_settings(s)
     with user_errors():
         check_output_dir(out)  # before the training, not after it
@@ -49,7 +53,10 @@ def train(
         f"validation loss {meta['validation']['loss']:.4f}, "
         f"{meta['training']['duration_s']:.0f} s on {meta['training']['device']}\n"
         f"  image threshold {meta['thresholds']['image']:.5f} (false-reject target {config.target_false_reject_rate}), "
-        f"pixel threshold {meta['thresholds']['pixel']:.5f}"
+        f"pixel threshold {meta['thresholds']['pixel']:.5f}\n"
+        f"  {meta['thresholds']['status']}: {meta['thresholds']['calibrated_on']}, false-reject rate 95% interval "
+        f"{meta['thresholds']['calibration']['false_reject_rate_ci'][0]:.3f}-"
+        f"{meta['thresholds']['calibration']['false_reject_rate_ci'][1]:.3f}"
     )
 
 

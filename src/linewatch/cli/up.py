@@ -89,9 +89,10 @@ def ensure_default_model(settings: Settings, epochs: int | None = None, stop: th
         return out
     data = settings.data_root / "mvtec_ad" / "bottle"
     dataset = open_dataset(data)
-    config = TrainConfig.from_settings(settings, **({"epochs": epochs} if epochs else {}))
-    print(f"No model given: training the default model on {data}/train/good "
-          f"({len(dataset.train)} images, {config.epochs} epochs); it is cached in {out}", flush=True)
+    # A demonstration: 209 images cannot back a 1% false-reject target; published marked under-calibrated.
+    config = TrainConfig.from_settings(settings, allow_under_calibrated=True, **({"epochs": epochs} if epochs else {}))
+    print(f"No model given: training the default model on {data}/train/good ({len(dataset.train)} images, "
+          f"{config.epochs} epochs, published even if under-calibrated); it is cached in {out}", flush=True)
     train(dataset.train, out, config, stop=stop)
     return out
 

@@ -19,13 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NestedSecretsSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, NestedSecretsSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import PydanticBaseSettingsSource as Source
 
 from .dashboard_settings import DashboardSettings
 from .files import path_of
@@ -173,6 +168,10 @@ class TrainingSettings(BaseModel):
     pixel_false_positive_rate: float = Field(
         0.001, gt=0, lt=0.5, description="share of good pixels allowed above the region threshold"
     )
+    min_held_out_goods: int = Field(20, ge=1, description="fewest held-out good images a threshold may be set on "
+                                    "(also at least 1 / target_false_reject_rate); fewer refuse the model")
+    allow_under_calibrated: bool = Field(False, description="publish a model with too few held-out good images "
+                                         "anyway, marked under-calibrated")
     map_smoothing_sigma: float = Field(
         4.0, ge=0, description="Gaussian sigma (model pixels) applied to anomaly maps; not in the paper; 0 = off"
     )
@@ -286,15 +285,9 @@ class Settings(BaseSettings):
         return path_of(self.artifact_store) if self.artifact_store else self.state_dir / "models"
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Source, env_settings: Source,
+                                   dotenv_settings: Source, file_secret_settings: Source) -> tuple[Source, ...]:
+        sources: list[Source] = [init_settings, env_settings]
         config = os.environ.get(CONFIG_ENV)
         if config:
             path = Path(config).expanduser()

@@ -1,9 +1,95 @@
-"""Decision thresholds, set from good images only (and reported F1-optimal where defects are labelled)."""
+"""Decision thresholds, set from good images only (and reported F1-optimal where defects are labelled).
+
+The image threshold rule (:func:`calibrate_image_threshold`), over the image scores of the n held-out good
+images (never trained on) and the false-reject target r:
+
+    threshold = max(highest held-out good score, mean + k * std)
+
+where ``mean + k * std`` is the one-sided normal tolerance bound that, with 95% confidence, at least
+(1 - r) of good parts score below (k from the noncentral t distribution, NIST/SEMATECH e-Handbook of
+Statistical Methods 7.2.6.3; std with n - 1). So no held-out good image is ever above the threshold, and
+the threshold extrapolates past the highest one when few images stand behind a small target.
+
+The evidence is recorded with it: n, r, the held-out false rejects (0 by the rule) and the false-reject
+rate's Clopper-Pearson 95% interval. n held-out images cannot show a rate below 1/n, so a model whose
+n x r < 1, or whose n is below a set minimum, is *under-calibrated* (training refuses to publish it
+unless forced).
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
+
 import numpy as np
+from scipy.stats import binomtest, nct, norm
 from sklearn.metrics import precision_recall_curve
+
+CONFIDENCE = 0.95
+RULE = ("max(highest held-out good score, one-sided 95%-confidence normal tolerance bound covering "
+        "1 - target of good scores)")
+
+
+@dataclass(frozen=True)
+class ImageCalibration:
+    """An image threshold and the evidence behind it (see the module docstring).
+
+    ``false_reject_rate_ci``: Clopper-Pearson interval (``CONFIDENCE``) of the false-reject rate, from
+    ``false_rejects`` of ``held_out_goods``; ``needed_held_out_goods``: what the target asks for
+    (:func:`held_out_goods_needed`); ``status``: ``calibrated`` or ``under-calibrated``.
+    """
+
+    threshold: float
+    rule: str
+    held_out_goods: int
+    target_false_reject_rate: float
+    false_rejects: int
+    false_reject_rate_ci: tuple[float, float]
+    needed_held_out_goods: int
+    status: str
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "false_reject_rate_ci": list(self.false_reject_rate_ci)}
+
+
+def held_out_goods_needed(target_rate: float, minimum: int) -> int:
+    """Held-out good images a false-reject target needs: ``max(ceil(1 / target_rate), minimum)``."""
+    return max(math.ceil(1.0 / target_rate - 1e-9), int(minimum))
+
+
+def tolerance_factor(n: int, coverage: float, confidence: float = CONFIDENCE) -> float:
+    """One-sided normal tolerance factor k for n samples (``mean + k * std`` covers ``coverage`` of the
+    population with ``confidence``): ``nct.ppf(confidence, n - 1, z_coverage * sqrt(n)) / sqrt(n)``.
+
+    Raises:
+        ValueError: n < 2.
+    """
+    if n < 2:
+        raise ValueError(f"a tolerance bound needs at least 2 samples, got {n}")
+    return float(nct.ppf(confidence, n - 1, norm.ppf(coverage) * math.sqrt(n)) / math.sqrt(n))
+
+
+def calibrate_image_threshold(good_scores: np.ndarray, target_rate: float, minimum: int) -> ImageCalibration:
+    """The image threshold of held-out good image scores (any shape, their unit) by the module's rule.
+
+    With one score the tolerance bound is undefined and the threshold is that score (under-calibrated).
+
+    Raises:
+        ValueError: no scores, or ``target_rate`` outside (0, 1).
+    """
+    s = np.asarray(good_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("no good samples to calibrate a threshold on")
+    if not 0 < target_rate < 1:
+        raise ValueError(f"rate must be in (0, 1), got {target_rate}")
+    threshold = float(s.max())
+    if s.size >= 2:
+        threshold = max(threshold, float(s.mean() + tolerance_factor(s.size, 1 - target_rate) * s.std(ddof=1)))
+    rejects = int((s > threshold).sum())
+    ci = binomtest(rejects, int(s.size)).proportion_ci(confidence_level=CONFIDENCE, method="exact")
+    needed = held_out_goods_needed(target_rate, minimum)
+    return ImageCalibration(threshold, RULE, int(s.size), float(target_rate), rejects, (float(ci.low), float(ci.high)),
+                            needed, "calibrated" if s.size >= needed else "under-calibrated")
 
 
 def threshold_at_rate(good_values: np.ndarray, rate: float) -> float:

@@ -20,12 +20,31 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bfloat16 where supported, else float16); full float32 on the CPU."""
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def precision_of(device: torch.device, precision: str = "auto") -> str:
+    """The precision a model runs at: ``auto`` is bfloat16 on CUDA where supported, else float16 there, and
+    float32 on the CPU; any other value is itself.
+
+    Raises:
+        ValueError: not one of ``PRECISIONS``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
     if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """Mixed precision at :func:`precision_of` (``torch.autocast``; on the CPU too when asked); none for float32."""
+    name = precision_of(device, precision)
+    if name == "float32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=getattr(torch, name))
 
 
 def to_model_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -3,11 +3,14 @@
 Every image that enters the detector comes through :func:`decode_image`: it is checked before it
 is decoded (empty, truncated, not an image, too many pixels) and after (bit depth, size), so a
 bad file or frame gets an :class:`ImageError` that names it and says why, never a bare traceback.
-Grayscale and RGBA images are converted to RGB.
+Grayscale and RGBA images are converted to RGB: gray replicated, alpha ignored (the RGB values under it
+are what the model sees); EXIF orientation is not applied (the pixels as stored in the file are scored).
+:func:`scored_pixels_file` is what is kept of a frame: exactly those pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -150,6 +153,30 @@ def _decode_jpeg_strict(data: bytes, source: str, min_factor: int = 1) -> np.nda
         except ValueError:
             return None  # not a warning but an error: not a JPEG simplejpeg handles
         raise ImageError("corrupt", source, f"corrupt JPEG data ({strict_error})") from None
+
+
+def scored_pixels_file(data: bytes, source: str = "<bytes>") -> tuple[bytes, str]:
+    """The file to keep for review and training, holding exactly the pixels :func:`decode_image` gives the model
+    -> (bytes, suffix ``.jpg`` or ``.png``).
+
+    A JPEG of 3 or 1 components without an EXIF orientation other than 1 decodes to those pixels in any viewer
+    and is kept byte for byte. Anything else (alpha, which the model ignores: it scores the RGB values under
+    it; palette, 16-bit, CMYK, an orientation tag this decoder does not apply, other formats) is re-encoded
+    as a lossless PNG of the decoded RGB, so an operator never labels an image other than the one inspected.
+
+    Raises:
+        ImageError: see :func:`decode_image`.
+    """
+    with contextlib.suppress(OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format == "JPEG" and im.mode in ("RGB", "L") and im.getexif().get(0x0112, 1) == 1:
+                    return data, ".jpg"
+    ok, png = cv2.imencode(".png", cv2.cvtColor(decode_image(data, source), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ImageError("undecodable", source, "could not re-encode the decoded pixels as PNG")
+    return png.tobytes(), ".png"
 
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

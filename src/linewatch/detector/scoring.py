@@ -2,6 +2,11 @@
 
 Fast path: inference mode, the channels_last memory layout (a third less time per batch on the CPU
 too: 0.94 s against 1.43 s side by side, bench/README.md), and mixed precision on CUDA.
+
+Reduced precision and verdicts: thresholds are calibrated on float32 scores (:mod:`.training`). A scorer
+running at bfloat16 or float16 re-scores in float32 every image whose score is within the model's guard band
+of the image threshold (``|score / threshold - 1| <= precision.guard_band`` in model.json), so reduced
+precision never decides a verdict near the threshold; far from it, its score shift cannot flip one.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ import torch
 
 from linewatch.contracts.messages import DefectRegion
 
-from .devices import autocast, resolve_device, to_model_layout
+from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .imaging import resize_map, to_model_input
 from .model_files import LoadedModel, load_model
+from .stpm import STPM
 
 MAX_REGIONS = 32
+# Relative. bfloat16 keeps 8 significant bits (unit roundoff 2^-8, 0.4%) and errors add up through the network:
+# 2.7% measured with CPU autocast on held-out goods (tests/test_calibration.py). Training widens it on a GPU.
+DEFAULT_GUARD_BAND = 0.1
 
 
 @dataclass
@@ -38,6 +47,23 @@ class BatchScores:
     anomaly_maps: np.ndarray
 
 
+@torch.inference_mode()
+def forward_scores(stpm: STPM, batch: torch.Tensor, device: torch.device,
+                   precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """The one scoring computation of serving and calibration: uint8 (B, 3, S, S) model inputs ->
+    (image scores float32 (B,), smoothed anomaly maps float32 (B, 1, S, S)).
+
+    :class:`Scorer` and the training's threshold calibration (:func:`.training.calibration_scores`) both
+    call this, so a threshold is set on exactly the scores the workers and ``linewatch score`` compute
+    (the student's and teacher's features recomputed from the pixels, never a cached copy), at ``precision``
+    (:func:`.devices.precision_of`).
+    """
+    x = to_model_layout(batch, device)
+    with autocast(device, precision):
+        scores, maps = stpm(x)
+    return scores.float().cpu().numpy(), maps.float().cpu().numpy()
+
+
 class Scorer:
     """A loaded STPM model on a device, with its thresholds.
 
@@ -45,16 +71,22 @@ class Scorer:
         model_dir: a model directory (:mod:`.model_files`).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         teacher_weights: the teacher weights file; by default the backbone's default location.
-    Raises (constructor): ModelFileError, WeightsNotFoundError, RuntimeError (CUDA asked, none present).
+        precision: ``auto`` (bfloat16/float16 on CUDA, float32 on the CPU) or one of them; see the module
+            docstring for verdicts near the threshold.
+    Raises (constructor): ModelFileError, WeightsNotFoundError, RuntimeError (CUDA asked, none present),
+        ValueError (unknown precision).
     """
 
-    def __init__(self, model_dir: Path, device: str = "auto", teacher_weights: Path | None = None):
+    def __init__(self, model_dir: Path, device: str = "auto", teacher_weights: Path | None = None,
+                 precision: str = "auto"):
         self.device = resolve_device(device)
+        self.precision = precision_of(self.device, precision)
         self.model: LoadedModel = load_model(model_dir, self.device, teacher_weights)
         self.model.stpm.to(memory_format=torch.channels_last)
         thresholds = self.model.thresholds
         self.image_threshold = float(thresholds["image"])
         self.pixel_threshold = float(thresholds["pixel"])
+        self.guard_band = float(self.model.metadata.get("precision", {}).get("guard_band", DEFAULT_GUARD_BAND))
 
     @property
     def version(self) -> str:
@@ -80,15 +112,18 @@ class Scorer:
             raise ValueError(
                 f"expected uint8 (B, 3, {self.image_size}, {self.image_size}), got {x.dtype} {tuple(x.shape)}"
             )
-        x = to_model_layout(x, self.device)
-        with autocast(self.device):
-            scores, maps = self.model.stpm(x)
-        scores = scores.float().cpu().numpy()
+        scores, maps = forward_scores(self.model.stpm, x, self.device, self.precision)
+        if self.precision != "float32":
+            near = np.flatnonzero(np.abs(scores / self.image_threshold - 1) <= self.guard_band)
+            if near.size:
+                exact = forward_scores(self.model.stpm, x[torch.as_tensor(near, device=x.device)], self.device,
+                                       "float32")
+                scores[near], maps[near] = exact
         return BatchScores(
             image_scores=scores,
             normalized=(scores / self.image_threshold).astype(np.float32),
             is_defect=scores > self.image_threshold,
-            anomaly_maps=maps.float().cpu().numpy(),
+            anomaly_maps=maps,
         )
 
     def regions(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> list[DefectRegion]:

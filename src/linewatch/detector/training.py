@@ -11,11 +11,13 @@ validation loss). Where the defaults differ:
 * a batch's loss is the sum over its images, as in anomalib, not the authors' mean (:mod:`.stpm`);
 * anomaly maps are smoothed with a Gaussian of sigma 4 model pixels (:mod:`.stpm`);
 * the frozen teacher sees the same images every epoch, so its normalised features are computed once
-  and cached in float16 instead of recomputed per batch; on CUDA, mixed precision (bfloat16 where
-  supported, else float16 with a gradient scaler).
+  and cached in float16 instead of recomputed per batch (for the training and validation losses only);
+  on CUDA, mixed precision (bfloat16 where supported, else float16 with a gradient scaler).
 
-Thresholds are then set on the held-out good images (:mod:`.calibration`). On the CPU the same seed
-gives the same weights (a test checks it); on CUDA nothing forces deterministic kernels.
+Thresholds are then set on the held-out good images (:mod:`.calibration`), scored by
+:func:`.scoring.forward_scores`, the computation the workers and ``linewatch score`` run: the float16
+cache shifted scores by up to 1.7e-4 relative, and a threshold set on shifted scores is not the one served.
+On the CPU the same seed gives the same weights (a test checks it); on CUDA nothing forces deterministic kernels.
 """
 
 from __future__ import annotations
@@ -23,11 +25,9 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import math
-import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,15 +36,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from linewatch.contracts.files import sha256_bytes, sha256_file
+from linewatch.contracts.files import sha256_file
 from linewatch.contracts.settings import Settings
 
 from .backbones import backbone_spec, build_student, build_teacher
-from .calibration import score_statistics, threshold_at_rate
-from .devices import autocast, resolve_device, to_model_layout
-from .imaging import DEFAULT_MAX_PIXELS, ImageError, read_image, to_model_input
+from .calibration import calibrate_image_threshold, score_statistics, threshold_at_rate
+from .devices import autocast, precision_of, resolve_device, to_model_layout
+from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
-from .stpm import STPM, image_scores, pyramid_loss
+from .scoring import DEFAULT_GUARD_BAND, forward_scores
+from .stpm import STPM, pyramid_loss
+from .training_set import (  # noqa: F401 -- TrainingError and UnderCalibratedError are this module's API too
+    TrainingError,
+    UnderCalibratedError,
+    check_evidence,
+    load_images,
+    split_indices,
+)
 
 
 @dataclass
@@ -54,7 +62,8 @@ class TrainConfig:
     Defaults: the paper's optimiser, batch size and input size, with the differences listed in the module
     docstring (20 epochs, EfficientNet-Lite0, sigma 4). ``image_size`` and ``map_smoothing_sigma`` are in
     pixels of the model input; ``val_fraction`` is the share of the good images held out; the two rates
-    are the calibration targets of :func:`.calibration.threshold_at_rate`; larger images than ``max_pixels``
+    are the calibration targets (:mod:`.calibration`); fewer held-out images than ``min_held_out_goods`` (or
+    than 1/target) refuse the model unless ``allow_under_calibrated``; larger images than ``max_pixels``
     pixels are refused.
     """
 
@@ -71,6 +80,8 @@ class TrainConfig:
     device: str = "auto"
     target_false_reject_rate: float = 0.01
     pixel_false_positive_rate: float = 0.001
+    min_held_out_goods: int = 20
+    allow_under_calibrated: bool = False
     map_smoothing_sigma: float = 4.0
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -121,48 +132,6 @@ class TrainingStopped(Exception):
     """Training was asked to stop (its ``stop`` event was set) before it finished."""
 
 
-class TrainingError(ValueError):
-    """Training cannot start with what was given (too few images, ...)."""
-
-
-def load_images(paths: Sequence[Path], size: int,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:
-    """Read, check and resize images in parallel -> (uint8 (N, 3, size, size), SHA-256 of each file).
-
-    Raises:
-        TrainingError: some files cannot be used; the message names each of them (the first 20) and why,
-            so that one run finds them all.
-    """
-
-    def one(path: Path) -> tuple[np.ndarray, str] | ImageError:
-        try:
-            rgb = read_image(path, max_pixels)
-        except ImageError as exc:
-            return exc
-        return to_model_input(rgb, size), sha256_bytes(Path(path).read_bytes())
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(one, paths))
-    bad = [r for r in results if isinstance(r, ImageError)]
-    if bad:
-        listed = "\n  ".join(str(e) for e in bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise TrainingError(f"{len(bad)} of {len(paths)} images cannot be used; fix or remove them:\n  {listed}")
-    return torch.from_numpy(np.stack([r[0] for r in results])), [r[1] for r in results]
-
-
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``n`` images into (train, validation) index arrays; both non-empty.
-
-    Raises:
-        TrainingError: fewer than 2 images.
-    """
-    if n < 2:
-        raise TrainingError(f"need at least 2 good images to train and validate, got {n}")
-    n_val = min(n - 1, max(1, round(n * val_fraction)))
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 @torch.no_grad()
 def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batch: int) -> list[torch.Tensor]:
     """Normalised teacher stages of all images, float16, on ``device``: [(N, C_i, h_i, w_i)]."""
@@ -175,24 +144,33 @@ def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batc
 
 
 @torch.no_grad()
-def evaluate_student(
-    model: STPM, images: torch.Tensor, teacher_hat: list[torch.Tensor], device: torch.device, batch: int
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Student in eval mode on uint8 (N, 3, S, S) images and their cached teacher stages -> (mean loss per image,
-    image scores float32 (N,), smoothed anomaly maps float32 (N, S, S))."""
+def evaluate_student(model: STPM, images: torch.Tensor, teacher_hat: list[torch.Tensor], device: torch.device,
+                     batch: int) -> float:
+    """Student in eval mode on uint8 (N, 3, S, S) images and their cached teacher stages -> mean loss per image
+    (Eq. 3; selects the best epoch; scores for thresholds come from :func:`calibration_scores`)."""
     model.eval()
-    total, scores, maps = 0.0, [], []
-    size = tuple(images.shape[-2:])
+    total = 0.0
     for start in range(0, len(images), batch):
         x = to_model_layout(images[start : start + batch], device)
         t_hat = [t[start : start + batch].float() for t in teacher_hat]
         with autocast(device):
             s_hat = model.student_features(x)
         total += pyramid_loss(t_hat, s_hat).item()
-        amap = model.anomaly_map_from(t_hat, s_hat, size)
-        scores.append(image_scores(amap).float().cpu().numpy())
-        maps.append(amap[:, 0].float().cpu().numpy())
-    return total / len(images), np.concatenate(scores), np.concatenate(maps)
+    return total / len(images)
+
+
+def calibration_scores(model: STPM, images: torch.Tensor, device: torch.device, batch: int,
+                       precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """Scores of uint8 (N, 3, S, S) model inputs as served (:func:`.scoring.forward_scores`, eval mode), in
+    float32 (thresholds are calibrated there on every device) unless ``precision`` says otherwise ->
+    (image scores float32 (N,), smoothed anomaly maps float32 (N, S, S))."""
+    model.eval()
+    scores, maps = [], []
+    for start in range(0, len(images), batch):
+        s, m = forward_scores(model, images[start : start + batch], device, precision)
+        scores.append(s)
+        maps.append(m[:, 0])
+    return np.concatenate(scores), np.concatenate(maps)
 
 
 def train(
@@ -205,6 +183,7 @@ def train(
     progress: bool = True,
     extra_metadata: dict[str, Any] | None = None,
     stop: threading.Event | None = None,
+    held_out: Collection[str] = (),
 ) -> TrainResult:
     """Train an STPM student on good images and write the model directory ``out_dir``.
 
@@ -217,10 +196,14 @@ def train(
         progress: show a progress bar (epoch, loss, validation loss, time left) on stderr.
         extra_metadata: merged into ``model.json`` (e.g. the registry's ``version``).
         stop: when set (by a signal handler, say), training ends after the current batch and nothing is written.
+        held_out: SHA-256 of images that must not be trained on (a fine-tune's parent's validation images):
+            those among ``image_paths`` are held out, with more drawn to reach ``val_fraction``.
     Returns:
         the model directory and its metadata (thresholds, validation statistics, per-epoch history).
     Raises:
         TrainingError: fewer than 2 images, unusable images (each named), or a non-finite training loss.
+        UnderCalibratedError: too few held-out images for the false-reject target (checked before training;
+            see :func:`.training_set.check_evidence`), unless ``config.allow_under_calibrated``.
         WeightsNotFoundError: teacher weights absent. ValueError: unknown backbone or weights that do not fit it.
         RuntimeError: device ``cuda`` asked for and none present.
         ModelFileError: ``out_dir`` holds other files (checked before training starts).
@@ -230,8 +213,14 @@ def train(
     started = time.monotonic()
     device = resolve_device(config.device)
     paths = [Path(p) for p in image_paths]
-    train_idx, val_idx = split_indices(len(paths), config.val_fraction, config.seed)
+    split_indices(len(paths), config.val_fraction, config.seed)  # fewer than 2 images: before reading them
     images, hashes = load_images(paths, config.image_size, config.max_pixels)
+    keep_out = set(held_out)
+    forced = [i for i, h in enumerate(hashes) if h in keep_out]
+    train_idx, val_idx = split_indices(len(paths), config.val_fraction, config.seed, forced)
+    if not config.allow_under_calibrated:
+        check_evidence(len(paths), len(val_idx), len(forced), config.val_fraction,
+                       config.target_false_reject_rate, config.min_held_out_goods)
 
     torch.manual_seed(config.seed)
     teacher, teacher_path = build_teacher(config.backbone, config.teacher_weights)
@@ -278,7 +267,7 @@ def train(
                                       f"nothing was written to {out_dir}")
         if not math.isfinite(running):
             raise TrainingError(f"training diverged at epoch {epoch} (loss {running}); lower the learning rate")
-        val_loss, _, _ = evaluate_student(model, val_images, val_t, device, config.batch_size)
+        val_loss = evaluate_student(model, val_images, val_t, device, config.batch_size)
         if val_loss < best_val:
             best_val, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.student.state_dict())
@@ -295,11 +284,19 @@ def train(
 
     assert best_state is not None
     model.student.load_state_dict(best_state)
-    _, val_scores, val_maps = evaluate_student(model, val_images, val_t, device, config.batch_size)
-    image_threshold = threshold_at_rate(val_scores, config.target_false_reject_rate)
+    val_scores, val_maps = calibration_scores(model, val_images, device, config.batch_size)
+    # Reduced precision is measured, not calibrated on: on a GPU its shift on the held-out goods widens the guard
+    # band within which a bfloat16/float16 scorer re-scores in float32 (scoring module docstring). The CPU serves
+    # float32, and its emulated bfloat16 is slow, so there the default band stands.
+    reduced = precision_of(device)
+    shift = None if reduced == "float32" else float(np.max(np.abs(
+        calibration_scores(model, val_images, device, config.batch_size, reduced)[0] / val_scores - 1)))
+    calibration = calibrate_image_threshold(val_scores, config.target_false_reject_rate, config.min_held_out_goods)
     pixel_threshold = threshold_at_rate(val_maps, config.pixel_false_positive_rate)
     role = np.full(len(paths), "train", dtype=object)
     role[val_idx] = "val"
+    score = np.full(len(paths), np.nan)
+    score[val_idx] = val_scores
     spec = backbone_spec(config.backbone)
     metadata: dict[str, Any] = {
         "backbone": config.backbone,
@@ -309,12 +306,17 @@ def train(
         "pyramid": {"strides": [4, 8, 16], "channels": list(model.student.channels)},
         "map_smoothing_sigma": config.map_smoothing_sigma,
         "thresholds": {
-            "image": image_threshold,
+            "image": calibration.threshold,
             "pixel": pixel_threshold,
             "target_false_reject_rate": config.target_false_reject_rate,
             "pixel_false_positive_rate": config.pixel_false_positive_rate,
-            "calibrated_on": f"{len(val_idx)} held-out good images",
+            "calibrated_on": f"{len(val_idx)} held-out good image{'s' if len(val_idx) != 1 else ''}",
+            "status": calibration.status,
+            "calibration": calibration.as_dict(),
         },
+        "precision": {"calibrated": "float32", "reduced": reduced, "max_relative_shift": shift,
+                      "guard_band": max(DEFAULT_GUARD_BAND, 4 * (shift or 0.0)),
+                      "serving": "float32 within guard_band of the image threshold, else the device's autocast"},
         "validation": {"loss": best_val, "image_score": score_statistics(val_scores)},
         "training": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
@@ -324,8 +326,9 @@ def train(
             "duration_s": round(time.monotonic() - started, 2),
             "history": [asdict(h) for h in history],
         },
-        "manifest": [
-            {"path": str(p), "sha256": h, "role": r} for p, h, r in zip(paths, hashes, role, strict=True)
+        "manifest": [  # held-out images with the score their threshold was calibrated on
+            {"path": str(p), "sha256": h, "role": r, **({"score": float(score[i])} if r == "val" else {})}
+            for i, (p, h, r) in enumerate(zip(paths, hashes, role, strict=True))
         ],
         "linewatch_version": _version(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(),

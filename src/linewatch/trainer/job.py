@@ -49,7 +49,10 @@ def run_job(settings: Settings, job_id: int) -> int:
         def on_epoch(r: EpochReport) -> None:
             jobs.progress(engine, job_id, stage="training", epoch=r.epoch, epochs=r.epochs, loss=r.loss, eta_s=r.eta_s)
 
+        # The parent's held-out images stay held out: the candidate's threshold is never set on its training images.
+        parent_val = {m["sha256"] for m in (active.manifest or []) if m.get("role") == "val"} if active else set()
         result = train(data.paths, workdir / "candidate", config, init_student=init, on_epoch=on_epoch, progress=False,
+                       held_out=parent_val,
                        extra_metadata={"parent_version": active.version if active else None,
                                        "training_set": {"base": data.base, "confirmed_good": data.confirmed}})
         jobs.progress(engine, job_id, stage="evaluating", eta_s=None)

@@ -151,9 +151,19 @@ def _summary(v: ModelVersion, in_use: dict[str, dict[str, str]] | None, zone: st
         "created": fmt(v.created_at, zone, seconds=False),
         "image threshold": _number(thresholds.get("image")),
         "pixel threshold": _number(thresholds.get("pixel")),
+        "calibration": _calibration(thresholds),
         "activated": f"{fmt(v.activated_at, zone, seconds=False)} by {v.activated_by}" if v.activated_at else "—",
         "running on": (in_use or {}).get(v.version, {}).get("workers", "—"),
     }
+
+
+def _calibration(thresholds: dict) -> str:
+    """``calibrated`` or ``under-calibrated``, with the held-out good images behind the threshold ("—" for a model
+    from before the evidence was recorded)."""
+    c = thresholds.get("calibration")
+    if not isinstance(c, dict):
+        return "—"
+    return f"{c.get('status')} ({c.get('held_out_goods')} held-out goods, {c.get('needed_held_out_goods')} needed)"
 
 
 def _number(value: Any) -> str:

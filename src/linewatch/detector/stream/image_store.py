@@ -1,4 +1,7 @@
-"""Kept frames for operator review and retraining: the original bytes and a heatmap overlay, on disk.
+"""Kept frames for operator review and retraining: the pixels the model scored and a heatmap overlay, on disk.
+
+The image is the frame's original bytes when they are a JPEG that decodes to exactly the scored pixels,
+else a lossless PNG of the decoded RGB (alpha ignored, gray expanded: :func:`..imaging.scored_pixels_file`).
 
 Layout: ``<root>/<line_id>/<camera_id>/<YYYY-MM-DD>/<frame_id>.<jpg|png>`` and ``<frame_id>.heatmap.jpg``.
 Rewriting a frame (a redelivery) writes the same bytes to the same paths. URIs are ``file://`` URIs.
@@ -10,8 +13,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from linewatch.contracts.files import SUFFIX_OF_CONTENT_TYPE, uri_of
+from linewatch.contracts.files import uri_of
 from linewatch.contracts.messages import FrameMeta
+
+from ..imaging import scored_pixels_file
 
 _KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 MAX_NAME_BYTES = 200  # file systems allow 255 per path component; room for a hash suffix
@@ -50,16 +55,19 @@ class ImageStore:
         return self.root / safe_name(meta.line_id) / safe_name(meta.camera_id) / day
 
     def keep(self, meta: FrameMeta, original: bytes, overlay_jpeg: bytes) -> tuple[str, str]:
-        """Write a frame's original bytes and its overlay; returns (image URI, heatmap URI).
+        """Write the scored pixels of a frame (its ``original`` bytes, or their PNG re-encoding; see the module
+        docstring) and its overlay; returns (image URI, heatmap URI).
 
         Raises:
             OSError: the disk refused (full, read-only ...); callers retry.
+            ImageError: ``original`` does not decode (a frame that was scored always does).
         """
+        data, suffix = scored_pixels_file(original, f"frame {meta.camera_id}/{meta.frame_id}")
         folder = self.folder(meta)
         folder.mkdir(parents=True, exist_ok=True)
-        image = folder / f"{meta.frame_id}{SUFFIX_OF_CONTENT_TYPE.get(meta.content_type, '.img')}"
+        image = folder / f"{meta.frame_id}{suffix}"
         heatmap = folder / f"{meta.frame_id}.heatmap.jpg"
-        _write_atomic(image, original)
+        _write_atomic(image, data)
         _write_atomic(heatmap, overlay_jpeg)
         return uri_of(image), uri_of(heatmap)
 
