@@ -188,3 +188,14 @@ def test_children_die_with_the_process_that_started_them():
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(child)
+
+
+def test_a_command_names_its_state_folder_and_says_so_when_it_starts_a_new_record(tmp_path):
+    env = {**os.environ, "LINEWATCH_STATE_DIR": str(tmp_path / "elsewhere")}
+    env.pop("LINEWATCH_DATABASE__URL", None)
+    first = linewatch("model", "list", env=env)
+    assert first.returncode == 0
+    assert f"note: no record in {tmp_path / 'elsewhere'} (state folder): a new, empty one is created" in first.stderr
+    second = linewatch("model", "list", env=env)
+    assert f"state folder: {tmp_path / 'elsewhere'}" in second.stderr and "note:" not in second.stderr
+    assert "state folder" not in linewatch("--help", env=env).stderr  # only commands that open the record

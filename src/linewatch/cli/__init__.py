@@ -48,8 +48,13 @@ def run() -> None:
         app()
 
 
+# Commands that open the record (the SQL store): the embedded SQLite file is created on first use.
+RECORD_COMMANDS = {"detect", "trainer", "retrain", "up", "dashboard", "setup", "model", "db"}
+
+
 @app.callback()
 def main(
+    ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Option("--config", help=f"TOML settings file (also ${CONFIG_ENV})", exists=True)
     ] = None,
@@ -63,6 +68,20 @@ def main(
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    if ctx.invoked_subcommand in RECORD_COMMANDS and not settings.database.url:
+        _name_the_record(settings.state_dir.resolve())
+
+
+def _name_the_record(state_dir: Path) -> None:
+    """Say which state folder a command uses, and loudly when its record does not exist yet: a command run
+    from another folder would otherwise start a new, empty record beside the real one without a word."""
+    record = state_dir / "linewatch.db"
+    if record.exists():
+        typer.secho(f"state folder: {state_dir}", err=True, fg=typer.colors.BRIGHT_BLACK)
+    else:
+        typer.secho(f"note: no record in {state_dir} (state folder): a new, empty one is created there. To use "
+                    "an existing one, run from the folder that holds it or set LINEWATCH_STATE_DIR.", err=True,
+                    fg=typer.colors.YELLOW)
 
 
 # `linewatch --help` lists the commands in this order, then the command groups.
