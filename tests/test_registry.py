@@ -8,15 +8,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.files import sha256_file
 from linewatch.contracts.schema import ModelVersion
-from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata, save_model
+from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
 from linewatch.trainer.registry import ModelRegistry, artifact_path
+
+from pipeline_harness import other_model
 
 REPETITIONS = 20
 
@@ -26,14 +27,6 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'linewatch.db'}"
     return request.getfixturevalue("postgres_server").url
-
-
-def _other_model(model_dir: Path, out: Path) -> Path:
-    """A second, different model: the same student with its weights scaled, and thresholds moved by 1 %."""
-    meta = read_metadata(model_dir)
-    state = {k: v * 1.01 if v.is_floating_point() else v for k, v in load_file(str(model_dir / WEIGHTS_FILE)).items()}
-    meta["thresholds"] = {**meta["thresholds"], "image": meta["thresholds"]["image"] * 1.01}
-    return save_model(out, state, meta)
 
 
 def _register_many(path: str, model_dir: str, barrier, results) -> None:
@@ -64,7 +57,7 @@ def _register_many(path: str, model_dir: str, barrier, results) -> None:
 @pytest.mark.services
 def test_c23_two_registrations_at_once_never_mix_rows_and_files(database_url, quick_model, tmp_path, monkeypatch):
     model_a = quick_model.model_dir
-    model_b = _other_model(model_a, tmp_path / "model-b")
+    model_b = other_model(model_a, tmp_path / "model-b")
     sha = {"trainer": sha256_file(model_a / WEIGHTS_FILE), "cli": sha256_file(model_b / WEIGHTS_FILE)}
     assert sha["trainer"] != sha["cli"]
     thresholds = {"trainer": read_metadata(model_a)["thresholds"], "cli": read_metadata(model_b)["thresholds"]}

@@ -219,7 +219,7 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
             rows.append({
                 "worker": w["worker_id"],
                 "status": "alive" if w["alive"] else "silent",
-                "model": w.get("model_version", "—"),
+                "model": w.get("model_behind") or w.get("model_version", "—"),
                 "frames/s": f"{float(w.get('frames_per_s') or 0):.1f}",
                 "inspected": f"{int(w.get('inspected') or 0):,}",
                 "consumer lag": f"{sum(lag.values()):,}" if isinstance(lag, dict) and lag else "unknown",
@@ -227,5 +227,9 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
                 "last heartbeat": ago(w.get("last_seen")),
             })
         st.table(rows, hide_index=True)
+        for w in workers:
+            if w.get("model_behind") and w["alive"]:
+                why = f" Loading it failed: {w['model_load_error']}; retrying." if w.get("model_load_error") else ""
+                st.warning(f"Worker {w['worker_id']} is {w['model_behind']}.{why}")
     if dead:
         st.caption("Dead-lettered in this window: " + ", ".join(f"{k} {v}" for k, v in sorted(dead.items())))
