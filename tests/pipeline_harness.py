@@ -205,6 +205,19 @@ def raw_headers(camera_id: str, line_id: str, frame_id: int, captured_ns: int | 
     return [(k, v.encode()) for k, v in values.items()]
 
 
+def other_model(model_dir: Path, out: Path) -> Path:
+    """A second, different model made from ``model_dir`` in a moment: the same student with its weights scaled
+    by 1.01 and the image threshold moved by 1 %."""
+    from safetensors.torch import load_file
+
+    from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata, save_model
+
+    meta = read_metadata(model_dir)
+    state = {k: v * 1.01 if v.is_floating_point() else v for k, v in load_file(str(model_dir / WEIGHTS_FILE)).items()}
+    meta["thresholds"] = {**meta["thresholds"], "image": meta["thresholds"]["image"] * 1.01}
+    return save_model(out, state, meta)
+
+
 def frame_headers(frame_id: int, camera_id: str = "cam-raw", content_type: str = "image/png") -> list:
     return FrameMeta(camera_id, "line-1", frame_id, time.time_ns(), content_type).headers()
 

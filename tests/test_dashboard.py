@@ -25,7 +25,9 @@ from linewatch.cli.embedded import free_port
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.schema import Inspection, Label, TrainingJob
+from linewatch.detector.model_files import ModelFileError
 from linewatch.detector.scoring import Scorer
+from linewatch.detector.stream.model_slot import ModelSlot
 
 from dashboard_seed import WORKER_ID, CameraPlan, Seeded, register_model, reset_sql, seed
 from datasets import bottle
@@ -261,6 +263,17 @@ def test_pages_explain_empty_stores_then_the_live_page_shows_the_seeded_defect_r
             page.wait_for_timeout(200)
         expect(updated).not_to_have_text(before)
         assert latest.get_attribute("src") == src
+        # A worker whose next model did not load says so in its row and in a warning (field case c27).
+        slot = ModelSlot(scorer)
+        slot.announced("v9")
+        slot.load_failed("v9", ModelFileError("student.safetensors: content does not match the SHA-256"))
+        LiveStateWriter(stores.redis).heartbeat("w-behind", {
+            "model_version": scorer.version, **slot.rollout_status(), "frames_per_s": 4.0, "inspected": 0,
+            "dead_lettered": 0, "partitions": [], "lag": {}, "device": "cpu"})
+        behind = f"on {scorer.version}, registry says v9"
+        expect(page.get_by_test_id("stTable").filter(has_text="w-behind")).to_contain_text(behind)
+        expect(page.get_by_text(f"Worker w-behind is {behind}. Loading it failed: v9: student.safetensors: content "
+                                "does not match the SHA-256; retrying.")).to_be_visible()
         no_errors(page)
         screenshot(page, "live")
 

@@ -7,7 +7,7 @@ lists them. Each family of commands has its module:
 * :mod:`.stream` -- ``ingest``, ``detect``
 * :mod:`.retraining` -- ``trainer``, ``retrain``
 * :mod:`.services` -- ``up`` (run by :mod:`.up` on the services of :mod:`.embedded`), ``dashboard``
-* :mod:`.setup` -- ``setup``, ``topics``, ``db upgrade``
+* :mod:`.setup` -- ``setup``, ``topics``, ``db upgrade|downgrade``
 * :mod:`.registry` -- ``model list|show|register|activate|rollback|jobs``
 * :mod:`.accounts` -- ``operator add|remove|list``
 

@@ -50,16 +50,18 @@ def user_errors() -> Iterator[None]:
 @contextlib.contextmanager
 def service_errors() -> Iterator[None]:
     """The service errors an operator can fix (no broker configured or reachable, Redis or the SQL store down,
-    a state folder that cannot be made) reported in one line, exit status 2, instead of a traceback."""
+    a record stamped by a newer release, a state folder that cannot be made) reported in one line, exit
+    status 2, instead of a traceback."""
     import redis
     from kafka.errors import KafkaError
     from sqlalchemy.exc import OperationalError
 
+    from linewatch.contracts.database import SchemaVersionError
     from linewatch.contracts.kafka import KafkaNotConfiguredError
 
     try:
         yield
-    except KafkaNotConfiguredError as exc:
+    except (KafkaNotConfiguredError, SchemaVersionError) as exc:
         fail(str(exc))
     except KafkaError as exc:
         servers = get_settings().kafka.bootstrap_servers

@@ -47,6 +47,7 @@ def dashboard(
     The process becomes ``streamlit run`` (same PID), so SIGTERM stops the dashboard directly.
     """
     s = with_values(load_settings(), "dashboard", port=port, address=address)
+    _refuse_a_newer_record(s.database_url)
     # `streamlit run dashboard/app.py` with these options (see linewatch.dashboard.launch for why a launcher)
     argv = [sys.executable, "-m", "linewatch.dashboard.launch",
             "--server.port", str(s.dashboard.port), "--server.address", s.dashboard.address,
@@ -56,3 +57,17 @@ def dashboard(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+
+def _refuse_a_newer_record(url: str) -> None:
+    """Stop here, before Streamlit starts, when a newer release stamped the record (SchemaVersionError, reported
+    by the CLI in one line). A record that does not answer yet is left to the pages, which show that per query."""
+    from sqlalchemy.exc import OperationalError
+
+    from linewatch.contracts.database import refuse_newer_record
+
+    try:
+        refuse_newer_record(url)
+    except OperationalError:
+        pass

@@ -1,10 +1,11 @@
-"""``linewatch setup``, ``topics`` and ``db upgrade``: the deployment's first step, the Kafka topics and the SQL
-schema (each idempotent)."""
+"""``linewatch setup``, ``topics``, ``db upgrade`` and ``db downgrade``: the deployment's first step, the Kafka
+topics and the SQL schema (each idempotent), and the schema's way back for an older release."""
 
 from __future__ import annotations
 
 import typer
 
+from .errors import fail
 from .options import load_settings
 
 db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
@@ -20,10 +21,30 @@ def db_upgrade() -> None:
     typer.echo(f"database schema up to date ({_redact(s.database_url)})")
 
 
+@db_app.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Take the schema back to REVISION, so that an older release can run on the record (drops what is newer).
+
+    Run it with the newer release: only it knows how to undo its own migrations.
+    """
+    from alembic.util import CommandError
+
+    from linewatch.contracts.database import downgrade
+
+    s = load_settings()
+    try:
+        downgrade(s.database_url, revision)
+    except CommandError as exc:
+        fail(str(exc))
+    typer.echo(f"database schema at revision {revision} ({_redact(s.database_url)})")
+
+
 def setup() -> None:
-    """Create the Kafka topics and bring the SQL schema up to date (idempotent; the deployment's first step)."""
-    topics()
+    """Bring the SQL schema up to date and create the Kafka topics (idempotent; the deployment's first step).
+
+    The schema comes first: a record stamped by a newer release stops the command before anything is made."""
     db_upgrade()
+    topics()
 
 
 def topics() -> None:

@@ -65,6 +65,7 @@ def detect(
         help="score with the registry's active model and follow rollouts")] = True,
 ) -> None:
     """Run a detector worker in the consumer group; start more to scale out (up to the partition count)."""
+    from linewatch.contracts.database import refuse_newer_record
     from linewatch.contracts.kafka import ensure_topics
     from linewatch.detector.stream.main import run_worker  # the CLI's only import of the streaming worker
 
@@ -72,6 +73,7 @@ def detect(
                     max_batch=max_batch, max_wait_ms=max_wait_ms)
     if s.detector.model_dir is None and not follow_registry:
         fail("no model: pass --model MODEL_DIR or set LINEWATCH_DETECTOR__MODEL_DIR")
+    refuse_newer_record(s.database_url)  # before topics are made or the model loaded
     ensure_topics(s.kafka)
     with user_errors():
         try:

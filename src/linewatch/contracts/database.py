@@ -39,23 +39,100 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
 
 
+ROLLBACK_RULE = ("a release never runs against a newer record: run the newer release, or roll the record back "
+                 "with the newer release (`linewatch db downgrade {newest}`) or restore the backup taken before "
+                 "its upgrade; upgrading is automatic")
+
+
+class SchemaVersionError(RuntimeError):
+    """The record was stamped by a newer linewatch release: its Alembic revision is one this release does not
+    know. The message is one line naming both revisions and the rollback rule (:data:`ROLLBACK_RULE`)."""
+
+    def __init__(self, record: str, newest: str):
+        self.record, self.newest = record, newest
+        super().__init__(f"the record is at schema revision {record!r}, which this release does not know (its "
+                         f"newest is {newest!r}): {ROLLBACK_RULE.format(newest=newest)}")
+
+
+def _alembic_config():
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def check_schema(conn: Connection) -> None:
+    """Refuse a record at an Alembic revision this release lacks (a newer release upgraded it).
+
+    A record with no ``alembic_version`` yet (new) or at a known revision passes; an older one is brought up
+    to date by :func:`migrate`.
+
+    Raises:
+        SchemaVersionError: the record's revision is not one of this release's migrations.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    for current in MigrationContext.configure(conn).get_current_heads():
+        if current not in known:
+            raise SchemaVersionError(current, ", ".join(script.get_heads()))
+
+
+def refuse_newer_record(url: str) -> None:
+    """:func:`check_schema` on a connection of its own, for a command that must not start anything (create
+    topics, load a model) on a record stamped by a newer release.
+
+    Raises:
+        SchemaVersionError: see :func:`check_schema`. sqlalchemy.exc.OperationalError: the record does not answer.
+    """
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            check_schema(conn)
+    finally:
+        engine.dispose()
+
+
 def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
     """Bring the database schema to ``revision`` with the Alembic migrations.
 
     Idempotent and safe when several workers start at once: PostgreSQL serialises them with an
     advisory lock, SQLite with a lock file beside the database.
+
+    Raises:
+        SchemaVersionError: the record is at a revision this release does not know (see :func:`check_schema`).
     """
     from alembic import command
-    from alembic.config import Config
 
     engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config = _alembic_config()
     with _migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7419032)"))
+        check_schema(conn)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the schema back to ``revision`` with this release's migrations (``linewatch db downgrade``), so that
+    an older release can run on the record. Columns and tables newer than ``revision`` are dropped with their
+    data. Raises alembic's CommandError for a revision it does not know."""
+    from alembic import command
+
+    engine = make_engine(url)
+    config = _alembic_config()
+    try:
+        with _migration_lock(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(7419032)"))
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """The model registry: versions in SQL (table ``models``), their files in the artifact store.
 
 A version is ``v<N>``; its model directory is copied to ``<artifact store>/v<N>`` with ``version`` set
-in its ``model.json``, so every result scored with it carries that version. Exactly one version is
+in its ``model.json``, so every result scored with it carries that version. The database allocates N and the
+folder is renamed into place only under that allocation (:meth:`ModelRegistry.register`), so registrations
+running at once never share a number or a folder. Exactly one version is
 ``active``; activating another retires it and announces the change to the workers
 (:mod:`linewatch.trainer.rollout`). Status: candidate, active, retired, rejected.
 """
@@ -11,23 +13,36 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from linewatch.contracts.files import path_of, uri_of
+from linewatch.contracts.files import path_of, sha256_file, uri_of
 from linewatch.contracts.messages import ModelAnnouncement
 from linewatch.contracts.schema import ModelVersion
 from linewatch.contracts.settings import KafkaSettings
-from linewatch.detector.model_files import ModelFileError, read_metadata, write_metadata
+from linewatch.detector.model_files import (
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    ModelFileError,
+    read_metadata,
+    write_metadata,
+)
 
 from .rollout import announce
 
 log = logging.getLogger(__name__)
+
+# Registrations that lose a version number to another one try the next; this many in a row is not a race but a
+# registration storm, reported as an error.
+REGISTER_ATTEMPTS = 50
 
 
 class RegistryError(ValueError):
@@ -36,6 +51,15 @@ class RegistryError(ValueError):
 
 def artifact_path(version: ModelVersion) -> Path:
     return path_of(version.artifact_uri)
+
+
+def _lost_the_number(exc: IntegrityError | OperationalError) -> bool:
+    """Whether an insert failed because another registration took the number: a unique violation, or SQLite
+    giving up on its write lock ('database is locked') while the other one held it."""
+    message = str(exc.orig).lower()
+    if isinstance(exc, IntegrityError):
+        return "unique" in message or "duplicate key" in message  # SQLite's and PostgreSQL's wording
+    return "locked" in message or "busy" in message
 
 
 class ModelRegistry:
@@ -75,36 +99,94 @@ class ModelRegistry:
                  metrics: dict | None = None, notes: str | None = None) -> ModelVersion:
         """Copy a model directory into the artifact store as the next version and record it.
 
+        Safe when several registrations run at once (the trainer and ``linewatch model register``, on any
+        machine): the database decides the number. The files are first copied to a private staging folder
+        and checked; the row ``v<N>`` is inserted (``number`` is unique, so a second insert of N waits for
+        the first to commit and then fails) and only while that insert holds N is the staging folder renamed
+        to ``<artifact store>/v<N>``, before the commit. A registration that lost N to another one rolls
+        back, leaving the other's folder alone, and tries N+1. So the row and the folder ``v<N>`` always
+        describe the same model.
+
         Raises:
-            ModelFileError: ``model_dir`` is not a model directory (no or an invalid model.json).
+            ModelFileError: ``model_dir`` is not a model directory (no or an invalid model.json), or its
+                weights do not match the SHA-256 its model.json records (incomplete, or changed while copied).
+            RegistryError: no version number could be taken in :data:`REGISTER_ATTEMPTS` attempts.
         """
         model_dir = Path(model_dir)
         meta = read_metadata(model_dir)
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            number = (s.scalar(select(func.max(ModelVersion.number))) or 0) + 1
-            version = f"v{number}"
-            dest = self._copy(model_dir, version)
-            row = ModelVersion(
-                version=version, number=number, parent_version=parent, backbone=meta["backbone"],
-                created_at=dt.datetime.now(dt.UTC), artifact_uri=uri_of(dest),
-                manifest=meta.get("manifest", []), metrics=metrics or {"validation": meta.get("validation")},
-                thresholds=meta["thresholds"], status=status, notes=notes,
-            )
-            s.add(row)
-        log.info("registered model %s (%s) from %s", version, status, model_dir)
+        staged = self._stage(model_dir, meta)
+        try:
+            for attempt in range(1, REGISTER_ATTEMPTS + 1):
+                try:
+                    row = self._record(staged, meta, parent=parent, status=status, metrics=metrics, notes=notes)
+                except (IntegrityError, OperationalError) as exc:
+                    if not _lost_the_number(exc):
+                        raise
+                    log.info("version number taken by another registration (attempt %d): retrying", attempt)
+                    time.sleep(random.uniform(0.0, 0.02 * attempt))  # two losers do not collide again in step
+                    continue
+                log.info("registered model %s (%s) from %s", row.version, status, model_dir)
+                return row
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # already renamed away when the registration succeeded
+        raise RegistryError(f"could not take a version number in {REGISTER_ATTEMPTS} attempts: "
+                            "too many registrations at once; try again")
+
+    def _stage(self, model_dir: Path, meta: dict) -> Path:
+        """A private copy of ``model_dir`` in the artifact store (same file system, so renaming it is atomic),
+        its weights checked against ``weights_sha256``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=".staging.", dir=self.root))
+        try:
+            staged.chmod(0o755)  # mkdtemp's 0700 would hide the model from workers running as another user
+            shutil.copytree(model_dir, staged, dirs_exist_ok=True)
+            if sha256_file(staged / WEIGHTS_FILE) != meta["weights_sha256"]:
+                raise ModelFileError(f"{model_dir / WEIGHTS_FILE}: content does not match the SHA-256 recorded in "
+                                     f"{METADATA_FILE} (incomplete, or changed while being copied)")
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return staged
+
+    def _record(self, staged: Path, meta: dict, *, parent: str | None, status: str, metrics: dict | None,
+                notes: str | None) -> ModelVersion:
+        """One attempt: insert the next number, rename ``staged`` to its folder, commit. Raises IntegrityError
+        (or, on SQLite, OperationalError 'database is locked') when another registration took the number."""
+        dest = None
+        with Session(self.engine, expire_on_commit=False) as s:
+            try:
+                with s.begin():
+                    number = (s.scalar(select(func.max(ModelVersion.number))) or 0) + 1
+                    version = f"v{number}"
+                    row = ModelVersion(
+                        version=version, number=number, parent_version=parent, backbone=meta["backbone"],
+                        created_at=dt.datetime.now(dt.UTC), artifact_uri=uri_of(self.root / version),
+                        manifest=meta.get("manifest", []),
+                        metrics=metrics or {"validation": meta.get("validation")},
+                        thresholds=meta["thresholds"], status=status, notes=notes,
+                    )
+                    s.add(row)
+                    s.flush()  # from here until the commit, N is this registration's
+                    dest = self._publish(staged, version)
+            except BaseException:
+                if dest is not None:  # the commit failed: the folder belongs to no row, back to staging
+                    os.replace(dest, staged)
+                raise
         return row
 
-    def _copy(self, model_dir: Path, version: str) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        dest = self.root / version
-        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.root))
-        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
-        meta = read_metadata(tmp)
+    def _publish(self, staged: Path, version: str) -> Path:
+        """Stamp ``version`` into the staged model.json and rename the folder to ``<root>/<version>``."""
+        meta = read_metadata(staged)
         meta["version"] = version
-        write_metadata(tmp, meta)
-        if dest.exists():  # left over from a registration whose SQL transaction failed
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        write_metadata(staged, meta)
+        dest = self.root / version
+        if dest.exists():
+            # No row has this number (the insert above just took it), so the folder is an orphan: left by a
+            # process killed between rename and commit, or by a database restored to an older state. Kept aside.
+            aside = Path(tempfile.mkdtemp(prefix=f".orphan.{version}.", dir=self.root))
+            os.replace(dest, aside / version)
+            log.warning("artifact folder %s had no registry row; moved to %s", dest, aside)
+        os.replace(staged, dest)
         return dest
 
     def set_status(self, version: str, status: str, notes: str | None = None) -> None:

@@ -240,7 +240,7 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
             rows.append({
                 "worker": w["worker_id"],
                 "status": _status(w),
-                "model": w.get("model_version", "—"),
+                "model": w.get("model_behind") or w.get("model_version", "—"),
                 "frames/s": f"{float(w.get('frames_per_s') or 0):.1f}",
                 "inspected": f"{int(w.get('inspected') or 0):,}",
                 "consumer lag": f"{sum(lag.values()):,}" if isinstance(lag, dict) and lag else "unknown",
@@ -255,5 +255,8 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
                          f"({100 * float(images.get('free_ratio', 0)):.1f}% free, nothing left that retention may "
                          "remove): frames are inspected and recorded, but stored without their images. Free space "
                          "or lower `images.max_age_days`.")
+            if w.get("model_behind") and w["alive"]:
+                why = f" Loading it failed: {w['model_load_error']}; retrying." if w.get("model_load_error") else ""
+                st.warning(f"Worker {w['worker_id']} is {w['model_behind']}.{why}")
     if dead:
         st.caption("Dead-lettered in this window: " + ", ".join(f"{k} {v}" for k, v in sorted(dead.items())))

@@ -31,6 +31,7 @@ def worker_status(model: ModelSlot, throughput: Throughput, ownership: Snapshot,
         "inspected": throughput.inspected, "dead_lettered": throughput.dead_lettered,
         "partitions": ownership.partition_names(), "lag": ownership.lag_by_name(), "device": str(scorer.device),
         "host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at,
+        **model.rollout_status(),  # registry_version, model_load_error: "on vN, registry says vM"
     }
 
 

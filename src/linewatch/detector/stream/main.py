@@ -21,7 +21,9 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
     """Entry point of ``linewatch detect``: run one worker until SIGTERM/SIGINT; returns the exit code.
 
     With ``follow_registry`` the worker scores with the version last announced on the models topic
-    (falling back to ``model_dir`` when none was announced) and switches on every new announcement.
+    (falling back to ``model_dir`` when none was announced, or when the announced one does not load) and
+    switches on every new announcement; one that does not load is tried again with backoff
+    (:class:`~linewatch.detector.stream.rollout.ActiveModelWatcher`) while the worker scores on.
     SIGTERM and SIGINT are handled from the start (also while waiting for a first model or loading one):
     the worker stops in order and the code is 0. ``/healthz`` and ``/readyz`` (with
     ``detector.metrics_port``) answer 503 with the reason while the worker is stalled
@@ -29,28 +31,29 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
 
     Raises:
         ValueError: no model at all (no ``model_dir`` and nothing announced).
+        ModelFileError, WeightsNotFoundError: the model it would start on cannot be loaded.
     """
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    watcher = None
+    watcher = announced = None
     if follow_registry:
         from linewatch.detector.stream.rollout import ActiveModelWatcher
 
-        watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(path_of(a.artifact_uri)))
+        watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(path_of(a.artifact_uri),
+                                                                                           a.version))
         announced = watcher.read_current()
         while announced is None and model_dir is None:  # a fresh deployment: wait for the first model
             if stop.is_set():
                 return 0
             log.warning("no model yet: waiting for a version to be activated (linewatch model register --activate)")
             announced = watcher.read_current(settle_s=5.0)
-        if announced is not None:
-            log.info("registry: active model is %s", announced.version)
-            model_dir = path_of(announced.artifact_uri)
-    if model_dir is None:
+    if announced is None and model_dir is None:
         raise ValueError("no model: pass --model MODEL_DIR or activate a version in the registry")
-    worker = DetectorWorker(settings, model_dir, threads=threads, stop_event=stop)
+    worker = _start_on(settings, announced, model_dir, threads, stop)
     if watcher is not None:
+        if announced is not None and worker.model_version != announced.version:
+            watcher.retry(announced)  # started on --model: the announced version is tried again with backoff
         watcher.start()
     server = None
     if settings.detector.metrics_port:
@@ -70,3 +73,27 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def _start_on(settings: Settings, announced, model_dir: Path | None, threads: int | None,
+              stop: threading.Event) -> DetectorWorker:
+    """The worker, scoring with the announced version; with that one not loadable (yet) and a ``model_dir``
+    given, with ``model_dir`` instead (the heartbeat then says "on <model_dir's version>, registry says ...").
+
+    Raises: ModelFileError, WeightsNotFoundError: the model it would start on cannot be loaded.
+    """
+    from ..model_files import ModelFileError
+
+    if announced is None:
+        return DetectorWorker(settings, model_dir, threads=threads, stop_event=stop)
+    log.info("registry: active model is %s", announced.version)
+    try:
+        worker = DetectorWorker(settings, path_of(announced.artifact_uri), threads=threads, stop_event=stop)
+    except ModelFileError as exc:
+        if model_dir is None:
+            raise
+        log.warning("could not load the registry's model %s (%s); starting on %s", announced.version, exc, model_dir)
+        worker = DetectorWorker(settings, model_dir, threads=threads, stop_event=stop)
+        worker.model.load_failed(announced.version, exc)
+    worker.model.announced(announced.version)
+    return worker

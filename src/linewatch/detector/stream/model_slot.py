@@ -17,18 +17,41 @@ class ModelSlot:
     :meth:`offer` may be called from any thread (the rollout watcher's); :meth:`switch` only from the
     inference thread, between two batches, so that no batch is scored by two models. :attr:`current` may
     be read from any thread (one attribute read).
+
+    It also records what the registry asks for: :attr:`registry_version`, the version last announced (None
+    when the worker does not follow the registry), and :attr:`load_error`, why that version is not loaded
+    yet (None once it is), so the heartbeat can say "on vN, registry says vM".
     """
 
     def __init__(self, scorer: Scorer):
         self.current = scorer
+        self.registry_version: str | None = None
+        self.load_error: str | None = None
         self._next: Scorer | None = None
         self._lock = threading.Lock()  # an offer arriving while switch() takes the previous one is kept
         telemetry.MODEL_INFO.labels(version=scorer.version).set(1)
+
+    def announced(self, version: str) -> None:
+        """The registry's active version is now ``version`` (what the worker should score with)."""
+        self.registry_version = version
+
+    def load_failed(self, version: str, error: BaseException) -> None:
+        """Loading ``version`` failed with ``error``; the current model stays (one line kept for the heartbeat)."""
+        self.load_error = f"{version}: {(str(error).splitlines() or [type(error).__name__])[0]}"
+
+    def rollout_status(self) -> dict[str, str | None]:
+        """The heartbeat's rollout fields, each None when there is nothing to say: ``registry_version``,
+        ``model_behind`` (``"on v1, registry says v2"`` while the worker scores with another version than the
+        registry's active one) and ``model_load_error`` (``"v2: <why it did not load>"``)."""
+        on, wanted = self.current.version, self.registry_version
+        behind = f"on {on}, registry says {wanted}" if wanted is not None and wanted != on else None
+        return {"registry_version": wanted, "model_behind": behind, "model_load_error": self.load_error}
 
     def offer(self, scorer: Scorer) -> None:
         """Make ``scorer`` the next model (replacing any offered before and not switched to yet)."""
         with self._lock:
             self._next = scorer
+            self.load_error = None
         log.info("model %s loaded; switching after the current batch", scorer.version)
 
     def switch(self) -> bool:

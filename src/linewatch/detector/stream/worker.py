@@ -47,6 +47,7 @@ from linewatch.contracts.kafka import make_consumer, make_producer
 from linewatch.contracts.live_state import LiveStateWriter, connect_settings, eviction_warning
 from linewatch.contracts.settings import Settings
 
+from ..model_files import ModelFileError
 from ..scoring import Scorer
 from . import telemetry
 from .batches import RawBatch, RawFrame
@@ -111,9 +112,24 @@ class DetectorWorker:
         """Finish the batches in flight, store and commit them, then leave the group (thread-safe)."""
         self.stop_event.set()
 
-    def swap_model(self, model_dir: Path) -> None:
-        """Load another model now and switch to it between two batches (thread-safe; raises on a bad model)."""
-        self.model.offer(Scorer(model_dir, self.det.device, self.settings.backbone.weights))
+    def swap_model(self, model_dir: Path, version: str | None = None) -> None:
+        """Load another model now and switch to it between two batches (thread-safe).
+
+        ``version``: the registry version announced for ``model_dir``; the heartbeat reports it until the
+        switch, and the files must carry it. Raises (the current model stays, the failure is recorded for the
+        heartbeat): ModelFileError (incomplete files, checksum mismatch, another version's files),
+        WeightsNotFoundError, ValueError.
+        """
+        if version is not None:
+            self.model.announced(version)
+        try:
+            scorer = Scorer(model_dir, self.det.device, self.settings.backbone.weights)
+            if version is not None and scorer.version != version:
+                raise ModelFileError(f"{model_dir} holds model {scorer.version}, not {version}")
+        except Exception as exc:
+            self.model.load_failed(version or str(model_dir), exc)
+            raise
+        self.model.offer(scorer)
 
     @property
     def model_version(self) -> str:

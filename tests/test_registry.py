@@ -1,0 +1,117 @@
+"""The model registry under concurrent registrations (field case c23), on PostgreSQL and on SQLite."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from linewatch.contracts.database import make_engine, migrate
+from linewatch.contracts.files import sha256_file
+from linewatch.contracts.schema import ModelVersion
+from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
+from linewatch.trainer.registry import ModelRegistry, artifact_path
+
+from pipeline_harness import other_model
+
+REPETITIONS = 20
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'linewatch.db'}"
+    return request.getfixturevalue("postgres_server").url
+
+
+def _register_many(path: str, model_dir: str, barrier, results) -> None:
+    """A child process: ``REPETITIONS`` registrations, each started together with the other process's.
+
+    ``path`` is the trainer's (``ModelRegistry.register`` as the training job calls it) or the command's
+    (``linewatch model register``'s function, with its own engine and migration run, as the CLI does).
+    """
+    from linewatch.cli.registry import model_register
+    from linewatch.contracts.settings import get_settings
+
+    s = get_settings()
+    registry = ModelRegistry(make_engine(s.database_url), s.artifact_store_root, None)
+    for i in range(REPETITIONS):
+        barrier.wait(timeout=120)
+        try:
+            if path == "trainer":
+                row = registry.register(Path(model_dir), parent=None, metrics={"review_set": {"frames": i}},
+                                        notes="trainer")
+                results.put((path, i, row.version, None))
+            else:
+                model_register(Path(model_dir), activate=False, by="cli")
+                results.put((path, i, None, None))
+        except BaseException as exc:  # noqa: BLE001 -- reported to the test, which fails on it
+            results.put((path, i, None, f"{type(exc).__name__}: {exc}"))
+
+
+@pytest.mark.services
+def test_c23_two_registrations_at_once_never_mix_rows_and_files(database_url, quick_model, tmp_path, monkeypatch):
+    model_a = quick_model.model_dir
+    model_b = other_model(model_a, tmp_path / "model-b")
+    sha = {"trainer": sha256_file(model_a / WEIGHTS_FILE), "cli": sha256_file(model_b / WEIGHTS_FILE)}
+    assert sha["trainer"] != sha["cli"]
+    thresholds = {"trainer": read_metadata(model_a)["thresholds"], "cli": read_metadata(model_b)["thresholds"]}
+    engine = make_engine(database_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM models")
+    state = tmp_path / "state"
+    monkeypatch.setenv("LINEWATCH_DATABASE__URL", database_url)
+    monkeypatch.setenv("LINEWATCH_STATE_DIR", str(state))
+    monkeypatch.setenv("LINEWATCH_KAFKA__BOOTSTRAP_SERVERS", "")
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_register_many, args=(path, str(model), barrier, results))
+             for path, model in (("trainer", model_a), ("cli", model_b))]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=600) for _ in range(2 * REPETITIONS)]
+    for p in procs:
+        p.join(60)
+    assert [o for o in outcomes if o[3]] == []  # no registration failed
+    assert [p.exitcode for p in procs] == [0, 0]
+
+    with Session(engine) as s:
+        rows = list(s.scalars(select(ModelVersion).order_by(ModelVersion.number)))
+    assert [r.version for r in rows] == [f"v{n}" for n in range(1, 2 * REPETITIONS + 1)]
+    by_notes = {"trainer": [r for r in rows if r.notes == "trainer"],
+                "cli": [r for r in rows if r.notes == "registered by cli"]}
+    assert [len(v) for v in by_notes.values()] == [REPETITIONS, REPETITIONS]
+    assert {o[2] for o in outcomes if o[0] == "trainer"} == {r.version for r in by_notes["trainer"]}
+    for path, registered in by_notes.items():
+        for row in registered:
+            folder = artifact_path(row)
+            meta = read_metadata(folder)
+            # the row's model is the model in its folder: weights, their recorded SHA-256, version, thresholds
+            assert sha256_file(folder / WEIGHTS_FILE) == meta["weights_sha256"] == sha[path], row.version
+            assert meta["version"] == row.version
+            assert row.thresholds == meta["thresholds"] == thresholds[path]
+    # nothing left in staging, nothing orphaned
+    assert sorted(p.name for p in (state / "models").iterdir()) == sorted(r.version for r in rows)
+    engine.dispose()
+
+
+def test_an_incomplete_model_is_refused_and_leaves_nothing(quick_model, sqlite_url, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(quick_model.model_dir, broken)
+    weights = broken / WEIGHTS_FILE
+    os.truncate(weights, weights.stat().st_size // 2)
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    registry = ModelRegistry(engine, tmp_path / "models", None)
+    with pytest.raises(Exception, match="does not match the SHA-256"):
+        registry.register(broken)
+    assert registry.list() == [] and list((tmp_path / "models").iterdir()) == []
+    assert registry.register(quick_model.model_dir).version == "v1"
+    engine.dispose()
