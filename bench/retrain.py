@@ -7,6 +7,14 @@ next ``--confirmed`` good training images arrive as kept frames confirmed good b
 labels, image store files). The trainer's own job runner then fine-tunes v1 into v2: collecting,
 training, evaluating on the labelled set, registering, exactly as ``linewatch trainer`` does. Both
 versions are evaluated on the held-out bottle test set (83 images). Writes ``bench/results/retrain.json``.
+
+    python bench/retrain.py --label-noise [--base 40] [--base-epochs 8] [--image-size 128]
+
+Label-noise run: v1 as above (CPU), then 50 frames confirmed good by one operator: 25 distinct good bottles,
+20 near-duplicates of 5 of them (JPEG q92/q91 re-encodes and 1-px shifts) and 5 broken bottles confirmed by
+mistake, each kept with its real v1 score. The job runner retrains twice, with the label guards on (defaults)
+and off (no second opinion, no near-copy or scene thinning, no held-out share). The 78 test images not used as
+confirmed frames are the held-out set. Writes ``bench/results/retrain_label_noise.json``.
 """
 
 from __future__ import annotations
@@ -29,8 +37,18 @@ def main() -> int:
     parser.add_argument("--confirmed", type=int, default=50)
     parser.add_argument("--base-epochs", type=int, default=20)
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when present")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain.json")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--label-noise", action="store_true", help="the label-noise run (see the docstring)")
+    parser.add_argument("--fine-tune-epochs", type=int, default=8, help="label-noise run only (the other run "
+                        "uses trainer.fine_tune_epochs)")
+    parser.add_argument("--image-size", type=int, default=None, help="model input side (label-noise run: 128)")
     args = parser.parse_args()
+    if args.label_noise:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from label_noise import run_label_noise
+
+        return run_label_noise(args, ROOT)
+    args.out = args.out or ROOT / "bench" / "results" / "retrain.json"
 
     import torch
     from sqlalchemy import insert, select

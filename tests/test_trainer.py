@@ -93,7 +93,9 @@ def test_labels_retrain_rollout_rollback_and_a_killed_job(line):
     file_hash = lambda uri: hashlib.sha256(open(uri.removeprefix("file://"), "rb").read()).hexdigest()  # noqa: E731
     assert {file_hash(r.image_uri) for r in good_rows} <= manifest
     assert not {file_hash(r.image_uri) for r in defect_rows} & manifest  # defect-labelled frames never trained on
-    assert v2.metrics["review_set"]["frames"] == 13
+    held_out = [m for m in v2.manifest if m["role"] == "held_out"]  # promotion evidence, never trained on
+    assert v2.metrics["review_set"]["frames"] == 3 + len(held_out)
+    assert v2.metrics["evidence"]["excluded_as_training_frames"] == 10 - len(held_out)
 
     _wait(lambda: _worker_model(p) == {"v2"}, 60, "the worker to switch to v2", p)
     p.publish_folder(bottle() / "test" / "contamination", camera_id="cam-3")

@@ -24,6 +24,7 @@ from pydantic_settings import PydanticBaseSettingsSource as Source
 
 from .dashboard_settings import DashboardSettings
 from .files import path_of
+from .trainer_settings import TrainerSettings
 
 CONFIG_ENV = "LINEWATCH_CONFIG"
 SECRETS_DIR_ENV = "LINEWATCH_SECRETS_DIR"
@@ -213,19 +214,6 @@ class ImageSettings(BaseModel):
     min_free_ratio: float = Field(0.05, ge=0, lt=1, description="share of the image store's file system kept free: "
                                   "below it the oldest kept frames are removed")
     check_s: float = Field(30.0, gt=0, description="how often a worker applies retention, seconds")
-
-
-class TrainerSettings(BaseModel):
-    """The retraining service."""
-
-    min_new_good: int = Field(50, ge=1, description="confirmed-good frames that trigger a retraining")
-    schedule_hours: float | None = Field(None, gt=0, description="also retrain this often, hours; none = off")
-    poll_s: float = Field(10.0, gt=0, description="how often the trainer checks its triggers, seconds")
-    fine_tune_epochs: int = Field(8, ge=1)
-    fine_tune_lr: float = Field(0.1, gt=0, description="SGD learning rate when fine-tuning the active student")
-    auto_promote: bool = Field(True, description="activate a candidate that passes the promotion rule")
-    base_data: Path | None = Field(None, description="good images the first model was trained on")
-    metrics_port: int | None = None
 
 
 class Settings(BaseSettings):

@@ -22,7 +22,11 @@ from sqlalchemy import Integer, and_, cast, event, exists, func, insert, or_, se
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import make_engine
-from linewatch.contracts.labels import count_confirmed_good_frames, effective_labels
+from linewatch.contracts.labels import (
+    awaiting_second_opinion_condition,
+    count_confirmed_good_frames,
+    effective_labels,
+)
 from linewatch.contracts.live_state import LiveStateReader, connect
 from linewatch.contracts.schema import Camera, Inspection, Label, ModelVersion
 from linewatch.contracts.settings import Settings, get_settings
@@ -239,7 +243,9 @@ def defect_gallery(db: Engine, f: GalleryFilter, cursor: Cursor | None, limit: i
 def _awaiting_review(kind: str) -> list[Any]:
     """Conditions of the review queue: kept frames with no label that was not undone."""
     labelled = exists().where(Label.inspection_id == Inspection.id, Label.revoked_at.is_(None))
-    conditions = [Inspection.image_uri.is_not(None), ~labelled]
+    # A good label on a frame scored far above the threshold waits for a second operator: it stays offered.
+    waiting = awaiting_second_opinion_condition(settings().trainer.second_opinion_above)
+    conditions = [Inspection.image_uri.is_not(None), or_(~labelled, waiting)]
     if kind in LABELS:
         conditions.append(Inspection.verdict == kind)
     return conditions
@@ -258,9 +264,9 @@ def review_queue_size(db: Engine, kind: str, cap: int = 100_000) -> int:
 
 
 def ready_for_retraining(db: Engine) -> int:
-    """Kept frames whose effective label is good: what the trainer may learn from."""
+    """Confirmed goods (``contracts.labels``, with the second-opinion rule): what the trainer may learn from."""
     with db.connect() as conn:
-        return count_confirmed_good_frames(conn)
+        return count_confirmed_good_frames(conn, second_opinion_above=settings().trainer.second_opinion_above)
 
 
 def frame(db: Engine, inspection_id: int) -> Inspection | None:

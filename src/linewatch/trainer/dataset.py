@@ -1,5 +1,13 @@
 """The retraining set: the base good images plus the operator-confirmed good frames, de-duplicated by
-content hash, never including a frame labelled defect (nor any image with the same bytes as one)."""
+content hash, never including a frame labelled defect (nor any image with the same bytes as one).
+
+Guards against label noise (``trainer.*`` settings): only confirmed goods count (``contracts.labels``: a frame
+scored far above the threshold needs two operators); a kept image that is missing or cannot be decoded is left
+out, not allowed to fail the job; near-copies and stalled scenes are thinned out (:mod:`.near_copies`); and a
+stable share of the confirmed goods, chosen by content hash, is held out of training as the promotion review's
+false-reject evidence. Everything left out is recorded, with why, for the model's manifest
+(:meth:`TrainingSet.manifest_entries`: role ``dropped`` or ``held_out``).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +19,17 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.files import path_of, sha256_file
-from linewatch.contracts.labels import confirmed_good_frames, effective_labels
+from linewatch.contracts.labels import awaiting_second_opinion, confirmed_good_frames, effective_labels
 from linewatch.contracts.schema import Inspection, ModelVersion
+from linewatch.contracts.trainer_settings import TrainerSettings
+from linewatch.detector.imaging import ImageError, read_image
+from linewatch.detector.model_files import read_metadata, write_metadata
+
+from .near_copies import Candidate, thin_out, thumbnail
 
 log = logging.getLogger(__name__)
+
+TRAINED_ROLES = ("train", "val")  # manifest roles of images a model learnt from or was calibrated on
 
 
 @dataclass
@@ -27,6 +42,12 @@ class TrainingSet:
     duplicates: int = 0
     excluded_defect: int = 0
     missing: list[str] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)  # {"path", "sha256", "role": "dropped", "reason"}
+    held_out: list[dict] = field(default_factory=list)  # {"path", "sha256", "role": "held_out", "reason"}
+
+    def manifest_entries(self) -> list[dict]:
+        """The frames left out, for ``model.json``'s manifest beside the ``train``/``val`` entries."""
+        return self.dropped + self.held_out
 
 
 def _sha256(path: Path) -> str | None:
@@ -35,6 +56,12 @@ def _sha256(path: Path) -> str | None:
         return sha256_file(path)
     except OSError:
         return None
+
+
+def held_out_for_review(sha256: str, share: float) -> bool:
+    """Whether a confirmed good with this content hash is kept out of training as promotion evidence: the
+    first 32 bits of the hash as a fraction of 2**32, below ``share`` (the same frame is held out every time)."""
+    return int(sha256[:8], 16) / 2**32 < share
 
 
 def defect_frame_hashes(engine: Engine) -> set[str]:
@@ -47,43 +74,92 @@ def defect_frame_hashes(engine: Engine) -> set[str]:
 
 
 def base_images(active: ModelVersion | None, base_data: Path | None) -> list[Path]:
-    """The base good images: ``base_data`` (a folder or dataset layout) if set, else the active model's manifest."""
+    """The base good images: ``base_data`` (a folder or dataset layout) if set, else the images the active model
+    was trained and calibrated on (its manifest's ``train``/``val`` entries, not what it left out)."""
     if base_data is not None:
         from linewatch.detector.datasets import open_dataset
 
         return list(open_dataset(base_data).train)
     if active is None:
         return []
-    return [Path(item["path"]) for item in active.manifest if item.get("path")]
+    return [Path(item["path"]) for item in active.manifest
+            if item.get("path") and item.get("role", "train") in TRAINED_ROLES]
 
 
-def build_training_set(engine: Engine, active: ModelVersion | None, base_data: Path | None) -> TrainingSet:
-    """Collect the retraining set (see the module docstring)."""
+def build_training_set(engine: Engine, active: ModelVersion | None, base_data: Path | None, *,
+                       guards: TrainerSettings) -> TrainingSet:
+    """Collect the retraining set (see the module docstring); ``guards``: the ``[trainer]`` settings."""
     out = TrainingSet()
     forbidden = defect_frame_hashes(engine)
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
 
-    def add(path: Path) -> bool:
-        digest = _sha256(path)
+    def drop(path: Path, digest: str | None, reason: str) -> None:
+        out.dropped.append({"path": str(path), "sha256": digest, "role": "dropped", "reason": reason})
+
+    def admit(path: Path, digest: str | None, confirmed: bool) -> bool:
         if digest is None:
             out.missing.append(str(path))
+            if confirmed:
+                drop(path, None, "missing: the kept image cannot be read")
             return False
         if digest in forbidden:
             out.excluded_defect += 1
+            drop(path, digest, "same bytes as a frame labelled defect")
             return False
         if digest in seen:
             out.duplicates += 1
+            if confirmed:
+                drop(path, digest, f"same bytes as {seen[digest].name}")
             return False
-        seen.add(digest)
-        out.paths.append(path)
+        seen[digest] = path
         return True
 
     for path in base_images(active, base_data):
-        out.base += add(path)
+        if admit(path, _sha256(path), False):
+            out.paths.append(path)
+            out.base += 1
     with engine.connect() as conn:
-        frames = confirmed_good_frames(conn)
+        frames = confirmed_good_frames(conn, second_opinion_above=guards.second_opinion_above)
+        waiting = awaiting_second_opinion(conn, second_opinion_above=guards.second_opinion_above)
+    for frame in waiting:
+        path = path_of(frame.image_uri)
+        drop(path, _sha256(path), f"awaiting a second operator: scored {frame.normalized_score:.2f} x threshold "
+             f"(> {guards.second_opinion_above:g}), confirmed good by {frame.good_operators} operator(s)")
+    candidates: list[Candidate] = []
+    digests: dict[int, str] = {}
     for frame in frames:
-        out.confirmed += add(path_of(frame.image_uri))
+        path = path_of(frame.image_uri)
+        digest = _sha256(path)
+        if not admit(path, digest, True):
+            continue
+        try:
+            thumb = thumbnail(read_image(path))
+        except ImageError as exc:  # a damaged kept file must not fail the whole job
+            drop(path, digest, f"unreadable: {exc}")
+            continue
+        candidates.append(Candidate(path, frame.camera_id, frame.captured_at, thumb))
+        digests[id(candidates[-1])] = digest
+    kept, thinned = thin_out(candidates, guards)
+    for frame, why in thinned:
+        drop(frame.path, digests[id(frame)], why)
+    for frame in kept:
+        digest = digests[id(frame)]
+        if held_out_for_review(digest, guards.review_share):
+            out.held_out.append({"path": str(frame.path), "sha256": digest, "role": "held_out",
+                                 "reason": "promotion evidence: never trained on"})
+        else:
+            out.paths.append(frame.path)
+            out.confirmed += 1
     if out.missing:
         log.warning("%d training images are missing, e.g. %s", len(out.missing), out.missing[0])
     return out
+
+
+def record_left_out(model_dir: Path, data: TrainingSet) -> list[dict]:
+    """Append what ``data`` left out (role ``dropped`` or ``held_out``, with ``reason``) to the manifest in
+    ``model_dir``'s ``model.json``, which the registry copies into its ``manifest`` column; returns the
+    whole manifest. Raises ModelFileError or OSError as :func:`write_metadata` does."""
+    meta = read_metadata(model_dir)
+    meta["manifest"] = list(meta.get("manifest", [])) + data.manifest_entries()
+    write_metadata(model_dir, meta)
+    return meta["manifest"]

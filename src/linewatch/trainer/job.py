@@ -21,8 +21,8 @@ from linewatch.detector.scoring import Scorer
 from linewatch.detector.training import EpochReport, TrainConfig, train
 from linewatch.trainer import job_queue as jobs
 
-from .dataset import build_training_set
-from .promotion import judge, labelled_review_set, promotion_decision
+from .dataset import build_training_set, record_left_out
+from .promotion import review_candidate
 from .registry import ModelRegistry, artifact_path
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,10 @@ def run_job(settings: Settings, job_id: int) -> int:
             raise RuntimeError(f"job {job_id} is not a running job")
         active = registry.active()
         jobs.progress(engine, job_id, stage="collecting")
-        data = build_training_set(engine, active, settings.trainer.base_data)
-        log.info("job %d: %d base + %d confirmed-good images (%d duplicates, %d excluded as defect)",
-                 job_id, data.base, data.confirmed, data.duplicates, data.excluded_defect)
+        data = build_training_set(engine, active, settings.trainer.base_data, guards=settings.trainer)
+        log.info("job %d: %d base + %d confirmed-good images (%d duplicates, %d excluded as defect, %d more left "
+                 "out, %d held out as promotion evidence)", job_id, data.base, data.confirmed, data.duplicates,
+                 data.excluded_defect, len(data.dropped), len(data.held_out))
         config, init = _recipe(settings, active, job.from_scratch)
         jobs.progress(engine, job_id, stage="training", epoch=0, epochs=config.epochs)
 
@@ -55,19 +56,15 @@ def run_job(settings: Settings, job_id: int) -> int:
                        held_out=parent_val,
                        extra_metadata={"parent_version": active.version if active else None,
                                        "training_set": {"base": data.base, "confirmed_good": data.confirmed}})
+        manifest = record_left_out(result.model_dir, data)
         jobs.progress(engine, job_id, stage="evaluating", eta_s=None)
-        frames = labelled_review_set(engine)
-        candidate_scores = judge(Scorer(result.model_dir, settings.detector.device, settings.backbone.weights), frames)
-        active_scores = None
-        if active is not None:
-            active_scores = judge(Scorer(artifact_path(active), settings.detector.device, settings.backbone.weights),
-                                  frames)
-        promote, reason = promotion_decision(candidate_scores, active_scores)
+        promote, reason, review = review_candidate(
+            engine, settings.trainer, Scorer(result.model_dir, settings.detector.device, settings.backbone.weights),
+            manifest, Scorer(artifact_path(active), settings.detector.device, settings.backbone.weights)
+            if active is not None else None)
         jobs.progress(engine, job_id, stage="registering")
         row = registry.register(result.model_dir, parent=active.version if active else None, metrics={
-            "validation": result.metadata["validation"], "review_set": candidate_scores,
-            "active_on_review_set": active_scores, "decision": reason,
-        }, notes=reason)
+            "validation": result.metadata["validation"], **review}, notes=reason)
         if promote and settings.trainer.auto_promote:
             registry.activate(row.version, by=f"trainer (job {job_id})", notes=reason)
             stage = "activated"

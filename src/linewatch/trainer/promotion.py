@@ -1,15 +1,24 @@
-"""Candidate against active model, on the operators' labelled review set, and the promotion rule.
+"""Candidate against active model, on evidence neither trained on, and the promotion rule.
 
-The rule (a candidate is activated automatically only when it is *not worse* on the same frames):
+Evidence (:func:`review_set`), on both sides:
 
-1. it misses no larger share of the frames labelled defect (miss rate <= the active model's),
-2. it rejects no larger share of the frames labelled good (false-reject rate <= the active model's),
-3. where both classes are labelled, its image AUROC is at most 0.01 below the active model's.
+* goods: confirmed goods (``contracts.labels``, second-opinion rule included) that are not in the candidate's
+  manifest as trained, calibrated or dropped (by content hash): in practice the share held out of training
+  (``trainer.review_share``) and goods confirmed after the job collected its set. A candidate's own training
+  frames are never evidence;
+* defects: kept frames whose effective label is defect, plus the reference defect images of the product
+  (``trainer.defect_reference``, optional), again minus anything in the candidate's manifest.
 
-Each model is judged at its own stored threshold. With no labelled frames nothing says the candidate
-is worse, and it is promoted. Note the bias: the confirmed-good frames are also training images of the
-candidate, which favours it on rule 2 — the defect-labelled frames (rule 1) are never trained on.
-An operator can still activate a rejected candidate (recorded as an override).
+The rule (:func:`promotion_decision`): a candidate is activated automatically only when
+
+1. there is evidence on both sides (at least one good and one defect) — otherwise it says which is missing;
+2. its image threshold moved by at most ``trainer.max_threshold_change`` (either way) from the active model's;
+3. it misses no more known defects than the active model;
+4. it rejects no larger share of the goods than the active model;
+5. where both classes are present, its image AUROC is at most 0.01 below the active model's.
+
+Each model is judged at its own stored threshold. With no active model, rules 2-5 have nothing to compare
+with and rule 1 alone decides. An operator can still activate a rejected candidate (recorded as an override).
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from linewatch.contracts.files import path_of
-from linewatch.contracts.labels import effective_labels
+from linewatch.contracts.files import IMAGE_SUFFIXES, path_of, sha256_file
+from linewatch.contracts.labels import confirmed_good_frames, effective_labels
 from linewatch.contracts.schema import Inspection
+from linewatch.contracts.trainer_settings import TrainerSettings
 from linewatch.detector.imaging import ImageError, read_image
 from linewatch.detector.metrics import image_auroc
 from linewatch.detector.scoring import Scorer
@@ -37,17 +47,73 @@ class LabelledFrame:
     is_defect: bool
 
 
-def labelled_review_set(engine: Engine) -> list[LabelledFrame]:
-    """Kept frames with an effective operator label, oldest first."""
+@dataclass
+class Evidence:
+    """The review set and where it came from: ``frames`` to judge on; counts of confirmed goods, confirmed
+    defects and reference defects in it; ``excluded``: frames left out as the candidate's own."""
+
+    frames: list[LabelledFrame]
+    goods: int
+    defects: int
+    reference: int
+    excluded: int
+
+    def summary(self) -> dict:
+        return {"goods": self.goods, "confirmed_defects": self.defects, "reference_defects": self.reference,
+                "excluded_as_training_frames": self.excluded}
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def reference_defects(folder: Path | None) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted); none when ``folder`` is None.
+
+    Raises:
+        FileNotFoundError: ``folder`` is set but is not a directory (a misconfigured path must not pass for
+        "no defects known").
+    """
+    if folder is None:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"trainer.defect_reference {folder} is not a directory")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def review_set(engine: Engine, guards: TrainerSettings, candidate_manifest: list[dict]) -> Evidence:
+    """The evidence of the module docstring; ``candidate_manifest``: the candidate's ``model.json`` manifest."""
+    own = {m["sha256"] for m in candidate_manifest if m.get("sha256") and m.get("role") != "held_out"}
     eff = effective_labels()
     with engine.connect() as conn:
-        rows = conn.execute(select(Inspection.image_uri, eff.c.label).join(eff, eff.c.inspection_id == Inspection.id)
-                            .where(Inspection.image_uri.is_not(None)).order_by(Inspection.id)).all()
-    return [LabelledFrame(path_of(uri), label == "defect") for uri, label in rows]
+        goods = [path_of(r.image_uri) for r in
+                 confirmed_good_frames(conn, second_opinion_above=guards.second_opinion_above)]
+        defects = [path_of(u) for u in conn.execute(
+            select(Inspection.image_uri).join(eff, eff.c.inspection_id == Inspection.id)
+            .where(eff.c.label == "defect", Inspection.image_uri.is_not(None)).order_by(Inspection.id)).scalars()]
+    reference = reference_defects(guards.defect_reference)
+    frames, excluded, counts, seen = [], 0, [0, 0, 0], set()
+    for kind, (paths, is_defect) in enumerate(((goods, False), (defects, True), (reference, True))):
+        for path in paths:
+            digest = _digest(path)
+            if digest is None or digest in seen:
+                continue  # a missing kept file is no evidence; the same bytes count once
+            seen.add(digest)
+            if digest in own:
+                excluded += 1
+                continue
+            frames.append(LabelledFrame(path, is_defect))
+            counts[kind] += 1
+    return Evidence(frames, counts[0], counts[1], counts[2], excluded)
 
 
 def judge(scorer: Scorer, frames: list[LabelledFrame], batch_size: int = 16) -> dict:
-    """A model's image AUROC, false-reject rate and miss rate on labelled frames (unreadable ones skipped)."""
+    """A model's image AUROC, false rejects and misses (counts and rates) on labelled frames at its own
+    threshold (``threshold``, raw image score); unreadable frames are skipped."""
     scores, labels = [], []
     for start in range(0, len(frames), batch_size):
         batch, batch_labels = [], []
@@ -64,25 +130,55 @@ def judge(scorer: Scorer, frames: list[LabelledFrame], batch_size: int = 16) -> 
     flagged = s > scorer.image_threshold
     return {
         "frames": int(len(s)), "good": int((~y).sum()), "defect": int(y.sum()),
+        "threshold": float(scorer.image_threshold),
+        "false_rejects": int(flagged[~y].sum()), "misses": int((~flagged[y]).sum()),
         "image_auroc": image_auroc(y, s) if y.any() and (~y).any() else None,
         "false_reject_rate": float(flagged[~y].mean()) if (~y).any() else None,
         "miss_rate": float((~flagged[y]).mean()) if y.any() else None,
     }
 
 
-def promotion_decision(candidate: dict, active: dict | None) -> tuple[bool, str]:
-    """Apply the rule of the module docstring -> (promote, reason)."""
+def promotion_decision(candidate: dict, active: dict | None, max_threshold_change: float) -> tuple[bool, str]:
+    """Apply the rule of the module docstring to :func:`judge` results -> (promote, reason)."""
+    refused = []
+    if candidate["good"] == 0:
+        refused.append("no false-reject evidence: no confirmed good frame outside the candidate's training set")
+    if candidate["defect"] == 0:
+        refused.append("no defect evidence: no operator-confirmed defect frame and no reference defect images "
+                       "(trainer.defect_reference)")
+    if active is not None:
+        ratio = candidate["threshold"] / active["threshold"]
+        if max(ratio, 1 / ratio) > max_threshold_change:
+            refused.append(f"threshold moved {ratio:.2f}x from the active model's (limit {max_threshold_change:g}x "
+                           "either way)")
+        if candidate["defect"] and candidate["misses"] > active["misses"]:
+            refused.append(f"misses rose: {candidate['misses']} of {candidate['defect']} known defects missed "
+                           f"(active model: {active['misses']})")
+        if candidate["good"] and candidate["false_reject_rate"] > active["false_reject_rate"]:
+            refused.append(f"false-reject rate {candidate['false_reject_rate']:.3f} > "
+                           f"{active['false_reject_rate']:.3f} on {candidate['good']} goods")
+        if candidate["image_auroc"] is not None and candidate["image_auroc"] < active["image_auroc"] - AUROC_TOLERANCE:
+            refused.append(f"image AUROC {candidate['image_auroc']:.3f} < {active['image_auroc']:.3f} - "
+                           f"{AUROC_TOLERANCE}")
+    if refused:
+        return False, "not activated automatically: " + "; ".join(refused)
+    evidence = f"{candidate['good']} goods and {candidate['defect']} known defects it never trained on"
     if active is None:
-        return True, "no active model to compare with"
-    if candidate["frames"] == 0:
-        return True, "no labelled frames to compare on"
-    worse = []
-    if candidate["miss_rate"] is not None and candidate["miss_rate"] > active["miss_rate"]:
-        worse.append(f"miss rate {candidate['miss_rate']:.3f} > {active['miss_rate']:.3f}")
-    if candidate["false_reject_rate"] is not None and candidate["false_reject_rate"] > active["false_reject_rate"]:
-        worse.append(f"false-reject rate {candidate['false_reject_rate']:.3f} > {active['false_reject_rate']:.3f}")
-    if candidate["image_auroc"] is not None and candidate["image_auroc"] < active["image_auroc"] - AUROC_TOLERANCE:
-        worse.append(f"image AUROC {candidate['image_auroc']:.3f} < {active['image_auroc']:.3f} - {AUROC_TOLERANCE}")
-    if worse:
-        return False, "worse than the active model on the labelled frames: " + "; ".join(worse)
-    return True, f"not worse than the active model on {candidate['frames']} labelled frames"
+        return True, f"no active model to compare with; evidence: {evidence}"
+    return True, f"not worse than the active model on {evidence}"
+
+
+def review_candidate(engine: Engine, guards: TrainerSettings, candidate: Scorer, candidate_manifest: list[dict],
+                     active: Scorer | None) -> tuple[bool, str, dict]:
+    """Gather the evidence, judge both models on it and decide -> (promote, reason, metrics for the registry:
+    ``evidence``, ``review_set`` (candidate), ``active_on_review_set``, ``decision``).
+
+    Raises:
+        FileNotFoundError: ``trainer.defect_reference`` is set but missing.
+    """
+    evidence = review_set(engine, guards, candidate_manifest)
+    candidate_scores = judge(candidate, evidence.frames)
+    active_scores = judge(active, evidence.frames) if active is not None else None
+    promote, reason = promotion_decision(candidate_scores, active_scores, guards.max_threshold_change)
+    return promote, reason, {"evidence": evidence.summary(), "review_set": candidate_scores,
+                             "active_on_review_set": active_scores, "decision": reason}

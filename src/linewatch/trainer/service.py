@@ -21,7 +21,7 @@ import threading
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import make_engine, migrate
-from linewatch.contracts.labels import confirmed_good_frames
+from linewatch.contracts.labels import count_confirmed_good_frames
 from linewatch.contracts.settings import Settings
 from linewatch.trainer import job_queue as jobs
 
@@ -102,7 +102,8 @@ class TrainerService:
         last = jobs.last_finished(self.engine)
         since = max(active.created_at, last.finished_at) if last is not None and last.finished_at else active.created_at
         with self.engine.connect() as conn:
-            new_good = len(confirmed_good_frames(conn, since=since))
+            new_good = count_confirmed_good_frames(conn, since=since,
+                                                   second_opinion_above=t.second_opinion_above)
         if new_good >= t.min_new_good:
             job_id = jobs.request_job(self.engine, "threshold", requested_by="trainer")
             log.info("%d frames confirmed good since %s: job %d queued", new_good, since.isoformat(), job_id)
