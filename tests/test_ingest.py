@@ -216,6 +216,7 @@ def test_a_hung_stream_is_seen_down_within_two_seconds_and_counted_once(apache_k
     assert counters.reconnects == 1
     assert 4.9 <= counters.gap_s <= 7.5, counters.gap_s
     assert counters.captured == counters.published and counters.failed == 0
+    print(f"\nhung stream seen down after {seen_s:.2f} s, gap_s {counters.gap_s:.2f}")
 
 
 @pytest.mark.services
@@ -244,3 +245,4 @@ def test_an_image_folder_removed_and_restored_is_one_outage_and_an_unreadable_fi
     assert 1.9 <= counters.gap_s <= 3.5, counters.gap_s
     published = [dict(r.headers)["part_id"].decode() for r in _published(settings, 5)]
     assert published == [names[0]] + names[2:]  # none lost to the outage, in order
+    print(f"\nfolder outage: gap_s {counters.gap_s:.2f}, {counters}")

@@ -147,6 +147,8 @@ class CameraService:
                     self._count_unreadable(exc)
                     continue
                 except SourceError as exc:
+                    if self.stop_event.is_set():
+                        break  # a read cut short by the stop is no outage
                     self._reconnect(exc)
                     continue
                 if capture is None:
@@ -158,7 +160,7 @@ class CameraService:
                 self._enqueue(capture, taken_at_ns)
         finally:
             if self.outage_since_ns is not None:  # stopped while the source was down: the gap so far
-                self._outage_over(time.time_ns())
+                self._outage_over(time.time_ns(), back=False)
             with self.cond:
                 self.capture_done = True
                 self.cond.notify_all()
@@ -182,7 +184,7 @@ class CameraService:
         except SourceError as again:
             log.info("camera %s: reconnect failed: %s", self.camera_id, again)
 
-    def _outage_over(self, now_ns: int) -> None:
+    def _outage_over(self, now_ns: int, back: bool = True) -> None:
         gap_s = max(0.0, (now_ns - self.outage_since_ns) / 1e9)  # type: ignore[operator]
         self.outage_since_ns = None
         self.backoff = self.settings.ingest.reconnect_initial_s
@@ -190,7 +192,8 @@ class CameraService:
             self.counters.gap_s += gap_s
         GAP.labels(self.camera_id).inc(gap_s)
         OUTAGE.labels(self.camera_id).set(0)
-        log.warning("camera %s: source back after %.1f s without frames", self.camera_id, gap_s)
+        log.warning("camera %s: %s after %.1f s without frames", self.camera_id,
+                    "source back" if back else "stopped while the source was down", gap_s)
 
     def _count_unreadable(self, exc: UnreadableFrame) -> None:
         with self.cond:
