@@ -1,9 +1,14 @@
 """A camera service: capture frames at a set rate and publish them to Kafka, losing none silently.
 
-Two threads joined by a bounded buffer: capture (rate-limited; reconnects a dropped camera with
-exponential backoff and counts the gap) and publish (idempotent producer, acks=all). When Kafka
-is slower than the camera, a live source drops its oldest buffered frames (counted); a file or
+Two threads joined by a bounded buffer: capture (rate-limited) and publish (idempotent producer, acks=all).
+When Kafka is slower than the camera, a live source drops its oldest buffered frames (counted); a file or
 folder source waits instead, since it loses nothing by waiting.
+
+A source that stops delivering (a stream down, a folder gone) is an *outage*: counted once when it is seen
+(``reconnects``; a live stream is seen down after max(2 s, 3 of its frame periods) without a new frame), however
+many reconnect attempts (exponential backoff) it takes; nothing is captured during it, and its length, from
+the last frame before it to the first after it, is added to ``gap_s`` when it ends. A frame that cannot be read
+while its source is there (a file removed between listing and reading) is captured and dropped (``unreadable``).
 
 No single frame stops the camera: see :mod:`.publisher` for oversize frames and producer errors. At the
 end, ``captured = published + dropped + failed``.
@@ -19,31 +24,37 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from linewatch.contracts.messages import FrameMeta, check_id
 from linewatch.contracts.settings import Settings
 
 from .publisher import DROPPED, FramePublisher
-from .sources import Capture, SourceError
+from .sources import Capture, SourceError, UnreadableFrame
 
 log = logging.getLogger(__name__)
 
 CAPTURED = Counter("linewatch_frames_captured_total", "Frames captured", ["camera_id"])
-RECONNECTS = Counter("linewatch_camera_reconnects_total", "Camera reconnections", ["camera_id"])
+RECONNECTS = Counter("linewatch_camera_reconnects_total", "Camera outages (source down, then reconnected), each "
+                     "counted once however many reconnect attempts it took", ["camera_id"])
+OUTAGE = Gauge("linewatch_camera_outage", "1 while the camera's source is down", ["camera_id"])
+GAP = Counter("linewatch_camera_gap_seconds_total", "Seconds without frames in ended outages, from the last frame "
+              "before each to the first after it", ["camera_id"])
 
 
 @dataclass
 class CameraCounters:
     """Per-camera counts: ``captured = published + dropped + failed`` once the camera has stopped. ``too_large``
-    counts the frames among ``dropped`` that were over a size limit; ``gap_s`` is the time the camera was
-    unavailable."""
+    and ``unreadable`` count the frames among ``dropped`` that were over a size limit or could not be read;
+    ``reconnects`` counts outages (one each, however many attempts); ``gap_s`` is the seconds without frames
+    they lasted."""
 
     captured: int = 0
     published: int = 0
     dropped: int = 0
     failed: int = 0
     too_large: int = 0
+    unreadable: int = 0
     reconnects: int = 0
     gap_s: float = 0.0
 
@@ -83,6 +94,8 @@ class CameraService:
         self.stop_event = threading.Event()
         self.publisher = FramePublisher(settings, camera_id, self.counters, self.lock, self.stop_event, producer)
         self.ids = FrameIds()
+        self.last_frame_ns: int | None = None  # when the newest captured frame was taken
+        self.outage_since_ns: int | None = None  # the last frame before the current outage (or its start)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -117,7 +130,7 @@ class CameraService:
     # ---- capture --------------------------------------------------------------------------------------
 
     def _capture_loop(self) -> None:
-        backoff = self.settings.ingest.reconnect_initial_s
+        self.backoff = self.settings.ingest.reconnect_initial_s
         interval = 1.0 / self.fps if self.fps > 0 else 0.0
         next_at = time.monotonic()
         limit = self.max_frames
@@ -130,35 +143,69 @@ class CameraService:
                     next_at = max(next_at + interval, time.monotonic() - interval)  # no burst after a stall
                 try:
                     capture = self.source.read()
-                except SourceError as exc:
-                    backoff = self._reconnect(exc, backoff)
+                except UnreadableFrame as exc:
+                    self._count_unreadable(exc)
                     continue
-                backoff = self.settings.ingest.reconnect_initial_s
+                except SourceError as exc:
+                    if self.stop_event.is_set():
+                        break  # a read cut short by the stop is no outage
+                    self._reconnect(exc)
+                    continue
                 if capture is None:
                     break  # end of a file or folder
-                self._enqueue(capture)
+                taken_at_ns = capture.taken_at_ns or time.time_ns()
+                if self.outage_since_ns is not None:
+                    self._outage_over(taken_at_ns)
+                self.last_frame_ns = taken_at_ns
+                self._enqueue(capture, taken_at_ns)
         finally:
+            if self.outage_since_ns is not None:  # stopped while the source was down: the gap so far
+                self._outage_over(time.time_ns(), back=False)
             with self.cond:
                 self.capture_done = True
                 self.cond.notify_all()
 
-    def _reconnect(self, exc: SourceError, backoff: float) -> float:
-        """Wait ``backoff`` seconds, reopen the source, count the gap; returns the next backoff."""
-        log.warning("camera %s: %s; reconnecting in %.1f s", self.camera_id, exc, backoff)
-        started = time.monotonic()
-        self.stop_event.wait(backoff)
+    def _reconnect(self, exc: SourceError) -> None:
+        """Count an outage when it starts, wait the backoff, try to reopen the source; the outage ends at the next
+        frame, not at a successful open (a stream can open and still send nothing)."""
+        if self.outage_since_ns is None:
+            self.outage_since_ns = self.last_frame_ns or time.time_ns()
+            with self.lock:
+                self.counters.reconnects += 1
+            RECONNECTS.labels(self.camera_id).inc()
+            OUTAGE.labels(self.camera_id).set(1)
+            log.warning("camera %s: source down: %s; reconnecting", self.camera_id, exc)
+        else:
+            log.info("camera %s: still down: %s; again in %.1f s", self.camera_id, exc, self.backoff)
+        self.stop_event.wait(self.backoff)
+        self.backoff = min(self.backoff * 2, self.settings.ingest.reconnect_max_s)
         try:
             self.source.open()
-            self.counters.reconnects += 1
-            RECONNECTS.labels(self.camera_id).inc()
-            log.info("camera %s reconnected", self.camera_id)
         except SourceError as again:
-            log.warning("camera %s: reconnect failed: %s", self.camera_id, again)
-        self.counters.gap_s += time.monotonic() - started
-        return min(backoff * 2, self.settings.ingest.reconnect_max_s)
+            log.info("camera %s: reconnect failed: %s", self.camera_id, again)
 
-    def _enqueue(self, capture: Capture) -> None:
-        meta = FrameMeta(self.camera_id, self.line_id, self.ids.next(), time.time_ns(), capture.content_type,
+    def _outage_over(self, now_ns: int, back: bool = True) -> None:
+        gap_s = max(0.0, (now_ns - self.outage_since_ns) / 1e9)  # type: ignore[operator]
+        self.outage_since_ns = None
+        self.backoff = self.settings.ingest.reconnect_initial_s
+        with self.lock:
+            self.counters.gap_s += gap_s
+        GAP.labels(self.camera_id).inc(gap_s)
+        OUTAGE.labels(self.camera_id).set(0)
+        log.warning("camera %s: %s after %.1f s without frames", self.camera_id,
+                    "source back" if back else "stopped while the source was down", gap_s)
+
+    def _count_unreadable(self, exc: UnreadableFrame) -> None:
+        with self.cond:
+            self.counters.captured += 1
+            self.counters.dropped += 1
+            self.counters.unreadable += 1
+        CAPTURED.labels(self.camera_id).inc()
+        DROPPED.labels(self.camera_id, "unreadable").inc()
+        log.error("camera %s: frame dropped: unreadable (%s)", self.camera_id, exc)
+
+    def _enqueue(self, capture: Capture, taken_at_ns: int) -> None:
+        meta = FrameMeta(self.camera_id, self.line_id, self.ids.next(), taken_at_ns, capture.content_type,
                          capture.part_id)
         with self.cond:
             cap = self.settings.ingest.buffer_frames

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 PUBLISHED = Counter("linewatch_frames_published_total", "Frames acknowledged by Kafka", ["camera_id"])
 DROPPED = Counter("linewatch_frames_dropped_total", "Frames dropped before Kafka, by reason (buffer_full: the "
-                  "camera outran Kafka; too_large: over the producer's or the topic's size limit; stopped: still "
-                  "buffered when the camera stopped with Kafka away)", ["camera_id", "reason"])
+                  "camera outran Kafka; too_large: over the producer's or the topic's size limit; unreadable: a "
+                  "file removed or unreadable between listing and reading; stopped: still buffered when the camera "
+                  "stopped with Kafka away)", ["camera_id", "reason"])
 FAILED = Counter("linewatch_frames_publish_failed_total", "Frames Kafka did not acknowledge", ["camera_id"])
 NEW_PRODUCERS = Counter("linewatch_camera_producer_rebuilds_total",
                         "Kafka producers rebuilt after an error that leaves the old one unusable", ["camera_id"])
