@@ -20,7 +20,7 @@ def linewatch(*args: str, env: dict | None = None, timeout: int = 600) -> subpro
     [
         (["train", "--data", "/nonexistent/part", "--out", "/tmp/m"], "/nonexistent/part: no such directory"),
         (["eval", "--model", "/tmp", "--data", "{bottle}"], "not a linewatch model directory"),
-        (["train", "--data", "{bottle}", "--out", "/tmp/m", "--backbone", "resnet18",
+        (["train", "--data", "{bottle}", "--out", "/tmp/m", "--backbone", "resnet18", "--force",
           "--teacher-weights", "/nowhere/resnet18-f37072fd.pth"], "resnet18-f37072fd.pth"),
         (["train", "--data", "{bottle}", "--out", "/tmp/m", "--device", "cuda"], "no CUDA GPU is visible"),
         (["train", "--data", "{bottle}", "--out", "/tmp/m", "--image-size", "5000"],

@@ -170,9 +170,9 @@ def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
 
 
 def _align_retention(admin: KafkaAdminClient, topic: str, wanted: dict[str, str]) -> None:
-    """Set the retention and segment configs of an existing ``topic`` that differ from ``wanted``
+    """Set the retention, segment and timestamp-type configs of an existing ``topic`` that differ from ``wanted``
     (an incremental AlterConfigs: the topic's other configs stay as they are)."""
-    keys = [key for key in wanted if key.startswith(("retention.", "segment."))]
+    keys = [key for key in wanted if key.startswith(("retention.", "segment.")) or key == "message.timestamp.type"]
     if not keys:
         return
     try:

@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .files import CONTENT_TYPES
 from .limits import CAPTURED_AT_MAX_NS, CAPTURED_AT_MIN_NS, CONTENT_TYPE_MAX_CHARS, FRAME_ID_MAX, ID_MAX_CHARS
 
 FRAME_SCHEMA = "linewatch.frame/1"
@@ -100,9 +99,6 @@ class FrameMeta:
             if values.get(name):  # part_id is optional: absent or empty means none
                 check_id(name, values[name])
         check_text("content_type", values["content_type"], CONTENT_TYPE_MAX_CHARS)
-        if values["content_type"] not in CONTENT_TYPES:  # the image store could not name its file
-            raise MessageError("bad_headers", f"content_type {_shown(values['content_type'])} is not one of "
-                                              f"{', '.join(CONTENT_TYPES)}")
         if not (_DECIMAL.fullmatch(values["frame_id"]) and _DECIMAL.fullmatch(values["captured_at"])):
             raise MessageError("bad_headers", "frame_id and captured_at must be decimal integers (ASCII digits)")
         frame_id, captured = int(values["frame_id"]), int(values["captured_at"])
@@ -172,7 +168,7 @@ class DefectRegion(BaseModel):
 class Latency(BaseModel):
     """Where the time went, in ms: waiting in Kafka and the batch, decoding, the model, and in all (to the
     moment the result is written to the SQL store). Waiting starts at ``captured_at`` while the camera's clock
-    agrees with the frame's arrival, else at the arrival (linewatch.detector.stream.clock); never negative.
+    agrees with the frame's arrival, else at the arrival (linewatch.contracts.clock); never negative.
     ``clock_skew_ms``: the camera's ``captured_at`` minus the frame's arrival (positive: its clock runs ahead)."""
 
     queue_wait_ms: float

@@ -155,7 +155,8 @@ def _decode_jpeg_strict(data: bytes, source: str, min_factor: int = 1) -> np.nda
         raise ImageError("corrupt", source, f"corrupt JPEG data ({strict_error})") from None
 
 
-def scored_pixels_file(data: bytes, source: str = "<bytes>") -> tuple[bytes, str]:
+def scored_pixels_file(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
+                       ) -> tuple[bytes, str]:
     """The file to keep for review and training, holding exactly the pixels :func:`decode_image` gives the model
     -> (bytes, suffix ``.jpg`` or ``.png``).
 
@@ -167,13 +168,13 @@ def scored_pixels_file(data: bytes, source: str = "<bytes>") -> tuple[bytes, str
     Raises:
         ImageError: see :func:`decode_image`.
     """
-    with contextlib.suppress(OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    with contextlib.suppress(Exception):  # any header Pillow cannot read: the re-encoding below decides
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 if im.format == "JPEG" and im.mode in ("RGB", "L") and im.getexif().get(0x0112, 1) == 1:
                     return data, ".jpg"
-    ok, png = cv2.imencode(".png", cv2.cvtColor(decode_image(data, source), cv2.COLOR_RGB2BGR))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(decode_image(data, source, max_pixels), cv2.COLOR_RGB2BGR))
     if not ok:
         raise ImageError("undecodable", source, "could not re-encode the decoded pixels as PNG")
     return png.tobytes(), ".png"

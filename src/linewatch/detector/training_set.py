@@ -3,6 +3,7 @@ held-out ones are enough evidence for the false-reject target (:mod:`.calibratio
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -89,8 +90,12 @@ def check_evidence(n: int, n_val: int, forced: int, val_fraction: float, target_
     needed = held_out_goods_needed(target_rate, minimum)
     if n_val >= needed:
         return
-    more = next(m for m in range(1, 10 * needed + 10 * n + 10)
-                if held_out_count(n + m, val_fraction, forced) >= needed)
+    # held_out_count grows about n * val_fraction (val_fraction > 0): start near the answer, then step to it
+    more = max(1, math.floor((needed - 0.5) / val_fraction) - n - 1)
+    while more > 1 and held_out_count(n + more - 1, val_fraction, forced) >= needed:
+        more -= 1
+    while held_out_count(n + more, val_fraction, forced) < needed:
+        more += 1
     raise UnderCalibratedError(
         f"not published: {n_val} held-out good image{'s' if n_val != 1 else ''} cannot show a false-reject rate "
         f"of {target_rate:g} (needed: {needed}, the larger of 1/target and training.min_held_out_goods "

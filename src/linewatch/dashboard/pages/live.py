@@ -218,9 +218,11 @@ def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveSt
 
 def _status(worker: dict) -> str:
     """``silent`` (no heartbeat lately), the worker's own stall reason (e.g. ``stalled 45 s: oldest batch in
-    flight``), or ``alive``."""
+    flight``), the store it waits for (``waiting for sql 45 s``), or ``alive``."""
     if not worker["alive"]:
         return "silent"
+    if worker.get("waiting_on"):
+        return f"waiting for {worker['waiting_on']}"
     return worker.get("stalled") or "alive"
 
 

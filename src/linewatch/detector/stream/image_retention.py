@@ -42,6 +42,7 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 FULL_HOLD_S = 60.0  # a refused write keeps the alarm up this long (every later refusal renews it)
 RETRY_S = 10.0  # a full store with nothing to remove is not searched again sooner (each refused frame asks)
 BATCH = 200  # frames removed per statement
+SWEEP_EVERY_S = 3600.0
 TMP_STALE_S = 300.0  # a partial file older than this belongs to no write in progress (a crashed worker's)
 
 
@@ -77,6 +78,7 @@ class ImageRetention:
         self._refused_at: float | None = None
         self._stuck = False  # the last pass could not reach the watermark
         self._last_pass = 0.0
+        self._swept_at: float | None = None
         self.last = RetentionReport()
 
     # ---- the alarm --------------------------------------------------------------------------------------
@@ -133,7 +135,8 @@ class ImageRetention:
             report.free_ratio = self.free_ratio()
             self._stuck = self._short(need_bytes)
             report.full = self.full
-            if sweep:
+            if sweep and (self._swept_at is None or time.monotonic() - self._swept_at > SWEEP_EVERY_S):
+                self._swept_at = time.monotonic()  # a walk of the whole store: at start, then hourly
                 self._sweep_partial_files()
             telemetry.IMAGE_STORE_FREE_RATIO.set(report.free_ratio)
             telemetry.IMAGE_STORE_FULL.set(int(report.full))
@@ -178,28 +181,33 @@ class ImageRetention:
             rows = conn.execute(query).all()
         if not rows:
             return False
-        removed = []
+        candidates = {}
         for row in rows:
             paths = [path_of(u).resolve() for u in (row.image_uri, row.heatmap_uri) if u]
-            if any(p in protected for p in paths):
-                continue
-            for p in paths:
-                try:
-                    size = p.stat().st_size
-                    p.unlink()
-                    report.freed_bytes += size
-                except FileNotFoundError:
-                    pass  # removed already (another worker, or by hand)
-            removed.append(row.id)
-        if removed:
+            if not any(p in protected for p in paths):
+                candidates[row.id] = paths
+        if candidates:
+            # The record first: clear the URIs of the frames still unlabelled (a label given since the SELECT
+            # keeps its image), then remove the files of exactly those. A failure in between leaves a file no
+            # row names, never a row naming a removed file.
             with self.engine.begin() as conn:
-                conn.execute(update(Inspection).where(Inspection.id.in_(removed))
-                             .values(image_uri=None, heatmap_uri=None))
-            telemetry.IMAGES_REMOVED.labels(reason=reason).inc(len(removed))
-            if reason == "space":
-                report.by_space += len(removed)
-            else:
-                report.by_age += len(removed)
+                cleared = conn.execute(update(Inspection).where(Inspection.id.in_(list(candidates)), ~labelled)
+                                       .values(image_uri=None, heatmap_uri=None)
+                                       .returning(Inspection.id)).scalars().all()
+            for row_id in cleared:
+                for p in candidates[row_id]:
+                    try:
+                        size = p.stat().st_size
+                        p.unlink()
+                        report.freed_bytes += size
+                    except FileNotFoundError:
+                        pass  # removed already (another worker, or by hand)
+            if cleared:
+                telemetry.IMAGES_REMOVED.labels(reason=reason).inc(len(cleared))
+                if reason == "space":
+                    report.by_space += len(cleared)
+                else:
+                    report.by_age += len(cleared)
         return rows[-1].processed_at, rows[-1].id
 
     def _manifest_paths(self) -> set[Path]:

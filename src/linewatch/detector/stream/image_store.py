@@ -16,7 +16,7 @@ from pathlib import Path
 from linewatch.contracts.files import uri_of
 from linewatch.contracts.messages import FrameMeta
 
-from ..imaging import scored_pixels_file
+from ..imaging import DEFAULT_MAX_PIXELS, scored_pixels_file
 
 _KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 MAX_NAME_BYTES = 200  # file systems allow 255 per path component; room for a hash suffix
@@ -47,8 +47,9 @@ def keep_good_sample(camera_id: str, frame_id: int, rate: float) -> bool:
 class ImageStore:
     """A directory of kept frames."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.root = Path(root).resolve()
+        self.max_pixels = max_pixels  # the workers' ``detector.max_pixels``: a frame they scored re-encodes here
 
     def folder(self, meta: FrameMeta) -> Path:
         day = meta.captured_at.strftime("%Y-%m-%d")
@@ -62,13 +63,17 @@ class ImageStore:
             OSError: the disk refused (full, read-only ...); callers retry.
             ImageError: ``original`` does not decode (a frame that was scored always does).
         """
-        data, suffix = scored_pixels_file(original, f"frame {meta.camera_id}/{meta.frame_id}")
+        data, suffix = scored_pixels_file(original, f"frame {meta.camera_id}/{meta.frame_id}", self.max_pixels)
         folder = self.folder(meta)
         folder.mkdir(parents=True, exist_ok=True)
         image = folder / f"{meta.frame_id}{suffix}"
         heatmap = folder / f"{meta.frame_id}.heatmap.jpg"
         _write_atomic(image, data)
-        _write_atomic(heatmap, overlay_jpeg)
+        try:
+            _write_atomic(heatmap, overlay_jpeg)
+        except OSError:
+            image.unlink(missing_ok=True)  # no URI will name it: it would lie on the full disk for good
+            raise
         return uri_of(image), uri_of(heatmap)
 
 

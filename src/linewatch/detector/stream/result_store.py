@@ -69,6 +69,7 @@ class ResultStore:
                  redis: RedisSettings | None = None, retention: ImageRetention | None = None):
         redis = redis or RedisSettings()
         self.retention = retention
+        self._waiting: tuple[str, float] | None = None  # (sink, since: monotonic s) while a sink refuses
         self.engine = engine
         self.live = LiveSink(live, redis.wait_s, redis.settle_s)
         self.producer = producer
@@ -89,13 +90,28 @@ class ResultStore:
             batch.done.add(name)
         return True
 
+    def waiting(self) -> tuple[str, float] | None:
+        """The sink a batch has been waiting for, and for how long (s), while one refuses; else None
+        (thread-safe: read by the heartbeat and the health endpoints)."""
+        waiting = self._waiting
+        return None if waiting is None else (waiting[0], time.monotonic() - waiting[1])
+
     def _retry(self, name: str, action: Callable[[], None], stop: threading.Event, grace_s: float) -> bool:
         delay, stopped_at = 0.2, None
+        try:
+            return self._retry_loop(name, action, stop, grace_s, delay, stopped_at)
+        finally:
+            self._waiting = None
+
+    def _retry_loop(self, name: str, action: Callable[[], None], stop: threading.Event, grace_s: float,
+                    delay: float, stopped_at: float | None) -> bool:
         while True:
             try:
                 action()
                 return True
             except Exception as exc:  # noqa: BLE001 -- a sink that is away is retried, never fatal
+                if self._waiting is None:
+                    self._waiting = (name, time.monotonic())
                 if self.on_retry:
                     self.on_retry(name, exc)
                 log.warning("storing to %s failed (%s: %s); retrying in %.1f s", name, type(exc).__name__, exc, delay)
@@ -124,8 +140,8 @@ class ResultStore:
         for i in sorted(b.keep):
             try:
                 uris = self._keep(b, i)
-            except OSError as exc:
-                if self.retention is None or room_made or exc.errno not in NO_SPACE:
+            except Exception as exc:  # noqa: BLE001 -- one frame's image never holds the record
+                if not isinstance(exc, OSError) or self.retention is None or room_made or exc.errno not in NO_SPACE:
                     uris = self._not_kept(b, i, exc)
                 else:
                     self.retention.refused(exc)
@@ -133,7 +149,7 @@ class ResultStore:
                     try:
                         need = len(b.frames[i].raw.value or b"") + len(b.overlays[i]) + ROOM_SLACK_BYTES
                         uris = self._keep(b, i) if self.retention.make_room(need) else self._not_kept(b, i, exc)
-                    except OSError as again:
+                    except Exception as again:  # noqa: BLE001 -- as above
                         uris = self._not_kept(b, i, again)
             if uris is not None:
                 b.results[i].image_uri, b.results[i].heatmap_uri = uris
@@ -142,10 +158,11 @@ class ResultStore:
         frame = b.frames[i]
         return self.images.keep(frame.meta, frame.raw.value or b"", b.overlays[i])
 
-    def _not_kept(self, b: ScoredBatch, i: int, exc: OSError) -> None:
-        """A frame whose files the disk refused (full, read-only ...): the record goes on without its image."""
+    def _not_kept(self, b: ScoredBatch, i: int, exc: Exception) -> None:
+        """A frame whose files the disk refused (full, read-only ...), or that could not be re-encoded: the record
+        goes on without its image."""
         meta = b.frames[i].meta
-        if self.retention is not None:
+        if self.retention is not None and isinstance(exc, OSError):
             self.retention.refused(exc)
         telemetry.IMAGES_NOT_KEPT.labels(reason=type(exc).__name__).inc()
         log.error("frame %s/%d stored without its image: %s", meta.camera_id, meta.frame_id, exc)

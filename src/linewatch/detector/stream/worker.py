@@ -65,6 +65,8 @@ from .stages import Pipeline
 
 log = logging.getLogger(__name__)
 
+WAITING_SHOWN_AFTER_S = 10.0  # a store refusing for longer is reported (heartbeat, /readyz); shorter is a blip
+
 MAX_PENDING_BATCHES = 3  # submitted but not committed; beyond this the partitions are paused (still polled)
 HOLD_WAIT_S = 0.05  # while the pipeline is full: wait this long for a stored batch between two polls
 BATCH_TIME_SHARE = 0.2  # a batch's scoring time budget, as a share of min(max_poll_interval, stall_after_s)
@@ -137,13 +139,26 @@ class DetectorWorker:
         return self.model.current.version
 
     def stalled(self) -> str | None:
-        """Why the worker counts as stalled (:mod:`.progress`), or None (thread-safe)."""
+        """Why the worker counts as stalled (:mod:`.progress`), or None (thread-safe). A worker waiting for a
+        store that refuses (the database, the broker away) is not stalled: restarting it would not bring the
+        store back; it is not ready instead (:attr:`ready`)."""
+        if self.waiting_on() is not None:
+            return None
         return progress(self.offsets.snapshot, self.loop_at).stalled(self.det.stall_after_s)
+
+    def waiting_on(self) -> str | None:
+        """``"sql 45 s"``: the store a batch has waited for longer than a few seconds, or None (thread-safe)."""
+        waiting = self.pipeline.store.waiting() if self.pipeline is not None else None
+        if waiting is None or waiting[1] < WAITING_SHOWN_AFTER_S:
+            return None
+        return f"{waiting[0]} {waiting[1]:.0f} s"
 
     @property
     def ready(self) -> bool:
-        """Not stopping, and kept frames can be written (``/readyz``: a full image store is an alarm)."""
-        return not self.stop_event.is_set() and not (self.retention is not None and self.retention.full)
+        """Not stopping, kept frames can be written (a full image store is an alarm), and no store has kept a
+        batch waiting (``/readyz``)."""
+        return not self.stop_event.is_set() and not (self.retention is not None and self.retention.full) \
+            and self.waiting_on() is None
 
     @property
     def failed(self) -> BaseException | None:
@@ -169,7 +184,8 @@ class DetectorWorker:
         producer = make_producer(s.kafka)
         retention = self.retention = ImageRetention(engine, s.image_store_root, RetentionRule(
             s.images.max_age_days, s.images.min_free_ratio))
-        store = ResultStore(engine, live, producer, s.kafka, ImageStore(s.image_store_root), self.worker_id,
+        store = ResultStore(engine, live, producer, s.kafka, ImageStore(s.image_store_root, self.det.max_pixels),
+                            self.worker_id,
                             on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc(),
                             redis=s.redis, retention=retention)
         rebuilder = LiveRebuilder(engine, live, self.worker_id, s.redis.settle_s, s.redis.rebuild_window_s)
@@ -183,7 +199,8 @@ class DetectorWorker:
             live, self.worker_id,
             lambda: {**worker_status(self.model, pipeline.throughput, self.offsets.snapshot, self.started_at),
                      "image_store": retention.status(),
-                     **progress(self.offsets.snapshot, self.loop_at).heartbeat_fields(self.det.stall_after_s)},
+                     **progress(self.offsets.snapshot, self.loop_at).heartbeat_fields(self.det.stall_after_s),
+                     "stalled": self.stalled(), "waiting_on": self.waiting_on()},
             self.stop_event))
         live_state = threading.Thread(target=keep_live_state, name="live-state", daemon=True,
                                       args=(store.live, rebuilder, self.stop_event))
