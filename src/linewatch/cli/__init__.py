@@ -69,13 +69,12 @@ def main(
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     if ctx.invoked_subcommand in RECORD_COMMANDS and not settings.database.url:
-        _name_the_record(settings.state_dir.resolve())
+        _name_the_record(settings.state_dir.resolve(), settings.sqlite_path)
 
 
-def _name_the_record(state_dir: Path) -> None:
+def _name_the_record(state_dir: Path, record: Path) -> None:
     """Say which state folder a command uses, and loudly when its record does not exist yet: a command run
     from another folder would otherwise start a new, empty record beside the real one without a word."""
-    record = state_dir / "linewatch.db"
     if record.exists():
         typer.secho(f"state folder: {state_dir}", err=True, fg=typer.colors.BRIGHT_BLACK)
     else:

@@ -12,12 +12,9 @@ from urllib.parse import unquote, urlparse
 # Image files every reader accepts (training folders, camera image folders, ``linewatch score``).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# Frame payload content types (the ``content_type`` header) and the suffix a kept frame is written with.
-SUFFIX_OF_CONTENT_TYPE = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif",
-                          "image/webp": ".webp"}
-CONTENT_TYPES = tuple(SUFFIX_OF_CONTENT_TYPE)
+# The content type a camera names an image file's frames with (the ``content_type`` header); one per IMAGE_SUFFIXES.
 CONTENT_TYPE_OF_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp",
-                          ".tif": "image/tiff", ".tiff": "image/tiff", ".webp": "image/webp"}  # one per IMAGE_SUFFIXES
+                          ".tif": "image/tiff", ".tiff": "image/tiff", ".webp": "image/webp"}
 
 
 class UnsupportedURIError(ValueError):

@@ -254,9 +254,14 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @property
+    def sqlite_path(self) -> Path:
+        """The embedded record: a SQLite file in ``state_dir`` (used when ``database.url`` is not set)."""
+        return self.state_dir / "linewatch.db"
+
+    @property
     def database_url(self) -> str:
         """The SQL URL, with ``database.password`` filled in; the embedded default is a SQLite file in ``state_dir``."""
-        url = self.database.url or f"sqlite:///{(self.state_dir / 'linewatch.db').resolve()}"
+        url = self.database.url or f"sqlite:///{self.sqlite_path.resolve()}"
         if self.database.password is None:
             return url
         from sqlalchemy.engine import make_url

@@ -168,11 +168,33 @@ class ModelRegistry:
                     s.add(row)
                     s.flush()  # from here until the commit, N is this registration's
                     dest = self._publish(staged, version)
-            except BaseException:
-                if dest is not None:  # the commit failed: the folder belongs to no row, back to staging
-                    os.replace(dest, staged)
+            except Exception:
+                if dest is not None:  # the commit failed, or its answer was lost: does row vN exist?
+                    mine = self._committed_anyway(row)
+                    if mine is True:
+                        log.warning("registration of %s: the commit's answer was lost, but the row is there", version)
+                        return self.get(version)
+                    if mine is False:  # the folder belongs to no row: back to staging
+                        os.replace(dest, staged)
+                    # None (the database cannot say): the folder stays; a later registration of that number
+                    # finds it without a row and moves it aside, so nothing is deleted on a guess
                 raise
         return row
+
+    def _committed_anyway(self, row: ModelVersion) -> bool | None:
+        """After a failed commit: True if ``row`` was committed all the same (the answer lost with the
+        connection), False if no row has its version, None when that cannot be told (the database away, or
+        another registration's row holds the version since)."""
+        try:
+            with Session(self.engine) as s:
+                found = s.get(ModelVersion, row.version)
+                if found is None:
+                    return False
+                if found.thresholds == row.thresholds and found.manifest == row.manifest:
+                    return True
+                return None  # another registration's row: the folder at vN may be its own now; leave it
+        except Exception:  # noqa: BLE001 -- the database away: nobody can tell
+            return None
 
     def _publish(self, staged: Path, version: str) -> Path:
         """Stamp ``version`` into the staged model.json and rename the folder to ``<root>/<version>``."""
