@@ -174,3 +174,32 @@ def test_the_gpu_workers_integrity_check_refuses_c02_and_passes_the_original():
         with pytest.raises(ImageError) as err:
             check_jpeg((folder / name).read_bytes(), name)
         assert err.value.reason == "corrupt"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_once_and_the_kept_file_holds_the_upright_pixels(orientation):
+    import io
+
+    import cv2
+    from PIL import Image, ImageOps
+
+    from linewatch.detector.imaging import decode_image, exif_orientation, scored_pixels_file
+
+    pixels = (np.random.default_rng(0).random((40, 64, 3)) * 255).astype(np.uint8)
+    plain = cv2.imencode(".jpg", pixels)[1].tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    tagged = plain[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + plain[2:]  # same scan data
+    assert exif_orientation(tagged) == orientation
+    # what a viewer shows: Pillow's own transpose of the same decoded pixels
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(tagged)))  # Pillow's decode: compare shapes only
+    method = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+              7: "TRANSVERSE", 8: "ROTATE_90"}.get(orientation)
+    base = Image.fromarray(decode_image(plain))
+    upright = np.asarray(base.transpose(getattr(Image.Transpose, method)) if method else base)
+    assert upright.shape[:2] == (shown.height, shown.width)
+    assert np.array_equal(decode_image(tagged), upright)
+    kept, suffix = scored_pixels_file(tagged)
+    assert suffix == (".jpg" if orientation == 1 else ".png")
+    assert np.array_equal(decode_image(kept), upright) and exif_orientation(kept) == 1

@@ -94,7 +94,8 @@ def test_c23_two_registrations_at_once_never_mix_rows_and_files(database_url, qu
             folder = artifact_path(row)
             meta = read_metadata(folder)
             # the row's model is the model in its folder: weights, their recorded SHA-256, version, thresholds
-            assert sha256_file(folder / WEIGHTS_FILE) == meta["weights_sha256"] == sha[path], row.version
+            assert sha256_file(folder / WEIGHTS_FILE) == row.weights_sha256 == meta["weights_sha256"] == sha[path], \
+                row.version
             assert meta["version"] == row.version
             assert row.thresholds == meta["thresholds"] == thresholds[path]
     # nothing left in staging, nothing orphaned

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -80,6 +81,9 @@ class Inspection(Base):
         Index("ix_inspections_camera_time", "camera_id", "captured_at"),
         Index("ix_inspections_verdict_time", "verdict", "captured_at"),
         Index("ix_inspections_processed_at", "processed_at"),  # live counts are rebuilt by processing time
+        # image retention walks the kept frames oldest first (migration 0003)
+        Index("ix_inspections_kept_processed_at", "processed_at", "id",
+              postgresql_where=text("image_uri IS NOT NULL"), sqlite_where=text("image_uri IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -135,6 +139,7 @@ class ModelVersion(Base):
     backbone: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     artifact_uri: Mapped[str] = mapped_column(Text)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))  # of the student weights in its folder
     manifest: Mapped[list] = mapped_column(JSON, default=list)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     thresholds: Mapped[dict] = mapped_column(JSON, default=dict)

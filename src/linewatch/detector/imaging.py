@@ -4,7 +4,7 @@ Every image that enters the detector comes through :func:`decode_image`: it is c
 is decoded (empty, truncated, not an image, too many pixels) and after (bit depth, size), so a
 bad file or frame gets an :class:`ImageError` that names it and says why, never a bare traceback.
 Grayscale and RGBA images are converted to RGB: gray replicated, alpha ignored (the RGB values under it
-are what the model sees); EXIF orientation is not applied (the pixels as stored in the file are scored).
+are what the model sees); an EXIF orientation tag is applied once, here (the image upright, as viewers show it).
 :func:`scored_pixels_file` is what is kept of a frame: exactly those pixels.
 """
 
@@ -91,7 +91,8 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT
     ``corrupt``, since its pixels are not what the camera saw.
 
     Returns:
-        uint8 array (H, W, 3), RGB. Grayscale is replicated to three channels; alpha is dropped.
+        uint8 array (H, W, 3), RGB, upright (the EXIF orientation applied). Grayscale is replicated to three
+        channels; alpha is dropped.
     Raises:
         ImageError: see :func:`probe_image`; ``corrupt`` JPEG data; undecodable pixel data, 16-bit or float
             images, images smaller than 16 pixels on a side, and channel counts other than 1, 3 or 4.
@@ -100,9 +101,33 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT
     rgb = _decode_jpeg_strict(data, source) if fmt == "JPEG" else None
     if rgb is None:
         rgb = _decode_any(data, source)
+    rgb = upright(rgb, exif_orientation(data))
     if min(rgb.shape[:2]) < MIN_SIDE:
         raise ImageError("too_small", source, f"{rgb.shape[1]}x{rgb.shape[0]} is smaller than {MIN_SIDE} px a side")
     return rgb
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (0x0112) of encoded image bytes: 1 (upright) to 8; 1 when there is none or it
+    cannot be read."""
+    with contextlib.suppress(Exception):  # any header Pillow cannot read: no orientation to apply
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                value = im.getexif().get(0x0112, 1)
+                return value if isinstance(value, int) and 1 <= value <= 8 else 1
+    return 1
+
+
+def upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """``rgb`` (H, W, C) turned upright by an EXIF orientation (1-8, as Pillow's ``ImageOps.exif_transpose``:
+    2 mirrored, 3 turned 180°, 4 flipped, 5 transposed, 6 turned 90° clockwise, 7 transversed, 8 turned 90°
+    counter-clockwise); a contiguous copy unless ``orientation`` is 1."""
+    if orientation == 1:
+        return rgb
+    turned = {2: rgb[:, ::-1], 3: rgb[::-1, ::-1], 4: rgb[::-1], 5: rgb.transpose(1, 0, 2),
+              6: np.rot90(rgb, -1), 7: rgb.transpose(1, 0, 2)[::-1, ::-1], 8: np.rot90(rgb, 1)}.get(orientation, rgb)
+    return np.ascontiguousarray(turned)
 
 
 def _decode_any(data: bytes, source: str) -> np.ndarray:
@@ -162,8 +187,8 @@ def scored_pixels_file(data: bytes, source: str = "<bytes>", max_pixels: int = D
 
     A JPEG of 3 or 1 components without an EXIF orientation other than 1 decodes to those pixels in any viewer
     and is kept byte for byte. Anything else (alpha, which the model ignores: it scores the RGB values under
-    it; palette, 16-bit, CMYK, an orientation tag this decoder does not apply, other formats) is re-encoded
-    as a lossless PNG of the decoded RGB, so an operator never labels an image other than the one inspected.
+    it; palette, 16-bit, CMYK, an orientation tag, applied by the decoder; other formats) is re-encoded as a
+    lossless PNG of the decoded, upright RGB, so an operator never labels an image other than the one inspected.
 
     Raises:
         ImageError: see :func:`decode_image`.
@@ -172,7 +197,7 @@ def scored_pixels_file(data: bytes, source: str = "<bytes>", max_pixels: int = D
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                if im.format == "JPEG" and im.mode in ("RGB", "L") and im.getexif().get(0x0112, 1) == 1:
+                if im.format == "JPEG" and im.mode in ("RGB", "L") and exif_orientation(data) == 1:
                     return data, ".jpg"
     ok, png = cv2.imencode(".png", cv2.cvtColor(decode_image(data, source, max_pixels), cv2.COLOR_RGB2BGR))
     if not ok:

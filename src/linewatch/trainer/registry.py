@@ -161,6 +161,7 @@ class ModelRegistry:
                     row = ModelVersion(
                         version=version, number=number, parent_version=parent, backbone=meta["backbone"],
                         created_at=dt.datetime.now(dt.UTC), artifact_uri=uri_of(self.root / version),
+                        weights_sha256=meta["weights_sha256"],  # _stage checked the copy against it
                         manifest=meta.get("manifest", []),
                         metrics=metrics or {"validation": meta.get("validation")},
                         thresholds=meta["thresholds"], status=status, notes=notes,

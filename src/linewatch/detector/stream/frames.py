@@ -10,7 +10,7 @@ import torch
 
 from linewatch.contracts.messages import FrameMeta, MessageError
 
-from ..imaging import ImageError, check_jpeg, decode_image, probe_image, to_model_input
+from ..imaging import ImageError, check_jpeg, decode_image, exif_orientation, probe_image, to_model_input
 from .batches import PREVIEW_SIDE, DeadLetter, PreparedFrame, RawFrame
 
 
@@ -52,7 +52,7 @@ def prepare_batch(raws: list[RawFrame], image_size: int, max_pixels: int, device
         except (MessageError, ImageError) as exc:
             out[i] = DeadLetter(raw, exc.reason, exc.detail)
             continue
-        if fmt == "JPEG":
+        if fmt == "JPEG" and exif_orientation(raw.value or b"") == 1:  # the device decoder does not turn images
             on_device.append((i, meta))
     decoded = decode_jpegs([raws[i].value or b"" for i, _ in on_device], image_size, device)
     per_frame_ms = (time.time_ns() - started) / 1e6 / max(1, len(on_device))
