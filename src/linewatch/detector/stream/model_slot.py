@@ -42,9 +42,11 @@ class ModelSlot:
     def rollout_status(self) -> dict[str, str | None]:
         """The heartbeat's rollout fields, each None when there is nothing to say: ``registry_version``,
         ``model_behind`` (``"on v1, registry says v2"`` while the worker scores with another version than the
-        registry's active one) and ``model_load_error`` (``"v2: <why it did not load>"``)."""
+        registry's active one and has not loaded it yet: a version loaded and waiting for the next batch, on an
+        idle line, is not behind) and ``model_load_error`` (``"v2: <why it did not load>"``)."""
         on, wanted = self.current.version, self.registry_version
-        behind = f"on {on}, registry says {wanted}" if wanted is not None and wanted != on else None
+        loaded = self._next.version if self._next is not None else None  # switched to at the next batch
+        behind = f"on {on}, registry says {wanted}" if wanted is not None and wanted not in (on, loaded) else None
         return {"registry_version": wanted, "model_behind": behind, "model_load_error": self.load_error}
 
     def offer(self, scorer: Scorer) -> None:
