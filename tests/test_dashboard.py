@@ -25,6 +25,7 @@ from linewatch.cli.embedded import free_port
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.schema import Inspection, Label, TrainingJob
+from linewatch.contracts.settings import Settings
 from linewatch.detector.model_files import ModelFileError
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.stream.model_slot import ModelSlot
@@ -359,11 +360,17 @@ def test_review_click_stores_the_operators_label_and_undo_revokes_it(browser, sc
         assert [(r.inspection_id, r.label, r.revoked_at is None) for r in stores.labels()][-1] == \
             (newest, "defect", True)
 
-        # Bulk: every frame shown is confirmed good in one action.
+        # Bulk: every frame shown is confirmed good in one action. Those scored far above the threshold wait for
+        # a second operator (contracts/labels.py): not ready for retraining, still awaiting review.
+        factor = Settings().trainer.second_opinion_above
+        far = [r for r in kept[:-1] if r.normalized_score > factor]
         bulk = page.get_by_role("button", name=f"Confirm all {len(kept) - 1} shown as good")
         click(bulk)
-        expect(metric(page, "Ready for retraining")).to_have_text(str(len(kept) - 1))
-        expect(page.get_by_text("Nothing awaits review.", exact=False)).to_be_visible()
+        expect(metric(page, "Ready for retraining")).to_have_text(str(len(kept) - 1 - len(far)))
+        if far:
+            expect(metric(page, "Awaiting review")).to_have_text(str(len(far)))
+        else:
+            expect(page.get_by_text("Nothing awaits review.", exact=False)).to_be_visible()
         bulk_rows = [r for r in stores.labels() if r.label == "good" and r.revoked_at is None]
         assert len(bulk_rows) == len(kept) - 1 and len({r.created_at for r in bulk_rows}) == 1
         assert {r.operator for r in bulk_rows} == {"Maria Lopez"}
@@ -430,10 +437,11 @@ def test_anonymous_viewers_cannot_label_when_operator_accounts_are_configured(
         click(sidebar.get_by_role("button", name="Sign in"))
         expect(sidebar.get_by_text("Signed in as alice")).to_be_visible()
         settled(page)
-        click(button(page, "lw_good_current"))
-        expect(page.get_by_text("good as alice.", exact=False)).to_be_visible()
+        expect(button(page, "lw_good_current")).to_be_disabled()  # its kept image is gone: never offered as good
+        click(button(page, "lw_defect_current"))
+        expect(page.get_by_text("defect as alice.", exact=False)).to_be_visible()
         [row] = stores.labels()
-        assert (row.label, row.operator, row.revoked_at) == ("good", "alice", None)
+        assert (row.label, row.operator, row.revoked_at) == ("defect", "alice", None)
         assert row.inspection_id in {stores.inspection_id(r.frame.camera_id, r.frame.frame_id) for r in seeded.kept}
         screenshot(page, "review-signed-in")
 
