@@ -299,12 +299,13 @@ class Up:
             if proc is not None and proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60  # one grace period for all (a dead broker slows every child's stop)
         for name in order:
             proc = self.children.processes.get(name)
             if proc is None:
                 continue
             try:
-                proc.wait(60)
+                proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in time; killing it", name)
                 with contextlib.suppress(ProcessLookupError):
