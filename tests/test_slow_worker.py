@@ -26,6 +26,7 @@ from linewatch.contracts.messages import InspectionResult
 from linewatch.contracts.settings import KafkaSettings
 from linewatch.detector.stream.consumer import FrameConsumer
 from linewatch.detector.stream.offsets import OffsetTracker
+from linewatch.detector.stream.worker import HOLD_POLL_MS
 
 from datasets import bottle
 from pipeline_harness import Pipeline, frame_headers
@@ -104,8 +105,8 @@ def test_a_held_member_stays_in_the_group_past_the_poll_interval_and_skips_no_fr
         # The pipeline is full for 15 s (1.5 poll intervals): paused partitions, polled all along.
         held_until = time.monotonic() + 15
         while time.monotonic() < held_until:
-            member.hold(0)
-            time.sleep(0.05)
+            member.hold(HOLD_POLL_MS)
+            time.sleep(0.03)
         meta = member.consumer.group_metadata()
         assert (meta.generation_id, meta.state) == (generation, MemberState.STABLE)  # never left the group
         assert tracker.snapshot.partitions == {(kafka.frames_topic, 0), (kafka.frames_topic, 1)}

@@ -65,6 +65,9 @@ from .stages import Pipeline
 
 log = logging.getLogger(__name__)
 
+# A held poll waits this long (ms): a poll that never waits can keep answering a rebalance with a new join
+# before the group settles (suspected from a CI run where a held member went through 285 generations in 15 s).
+HOLD_POLL_MS = 20
 WAITING_SHOWN_AFTER_S = 10.0  # a store refusing for longer is reported (heartbeat, /readyz); shorter is a blip
 
 MAX_PENDING_BATCHES = 3  # submitted but not committed; beyond this the partitions are paused (still polled)
@@ -246,7 +249,7 @@ class DetectorWorker:
             if full or not collector.room:
                 # Poll anyway, with the partitions paused: a member that stops polling for
                 # max_poll_interval_ms is made to leave the group, and its frames in flight are read again.
-                consumer.hold(0)
+                consumer.hold(HOLD_POLL_MS)
                 self._commit_stored(consumer, pipeline, block=True, timeout=HOLD_WAIT_S)
             else:
                 collector.add(consumer.poll(collector.wait_ms(), collector.room))
@@ -297,7 +300,7 @@ class DetectorWorker:
         while (self.offsets.pending > 0 or consumer.retry_due(0.0)) and time.monotonic() < deadline \
                 and self.failed is None:
             self.loop_at = time.monotonic()
-            consumer.hold(0)
+            consumer.hold(HOLD_POLL_MS)
             self._commit_stored(consumer, pipeline, block=True, timeout=0.1)
         if self.offsets.pending:
             log.warning("%d batch(es) not stored in time; their frames stay uncommitted", self.offsets.pending)
