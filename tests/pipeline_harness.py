@@ -130,6 +130,17 @@ class Pipeline:
 
     # ---- output -------------------------------------------------------------------------------------
 
+    def wait_until(self, predicate, timeout_s: float, what: str, poll_s: float = 0.5):
+        """``predicate()``'s first truthy value within ``timeout_s``; else an AssertionError naming ``what``
+        with the workers' log tails."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(poll_s)
+        raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(self.log_tail(n, 20) for n in self.workers))
+
     def rows(self) -> list:
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.scalars(select(Inspection).order_by(Inspection.id)))

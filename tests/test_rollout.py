@@ -36,16 +36,6 @@ def _heartbeat(p: Pipeline) -> dict:
     return worker
 
 
-def _wait(predicate, timeout_s: float, what: str, p: Pipeline):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}:\n{p.log_tail('w1', 20)}")
-
-
 def test_c27_a_worker_keeps_its_model_until_the_new_files_are_whole(line, tmp_path):
     p = line
     assert p.registry.use(p.model_dir, "test").version == "v1"
@@ -58,7 +48,8 @@ def test_c27_a_worker_keeps_its_model_until_the_new_files_are_whole(line, tmp_pa
     assert _heartbeat(p)["model_version"] == "v1"
 
     p.registry.activate("v2", "test")
-    beat = _wait(lambda: (w := _heartbeat(p)).get("model_load_error") and w, 30, "the failed load in the heartbeat", p)
+    beat = p.wait_until(lambda: (w := _heartbeat(p)).get("model_load_error") and w, 30,
+                        "the failed load in the heartbeat", poll_s=0.2)
     assert (beat["model_version"], beat["registry_version"]) == ("v1", "v2")
     assert beat["model_behind"] == "on v1, registry says v2"
     assert beat["model_load_error"].startswith("v2: ") and "does not match the SHA-256" in beat["model_load_error"]
@@ -73,7 +64,7 @@ def test_c27_a_worker_keeps_its_model_until_the_new_files_are_whole(line, tmp_pa
     with open(weights, "ab") as fh:  # the copy completes
         fh.write(full[len(full) // 2:])
     completed = time.monotonic()
-    _wait(lambda: _heartbeat(p)["model_version"] == "v2", RETRY_MAX_S + 15, "the switch to v2", p)
+    p.wait_until(lambda: _heartbeat(p)["model_version"] == "v2", RETRY_MAX_S + 15, "the switch to v2", poll_s=0.2)
     switch_s = time.monotonic() - completed
     print(f"switched to v2 {switch_s:.1f} s after the files were complete")
     beat = _heartbeat(p)

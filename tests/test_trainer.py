@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import time
 
 import pytest
 from sqlalchemy import insert
@@ -42,16 +41,6 @@ def line(apache_kafka, redis_url, postgres_server, tmp_path, quick_model):
     p.close()
 
 
-def _wait(predicate, timeout_s: float, what: str, p: Pipeline):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(p.log_tail(n, 15) for n in p.workers))
-
-
 def _worker_model(p: Pipeline) -> set[str]:
     return {w["model_version"] for w in LiveStateReader(p.redis).workers() if w["alive"]}
 
@@ -83,8 +72,8 @@ def test_labels_retrain_rollout_rollback_and_a_killed_job(line):
 
     # 10 confirmed-good frames reach the trigger: the trainer fine-tunes v1 into v2 and rolls it out.
     p.start("trainer", "trainer")
-    job = _wait(lambda: next((j for j in jobs.recent_jobs(p.engine) if j.status in ("succeeded", "failed")), None),
-                300, "the retraining job", p)
+    job = p.wait_until(lambda: next((j for j in jobs.recent_jobs(p.engine) if j.status in ("succeeded", "failed")),
+                                    None), 300, "the retraining job")
     assert job.status == "succeeded", job.error
     assert (job.trigger, job.candidate_version) == ("threshold", "v2")
     # The promotion rule decides with evidence on both sides (trainer/promotion.py); a 2-epoch fine-tune of the
@@ -103,24 +92,24 @@ def test_labels_retrain_rollout_rollback_and_a_killed_job(line):
     assert v2.metrics["review_set"]["frames"] == 3 + len(held_out)
     assert v2.metrics["evidence"]["excluded_as_training_frames"] == 10 - len(held_out)
 
-    _wait(lambda: _worker_model(p) == {"v2"}, 60, "the worker to switch to v2", p)
+    p.wait_until(lambda: _worker_model(p) == {"v2"}, 60, "the worker to switch to v2")
     p.publish_folder(bottle() / "test" / "contamination", camera_id="cam-3")
     p.wait_for_rows(61)
     assert {r.model_version for r in p.rows() if r.camera_id == "cam-3"} == {"v2"}
 
     # Rollback: v1 is active again and new results carry v1.
     assert p.registry.rollback("bob").version == "v1"
-    _wait(lambda: _worker_model(p) == {"v1"}, 60, "the worker to switch back to v1", p)
+    p.wait_until(lambda: _worker_model(p) == {"v1"}, 60, "the worker to switch back to v1")
     p.publish_folder(bottle() / "test" / "broken_small", camera_id="cam-4")
     p.wait_for_rows(83)
     assert {r.model_version for r in p.rows() if r.camera_id == "cam-4"} == {"v1"}
 
     # A job killed midway leaves v1 active and ends failed.
     job_id = jobs.request_job(p.engine, "manual", requested_by="carol", from_scratch=True)
-    running = _wait(lambda: (j := jobs.get_job(p.engine, job_id)) and j.status == "running" and j.epoch
-                    and j.epoch >= 1 and j, 240, "the job to train", p)
+    running = p.wait_until(lambda: (j := jobs.get_job(p.engine, job_id)) and j.status == "running" and j.epoch
+                           and j.epoch >= 1 and j, 240, "the job to train")
     os.kill(running.worker_pid, signal.SIGKILL)
-    failed = _wait(lambda: (j := jobs.get_job(p.engine, job_id)).status == "failed" and j, 60, "the job to fail", p)
+    failed = p.wait_until(lambda: (j := jobs.get_job(p.engine, job_id)).status == "failed" and j, 60, "the job to fail")
     assert "killed by signal 9" in failed.error
     assert p.registry.active().version == "v1"
     assert [v.version for v in p.registry.list()] == ["v1", "v2"]
