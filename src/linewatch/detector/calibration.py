@@ -77,11 +77,7 @@ def calibrate_image_threshold(good_scores: np.ndarray, target_rate: float, minim
     Raises:
         ValueError: no scores, or ``target_rate`` outside (0, 1).
     """
-    s = np.asarray(good_scores, dtype=np.float64).ravel()
-    if s.size == 0:
-        raise ValueError("no good samples to calibrate a threshold on")
-    if not 0 < target_rate < 1:
-        raise ValueError(f"rate must be in (0, 1), got {target_rate}")
+    s = _good_samples(good_scores, target_rate)
     threshold = float(s.max())
     if s.size >= 2:
         threshold = max(threshold, float(s.mean() + tolerance_factor(s.size, 1 - target_rate) * s.std(ddof=1)))
@@ -105,11 +101,7 @@ def threshold_at_rate(good_values: np.ndarray, rate: float) -> float:
     Raises:
         ValueError: no values, or ``rate`` outside (0, 1).
     """
-    values = np.asarray(good_values, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("no good samples to calibrate a threshold on")
-    if not 0 < rate < 1:
-        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    values = _good_samples(good_values, rate)
     return float(np.quantile(values, 1.0 - rate))
 
 
@@ -147,3 +139,17 @@ def score_statistics(scores: np.ndarray) -> dict[str, float]:
         "p99": float(np.quantile(s, 0.99)),
         "max": float(s.max()),
     }
+
+
+def _good_samples(values: np.ndarray, rate: float) -> np.ndarray:
+    """``values`` flattened to float64, checked with ``rate``.
+
+    Raises:
+        ValueError: no values, or ``rate`` outside (0, 1).
+    """
+    out = np.asarray(values, dtype=np.float64).ravel()
+    if out.size == 0:
+        raise ValueError("no good samples to calibrate a threshold on")
+    if not 0 < rate < 1:
+        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    return out
