@@ -154,7 +154,7 @@ def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
         existing = set(admin.list_topics())
         for name, count in partitions.items():
             if name in existing:
-                _align_retention(admin, name, configs[name])
+                _align_topic_configs(admin, name, configs[name])
                 continue
             try:
                 admin.create_topics([NewTopic(name, count, k.replication_factor, topic_configs=configs[name])])
@@ -169,7 +169,7 @@ def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
         admin.close()
 
 
-def _align_retention(admin: KafkaAdminClient, topic: str, wanted: dict[str, str]) -> None:
+def _align_topic_configs(admin: KafkaAdminClient, topic: str, wanted: dict[str, str]) -> None:
     """Set the retention, segment and timestamp-type configs of an existing ``topic`` that differ from ``wanted``
     (an incremental AlterConfigs: the topic's other configs stay as they are)."""
     keys = [key for key in wanted if key.startswith(("retention.", "segment.")) or key == "message.timestamp.type"]
