@@ -209,7 +209,8 @@ def screenshot(page: Page, name: str) -> None:
 
 def goto(page: Page, url: str, heading: str) -> None:
     page.goto(url)
-    expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+    # The first page a fresh Streamlit server renders imports the app: allow it the UI timeout, not 5 s.
+    expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
 
 
 # ---- tests -----------------------------------------------------------------------------------------------
