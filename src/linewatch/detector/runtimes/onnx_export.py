@@ -20,6 +20,7 @@ differed. The record, ``exports.onnx`` in model.json::
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -34,6 +35,8 @@ from ..model_files import EXPORTS_FIELD, ONNX_FILE, read_metadata, write_metadat
 from .onnx_runtime import INPUT, OUTPUTS, OnnxRuntimeForward
 from .parity import compare, parity_inputs
 from .threads import intra_op_threads
+
+log = logging.getLogger(__name__)
 
 OPSET = 18
 FORMATS = ("onnx",)
@@ -87,6 +90,20 @@ def export_onnx(model_dir: Path, teacher_weights: Path | None = None) -> dict[st
     }
     meta.setdefault(EXPORTS_FIELD, {})["onnx"] = record
     write_metadata(model_dir, meta)
+    return record
+
+
+def export_or_warn(model_dir: Path, teacher_weights: Path | None = None) -> dict[str, Any] | None:
+    """:func:`export_onnx` for a freshly trained model (the trainer's candidates, ``linewatch up``'s default model):
+    the record, or None with a warning where the export failed; the model stays usable (runtime ``auto`` then
+    scores with eager PyTorch), so a failed export never loses a training."""
+    try:
+        record = export_onnx(model_dir, teacher_weights)
+    except Exception as exc:  # noqa: BLE001 -- an export is an optimisation, never a reason to lose a model
+        log.warning("%s: no ONNX export (%s); runtime auto will score with eager PyTorch", model_dir, exc)
+        return None
+    log.info("%s: ONNX export matches eager PyTorch to %.1e (scores) and %.1e (maps) relative", model_dir,
+             record["parity"]["score_rel"], record["parity"]["map_rel"])
     return record
 
 
