@@ -166,7 +166,10 @@ def export(
     s = load_settings()
     with user_errors():
         record = export_onnx(model, s.backbone.weights)
-    p = record["parity"]
+    p = record["parity"]["onnxruntime"]
     typer.echo(f"{fmt.value} export written to {Path(model) / record['file']} (sha256 {record['sha256'][:16]}...)\n"
                f"  matches eager PyTorch on {p['images']} {p['on']}: scores {p['score_rel']:.1e}, maps "
-               f"{p['map_rel']:.1e} relative (tolerance {p['tolerance']:g})")
+               f"{p['map_rel']:.1e} relative (tolerance {p['tolerance']:g})"
+               + "".join(f"\n  {name}: scores {q['score_rel']:.1e}, maps {q['map_rel']:.1e} relative, "
+                         f"{'matches' if q['passed'] else 'DOES NOT MATCH (--runtime ' + name + ' refuses it)'}"
+                         for name, q in record["parity"].items() if name != "onnxruntime"))

@@ -26,11 +26,12 @@ class RuntimeChoice(StrEnum):
     auto = "auto"
     torch = "torch"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 RuntimeOpt = Annotated[RuntimeChoice | None, typer.Option(
-    "--runtime", help="torch, onnxruntime (needs `linewatch export`) or auto: the fastest matching eager PyTorch "
-    "on the model's held-out goods [settings: detector.runtime]")]
+    "--runtime", help="torch, onnxruntime or openvino (both need `linewatch export`) or auto: the fastest "
+    "matching eager PyTorch on the model's held-out goods [settings: detector.runtime]")]
 
 
 def device_name(choice: DeviceChoice | None) -> str | None:
