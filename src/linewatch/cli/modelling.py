@@ -29,6 +29,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     force: Annotated[bool, typer.Option("--force", help="publish even with too few held-out good images for the "
                                         "false-reject target, marked under-calibrated")] = False,
+    export: Annotated[bool, typer.Option(help="also write the ONNX export (as `linewatch export` does)")] = True,
 ) -> None:
     """Train an STPM student on good images; thresholds are calibrated on held-out good images (refused when too
     few stand behind the false-reject target, unless --force)."""
@@ -47,6 +48,11 @@ def train(
         check_output_dir(out)  # before the training, not after it
         dataset = open_dataset(data)
         result = run_training(dataset.train, out, config, progress=progress)
+    exported = None
+    if export:
+        from linewatch.detector.runtimes.onnx_export import export_or_warn
+
+        exported = export_or_warn(result.model_dir, s.backbone.weights)
     meta = result.metadata
     typer.echo(
         f"model written to {result.model_dir}\n"
@@ -59,6 +65,9 @@ def train(
         f"{meta['thresholds']['calibration']['false_reject_rate_ci'][0]:.3f}-"
         f"{meta['thresholds']['calibration']['false_reject_rate_ci'][1]:.3f}"
     )
+    if exported is not None:
+        typer.echo(f"  ONNX export {exported['file']}: matches eager PyTorch to "
+                   f"{exported['parity']['onnxruntime']['score_rel']:.1e} relative on the held-out goods")
 
 
 def evaluate(
