@@ -75,14 +75,14 @@ class Scorer:
         teacher_weights: the teacher weights file; by default the backbone's default location.
         precision: ``auto`` (bfloat16/float16 on CUDA, float32 on the CPU) or one of them; see the module
             docstring for verdicts near the threshold.
-        runtime: ``torch`` (eager PyTorch), ``onnxruntime`` (the model's ONNX export) or ``auto`` (the fastest of
-            them that matches eager PyTorch on the model's held-out goods): :mod:`.runtimes.selection`;
-            :attr:`runtime` says which scores.
-        threads: intra-op threads of an ONNX Runtime session; default :func:`.runtimes.threads.intra_op_threads`
+        runtime: ``torch`` (eager PyTorch), ``onnxruntime`` or ``openvino`` (the model's ONNX export) or ``auto``
+            (the fastest of them that matches eager PyTorch on the model's held-out goods):
+            :mod:`.runtimes.selection`; :attr:`runtime` says which scores.
+        threads: intra-op threads of an export runtime; default :func:`.runtimes.threads.intra_op_threads`
             (torch's are set per process, see there).
-    Raises (constructor): ModelFileError (also: ``onnxruntime`` without a valid export), WeightsNotFoundError,
-        RuntimeError (CUDA asked, none present), ValueError (unknown precision or runtime; ``onnxruntime`` on a
-        GPU or at reduced precision), ImportError (``onnxruntime`` asked, not installed).
+    Raises (constructor): ModelFileError (also: an export runtime without a valid export), WeightsNotFoundError,
+        RuntimeError (CUDA asked, none present), ValueError (unknown precision or runtime; an export runtime on a
+        GPU or at reduced precision), ImportError (an export runtime asked, not installed).
     """
 
     def __init__(self, model_dir: Path, device: str = "auto", teacher_weights: Path | None = None,

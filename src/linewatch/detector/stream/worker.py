@@ -86,7 +86,7 @@ class DetectorWorker:
         threads: CPU threads for the model. Default: this worker's share of the CPUs
             (:func:`..runtimes.threads.intra_op_threads` of ``detector.workers_on_host``) for batches of several
             frames, all but one for a single frame, so that decoding the next frame beside it does not stall the
-            model's threads (bench/README.md). An ONNX Runtime session uses the batch count throughout.
+            model's threads (bench/README.md). An export runtime (ONNX Runtime, OpenVINO) uses the batch count.
         stop_event: set to stop the worker (default: a new one; ``linewatch detect`` passes the one its
             signal handlers set, installed before the model loads).
     Raises (constructor):
@@ -139,8 +139,8 @@ class DetectorWorker:
         self.model.offer(scorer)
 
     def _load(self, model_dir: Path) -> Scorer:
-        """A scorer of ``model_dir`` at this worker's device and runtime; an ONNX Runtime session gets the threads
-        of a batch (its count is fixed per session)."""
+        """A scorer of ``model_dir`` at this worker's device and runtime; an export runtime gets the threads of a
+        batch (its count is fixed when it loads)."""
         return Scorer(model_dir, self.det.device, self.settings.backbone.weights, runtime=self.det.runtime,
                       threads=self._threads[1])
 
