@@ -2,13 +2,15 @@
 ratio to offline batch scoring of the same frames at the same batch size.
 
     python bench/pipeline.py [--model MODEL_DIR] [--frames 332] [--workers 1 2] [--batch 16] [--fps 10] [--threads N]
+        [--runtime auto|torch|onnxruntime|openvino]
 
 Runs on the embedded services (Apache Kafka as `linewatch up` starts it, redis-server, a SQLite file) unless
 ``--bootstrap HOST:PORT`` points at a Kafka cluster. Three measurements, side by side in one run:
 
 * throughput: a backlog of ``--frames`` bottle test frames is published first, then N workers drain
   it; frames/s = frames / (last SQL commit - first SQL commit);
-* offline: the same encoded frames decoded, prepared and scored in this process, batch by batch;
+* offline: the same encoded frames decoded, prepared and scored in this process, batch by batch, with the
+  workers' ``--runtime`` (the fastest matching one for ``auto``);
 * latency: one camera at ``--fps`` frames/s for ``--seconds`` s with one worker; p50/p99 of
   captured_at -> SQL commit, against the median model time of one batch.
 
@@ -42,6 +44,8 @@ def main() -> int:
     parser.add_argument("--bootstrap", default="")
     parser.add_argument("--threads", type=int, default=None,
                         help="inference threads per worker (default: the worker's own choice per batch)")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                        help="the workers' and the offline scoring's runtime (auto: the fastest matching one)")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
@@ -101,7 +105,8 @@ def main() -> int:
             log = open(work / name / f"worker-{i}.log", "ab")  # noqa: SIM115
             threads_opt = ["--threads", str(threads)] if threads else []
             procs.append(subprocess.Popen([sys.executable, "-m", "linewatch", "detect", "--model", str(args.model),
-                                           "--no-follow-registry", *threads_opt], env=env, stdout=log, stderr=log))
+                                           "--no-follow-registry", "--runtime", args.runtime, *threads_opt],
+                                          env=env, stdout=log, stderr=log))
         if not published_before:
             time.sleep(15)  # workers up and in the group before the camera starts
             _publish(settings, files, int(args.fps * args.seconds), args.fps, CameraService, ImageFolderSource)
@@ -127,7 +132,8 @@ def main() -> int:
     try:
         # Offline: the same encoded frames, decoded, prepared and scored here, batch by batch.
         encoded = [files[i % len(files)].read_bytes() for i in range(args.frames)]
-        scorer = Scorer(args.model, "auto")
+        scorer = Scorer(args.model, "auto", runtime=args.runtime)
+        results["offline_runtime"] = scorer.runtime
         t0 = time.perf_counter()
         batch_times = []
         for start in range(0, len(encoded), args.batch):
@@ -138,7 +144,8 @@ def main() -> int:
         offline_fps = len(encoded) / (time.perf_counter() - t0)
         results["offline_frames_per_s"] = offline_fps
         del scorer
-        print(f"offline batch scoring (decode + prepare + score, batch {args.batch}): {offline_fps:.1f} frames/s",
+        print(f"offline batch scoring (decode + prepare + score, batch {args.batch}, {results['offline_runtime']}): "
+              f"{offline_fps:.1f} frames/s",
               flush=True)
 
         results["worker_threads"] = args.threads or "worker default"

@@ -1,6 +1,14 @@
-"""Speed benchmark of the STPM core: scoring throughput, teacher against full scoring, training epochs.
+"""Speed benchmark of the STPM core: scoring throughput, teacher against full scoring, training epochs; and the
+inference runtimes side by side.
 
     python bench/speed.py [--model MODEL_DIR] [--devices cpu cuda] [--batches 1 4 8 16 32]
+    python bench/speed.py --runtimes [--model MODEL_DIR] [--batches 1 4 8 16] [--threads 1 2]
+
+``--runtimes``: images/s of each runtime (eager PyTorch, ONNX Runtime, OpenVINO at fp32) x batch x intra-op
+threads on the CPU, its ratio to eager PyTorch, the largest relative score difference from eager PyTorch and
+whether every verdict is the same, in one table. The runtimes take turns call by call (each cell's median over
+``--repeats`` turns), so a load that comes and goes on a shared machine weighs on all of them alike. The model is
+exported first where it has no ONNX export.
 
 Measured side by side in one run, on real bottle images (absolute times on shared machines are
 noisy; the ratios are the result). Without ``--model`` a 1-epoch model is trained first (weights do
@@ -41,8 +49,16 @@ def main() -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16, 32])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-images", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/speed.json "
+                        "(runtimes.json with --runtimes)")
+    parser.add_argument("--runtimes", action="store_true", help="only the runtimes table (see above)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="intra-op threads (--runtimes)")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / ("runtimes.json" if args.runtimes else "speed.json")
+    if args.runtimes and args.batches == parser.get_default("batches"):
+        args.batches = [1, 4, 8, 16]
+    if args.runtimes and args.repeats == parser.get_default("repeats"):
+        args.repeats = 3  # 24 cells: a few minutes on 2 cores
 
     import torch
 
@@ -57,6 +73,8 @@ def main() -> int:
         if not (model_dir / "model.json").is_file():
             config = TrainConfig(epochs=1, device="cpu", allow_under_calibrated=True)  # timing only, not calibration
             train(bottle.train[:16], model_dir, config, progress=False)
+    if args.runtimes:
+        return _runtimes(model_dir, [s.path.read_bytes() for s in bottle.test], args)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     encoded = [s.path.read_bytes() for s in bottle.test[:32]]
     rows = []
@@ -130,6 +148,66 @@ def _measure(device: str, model_dir: Path, encoded: list[bytes], train_images: l
          "note": f"an uncached teacher would add about {teacher_epoch:.1f} s per epoch "
                  f"({teacher_epoch / max(per_epoch, 1e-9):.0%})"})
     return rows
+
+
+def _runtimes(model_dir: Path, encoded: list[bytes], args) -> int:
+    """The runtimes table (module docstring); writes it as JSON to ``args.out``."""
+    import os
+
+    import numpy as np
+    import torch
+
+    from linewatch.detector.imaging import decode_image
+    from linewatch.detector.model_files import read_metadata
+    from linewatch.detector.runtimes.onnx_export import export_onnx
+    from linewatch.detector.runtimes.selection import EXPORT_RUNTIMES, export_forward
+    from linewatch.detector.scoring import Scorer
+
+    if "onnx" not in read_metadata(model_dir).get("exports", {}):
+        print(f"exporting {model_dir} to ONNX ...", flush=True)
+        export_onnx(model_dir)
+    scorer = Scorer(model_dir, "cpu", precision="float32", runtime="torch")
+    onnx_path = model_dir / read_metadata(model_dir)["exports"]["onnx"]["file"]
+    step = max(1, len(encoded) // max(args.batches))  # good and defective bottles alike
+    prepared = np.stack([scorer.prepare(decode_image(b)) for b in encoded[::step][: max(args.batches)]])
+    threshold = scorer.image_threshold
+    rows = []
+    print(f"{'runtime':<12}{'threads':>8}{'batch':>6}{'images/s':>10}{'x torch':>9}{'max score diff':>16}"
+          f"{'verdicts':>10}", flush=True)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        runtimes = {"torch": scorer.torch_forward,
+                    **{name: export_forward(name, onnx_path, threads) for name in EXPORT_RUNTIMES}}
+        for batch in args.batches:
+            x = prepared[:batch]
+            outputs = {name: forward(x) for name, forward in runtimes.items()}  # also the warm-up
+            times: dict[str, list[float]] = {name: [] for name in runtimes}
+            for _ in range(args.repeats):
+                for name, forward in runtimes.items():
+                    t0 = time.perf_counter()
+                    forward(x)
+                    times[name].append(time.perf_counter() - t0)
+            reference = outputs["torch"][0].astype(np.float64)
+            torch_s = statistics.median(times["torch"])
+            for name in runtimes:
+                seconds = statistics.median(times[name])
+                scores = outputs[name][0].astype(np.float64)
+                row = {"runtime": name, "threads": threads, "batch": batch, "images_per_s": batch / seconds,
+                       "ratio_to_torch": torch_s / seconds,
+                       "max_score_rel_diff": float(np.max(np.abs(scores - reference) / np.abs(reference))),
+                       "same_verdicts": bool(np.array_equal(scores > threshold, reference > threshold))}
+                rows.append(row)
+                print(f"{name:<12}{threads:>8}{batch:>6}{row['images_per_s']:>10.1f}{row['ratio_to_torch']:>9.2f}"
+                      f"{row['max_score_rel_diff']:>16.1e}{'same' if row['same_verdicts'] else 'DIFFER':>10}",
+                      flush=True)
+    load = os.getloadavg()
+    print(f"\nmodel {model_dir} ({scorer.image_size} px, {read_metadata(model_dir)['backbone']}); load average "
+          f"{load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} CPUs (a shared machine: absolute figures are under load)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": str(model_dir), "image_size": scorer.image_size, "rows": rows,
+                                    "load_average": load, "repeats": args.repeats}, indent=2))
+    print(f"written to {args.out}")
+    return 0
 
 
 def _line(r: dict) -> str:

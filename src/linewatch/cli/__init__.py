@@ -3,7 +3,7 @@
 This module only assembles the app: the global options, then the commands in the order ``linewatch --help``
 lists them. Each family of commands has its module:
 
-* :mod:`.modelling` -- ``train``, ``eval``, ``score``
+* :mod:`.modelling` -- ``train``, ``eval``, ``score``, ``export``
 * :mod:`.stream` -- ``ingest``, ``detect``
 * :mod:`.retraining` -- ``trainer``, ``retrain``
 * :mod:`.services` -- ``up`` (run by :mod:`.up` on the services of :mod:`.embedded`), ``dashboard``
@@ -87,6 +87,7 @@ def _name_the_record(state_dir: Path, record: Path) -> None:
 app.command()(modelling.train)
 app.command("eval")(modelling.evaluate)
 app.command()(modelling.score)
+app.command()(modelling.export)
 app.command()(stream.ingest)
 app.command()(stream.detect)
 app.command()(retraining.trainer)

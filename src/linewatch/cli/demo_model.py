@@ -39,4 +39,8 @@ def ensure_default_model(settings: Settings, epochs: int | None = None, stop: th
     print(f"No model given: training the default model on {data}/train/good ({len(dataset.train)} images, "
           f"{config.epochs} epochs, published even if under-calibrated); it is cached in {out}", flush=True)
     train(dataset.train, out, config, stop=stop)
+    if settings.trainer.export_onnx:
+        from linewatch.detector.runtimes.onnx_export import export_or_warn
+
+        export_or_warn(out, settings.backbone.weights)
     return out

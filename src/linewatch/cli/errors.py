@@ -35,11 +35,14 @@ def user_errors() -> Iterator[None]:
     from linewatch.detector.datasets import DatasetError
     from linewatch.detector.imaging import ImageError
     from linewatch.detector.model_files import ModelFileError
+    from linewatch.detector.runtimes import RuntimeChoiceError
+    from linewatch.detector.runtimes.onnx_export import ExportError
     from linewatch.detector.training import TrainingError
 
     try:
         yield
-    except (ImageError, DatasetError, ModelFileError, WeightsNotFoundError, TrainingError) as exc:
+    except (ImageError, DatasetError, ModelFileError, WeightsNotFoundError, TrainingError, RuntimeChoiceError,
+            ExportError) as exc:
         fail(str(exc))
     except RuntimeError as exc:
         if "cuda" in str(exc).lower():

@@ -4,13 +4,14 @@ files, all on this machine (no services). torch and the detector load inside eac
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .errors import user_errors
-from .options import DeviceOpt, device_name, load_settings, with_values
+from .options import DeviceOpt, RuntimeOpt, device_name, load_settings, runtime_name, with_values
 
 
 def train(
@@ -28,6 +29,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     force: Annotated[bool, typer.Option("--force", help="publish even with too few held-out good images for the "
                                         "false-reject target, marked under-calibrated")] = False,
+    export: Annotated[bool, typer.Option(help="also write the ONNX export (as `linewatch export` does)")] = True,
 ) -> None:
     """Train an STPM student on good images; thresholds are calibrated on held-out good images (refused when too
     few stand behind the false-reject target, unless --force)."""
@@ -46,6 +48,11 @@ def train(
         check_output_dir(out)  # before the training, not after it
         dataset = open_dataset(data)
         result = run_training(dataset.train, out, config, progress=progress)
+    exported = None
+    if export:
+        from linewatch.detector.runtimes.onnx_export import export_or_warn
+
+        exported = export_or_warn(result.model_dir, s.backbone.weights)
     meta = result.metadata
     typer.echo(
         f"model written to {result.model_dir}\n"
@@ -58,6 +65,9 @@ def train(
         f"{meta['thresholds']['calibration']['false_reject_rate_ci'][0]:.3f}-"
         f"{meta['thresholds']['calibration']['false_reject_rate_ci'][1]:.3f}"
     )
+    if exported is not None:
+        typer.echo(f"  ONNX export {exported['file']}: matches eager PyTorch to "
+                   f"{exported['parity']['onnxruntime']['score_rel']:.1e} relative on the held-out goods")
 
 
 def evaluate(
@@ -66,17 +76,17 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full report as JSON")] = None,
     maps: Annotated[Path | None, typer.Option("--maps", help="write heatmap overlays (PNG) to this folder")] = None,
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Image AUROC, pixel AUROC and AU-PRO (MVTec protocol), per defect type and overall."""
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.evaluation import evaluate as run_evaluation
-    from linewatch.detector.scoring import Scorer
 
     s = load_settings()
     with user_errors():
         dataset = open_dataset(data)
-        scorer = Scorer(model, device_name(device) or s.detector.device, s.backbone.weights)
+        scorer = _scorer(model, s, device, runtime)
         report = run_evaluation(scorer, dataset, maps_dir=maps, progress=progress)
     typer.echo(format_report(report))
     if json_out is not None:
@@ -110,14 +120,14 @@ def score(
     model: Annotated[Path, typer.Option("--model", help="model directory")],
     images: Annotated[list[Path], typer.Argument(help="image files to score")],
     device: DeviceOpt = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Score image files; prints one JSON line per image (bad files get an error line, exit code 1)."""
     from linewatch.detector.imaging import ImageError, read_image
-    from linewatch.detector.scoring import Scorer
 
     s = load_settings()
     with user_errors():
-        scorer = Scorer(model, device_name(device) or s.detector.device, s.backbone.weights)
+        scorer = _scorer(model, s, device, runtime)
     failed = False
     for path in images:
         try:
@@ -133,7 +143,42 @@ def score(
             "path": str(path), "image_score": float(result.image_scores[0]),
             "normalized_score": float(result.normalized[0]),
             "verdict": "defect" if result.is_defect[0] else "good", "model_version": scorer.version,
+            "runtime": scorer.runtime,
             "regions": [r.model_dump() for r in regions],
         }))
     if failed:
         raise typer.Exit(1)
+
+
+def _scorer(model: Path, s, device, runtime):
+    """The scorer of ``eval`` and ``score``: torch's threads and the runtime from :mod:`linewatch.detector.runtimes`."""
+    from linewatch.detector.runtimes.threads import apply_torch_threads, intra_op_threads
+    from linewatch.detector.scoring import Scorer
+
+    threads = apply_torch_threads(intra_op_threads())
+    return Scorer(model, device_name(device) or s.detector.device, s.backbone.weights,
+                  runtime=runtime_name(runtime, s), threads=threads)
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+
+
+def export(
+    model: Annotated[Path, typer.Option("--model", help="model directory")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="runtime graph to write")] = ExportFormat.onnx,
+) -> None:
+    """Write the model's whole scoring graph for another runtime next to its files (model.onnx), checked against
+    eager PyTorch on the model's held-out goods and recorded in model.json with its SHA-256."""
+    from linewatch.detector.runtimes.onnx_export import export_onnx
+
+    s = load_settings()
+    with user_errors():
+        record = export_onnx(model, s.backbone.weights)
+    p = record["parity"]["onnxruntime"]
+    typer.echo(f"{fmt.value} export written to {Path(model) / record['file']} (sha256 {record['sha256'][:16]}...)\n"
+               f"  matches eager PyTorch on {p['images']} {p['on']}: scores {p['score_rel']:.1e}, maps "
+               f"{p['map_rel']:.1e} relative (tolerance {p['tolerance']:g})"
+               + "".join(f"\n  {name}: scores {q['score_rel']:.1e}, maps {q['map_rel']:.1e} relative, "
+                         f"{'matches' if q['passed'] else 'DOES NOT MATCH (--runtime ' + name + ' refuses it)'}"
+                         for name, q in record["parity"].items() if name != "onnxruntime"))

@@ -22,9 +22,26 @@ class DeviceChoice(StrEnum):
 DeviceOpt = Annotated[DeviceChoice | None, typer.Option("--device", help="[settings: detector.device]")]
 
 
+class RuntimeChoice(StrEnum):
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+RuntimeOpt = Annotated[RuntimeChoice | None, typer.Option(
+    "--runtime", help="torch, onnxruntime or openvino (both need `linewatch export`) or auto: the fastest "
+    "matching eager PyTorch on the model's held-out goods [settings: detector.runtime]")]
+
+
 def device_name(choice: DeviceChoice | None) -> str | None:
     """The ``--device`` value as the settings spell it, or None where it was not given."""
     return choice.value if choice is not None else None
+
+
+def runtime_name(choice: RuntimeChoice | None, settings: Settings) -> str:
+    """The ``--runtime`` value, else ``detector.runtime`` of the settings."""
+    return choice.value if choice is not None else settings.detector.runtime
 
 
 def load_settings() -> Settings:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .errors import fail, user_errors
-from .options import DeviceOpt, device_name, load_settings, with_values
+from .options import DeviceOpt, RuntimeOpt, device_name, load_settings, with_values
 
 
 def ingest(
@@ -60,7 +60,9 @@ def detect(
     max_batch: Annotated[int | None, typer.Option(min=1, help="frames per inference batch at most")] = None,
     max_wait_ms: Annotated[int | None, typer.Option(min=0, help="longest a frame waits for its batch, ms")] = None,
     threads: Annotated[int | None, typer.Option(
-        min=1, help="CPU threads for inference (default: all cores; all but one for a single frame)")] = None,
+        min=1, help="CPU threads for inference (default: the CPUs available (affinity, cgroup quota) / "
+        "detector.workers_on_host; all but one for a single frame)")] = None,
+    runtime: RuntimeOpt = None,
     follow_registry: Annotated[bool, typer.Option(
         help="score with the registry's active model and follow rollouts")] = True,
 ) -> None:
@@ -70,7 +72,7 @@ def detect(
     from linewatch.detector.stream.main import run_worker  # the CLI's only import of the streaming worker
 
     s = with_values(load_settings(), "detector", model_dir=model, group_id=group, device=device_name(device),
-                    max_batch=max_batch, max_wait_ms=max_wait_ms)
+                    max_batch=max_batch, max_wait_ms=max_wait_ms, runtime=runtime.value if runtime else None)
     if s.detector.model_dir is None and not follow_registry:
         fail("no model: pass --model MODEL_DIR or set LINEWATCH_DETECTOR__MODEL_DIR")
     refuse_newer_record(s.database_url)  # before topics are made or the model loaded

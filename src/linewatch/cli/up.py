@@ -101,6 +101,8 @@ class Up:
             active = self._activate(model, explicit=o.model is not None)
             print(f"active model: {active.version} ({active.artifact_uri})", flush=True)
             started = dt.datetime.now(dt.UTC)
+            # the workers and the trainer split this host's CPUs (detector/runtimes/threads.py)
+            env = {**env, "LINEWATCH_DETECTOR__WORKERS_ON_HOST": str(o.workers)}
             for i in range(o.workers):
                 self._spawn(f"worker-{i + 1}", ["detect", "--model", str(path_of(active.artifact_uri))], env)
             if o.trainer:  # retrains of the demo model are published like it, marked under-calibrated (README)

@@ -24,6 +24,8 @@ class TrainerSettings(BaseModel):
     fine_tune_epochs: int = Field(8, ge=1)
     fine_tune_lr: float = Field(0.1, gt=0, description="SGD learning rate when fine-tuning the active student")
     auto_promote: bool = Field(True, description="activate a candidate that passes the promotion rule")
+    export_onnx: bool = Field(True, description="export each new version's scoring graph to ONNX before it is "
+                              "registered, so workers on runtime auto can score with ONNX Runtime")
     base_data: Path | None = Field(None, description="good images the first model was trained on")
     metrics_port: int | None = None
     second_opinion_above: float | None = Field(

@@ -4,7 +4,10 @@
       student.safetensors   student feature-pyramid weights (safetensors: tensors only, nothing unpickled)
       model.json            backbone, teacher weights SHA-256, image size, normalisation, map smoothing
                             sigma, thresholds, training recipe and history, manifest with content
-                            hashes, validation statistics, versions
+                            hashes, validation statistics, versions; ``exports``: the runtime graphs below
+      model.onnx            optional: the whole scoring graph for ONNX Runtime (``linewatch export``,
+                            :mod:`.runtimes.onnx_export`), recorded under ``exports.onnx`` with its SHA-256
+                            and the weights it was exported from
 
 The teacher is not stored: it is rebuilt from the local ImageNet weights file, whose SHA-256 must
 match the one recorded at training time.
@@ -31,7 +34,9 @@ from .stpm import STPM
 FORMAT = "linewatch-stpm/1"
 WEIGHTS_FILE = "student.safetensors"
 METADATA_FILE = "model.json"
-MODEL_FILES = frozenset({WEIGHTS_FILE, METADATA_FILE})
+ONNX_FILE = "model.onnx"
+MODEL_FILES = frozenset({WEIGHTS_FILE, METADATA_FILE, ONNX_FILE})
+EXPORTS_FIELD = "exports"  # model.json: {format: record}, see export_path
 # Fields every model.json has; read_metadata refuses a model without one of them.
 REQUIRED_FIELDS = ("backbone", "teacher_weights", "image_size", "thresholds", "weights_sha256", "map_smoothing_sigma")
 
@@ -206,3 +211,26 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
         raise ModelFileError(f"{weights}: does not fit a {name} student ({exc})") from None
     stpm = STPM(backbone_spec(name), teacher, student, float(meta["map_smoothing_sigma"]))
     return LoadedModel(stpm=stpm.to(device).eval(), metadata=meta, path=model_dir)
+
+
+def export_path(model_dir: Path, meta: dict[str, Any], fmt: str) -> Path | None:
+    """The checked file of the ``fmt`` export (``onnx``) recorded in ``meta["exports"]``, None when there is none.
+
+    A record is ``{"file", "sha256", "weights_sha256", ...}`` (:mod:`.runtimes.onnx_export` writes it). The file
+    must hold the SHA-256 recorded and have been exported from the weights this ``model.json`` describes, so an
+    export never scores with other weights than the model's.
+
+    Raises:
+        ModelFileError: the recorded file is missing, its content differs, or it was exported from other weights.
+    """
+    record = meta.get(EXPORTS_FIELD, {}).get(fmt)
+    if not record:
+        return None
+    path = Path(model_dir) / record["file"]
+    if not path.is_file():
+        raise ModelFileError(f"{model_dir}: {record['file']} recorded in {METADATA_FILE} is missing")
+    if record.get("weights_sha256") != meta["weights_sha256"]:
+        raise ModelFileError(f"{path}: exported from other weights than {WEIGHTS_FILE}; export the model again")
+    if sha256_file(path) != record["sha256"]:
+        raise ModelFileError(f"{path}: content does not match the SHA-256 recorded in {METADATA_FILE}")
+    return path

@@ -23,6 +23,8 @@ from linewatch.contracts.messages import DefectRegion
 from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .imaging import resize_map, to_model_input
 from .model_files import LoadedModel, load_model
+from .runtimes.selection import select_forward
+from .runtimes.threads import intra_op_threads
 from .stpm import STPM
 
 MAX_REGIONS = 32
@@ -73,12 +75,18 @@ class Scorer:
         teacher_weights: the teacher weights file; by default the backbone's default location.
         precision: ``auto`` (bfloat16/float16 on CUDA, float32 on the CPU) or one of them; see the module
             docstring for verdicts near the threshold.
-    Raises (constructor): ModelFileError, WeightsNotFoundError, RuntimeError (CUDA asked, none present),
-        ValueError (unknown precision).
+        runtime: ``torch`` (eager PyTorch), ``onnxruntime`` or ``openvino`` (the model's ONNX export) or ``auto``
+            (the fastest of them that matches eager PyTorch on the model's held-out goods):
+            :mod:`.runtimes.selection`; :attr:`runtime` says which scores.
+        threads: intra-op threads of an export runtime; default :func:`.runtimes.threads.intra_op_threads`
+            (torch's are set per process, see there).
+    Raises (constructor): ModelFileError (also: an export runtime without a valid export), WeightsNotFoundError,
+        RuntimeError (CUDA asked, none present), ValueError (unknown precision or runtime; an export runtime on a
+        GPU or at reduced precision), ImportError (an export runtime asked, not installed).
     """
 
     def __init__(self, model_dir: Path, device: str = "auto", teacher_weights: Path | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", runtime: str = "torch", threads: int | None = None):
         self.device = resolve_device(device)
         self.precision = precision_of(self.device, precision)
         self.model: LoadedModel = load_model(model_dir, self.device, teacher_weights)
@@ -87,6 +95,9 @@ class Scorer:
         self.image_threshold = float(thresholds["image"])
         self.pixel_threshold = float(thresholds["pixel"])
         self.guard_band = float(self.model.metadata.get("precision", {}).get("guard_band", DEFAULT_GUARD_BAND))
+        self.runtime, self._forward = select_forward(
+            runtime, model=self.model, device=self.device, precision=self.precision, torch_forward=self.torch_forward,
+            prepare=self.prepare, threads=threads or intra_op_threads())
 
     @property
     def version(self) -> str:
@@ -100,6 +111,11 @@ class Scorer:
         """uint8 (H, W, 3) RGB image -> uint8 (3, S, S) model input."""
         return to_model_input(rgb, self.image_size)
 
+    def torch_forward(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Eager PyTorch's :func:`forward_scores` of uint8 (B, 3, S, S) inputs at this scorer's precision (the
+        reference every other runtime is checked against)."""
+        return forward_scores(self.model.stpm, torch.as_tensor(batch), self.device, self.precision)
+
     @torch.inference_mode()
     def score(self, batch: torch.Tensor | np.ndarray) -> BatchScores:
         """Score uint8 (B, 3, S, S) RGB model inputs (see :meth:`prepare`).
@@ -112,7 +128,7 @@ class Scorer:
             raise ValueError(
                 f"expected uint8 (B, 3, {self.image_size}, {self.image_size}), got {x.dtype} {tuple(x.shape)}"
             )
-        scores, maps = forward_scores(self.model.stpm, x, self.device, self.precision)
+        scores, maps = self._forward(x)
         if self.precision != "float32":
             near = np.flatnonzero(np.abs(scores / self.image_threshold - 1) <= self.guard_band)
             if near.size:

@@ -23,13 +23,13 @@ Formulas (paper Sec. 3):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur
 
 from .backbones import BackboneSpec, FeaturePyramid
 
@@ -63,22 +63,42 @@ def stage_maps(teacher_hat: Sequence[torch.Tensor], student_hat: Sequence[torch.
 
 def combine_maps(maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """Eq. 5: stage maps bilinearly upsampled to ``size`` (H, W) and multiplied -> float (B, 1, H, W)."""
-    out = torch.ones((maps[0].shape[0], 1, *size), device=maps[0].device)
-    for m in maps:
+    out = F.interpolate(maps[0], size=size, mode="bilinear", align_corners=False)
+    for m in maps[1:]:
         out = out * F.interpolate(m, size=size, mode="bilinear", align_corners=False)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """The (1, 1, k, k) float32 CPU kernel of :func:`smooth_map`, ``k = 2 * ceil(3 * sigma) + 1``: torchvision's
+    ``gaussian_blur`` kernel (``exp(-x^2 / (2 sigma^2))`` on ``k`` points, normalised to sum 1, outer product),
+    computed the same way so the values are bit for bit its own.
+
+    Made once per sigma and outside any trace, so an exported graph (:mod:`.runtimes.onnx_export`) holds it as a
+    constant; a caller must not modify it in place.
+    """
+    size = 2 * math.ceil(3 * sigma) + 1
+    half = (size - 1) * 0.5
+    x = torch.linspace(-half, half, steps=size, dtype=torch.float32)
+    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
+    k1 = pdf / pdf.sum()
+    return torch.mm(k1[:, None], k1[None, :]).view(1, 1, size, size)
 
 
 def smooth_map(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian smoothing of float (B, 1, H, W) maps with ``sigma`` in map pixels -> the same shape.
 
-    Not part of STPM (see the module docstring). The kernel is ``2 * ceil(3 * sigma) + 1`` pixels wide,
-    edges are reflected (torchvision's ``gaussian_blur``); ``sigma <= 0`` returns the map unchanged.
+    Not part of STPM (see the module docstring). The kernel (:func:`gaussian_kernel`) is ``2 * ceil(3 * sigma) + 1``
+    pixels wide, edges are reflected: torchvision's ``gaussian_blur``, written out with a constant kernel
+    because its kernel, computed inside the call, cannot be exported to ONNX. ``sigma <= 0`` returns the map
+    unchanged.
     """
     if sigma <= 0:
         return anomaly_map
-    kernel = 2 * math.ceil(3 * sigma) + 1
-    return gaussian_blur(anomaly_map, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+    kernel = gaussian_kernel(float(sigma)).to(anomaly_map.device, anomaly_map.dtype)
+    pad = kernel.shape[-1] // 2
+    return F.conv2d(F.pad(anomaly_map, [pad, pad, pad, pad], mode="reflect"), kernel)
 
 
 def image_scores(anomaly_map: torch.Tensor) -> torch.Tensor:

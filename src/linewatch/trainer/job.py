@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.settings import Settings
 from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
+from linewatch.detector.runtimes.onnx_export import export_or_warn
+from linewatch.detector.runtimes.threads import apply_torch_threads, intra_op_threads
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.training import EpochReport, TrainConfig, train
 from linewatch.trainer import job_queue as jobs
@@ -34,6 +36,7 @@ def run_job(settings: Settings, job_id: int) -> int:
     registry = ModelRegistry(engine, settings.artifact_store_root, settings.kafka if settings.kafka.bootstrap_servers
                              else None)
     workdir = Path(tempfile.mkdtemp(prefix=f"linewatch-job{job_id}-"))
+    apply_torch_threads(intra_op_threads(settings.detector.workers_on_host))  # its share beside the workers
     try:
         job = jobs.get_job(engine, job_id)
         if job is None or job.status != "running":
@@ -62,6 +65,8 @@ def run_job(settings: Settings, job_id: int) -> int:
             engine, settings.trainer, Scorer(result.model_dir, settings.detector.device, settings.backbone.weights),
             manifest, Scorer(artifact_path(active), settings.detector.device, settings.backbone.weights)
             if active is not None else None)
+        if settings.trainer.export_onnx:  # before registering: the registry copies the export with the version
+            export_or_warn(result.model_dir, settings.backbone.weights)
         jobs.progress(engine, job_id, stage="registering")
         row = registry.register(result.model_dir, parent=active.version if active else None, metrics={
             "validation": result.metadata["validation"], **review}, notes=reason)

@@ -30,6 +30,7 @@ def worker_status(model: ModelSlot, throughput: Throughput, ownership: Snapshot,
         "model_version": scorer.version, "frames_per_s": round(throughput.rate(), 2),
         "inspected": throughput.inspected, "dead_lettered": throughput.dead_lettered,
         "partitions": ownership.partition_names(), "lag": ownership.lag_by_name(), "device": str(scorer.device),
+        "runtime": scorer.runtime,
         "host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at,
         **model.rollout_status(),  # registry_version, model_load_error: "on vN, registry says vM"
     }

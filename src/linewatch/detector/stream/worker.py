@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import redis
-import torch
 
 from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.database import make_engine, migrate
@@ -48,6 +47,7 @@ from linewatch.contracts.live_state import LiveStateWriter, connect_settings, ev
 from linewatch.contracts.settings import Settings
 
 from ..model_files import ModelFileError
+from ..runtimes.threads import apply_torch_threads, intra_op_threads
 from ..scoring import Scorer
 from . import telemetry
 from .batches import RawBatch, RawFrame
@@ -83,9 +83,10 @@ class DetectorWorker:
         settings: all settings (Kafka, Redis, SQL, detector section).
         model_dir: the model to score with (a new version can be swapped in with :meth:`swap_model`).
         worker_id: the name in heartbeats and results (default ``<host>-<pid>``).
-        threads: CPU threads for the model. Default: all of torch's (its physical cores, or
-            ``OMP_NUM_THREADS``) for batches of several frames, all but one for a single frame, so that
-            decoding the next frame beside it does not stall the model's threads (bench/README.md).
+        threads: CPU threads for the model. Default: this worker's share of the CPUs
+            (:func:`..runtimes.threads.intra_op_threads` of ``detector.workers_on_host``) for batches of several
+            frames, all but one for a single frame, so that decoding the next frame beside it does not stall the
+            model's threads (bench/README.md). An export runtime (ONNX Runtime, OpenVINO) uses the batch count.
         stop_event: set to stop the worker (default: a new one; ``linewatch detect`` passes the one its
             signal handlers set, installed before the model loads).
     Raises (constructor):
@@ -97,10 +98,11 @@ class DetectorWorker:
         self.settings = settings
         self.det = settings.detector
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.model = ModelSlot(Scorer(model_dir, self.det.device, settings.backbone.weights))
-        cores = torch.get_num_threads()
+        cores = threads or intra_op_threads(self.det.workers_on_host)
         # (threads for a single frame, threads for a batch); set on the inference thread before each batch
         self._threads = (threads, threads) if threads else (max(1, cores - 1), cores)
+        apply_torch_threads(cores)  # before the model loads: runtime auto times torch at this count
+        self.model = ModelSlot(self._load(model_dir))
         self.stop_event = stop_event or threading.Event()
         self.started_at = time.time()
         self.offsets = OffsetTracker()
@@ -128,13 +130,19 @@ class DetectorWorker:
         if version is not None:
             self.model.announced(version)
         try:
-            scorer = Scorer(model_dir, self.det.device, self.settings.backbone.weights)
+            scorer = self._load(model_dir)
             if version is not None and scorer.version != version:
                 raise ModelFileError(f"{model_dir} holds model {scorer.version}, not {version}")
         except Exception as exc:
             self.model.load_failed(version or str(model_dir), exc)
             raise
         self.model.offer(scorer)
+
+    def _load(self, model_dir: Path) -> Scorer:
+        """A scorer of ``model_dir`` at this worker's device and runtime; an export runtime gets the threads of a
+        batch (its count is fixed when it loads)."""
+        return Scorer(model_dir, self.det.device, self.settings.backbone.weights, runtime=self.det.runtime,
+                      threads=self._threads[1])
 
     @property
     def model_version(self) -> str:
