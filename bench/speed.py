@@ -91,7 +91,7 @@ def _measure(device: str, model_dir: Path, encoded: list[bytes], train_images: l
     scorer = Scorer(model_dir, device)
     dev = scorer.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    prepared = np.stack([scorer.prepare(decode_image(b)) for b in encoded])
+    prepared = np.concatenate([scorer.prepare(decode_image(b)).tiles for b in encoded])  # square: 1 window each
     for batch in args.batches:
         x = np.concatenate([prepared] * (batch // len(prepared) + 1))[:batch]
         seconds = timed(lambda x=x: scorer.score(x), args.repeats, sync)
@@ -106,7 +106,7 @@ def _measure(device: str, model_dir: Path, encoded: list[bytes], train_images: l
             normalize_features(stpm.teacher(stpm.normalize_input(x)))
 
     def decode_and_score() -> None:
-        scorer.score(np.stack([scorer.prepare(decode_image(b)) for b in encoded[:batch]]))
+        scorer.score_images([decode_image(b) for b in encoded[:batch]])
 
     s_teacher = timed(teacher_only, args.repeats, sync)
     s_full = timed(lambda: scorer.score(prepared[:batch]), args.repeats, sync)
