@@ -49,13 +49,9 @@ from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
 from .scoring import DEFAULT_GUARD_BAND, frame_scores
 from .stpm import STPM, pyramid_loss
-from .training_set import (  # noqa: F401 -- TrainingError and UnderCalibratedError are this module's API too
-    TrainingError,
-    UnderCalibratedError,
-    check_evidence,
-    load_images,
-    split_indices,
-)
+
+# TrainingError and UnderCalibratedError are this module's API too
+from .training_set import TrainingError, UnderCalibratedError, check_evidence, load_images, split_indices  # noqa: F401
 
 
 @dataclass
@@ -229,9 +225,13 @@ def train(
     model = STPM(backbone_spec(config.backbone), teacher, student, config.map_smoothing_sigma).to(device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike
 
-    train_images, val_images = images.windows(train_idx), images.windows(val_idx)
-    train_t = _teacher_cache(model, train_images, device, config.batch_size)
-    val_t = _teacher_cache(model, val_images, device, config.batch_size)
+    windows = images.windows(range(len(paths)))  # each image's model inputs, one unless tiled
+    train_w, val_w = images.window_indices(train_idx), images.window_indices(val_idx)
+    cache = _teacher_cache(model, windows, device, config.batch_size)
+    train_images, val_images = windows[train_w], windows[val_w]
+    train_t = [c[torch.as_tensor(train_w, device=device)] for c in cache]
+    val_t = [c[torch.as_tensor(val_w, device=device)] for c in cache]
+    del cache
 
     optimizer = torch.optim.SGD(
         model.student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay

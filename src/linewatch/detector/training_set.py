@@ -42,6 +42,11 @@ class TrainingImages:
         """The model inputs of the images at indices ``images``, in that order -> uint8 (T, 3, S, S)."""
         return torch.from_numpy(np.concatenate([self.frames[i].tiles for i in images]))
 
+    def window_indices(self, images: Sequence[int]) -> np.ndarray:
+        """Where the windows of the images at indices ``images`` are in ``windows(range(len(frames)))`` -> int64."""
+        first = np.cumsum([0] + [len(f.plan.windows) for f in self.frames])
+        return np.concatenate([np.arange(first[i], first[i + 1]) for i in images]).astype(np.int64)
+
 
 def load_images(paths: Sequence[Path], geometry: InputGeometry,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> TrainingImages:
