@@ -45,20 +45,20 @@ def _scratch(rgb: np.ndarray, y: int, x: int, h: int = 8, w: int = 40) -> np.nda
     return out
 
 
-def test_c11_a_linescan_strip_is_tiled_and_its_normal_content_stays_below_threshold(c09_train40):
-    scorer = Scorer(c09_train40.model_dir, "cpu")
-    assert scorer.geometry.mode == "auto" and scorer.geometry.tile_scale == pytest.approx(128 / 320)  # measured
-    assert c09_train40.metadata["input"]["stitch"] == "max"
+def test_c11_a_linescan_strip_is_tiled_and_its_normal_content_stays_below_threshold(c09_default_model):
+    scorer = Scorer(c09_default_model.model_dir, "cpu")
+    assert scorer.geometry.mode == "auto" and scorer.geometry.tile_scale == pytest.approx(256 / 320)  # measured
+    assert c09_default_model.metadata["input"]["stitch"] == "max"
     rgb = read_image(C11)
     framed = scorer.prepare(rgb)
-    assert framed.plan.mode == "tile" and framed.plan.scaled == (102, 1638) and len(framed.plan.windows) == 17
+    assert framed.plan.mode == "tile" and framed.plan.scaled == (205, 3277) and len(framed.plan.windows) == 17
     scored = scorer.score_frames([framed])
     ratio = float(scored.normalized[0])
     assert not scored.is_defect[0] and ratio < 1.0
-    assert scored.maps[0].shape == (102, 1638)
+    assert scored.maps[0].shape == (205, 3277)
     assert scorer.full_resolution_map(scored.maps[0], rgb.shape[:2]).shape == (256, 4096)
     # `linewatch score` and a worker score the same strip the same way
-    out = subprocess.run([sys.executable, "-m", "linewatch", "score", "--model", str(c09_train40.model_dir),
+    out = subprocess.run([sys.executable, "-m", "linewatch", "score", "--model", str(c09_default_model.model_dir),
                           "--device", "cpu", str(C11)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     command = json.loads(out.stdout.strip().splitlines()[-1])
@@ -69,13 +69,13 @@ def test_c11_a_linescan_strip_is_tiled_and_its_normal_content_stays_below_thresh
     assert command["verdict"] == result.verdict == "good" and command["regions"] == []
     assert command["image_score"] == pytest.approx(float(scored.image_scores[0]), rel=1e-5)
     assert result.image_score == pytest.approx(float(scored.image_scores[0]), rel=1e-5)
-    assert (result.width, result.height) == (4096, 256) and batch.maps[0].shape == (102, 1638)
+    assert (result.width, result.height) == (4096, 256) and batch.maps[0].shape == (205, 3277)
     assert frame.preview.shape == (40, 640, 3)
     assert render_overlay(frame.preview, batch.maps[0], scorer.pixel_threshold).shape == (40, 640, 3)
 
 
-def test_a_scratch_on_the_strip_is_found_where_it_is(c09_train40):
-    scorer = Scorer(c09_train40.model_dir, "cpu")
+def test_a_scratch_on_the_strip_is_found_where_it_is(c09_default_model):
+    scorer = Scorer(c09_default_model.model_dir, "cpu")
     rgb = _scratch(read_image(C11), 150, 3000)  # in the overlap of two windows
     scored = scorer.score_images([rgb])
     assert scored.is_defect[0]
@@ -87,8 +87,8 @@ def test_a_scratch_on_the_strip_is_found_where_it_is(c09_train40):
 
 
 @pytest.mark.parametrize("shape", ["landscape", "portrait", "wide"])
-def test_non_square_frames_come_back_at_their_own_size_never_transposed(c09_train40, shape):
-    scorer = Scorer(c09_train40.model_dir, "cpu")
+def test_non_square_frames_come_back_at_their_own_size_never_transposed(c09_default_model, shape):
+    scorer = Scorer(c09_default_model.model_dir, "cpu")
     good = read_image(GOOD)
     # 320x240; 180x240 (a crop, taller than wide); 960x240 (4:1, tiled: the good part, mirrored, and again)
     rgb = {"landscape": good, "portrait": np.ascontiguousarray(good[:, 60:240]),
@@ -111,20 +111,21 @@ def test_non_square_frames_come_back_at_their_own_size_never_transposed(c09_trai
     assert render_overlay(frame.preview, batch.maps[0], scorer.pixel_threshold).shape == frame.preview.shape
 
 
-def test_a_model_json_without_input_scores_as_before_plain_resize(c09_train40, tmp_path):
+def test_a_model_json_without_input_scores_as_before_plain_resize(c09_default_model, tmp_path):
     old = tmp_path / "old-model"
-    shutil.copytree(c09_train40.model_dir, old)
+    shutil.copytree(c09_default_model.model_dir, old)
     meta = json.loads((old / METADATA_FILE).read_text())
     del meta["input"]
     (old / METADATA_FILE).write_text(json.dumps(meta))
     scorer = Scorer(old, "cpu")
-    assert scorer.geometry == InputGeometry("resize", 128)
+    assert scorer.geometry == InputGeometry("resize", 256)
     rgb = read_image(C11)
-    before = scorer.score(to_model_input(rgb, 128)[None])  # what every path computed before the field existed
+    before = scorer.score(to_model_input(rgb, 256)[None])  # what every path computed before the field existed
     scored = scorer.score_images([rgb])
     assert scored.image_scores[0] == before.image_scores[0]
-    assert np.array_equal(scored.maps[0], before.anomaly_maps[0, 0]) and scored.maps[0].shape == (128, 128)
+    assert np.array_equal(scored.maps[0], before.anomaly_maps[0, 0]) and scored.maps[0].shape == (256, 256)
     assert scorer.full_resolution_map(scored.maps[0], rgb.shape[:2]).shape == (256, 4096)
     _, batch = _worker(scorer, rgb)
     assert batch.results[0].image_score == pytest.approx(float(before.image_scores[0]), rel=1e-5)
-    print(f"c11 squeezed into 128x128 by the same student: {float(scored.normalized[0]):.3f}x threshold")
+    print(f"c11 squeezed into 256x256 by the same student: {float(scored.normalized[0]):.3f}x threshold")
+    assert scored.is_defect[0]  # the field case's fault: squeezed 16:1, normal content is a "defect" (1.25x)
