@@ -53,7 +53,7 @@ def _keep(engine, scorer, frames, image_root: Path) -> None:
         for i, (path, camera, at) in enumerate(frames):
             kept = folder / f"{i:03d}{path.suffix}"
             shutil.copyfile(path, kept)
-            score = float(scorer.score(scorer.prepare(read_image(kept))[None]).image_scores[0])
+            score = float(scorer.score_images([read_image(kept)]).image_scores[0])
             row = conn.execute(insert(Inspection).values(
                 camera_id=camera, line_id="line-1", frame_id=i, captured_at=at, processed_at=at, model_version="v1",
                 image_score=score, normalized_score=score / scorer.image_threshold,
@@ -87,7 +87,7 @@ def run_label_noise(args, root: Path) -> int:
         v1 = Scorer(v1_dir, "cpu")
         held = [LabelledFrame(p, d) for p, d in held_out]
         rows = [{"model": "v1 (before)", "trained_on": args.base, "outcome": "active", **judge(v1, held)}]
-        defect_scores = [f"{v1.score(v1.prepare(read_image(p))[None]).normalized[0]:.2f}" for p in defects]
+        defect_scores = [f"{v1.score_images([read_image(p)]).normalized[0]:.2f}" for p in defects]
         defect_names = {f"{i:03d}.png" for i in range(len(frames) - len(defects), len(frames))}  # as kept
         for name, guards in (("guards on", {}), ("guards off", GUARDS_OFF)):
             state = work / name.replace(" ", "-")

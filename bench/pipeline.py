@@ -139,7 +139,7 @@ def main() -> int:
         for start in range(0, len(encoded), args.batch):
             chunk = encoded[start : start + args.batch]
             b0 = time.perf_counter()
-            scorer.score(np.stack([scorer.prepare(decode_image(b)) for b in chunk]))
+            scorer.score_images([decode_image(b) for b in chunk])
             batch_times.append(time.perf_counter() - b0)
         offline_fps = len(encoded) / (time.perf_counter() - t0)
         results["offline_frames_per_s"] = offline_fps

@@ -109,7 +109,7 @@ def _measure(device: str, model_dir: Path, encoded: list[bytes], train_images: l
     scorer = Scorer(model_dir, device)
     dev = scorer.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    prepared = np.stack([scorer.prepare(decode_image(b)) for b in encoded])
+    prepared = np.concatenate([scorer.prepare(decode_image(b)).tiles for b in encoded])  # square: 1 window each
     for batch in args.batches:
         x = np.concatenate([prepared] * (batch // len(prepared) + 1))[:batch]
         seconds = timed(lambda x=x: scorer.score(x), args.repeats, sync)
@@ -124,7 +124,7 @@ def _measure(device: str, model_dir: Path, encoded: list[bytes], train_images: l
             normalize_features(stpm.teacher(stpm.normalize_input(x)))
 
     def decode_and_score() -> None:
-        scorer.score(np.stack([scorer.prepare(decode_image(b)) for b in encoded[:batch]]))
+        scorer.score_images([decode_image(b) for b in encoded[:batch]])
 
     s_teacher = timed(teacher_only, args.repeats, sync)
     s_full = timed(lambda: scorer.score(prepared[:batch]), args.repeats, sync)
@@ -169,7 +169,7 @@ def _runtimes(model_dir: Path, encoded: list[bytes], args) -> int:
     scorer = Scorer(model_dir, "cpu", precision="float32", runtime="torch")
     onnx_path = model_dir / read_metadata(model_dir)["exports"]["onnx"]["file"]
     step = max(1, len(encoded) // max(args.batches))  # good and defective bottles alike
-    prepared = np.stack([scorer.prepare(decode_image(b)) for b in encoded[::step][: max(args.batches)]])
+    prepared = np.concatenate([scorer.windows(decode_image(b)) for b in encoded[::step][: max(args.batches)]])
     threshold = scorer.image_threshold
     rows = []
     print(f"{'runtime':<12}{'threads':>8}{'batch':>6}{'images/s':>10}{'x torch':>9}{'max score diff':>16}"

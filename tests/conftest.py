@@ -97,6 +97,33 @@ def quick_model(tmp_path_factory: pytest.TempPathFactory):
     return train(dataset.train[::8][:24], tmp_path_factory.mktemp("model") / "bottle-quick", config, progress=False)
 
 
+@pytest.fixture(scope="session")
+def c09_train40(tmp_path_factory: pytest.TempPathFactory):
+    """A model of the default input geometry trained on field case c09's ``train40`` (40 goods, 320x240) with
+    ``C09_CONFIG`` (field cases c09, c10, c11)."""
+    from linewatch.detector.training import TrainConfig, train
+
+    from datasets import C09_CONFIG, field_case
+
+    images = sorted((field_case("c09_threshold_few_goods") / "train40").glob("*.jpg"))
+    return train(images, tmp_path_factory.mktemp("c09") / "train40", TrainConfig(**C09_CONFIG), progress=False)
+
+
+@pytest.fixture(scope="session")
+def c09_default_model(tmp_path_factory: pytest.TempPathFactory):
+    """What ``linewatch train --data <c09>/train40 --force`` makes on the CPU (field case c11's model): the default
+    recipe (256 px, 20 epochs, batches of 32, the ``auto`` input geometry), under-calibrated on 8 held-out goods;
+    about 90 s on 2 cores. It generalises across positions where ``c09_train40`` (8 epochs of batches of 4 at
+    128 px) knows its 20 images by heart: that one scores even a 320x240 crop of c11's strip at 3x its threshold."""
+    from linewatch.detector.training import TrainConfig, train
+
+    from datasets import field_case
+
+    images = sorted((field_case("c09_threshold_few_goods") / "train40").glob("*.jpg"))
+    config = TrainConfig(device="cpu", allow_under_calibrated=True)
+    return train(images, tmp_path_factory.mktemp("c09") / "default", config, progress=False)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'linewatch.db'}"

@@ -93,7 +93,7 @@ def seed(engine: Engine, live: LiveStateWriter, image_root: Path, scorer: Scorer
             meta = FrameMeta(plan.camera_id, plan.line_id, i + 1, last_ns - int((n - 1 - i) * spacing_s * 1e9),
                              "image/png", part_id=f"{path.parent.name}/{path.name}")
             raw = RawFrame("seed.frames", 0, i, plan.camera_id.encode(), path.read_bytes(), meta.headers())
-            prepared = prepare_frame(raw, scorer.image_size, 40_000_000)
+            prepared = prepare_frame(raw, scorer.geometry, 40_000_000)
             assert isinstance(prepared, PreparedFrame), prepared
             frames.append(prepared)
         batch = score_batch(scorer, frames, WORKER_ID, keep_good=lambda meta: meta.frame_id % 2 == 0)

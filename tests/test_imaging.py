@@ -132,19 +132,30 @@ def test_magnetic_tile_split_is_read_as_given():
 
 
 def test_device_jpeg_decoding_matches_the_cpu_path(png_bytes):
-    """The worker's CUDA path (torchvision.io decode + resize on the device), run here on the CPU device."""
+    """The worker's CUDA path (torchvision.io decode + prepare on the device), run here on the CPU device, under
+    each input geometry: a square frame, a letterboxed 4:3 one and a tiled strip."""
     import torch
 
+    from linewatch.detector.geometry import InputGeometry, model_inputs
     from linewatch.detector.stream.device_decode import decode_jpegs
 
     rgb = decode_image(png_bytes)
-    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-    (model_input, preview, w, h), broken = decode_jpegs([jpeg, b"\xff\xd8\xff" + bytes(100)], 256, torch.device("cpu"))
-    assert broken is None  # refused frames go back to the CPU path
-    assert (w, h) == (900, 900) and model_input.shape == (3, 256, 256) and model_input.dtype == torch.uint8
+    # 900x900, 900x600 (letterboxed), 900x400 (tiled); 900x100 is tiled too, but its padding (114 rows) is wider
+    # than the 28 rows it pads, which PyTorch cannot reflect: that one goes to the CPU path
+    frames = [rgb, rgb[150:750], rgb[250:650], rgb[400:500]]
+    jpegs = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+             for f in frames]
+    geometry = InputGeometry("auto", 256, tile_scale=256 / 900)
+    *decoded, thin, broken = decode_jpegs([*jpegs, b"\xff\xd8\xff" + bytes(100)], geometry, torch.device("cpu"))
+    assert broken is None and thin is None  # refused frames go back to the CPU path
+    (framed, preview, w, h) = decoded[0]
+    assert (w, h) == (900, 900) and framed.tiles.shape == (1, 3, 256, 256) and framed.tiles.dtype == torch.uint8
     assert preview.shape == (640, 640, 3)
-    cpu = to_model_input(decode_image(jpeg), 256).astype(np.int16)
-    assert np.abs(model_input.numpy().astype(np.int16) - cpu).mean() < 1.0
+    for jpeg, (framed, _, w, h) in zip(jpegs[:3], decoded, strict=True):
+        cpu = model_inputs(decode_image(jpeg), geometry)
+        assert framed.plan == cpu.plan and (h, w) == cpu.plan.frame
+        assert np.abs(framed.tiles.numpy().astype(np.int16) - cpu.tiles.astype(np.int16)).mean() < 1.0
+    assert [d[0].plan.mode for d in decoded] == ["letterbox", "letterbox", "tile"]
 
 
 @pytest.mark.parametrize("name", ["corrupt_mid_128x128.jpg", "jpeg_corrupt_middle_10pct_dropped_900x900.jpg"])

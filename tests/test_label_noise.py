@@ -65,7 +65,7 @@ class Line:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.next_frame:05d}{suffix}"
         path.write_bytes(content)
-        score = float(self.scorer.score(self.scorer.prepare(read_image(path))[None]).image_scores[0])
+        score = float(self.scorer.score_images([read_image(path)]).image_scores[0])
         normalized = score / self.scorer.image_threshold
         with self.engine.begin() as conn:
             return conn.execute(insert(Inspection).values(

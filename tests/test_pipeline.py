@@ -62,7 +62,7 @@ def test_every_bottle_frame_is_inspected_once_and_matches_offline_scoring(pipeli
     scorer = Scorer(quick_model.model_dir, "cpu")
     for start in range(0, len(rows), 16):
         chunk = rows[start : start + 16]
-        offline = scorer.score(np.stack([scorer.prepare(read_image(bottle() / "test" / r.part_id)) for r in chunk]))
+        offline = scorer.score_images([read_image(bottle() / "test" / r.part_id) for r in chunk])
         for r, score, defect in zip(chunk, offline.image_scores, offline.is_defect, strict=True):
             assert r.image_score == pytest.approx(float(score), rel=1e-4, abs=1e-6), r.part_id
             assert r.verdict == ("defect" if defect else "good"), r.part_id

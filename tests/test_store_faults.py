@@ -48,7 +48,7 @@ def _batch(scorer: Scorer, camera: str, first_id: int, n: int, keep_all: bool = 
             data = cv2.imencode(".jpg", cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
         meta = FrameMeta(camera, "line-1", first_id + i, time.time_ns(), "image/jpeg" if jpeg else "image/png")
         raw = RawFrame("t.frames", 0, first_id + i, camera.encode(), data, meta.headers())
-        prepared = prepare_frame(raw, scorer.image_size, 40_000_000)
+        prepared = prepare_frame(raw, scorer.geometry, 40_000_000)
         assert isinstance(prepared, PreparedFrame)
         frames.append(prepared)
     batch = score_batch(scorer, frames, "w-test", keep_good=lambda _m: keep_all)

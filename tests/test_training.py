@@ -39,7 +39,7 @@ def test_defective_bottles_score_above_good_ones(quick_model):
     good = [s for s in ds.test if not s.is_defect][:6]
     defect = [s for s in ds.test if s.is_defect][::10][:6]
     scorer = Scorer(quick_model.model_dir, "cpu")
-    batch = np.stack([scorer.prepare(read_image(s.path)) for s in good + defect])
+    batch = np.concatenate([scorer.prepare(read_image(s.path)).tiles for s in good + defect])  # square: 1 each
     scores = scorer.score(batch)
     good_scores, defect_scores = scores.image_scores[:6], scores.image_scores[6:]
     assert defect_scores.mean() > 2 * good_scores.mean()

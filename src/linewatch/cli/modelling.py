@@ -23,6 +23,8 @@ def train(
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     image_size: Annotated[int | None, typer.Option(min=32)] = None,
+    input_mode: Annotated[str | None, typer.Option(help="input geometry: auto (letterbox, tile strips), "
+                                                   "letterbox, tile or resize [auto]")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0)] = None,
     device: DeviceOpt = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -39,7 +41,7 @@ def train(
     from linewatch.detector.training import train as run_training
 
     s = with_values(load_settings(), "training", epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-                    seed=seed)
+                    seed=seed, input_mode=input_mode)
     s = with_values(with_values(s, "backbone", name=backbone, weights=teacher_weights), "detector",
                     device=device_name(device))
     s = with_values(s, "training", allow_under_calibrated=True if force else None)
@@ -136,9 +138,14 @@ def score(
             typer.echo(json.dumps({"path": str(path), "error": exc.reason, "detail": exc.detail}))
             failed = True
             continue
-        result = scorer.score(scorer.prepare(rgb)[None])
+        try:
+            result = scorer.score_frames([scorer.prepare(rgb, str(path))])
+        except ImageError as exc:  # too many tiles for the model's pixel scale
+            typer.echo(json.dumps({"path": str(path), "error": exc.reason, "detail": exc.detail}))
+            failed = True
+            continue
         # Regions explain a defect verdict, as in the workers' results; a good part has none.
-        regions = scorer.regions(result.anomaly_maps[0], rgb.shape[:2]) if result.is_defect[0] else []
+        regions = scorer.regions(result.maps[0], rgb.shape[:2]) if result.is_defect[0] else []
         typer.echo(json.dumps({
             "path": str(path), "image_score": float(result.image_scores[0]),
             "normalized_score": float(result.normalized[0]),

@@ -177,6 +177,15 @@ class TrainingSettings(BaseModel):
     map_smoothing_sigma: float = Field(
         4.0, ge=0, description="Gaussian sigma (model pixels) applied to anomaly maps; not in the paper; 0 = off"
     )
+    input_mode: Literal["auto", "letterbox", "tile", "resize"] = Field(
+        "auto", description="model input geometry (linewatch.detector.geometry): auto = letterbox (aspect kept, "
+        "padded) up to max_aspect, tiled beyond; resize = squeezed to a square (models without the field)")
+    max_aspect: float = Field(2.0, ge=1, description="longest longer/shorter side ratio letterboxed in auto mode; "
+                              "longer frames (line-scan strips) are tiled")
+    tile_scale: float | None = Field(None, gt=0, description="model pixels per frame pixel when tiling; none = "
+                                     "measured on the training images (the scale the model learns parts at)")
+    tile_overlap: float = Field(0.25, ge=0, le=0.9, description="least overlap of neighbouring tiles, share of "
+                                "the tile side; overlaps take the maximum of the tiles' anomaly maps")
 
 
 class DetectorSettings(BaseModel):

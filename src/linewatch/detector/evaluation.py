@@ -1,9 +1,9 @@
 """Evaluation of a model on a labelled test set with the metrics the STPM paper reports (see :mod:`.metrics`).
 
-Each image is scored at model resolution: its image score is the maximum of its smoothed anomaly map
-there (:mod:`.stpm`). For the pixel metrics that map is resized bilinearly to the image's original
-size, and compared with the mask at that size (the authors' code compares at 256x256 instead).
-Reported overall and per defect type (that type's images plus all good test images), with the
+Each image is scored at model resolution, under the model's input geometry (:mod:`.geometry`): its image score
+is the maximum of its smoothed anomaly map there (:mod:`.stpm`). For the pixel metrics that map is resized
+bilinearly to the image's original size, and compared with the mask at that size (the authors' code compares at
+256x256 instead). Reported overall and per defect type (that type's images plus all good test images), with the
 false-reject rate on good images and the miss rate on defective ones at the stored image threshold
 (defective = score above it).
 """
@@ -68,9 +68,10 @@ def score_test_set(
         for start in range(0, len(dataset.test), batch_size):
             chunk = dataset.test[start : start + batch_size]
             loaded = list(pool.map(load, chunk))
-            scores = scorer.score(np.stack([scorer.prepare(rgb) for rgb, _ in loaded]))
+            scores = scorer.score_frames([scorer.prepare(rgb, str(s.path)) for s, (rgb, _) in zip(chunk, loaded,
+                                                                                                  strict=True)])
             for i, (sample, (rgb, mask)) in enumerate(zip(chunk, loaded, strict=True)):
-                full = scorer.full_resolution_map(scores.anomaly_maps[i], rgb.shape[:2])
+                full = scorer.full_resolution_map(scores.maps[i], rgb.shape[:2])
                 item = ScoredSample(sample, float(scores.image_scores[i]), full, mask)
                 out.append(item)
                 if on_scored is not None:

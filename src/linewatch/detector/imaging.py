@@ -33,7 +33,8 @@ class ImageError(ValueError):
 
     Attributes:
         reason: a short code (``empty``, ``truncated``, ``corrupt``, ``not_an_image``, ``undecodable``,
-            ``too_many_pixels``, ``unsupported_depth``, ``too_small``, ``unreadable``).
+            ``too_many_pixels``, ``unsupported_depth``, ``too_small``, ``unreadable``; ``too_many_tiles`` from
+            :mod:`.geometry`).
         source: the file path or frame reference it came from.
     """
 
@@ -232,16 +233,22 @@ def read_mask(path: Path, shape: tuple[int, int], threshold: int = 127) -> np.nd
     return mask > threshold
 
 
-def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize a uint8 (H, W, 3) RGB image to the model's square input -> uint8 (3, size, size), channels first.
-
-    The aspect ratio is not kept (like the authors' ``transforms.Resize([256, 256])``).
-    Area interpolation when shrinking (anti-aliased), bilinear when enlarging. Training, evaluation
-    and the workers all use this one function, so a frame is seen exactly as training images were.
-    """
+def resize_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a uint8 (H, W, 3) image to (``height``, ``width``, 3): area interpolation when the result has fewer
+    pixels (anti-aliased), bilinear otherwise (OpenCV). Training, evaluation and the workers all resize through
+    this (:mod:`.geometry`), so a frame is seen exactly as training images were."""
     h, w = rgb.shape[:2]
-    interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(rgb, (size, size), interpolation=interp).transpose(2, 0, 1))
+    interp = cv2.INTER_AREA if h * w > height * width else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)
+
+
+def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize a uint8 (H, W, 3) RGB image to a square input -> uint8 (3, size, size), channels first.
+
+    The aspect ratio is not kept (like the authors' ``transforms.Resize([256, 256])``): the ``resize`` input
+    geometry, the one of models without an ``input`` field (:mod:`.geometry`, which every scoring path uses).
+    """
+    return np.ascontiguousarray(resize_image(rgb, size, size).transpose(2, 0, 1))
 
 
 def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -2,9 +2,10 @@
 
     MODEL_DIR/
       student.safetensors   student feature-pyramid weights (safetensors: tensors only, nothing unpickled)
-      model.json            backbone, teacher weights SHA-256, image size, normalisation, map smoothing
-                            sigma, thresholds, training recipe and history, manifest with content
-                            hashes, validation statistics, versions; ``exports``: the runtime graphs below
+      model.json            backbone, teacher weights SHA-256, image size, input geometry (``input``,
+                            :mod:`.geometry`; absent: resize), normalisation, map smoothing sigma,
+                            thresholds, training recipe and history, manifest with content hashes,
+                            validation statistics, versions; ``exports``: the runtime graphs below
       model.onnx            optional: the whole scoring graph for ONNX Runtime (``linewatch export``,
                             :mod:`.runtimes.onnx_export`), recorded under ``exports.onnx`` with its SHA-256
                             and the weights it was exported from
@@ -29,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from linewatch.contracts.files import sha256_file
 
 from .backbones import backbone_spec, build_student, build_teacher
+from .geometry import InputGeometry
 from .stpm import STPM
 
 FORMAT = "linewatch-stpm/1"
@@ -142,7 +144,8 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
     """Parse and check ``model.json``.
 
     Raises:
-        ModelFileError: missing directory or file, unknown format, or required fields absent.
+        ModelFileError: missing directory or file, unknown format, required fields absent, or an invalid
+            ``input`` geometry.
     """
     model_dir = Path(model_dir)
     meta_path = model_dir / METADATA_FILE
@@ -157,6 +160,10 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_FIELDS if k not in meta]
     if missing:
         raise ModelFileError(f"{meta_path}: missing fields {missing}")
+    try:
+        InputGeometry.from_metadata(meta)
+    except ValueError as exc:
+        raise ModelFileError(f"{meta_path}: {exc}") from None
     return meta
 
 

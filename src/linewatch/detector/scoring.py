@@ -7,10 +7,16 @@ Reduced precision and verdicts: thresholds are calibrated on float32 scores (:mo
 running at bfloat16 or float16 re-scores in float32 every image whose score is within the model's guard band
 of the image threshold (``|score / threshold - 1| <= precision.guard_band`` in model.json), so reduced
 precision never decides a verdict near the threshold; far from it, its score shift cannot flip one.
+
+Frames: :meth:`Scorer.prepare` turns a frame into its model inputs under the model's input geometry
+(:mod:`.geometry`, model.json ``input``) and :meth:`Scorer.score_frames` scores frames: their windows' maps
+stitched into one map per frame at model scale (``plan.scaled``, the frame's aspect ratio), whose maximum is the
+image score. :func:`frame_scores` is that computation for the training's calibration too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,8 @@ import torch
 from linewatch.contracts.messages import DefectRegion
 
 from .devices import autocast, precision_of, resolve_device, to_model_layout
-from .imaging import resize_map, to_model_input
+from .geometry import FrameInput, InputGeometry, model_inputs, stitch_batch
+from .imaging import resize_map
 from .model_files import LoadedModel, load_model
 from .runtimes.selection import select_forward
 from .runtimes.threads import intra_op_threads
@@ -31,6 +38,8 @@ MAX_REGIONS = 32
 # Relative. bfloat16 keeps 8 significant bits (unit roundoff 2^-8, 0.4%) and errors add up through the network:
 # 2.7% measured with CPU autocast on held-out goods (tests/test_calibration.py). Training widens it on a GPU.
 DEFAULT_GUARD_BAND = 0.1
+# Windows per forward pass when frames are scored (a batch of tiled frames can hold hundreds of windows).
+WINDOWS_PER_PASS = 64
 
 
 @dataclass
@@ -49,6 +58,19 @@ class BatchScores:
     anomaly_maps: np.ndarray
 
 
+@dataclass
+class FrameScores:
+    """Scores of B frames. ``image_scores`` float32 (B,): the maximum of each frame's map; ``normalized`` float32
+    (B,): divided by the image threshold; ``is_defect`` bool (B,): strictly above it; ``maps``: per frame, float32
+    anomaly map at model scale, shape ``plan.scaled`` (rows, columns: the frame's aspect ratio; (S, S) for a
+    ``resize`` model); :meth:`Scorer.full_resolution_map` brings one to the frame's own size."""
+
+    image_scores: np.ndarray
+    normalized: np.ndarray
+    is_defect: np.ndarray
+    maps: list[np.ndarray]
+
+
 @torch.inference_mode()
 def forward_scores(stpm: STPM, batch: torch.Tensor, device: torch.device,
                    precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +86,28 @@ def forward_scores(stpm: STPM, batch: torch.Tensor, device: torch.device,
     with autocast(device, precision):
         scores, maps = stpm(x)
     return scores.float().cpu().numpy(), maps.float().cpu().numpy()
+
+
+def frame_scores(stpm: STPM, frames: Sequence[FrameInput], device: torch.device, precision: str = "float32",
+                 per_pass: int = WINDOWS_PER_PASS,
+                 forward: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Frames' model inputs (:func:`.geometry.model_inputs`) -> (image scores float32 (B,), maps at model scale,
+    float32 ``plan.scaled`` each): :func:`forward_scores` on their windows (or ``forward``, an export runtime's
+    equivalent, :mod:`.runtimes`), ``per_pass`` at a time, then :func:`.geometry.stitch` per frame and the maximum
+    of each map. Serving (:meth:`Scorer.score_frames`) and the training's threshold calibration both call this."""
+    if not frames:
+        return np.zeros(0, dtype=np.float32), []
+    if all(isinstance(f.tiles, np.ndarray) for f in frames):
+        tiles = torch.from_numpy(np.concatenate([f.tiles for f in frames]))
+    else:  # decoded on the device
+        tiles = torch.cat([torch.as_tensor(f.tiles).to(device) for f in frames])
+    if forward is None:
+        def forward(windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            return forward_scores(stpm, windows, device, precision)
+    maps = np.concatenate([forward(tiles[i : i + per_pass])[1] for i in range(0, len(tiles), per_pass)])
+    stitched = stitch_batch(maps, [f.plan for f in frames])
+    return np.array([m.max() for m in stitched], dtype=np.float32), stitched
 
 
 class Scorer:
@@ -95,9 +139,10 @@ class Scorer:
         self.image_threshold = float(thresholds["image"])
         self.pixel_threshold = float(thresholds["pixel"])
         self.guard_band = float(self.model.metadata.get("precision", {}).get("guard_band", DEFAULT_GUARD_BAND))
+        self.geometry = InputGeometry.from_metadata(self.model.metadata)
         self.runtime, self._forward = select_forward(
             runtime, model=self.model, device=self.device, precision=self.precision, torch_forward=self.torch_forward,
-            prepare=self.prepare, threads=threads or intra_op_threads())
+            prepare=self.windows, threads=threads or intra_op_threads())
 
     @property
     def version(self) -> str:
@@ -107,9 +152,40 @@ class Scorer:
     def image_size(self) -> int:
         return self.model.image_size
 
-    def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 (H, W, 3) RGB image -> uint8 (3, S, S) model input."""
-        return to_model_input(rgb, self.image_size)
+    def prepare(self, rgb: np.ndarray, source: str = "<image>") -> FrameInput:
+        """uint8 (H, W, 3) RGB frame -> its model inputs under the model's input geometry (:mod:`.geometry`).
+
+        Raises:
+            ImageError: ``too_many_tiles`` (see :meth:`.geometry.InputGeometry.plan`).
+        """
+        return model_inputs(rgb, self.geometry, source)
+
+    def windows(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) RGB frame -> its uint8 (n, 3, S, S) model input windows (:meth:`prepare`'s ``tiles``):
+        what an export runtime's parity check (:mod:`.runtimes.parity`) feeds both runtimes."""
+        return np.asarray(self.prepare(rgb).tiles)
+
+    def score_frames(self, frames: Sequence[FrameInput]) -> FrameScores:
+        """Score frames prepared by :meth:`prepare` (or the workers' decoders, under this model's geometry).
+        Frames within the guard band of the threshold are re-scored in float32 (module docstring).
+
+        Raises:
+            ValueError: a frame prepared under another geometry.
+        """
+        for f in frames:
+            if f.plan.geometry != self.geometry:
+                raise ValueError(f"frame prepared for {f.plan.geometry}, this model takes {self.geometry}")
+        scores, maps = frame_scores(self.model.stpm, frames, self.device, self.precision, forward=self._forward)
+        if self.precision != "float32":
+            for i in np.flatnonzero(np.abs(scores / self.image_threshold - 1) <= self.guard_band):
+                exact = frame_scores(self.model.stpm, [frames[i]], self.device, "float32")
+                scores[i], maps[i] = exact[0][0], exact[1][0]
+        return FrameScores(scores, (scores / self.image_threshold).astype(np.float32), scores > self.image_threshold,
+                           maps)
+
+    def score_images(self, images: Sequence[np.ndarray]) -> FrameScores:
+        """:meth:`score_frames` of uint8 (H, W, 3) RGB images (any sizes). Raises: see :meth:`prepare`."""
+        return self.score_frames([self.prepare(rgb) for rgb in images])
 
     def torch_forward(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Eager PyTorch's :func:`forward_scores` of uint8 (B, 3, S, S) inputs at this scorer's precision (the
@@ -118,7 +194,7 @@ class Scorer:
 
     @torch.inference_mode()
     def score(self, batch: torch.Tensor | np.ndarray) -> BatchScores:
-        """Score uint8 (B, 3, S, S) RGB model inputs (see :meth:`prepare`).
+        """Score uint8 (B, 3, S, S) RGB model inputs, window by window (frames: :meth:`score_frames`).
 
         Raises:
             ValueError: wrong dtype or shape.
@@ -143,15 +219,17 @@ class Scorer:
         )
 
     def regions(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> list[DefectRegion]:
-        """Defect regions of one (S, S) or (1, S, S) map, boxes scaled to ``original_shape`` (H, W).
+        """Defect regions of one frame's map at model scale (h, w) ((1, h, w) too), boxes scaled to
+        ``original_shape`` (H, W) by H / h and W / w.
 
         8-connected components of the pixels strictly above the pixel threshold, largest (scaled area)
         first, at most 32; each with its box and area in original pixels and its peak map value.
         """
-        amap = np.asarray(anomaly_map, dtype=np.float32).reshape(self.image_size, self.image_size)
+        amap = np.asarray(anomaly_map, dtype=np.float32)
+        amap = amap.reshape(amap.shape[-2:])
         mask = (amap > self.pixel_threshold).astype(np.uint8)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        sy, sx = original_shape[0] / self.image_size, original_shape[1] / self.image_size
+        sy, sx = original_shape[0] / amap.shape[0], original_shape[1] / amap.shape[1]
         regions = []
         for i in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[i])
@@ -165,6 +243,7 @@ class Scorer:
         return regions[:MAX_REGIONS]
 
     def full_resolution_map(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> np.ndarray:
-        """One (S, S) or (1, S, S) map resized bilinearly (OpenCV) to the original image's (H, W), float32."""
-        return resize_map(np.asarray(anomaly_map, dtype=np.float32).reshape(self.image_size, self.image_size),
-                          original_shape)
+        """One frame's map at model scale (h, w) ((1, h, w) too) resized bilinearly (OpenCV) to the frame's own
+        ``original_shape`` (H, W), float32."""
+        amap = np.asarray(anomaly_map, dtype=np.float32)
+        return resize_map(amap.reshape(amap.shape[-2:]), original_shape)

@@ -14,9 +14,11 @@ validation loss). Where the defaults differ:
   and cached in float16 instead of recomputed per batch (for the training and validation losses only);
   on CUDA, mixed precision (bfloat16 where supported, else float16 with a gradient scaler).
 
-Thresholds are then set on the held-out good images (:mod:`.calibration`), scored by
-:func:`.scoring.forward_scores`, the computation the workers and ``linewatch score`` run: the float16
-cache shifted scores by up to 1.7e-4 relative, and a threshold set on shifted scores is not the one served.
+Images become model inputs under the input geometry (:mod:`.geometry`; ``input_mode``, by default ``auto``:
+letterboxed, or tiled beyond ``max_aspect``); a tiled image trains on each of its windows. Thresholds are then
+set on the held-out good images (:mod:`.calibration`), each scored whole by :func:`.scoring.frame_scores`, the
+computation the workers and ``linewatch score`` run: the float16 cache shifted scores by up to 1.7e-4 relative,
+and a threshold set on shifted scores is not the one served.
 On the CPU the same seed gives the same weights (a test checks it); on CUDA nothing forces deterministic kernels.
 """
 
@@ -42,17 +44,14 @@ from linewatch.contracts.settings import Settings
 from .backbones import backbone_spec, build_student, build_teacher
 from .calibration import calibrate_image_threshold, score_statistics, threshold_at_rate
 from .devices import autocast, precision_of, resolve_device, to_model_layout
+from .geometry import DEFAULT_MAX_ASPECT, DEFAULT_MODE, DEFAULT_TILE_OVERLAP, InputGeometry
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
-from .scoring import DEFAULT_GUARD_BAND, forward_scores
+from .scoring import DEFAULT_GUARD_BAND, frame_scores
 from .stpm import STPM, pyramid_loss
-from .training_set import (  # noqa: F401 -- TrainingError and UnderCalibratedError are this module's API too
-    TrainingError,
-    UnderCalibratedError,
-    check_evidence,
-    load_images,
-    split_indices,
-)
+
+# TrainingError and UnderCalibratedError are this module's API too
+from .training_set import TrainingError, UnderCalibratedError, check_evidence, load_images, split_indices  # noqa: F401
 
 
 @dataclass
@@ -64,7 +63,8 @@ class TrainConfig:
     pixels of the model input; ``val_fraction`` is the share of the good images held out; the two rates
     are the calibration targets (:mod:`.calibration`); fewer held-out images than ``min_held_out_goods`` (or
     than 1/target) refuse the model unless ``allow_under_calibrated``; larger images than ``max_pixels``
-    pixels are refused.
+    pixels are refused. ``input_mode``, ``max_aspect``, ``tile_scale`` (None: measured on the images) and
+    ``tile_overlap`` are the input geometry (:meth:`geometry`).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -84,6 +84,14 @@ class TrainConfig:
     allow_under_calibrated: bool = False
     map_smoothing_sigma: float = 4.0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    input_mode: str = DEFAULT_MODE
+    max_aspect: float = DEFAULT_MAX_ASPECT
+    tile_scale: float | None = None
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
+
+    def geometry(self) -> InputGeometry:
+        """The input geometry this recipe asks for. Raises ValueError: see :class:`.geometry.InputGeometry`."""
+        return InputGeometry(self.input_mode, self.image_size, self.max_aspect, self.tile_scale, self.tile_overlap)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
@@ -147,7 +155,7 @@ def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batc
 def evaluate_student(model: STPM, images: torch.Tensor, teacher_hat: list[torch.Tensor], device: torch.device,
                      batch: int) -> float:
     """Student in eval mode on uint8 (N, 3, S, S) images and their cached teacher stages -> mean loss per image
-    (Eq. 3; selects the best epoch; scores for thresholds come from :func:`calibration_scores`)."""
+    (Eq. 3; selects the best epoch; scores for thresholds come from :func:`.scoring.frame_scores`)."""
     model.eval()
     total = 0.0
     for start in range(0, len(images), batch):
@@ -157,20 +165,6 @@ def evaluate_student(model: STPM, images: torch.Tensor, teacher_hat: list[torch.
             s_hat = model.student_features(x)
         total += pyramid_loss(t_hat, s_hat).item()
     return total / len(images)
-
-
-def calibration_scores(model: STPM, images: torch.Tensor, device: torch.device, batch: int,
-                       precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-    """Scores of uint8 (N, 3, S, S) model inputs as served (:func:`.scoring.forward_scores`, eval mode), in
-    float32 (thresholds are calibrated there on every device) unless ``precision`` says otherwise ->
-    (image scores float32 (N,), smoothed anomaly maps float32 (N, S, S))."""
-    model.eval()
-    scores, maps = [], []
-    for start in range(0, len(images), batch):
-        s, m = forward_scores(model, images[start : start + batch], device, precision)
-        scores.append(s)
-        maps.append(m[:, 0])
-    return np.concatenate(scores), np.concatenate(maps)
 
 
 def train(
@@ -188,7 +182,7 @@ def train(
     """Train an STPM student on good images and write the model directory ``out_dir``.
 
     Args:
-        image_paths: defect-free images (any size; resized to ``config.image_size``).
+        image_paths: defect-free images (any size and shape; prepared under ``config.geometry()``).
         out_dir: model directory to write (atomically replaced if it exists).
         config: recipe and calibration targets.
         init_student: student weights to fine-tune from; ``None`` trains from random initialisation.
@@ -214,7 +208,8 @@ def train(
     device = resolve_device(config.device)
     paths = [Path(p) for p in image_paths]
     split_indices(len(paths), config.val_fraction, config.seed)  # fewer than 2 images: before reading them
-    images, hashes = load_images(paths, config.image_size, config.max_pixels)
+    images = load_images(paths, config.geometry(), config.max_pixels)
+    hashes = images.hashes
     keep_out = set(held_out)
     forced = [i for i, h in enumerate(hashes) if h in keep_out]
     train_idx, val_idx = split_indices(len(paths), config.val_fraction, config.seed, forced)
@@ -230,10 +225,12 @@ def train(
     model = STPM(backbone_spec(config.backbone), teacher, student, config.map_smoothing_sigma).to(device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike
 
-    cache = _teacher_cache(model, images, device, config.batch_size)
-    train_images, val_images = images[train_idx], images[val_idx]
-    train_t = [c[torch.as_tensor(train_idx, device=device)] for c in cache]
-    val_t = [c[torch.as_tensor(val_idx, device=device)] for c in cache]
+    windows = images.windows(range(len(paths)))  # each image's model inputs, one unless tiled
+    train_w, val_w = images.window_indices(train_idx), images.window_indices(val_idx)
+    cache = _teacher_cache(model, windows, device, config.batch_size)
+    train_images, val_images = windows[train_w], windows[val_w]
+    train_t = [c[torch.as_tensor(train_w, device=device)] for c in cache]
+    val_t = [c[torch.as_tensor(val_w, device=device)] for c in cache]
     del cache
 
     optimizer = torch.optim.SGD(
@@ -248,7 +245,7 @@ def train(
         t0 = time.monotonic()
         model.train()
         running = 0.0
-        order = torch.randperm(len(train_idx), generator=generator)
+        order = torch.randperm(len(train_images), generator=generator)
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
             x = to_model_layout(train_images[idx], device)
@@ -273,7 +270,7 @@ def train(
             best_state = copy.deepcopy(model.student.state_dict())
         seconds = time.monotonic() - t0
         mean_epoch = (time.monotonic() - started) / epoch
-        report = EpochReport(epoch, config.epochs, running / len(train_idx), val_loss, best_epoch, seconds,
+        report = EpochReport(epoch, config.epochs, running / len(train_images), val_loss, best_epoch, seconds,
                              mean_epoch * (config.epochs - epoch))
         history.append(report)
         bar.set_postfix(loss=f"{report.loss:.4f}", val=f"{val_loss:.4f}", best=best_epoch)
@@ -284,15 +281,18 @@ def train(
 
     assert best_state is not None
     model.student.load_state_dict(best_state)
-    val_scores, val_maps = calibration_scores(model, val_images, device, config.batch_size)
+    model.eval()
+    val_frames = [images.frames[i] for i in val_idx]
+    val_scores, val_maps = frame_scores(model, val_frames, device, "float32", config.batch_size)
     # Reduced precision is measured, not calibrated on: on a GPU its shift on the held-out goods widens the guard
     # band within which a bfloat16/float16 scorer re-scores in float32 (scoring module docstring). The CPU serves
     # float32, and its emulated bfloat16 is slow, so there the default band stands.
     reduced = precision_of(device)
     shift = None if reduced == "float32" else float(np.max(np.abs(
-        calibration_scores(model, val_images, device, config.batch_size, reduced)[0] / val_scores - 1)))
+        frame_scores(model, val_frames, device, reduced, config.batch_size)[0] / val_scores - 1)))
     calibration = calibrate_image_threshold(val_scores, config.target_false_reject_rate, config.min_held_out_goods)
-    pixel_threshold = threshold_at_rate(val_maps, config.pixel_false_positive_rate)
+    pixel_threshold = threshold_at_rate(np.concatenate([m.ravel() for m in val_maps]),
+                                        config.pixel_false_positive_rate)
     role = np.full(len(paths), "train", dtype=object)
     role[val_idx] = "val"
     score = np.full(len(paths), np.nan)
@@ -302,6 +302,7 @@ def train(
         "backbone": config.backbone,
         "teacher_weights": {"file": teacher_path.name, "sha256": sha256_file(teacher_path)},
         "image_size": config.image_size,
+        "input": images.geometry.as_dict(),
         "normalization": {"input": "RGB uint8 / 255", "mean": list(spec.mean), "std": list(spec.std)},
         "pyramid": {"strides": [4, 8, 16], "channels": list(model.student.channels)},
         "map_smoothing_sigma": config.map_smoothing_sigma,

@@ -7,15 +7,17 @@ import math
 import os
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from linewatch.contracts.files import sha256_bytes
+from linewatch.contracts.files import sha256_file
 
 from .calibration import held_out_goods_needed
-from .imaging import DEFAULT_MAX_PIXELS, ImageError, read_image, to_model_input
+from .geometry import FrameInput, InputGeometry, model_inputs
+from .imaging import DEFAULT_MAX_PIXELS, ImageError, exif_orientation, probe_image, read_image
 
 
 class TrainingError(ValueError):
@@ -27,29 +29,59 @@ class UnderCalibratedError(TrainingError):
     good images are needed."""
 
 
-def load_images(paths: Sequence[Path], size: int,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:
-    """Read, check and resize images in parallel -> (uint8 (N, 3, size, size), SHA-256 of each file).
+@dataclass
+class TrainingImages:
+    """Good images ready for the model: per image its :class:`.geometry.FrameInput` (``frames``) and the SHA-256
+    of its file (``hashes``), and the ``geometry`` they were prepared under (its tile scale measured on them)."""
+
+    frames: list[FrameInput]
+    hashes: list[str]
+    geometry: InputGeometry
+
+    def windows(self, images: Sequence[int]) -> torch.Tensor:
+        """The model inputs of the images at indices ``images``, in that order -> uint8 (T, 3, S, S)."""
+        return torch.from_numpy(np.concatenate([self.frames[i].tiles for i in images]))
+
+    def window_indices(self, images: Sequence[int]) -> np.ndarray:
+        """Where the windows of the images at indices ``images`` are in ``windows(range(len(frames)))`` -> int64."""
+        first = np.cumsum([0] + [len(f.plan.windows) for f in self.frames])
+        return np.concatenate([np.arange(first[i], first[i + 1]) for i in images]).astype(np.int64)
+
+
+def load_images(paths: Sequence[Path], geometry: InputGeometry,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> TrainingImages:
+    """Read, check and prepare images in parallel under ``geometry`` (:func:`.geometry.model_inputs`), with its
+    tile scale measured on their sizes when it tiles without one (:meth:`.geometry.InputGeometry.resolved`).
 
     Raises:
         TrainingError: some files cannot be used; the message names each of them (the first 20) and why,
             so that one run finds them all.
     """
 
-    def one(path: Path) -> tuple[np.ndarray, str] | ImageError:
+    def size(path: Path) -> tuple[int, int] | None:
         try:
-            rgb = read_image(path, max_pixels)
+            data = Path(path).read_bytes()
+            _, w, h = probe_image(data, str(path), max_pixels)
+        except (OSError, ImageError):
+            return None  # named with its reason below
+        return (w, h) if exif_orientation(data) in (5, 6, 7, 8) else (h, w)  # upright, as decoded
+
+    def one(path: Path) -> tuple[FrameInput, str] | ImageError:
+        try:
+            return model_inputs(read_image(path, max_pixels), geometry, str(path)), sha256_file(path)
         except ImageError as exc:
             return exc
-        return to_model_input(rgb, size), sha256_bytes(Path(path).read_bytes())
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        sizes = [s for s in pool.map(size, paths) if s is not None]
+        if sizes:
+            geometry = geometry.resolved(sizes)
         results = list(pool.map(one, paths))
     bad = [r for r in results if isinstance(r, ImageError)]
     if bad:
         listed = "\n  ".join(str(e) for e in bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise TrainingError(f"{len(bad)} of {len(paths)} images cannot be used; fix or remove them:\n  {listed}")
-    return torch.from_numpy(np.stack([r[0] for r in results])), [r[1] for r in results]
+    return TrainingImages([r[0] for r in results], [r[1] for r in results], geometry)
 
 
 def held_out_count(n: int, val_fraction: float, forced: int = 0) -> int:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.settings import Settings
+from linewatch.detector.geometry import InputGeometry
 from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
 from linewatch.detector.runtimes.onnx_export import export_or_warn
 from linewatch.detector.runtimes.threads import apply_torch_threads, intra_op_threads
@@ -91,12 +92,14 @@ def run_job(settings: Settings, job_id: int) -> int:
 
 
 def _recipe(settings: Settings, active, from_scratch: bool) -> tuple[TrainConfig, dict | None]:
-    """Fine-tune the active student (its architecture, image size and smoothing) or train from scratch."""
+    """Fine-tune the active student (its architecture, image size, input geometry and smoothing) or train from
+    scratch."""
     if active is None or from_scratch:
         return TrainConfig.from_settings(settings), None
     path = artifact_path(active)
     meta = read_metadata(path)
     config = TrainConfig.from_settings(settings, backbone=meta["backbone"], image_size=meta["image_size"],
                                        map_smoothing_sigma=meta["map_smoothing_sigma"],
+                                       **InputGeometry.from_metadata(meta).recipe(),
                                        epochs=settings.trainer.fine_tune_epochs, lr=settings.trainer.fine_tune_lr)
     return config, load_file(str(path / WEIGHTS_FILE))

@@ -119,12 +119,12 @@ def judge(scorer: Scorer, frames: list[LabelledFrame], batch_size: int = 16) -> 
         batch, batch_labels = [], []
         for frame in frames[start : start + batch_size]:
             try:
-                batch.append(scorer.prepare(read_image(frame.path)))
+                batch.append(scorer.prepare(read_image(frame.path), str(frame.path)))
                 batch_labels.append(frame.is_defect)
             except ImageError:
                 continue
         if batch:
-            scores.extend(scorer.score(np.stack(batch)).image_scores.tolist())
+            scores.extend(scorer.score_frames(batch).image_scores.tolist())
             labels.extend(batch_labels)
     s, y = np.asarray(scores), np.asarray(labels, dtype=bool)
     flagged = s > scorer.image_threshold

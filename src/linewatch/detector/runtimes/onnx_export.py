@@ -67,7 +67,7 @@ def export_onnx(model_dir: Path, teacher_weights: Path | None = None) -> dict[st
     tmp = model_dir / f".{ONNX_FILE}.tmp"
     try:
         _trace(scorer.model.stpm, size, tmp)
-        inputs, on = parity_inputs(scorer.model.metadata, scorer.prepare, size)
+        inputs, on = parity_inputs(scorer.model.metadata, scorer.windows, size)
         reference = scorer.torch_forward(inputs)
         parity = compare(reference, OnnxRuntimeForward(tmp, intra_op_threads())(inputs), on)
         by_runtime = {"onnxruntime": parity.record(), **_other_runtimes(tmp, reference, inputs, on)}

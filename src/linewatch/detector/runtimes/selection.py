@@ -53,7 +53,8 @@ def select_forward(runtime: str, *, model, device: torch.device, precision: str,
         model: the :class:`..model_files.LoadedModel` (its directory and metadata name the export).
         device, precision: what eager PyTorch runs at (:func:`..devices.precision_of`).
         torch_forward: eager PyTorch's forward, the reference.
-        prepare: the scorer's image -> model input (the held-out goods of the parity check go through it).
+        prepare: the scorer's image -> uint8 (n, 3, S, S) model input windows (the held-out goods of the parity check
+            go through it).
         threads: intra-op threads of an export runtime's session (:mod:`.threads`).
     Raises:
         RuntimeChoiceError (a ValueError): unknown runtime, or an export runtime asked for on a GPU or at reduced

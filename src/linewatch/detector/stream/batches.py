@@ -14,6 +14,8 @@ import numpy as np
 
 from linewatch.contracts.messages import FrameMeta, InspectionResult
 
+from ..geometry import FrameInput
+
 # Previews (for the overlays shown in review and on the dashboard) are at most this many pixels on their
 # longer side. Here, beside PreparedFrame.preview, so the CPU decoder (frames.py) and the device decoder
 # (device_decode.py) share it without importing each other.
@@ -47,13 +49,13 @@ class RawFrame:
 
 @dataclass
 class PreparedFrame:
-    """A decoded frame: model input uint8 (3, S, S) (a NumPy array, or a tensor on the device when decoded
-    there), a preview uint8 (h, w, 3) RGB for overlays (at most :data:`PREVIEW_SIDE` on its longer side),
-    the original width and height, timings."""
+    """A decoded frame: its model inputs (:class:`..geometry.FrameInput`: windows uint8 (T, 3, S, S), a NumPy
+    array or a tensor on the device when decoded there, and their plan), a preview uint8 (h, w, 3) RGB for
+    overlays (at most :data:`PREVIEW_SIDE` on its longer side), the original width and height, timings."""
 
     raw: RawFrame
     meta: FrameMeta
-    model_input: np.ndarray
+    model_input: FrameInput
     preview: np.ndarray
     width: int
     height: int
@@ -102,7 +104,7 @@ class ScoredBatch:
 
     results: list[InspectionResult]
     frames: list[PreparedFrame]
-    maps: np.ndarray  # float32 (B, S, S)
+    maps: list[np.ndarray]  # per frame float32 at model scale, the frame's aspect ratio (plan.scaled)
     pixel_threshold: float
     dead: list[DeadLetter]
     batch_id: int | None = None
@@ -122,7 +124,7 @@ class ScoredBatch:
         position = {old: new for new, old in enumerate(kept)}
         self.results = [self.results[i] for i in kept]
         self.frames = [self.frames[i] for i in kept]
-        self.maps = self.maps[kept]
+        self.maps = [self.maps[i] for i in kept]
         self.keep = {position[i] for i in self.keep if i in position}
         self.new = {position[i] for i in self.new if i in position}
         self.overlays = {position[i]: v for i, v in self.overlays.items() if i in position}

@@ -10,12 +10,14 @@ import torch
 
 from linewatch.contracts.messages import FrameMeta, MessageError
 
-from ..imaging import ImageError, check_jpeg, decode_image, exif_orientation, probe_image, to_model_input
+from ..geometry import InputGeometry, model_inputs
+from ..imaging import ImageError, check_jpeg, decode_image, exif_orientation, probe_image
 from .batches import PREVIEW_SIDE, DeadLetter, PreparedFrame, RawFrame
 
 
-def prepare_frame(raw: RawFrame, image_size: int, max_pixels: int) -> PreparedFrame | DeadLetter:
-    """Parse headers, check and decode the image, and resize it for the model. Never raises for bad input."""
+def prepare_frame(raw: RawFrame, geometry: InputGeometry, max_pixels: int) -> PreparedFrame | DeadLetter:
+    """Parse headers, check and decode the image, and make its model inputs under the model's ``geometry``
+    (:func:`..geometry.model_inputs`, as in training). Never raises for bad input."""
     started = time.time_ns()
     try:
         meta = FrameMeta.from_headers(raw.headers)
@@ -24,7 +26,7 @@ def prepare_frame(raw: RawFrame, image_size: int, max_pixels: int) -> PreparedFr
         scale = PREVIEW_SIDE / max(h, w)
         preview = rgb if scale >= 1 else cv2.resize(rgb, (round(w * scale), round(h * scale)),
                                                     interpolation=cv2.INTER_AREA)
-        model_input = to_model_input(rgb, image_size)
+        model_input = model_inputs(rgb, geometry, raw.source)
     except (MessageError, ImageError) as exc:
         return DeadLetter(raw, exc.reason, exc.detail)
     except (cv2.error, ValueError, OSError, MemoryError) as exc:  # a decoder failing in a way not foreseen
@@ -32,12 +34,12 @@ def prepare_frame(raw: RawFrame, image_size: int, max_pixels: int) -> PreparedFr
     return PreparedFrame(raw, meta, model_input, preview, w, h, started, (time.time_ns() - started) / 1e6)
 
 
-def prepare_batch(raws: list[RawFrame], image_size: int, max_pixels: int, device: torch.device,
+def prepare_batch(raws: list[RawFrame], geometry: InputGeometry, max_pixels: int, device: torch.device,
                   pool: Executor) -> list[PreparedFrame | DeadLetter]:
     """:func:`prepare_frame` for a batch, in ``pool``'s threads; on CUDA, JPEG frames that pass the CPU
-    checks are decoded and resized on the GPU (:mod:`.device_decode`). Order is kept."""
+    checks are decoded and prepared on the GPU (:mod:`.device_decode`). Order is kept."""
     if device.type != "cuda":
-        return list(pool.map(lambda r: prepare_frame(r, image_size, max_pixels), raws))
+        return list(pool.map(lambda r: prepare_frame(r, geometry, max_pixels), raws))
     from .device_decode import decode_jpegs
 
     started = time.time_ns()
@@ -54,14 +56,14 @@ def prepare_batch(raws: list[RawFrame], image_size: int, max_pixels: int, device
             continue
         if fmt == "JPEG" and exif_orientation(raw.value or b"") == 1:  # the device decoder does not turn images
             on_device.append((i, meta))
-    decoded = decode_jpegs([raws[i].value or b"" for i, _ in on_device], image_size, device)
+    decoded = decode_jpegs([raws[i].value or b"" for i, _ in on_device], geometry, device)
     per_frame_ms = (time.time_ns() - started) / 1e6 / max(1, len(on_device))
     for (i, meta), result in zip(on_device, decoded, strict=True):
         if result is not None:
             model_input, preview, w, h = result
             out[i] = PreparedFrame(raws[i], meta, model_input, preview, w, h, started, per_frame_ms)
     rest = [i for i, o in enumerate(out) if o is None]  # PNG and friends, and JPEGs the GPU refused
-    for i, prepared in zip(rest, pool.map(lambda j: prepare_frame(raws[j], image_size, max_pixels), rest),
+    for i, prepared in zip(rest, pool.map(lambda j: prepare_frame(raws[j], geometry, max_pixels), rest),
                            strict=True):
         out[i] = prepared
     return out  # type: ignore[return-value]

@@ -7,9 +7,6 @@ import datetime as dt
 import time
 from collections.abc import Callable
 
-import numpy as np
-import torch
-
 from linewatch.contracts.clock import DEFAULT_CLOCK, ClockRule
 from linewatch.contracts.messages import FrameMeta, FrameRef, InspectionResult, Latency
 
@@ -28,17 +25,12 @@ def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, kee
     with the frame's arrival, else at its arrival (``clock``; never negative); ``clock_skew_ms`` is the camera's
     skew. ``dead`` and ``batch_id`` are carried into the :class:`ScoredBatch` unchanged.
     """
-    maps = np.zeros((0, scorer.image_size, scorer.image_size), dtype=np.float32)
     if not frames:
-        return ScoredBatch([], [], maps, scorer.pixel_threshold, dead or [], batch_id, set())
+        return ScoredBatch([], [], [], scorer.pixel_threshold, dead or [], batch_id, set())
     t0 = time.perf_counter()
-    inputs = [f.model_input for f in frames]
-    if any(isinstance(x, torch.Tensor) for x in inputs):  # decoded on the device
-        scores = scorer.score(torch.stack([torch.as_tensor(x).to(scorer.device) for x in inputs]))
-    else:
-        scores = scorer.score(np.stack(inputs))
+    scores = scorer.score_frames([f.model_input for f in frames])
     inference_ms = (time.perf_counter() - t0) * 1000
-    maps = scores.anomaly_maps[:, 0]
+    maps = scores.maps
     now = dt.datetime.now(dt.UTC)
     results, keep = [], set()
     for i, f in enumerate(frames):

@@ -152,7 +152,7 @@ class Pipeline:
             if self._abandon.is_set():
                 continue
             scorer = self.model.current
-            out = prepare_batch(batch.frames, scorer.image_size, self.det.max_pixels, scorer.device,
+            out = prepare_batch(batch.frames, scorer.geometry, self.det.max_pixels, scorer.device,
                                 self._decode_pool)
             frames = [o for o in out if isinstance(o, PreparedFrame)]
             dead = [o for o in out if isinstance(o, DeadLetter)]
@@ -190,8 +190,8 @@ class Pipeline:
         threads = self.threads[len(frames) > 1]
         if scorer.device.type == "cpu" and threads != torch.get_num_threads():
             torch.set_num_threads(threads)
-        if frames and frames[0].model_input.shape[-1] != scorer.image_size:  # a swap changed the input size
-            redo = [prepare_frame(f.raw, scorer.image_size, self.det.max_pixels) for f in frames]
+        if any(f.model_input.plan.geometry != scorer.geometry for f in frames):  # a swap changed the geometry
+            redo = [prepare_frame(f.raw, scorer.geometry, self.det.max_pixels) for f in frames]
             frames = [f for f in redo if isinstance(f, PreparedFrame)]
             dead = batch.dead + [d for d in redo if isinstance(d, DeadLetter)]  # never dropped unnoticed
         else:
