@@ -33,12 +33,12 @@ def exported(quick_model, tmp_path_factory):
 
 def _real_images(scorer: Scorer) -> np.ndarray:
     """The model's held-out goods, the c10 red/blue image, and defective and good bottles of the test set."""
-    goods = held_out_inputs(read_metadata(scorer.model.path), scorer.prepare, limit=64)
+    goods = held_out_inputs(read_metadata(scorer.model.path), scorer.windows, limit=64)
     paths = [field_case("c10_train_serve_parity") / "redblue_asym_seed200.jpg",
              *sorted((bottle() / "test" / "broken_large").glob("*.png"))[:3],
              *sorted((bottle() / "test" / "contamination").glob("*.png"))[:2],
              *sorted((bottle() / "test" / "good").glob("*.png"))[:2]]
-    others = np.stack([scorer.prepare(read_image(p)) for p in paths])
+    others = np.concatenate([scorer.windows(read_image(p)) for p in paths])
     assert goods is not None and len(goods) == 5  # all of the quick model's held-out goods are readable here
     return np.concatenate([goods, others])
 
@@ -172,7 +172,7 @@ def test_a_worker_scores_with_the_export_as_eager_pytorch_would(exported, apache
         assert beat["runtime"] == "onnxruntime"
         rows = p.rows()
         eager = Scorer(exported, "cpu", runtime="torch")
-        offline = eager.score(np.stack([eager.prepare(read_image(folder / r.part_id)) for r in rows]))
+        offline = eager.score(np.concatenate([eager.windows(read_image(folder / r.part_id)) for r in rows]))
         for r, score, defect in zip(rows, offline.image_scores, offline.is_defect, strict=True):
             assert r.image_score == pytest.approx(float(score), rel=1e-5), r.part_id
             assert r.verdict == ("defect" if defect else "good"), r.part_id
