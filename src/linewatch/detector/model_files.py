@@ -4,7 +4,8 @@
       student.safetensors   student feature-pyramid weights (safetensors: tensors only, nothing unpickled)
       model.json            backbone, teacher weights SHA-256, image size, normalisation, map smoothing
                             sigma, thresholds, training recipe and history, manifest with content
-                            hashes, validation statistics, versions
+                            hashes, validation statistics, the good images' frame statistics (the
+                            lighting drift reference, :mod:`.frame_stats`; absent in older models), versions
 
 The teacher is not stored: it is rebuilt from the local ImageNet weights file, whose SHA-256 must
 match the one recorded at training time.
