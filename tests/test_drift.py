@@ -172,6 +172,11 @@ def test_field_case_c29_a_weak_lamp_raises_its_cameras_drift_alarm_through_the_p
         print("\nweak-lamp verdicts:", [f"{r.normalized_score:.2f} {r.verdict_label}" for r in lamp_results])
         assert all(r.drift is not None and not r.drift.out_of_range and not r.drift.camera_drifting
                    for r in results if r.frame.camera_id == "cam-ok")
+        # The record holds the same flags (column inspections.drift).
+        rows = {(r.camera_id, r.frame_id): r.drift for r in p.rows()}
+        assert [rows["cam-lamp", r.frame.frame_id] for r in lamp_results] == [r.drift.model_dump()
+                                                                              for r in lamp_results]
+        assert {rows[k]["out_of_range"] for k in rows if k[0] == "cam-ok"} == {False}
         assert p.stop_workers() == {"w1": 0}
     finally:
         p.close()
