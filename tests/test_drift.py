@@ -14,7 +14,8 @@ from prometheus import scrape
 from linewatch.cli.embedded import free_port
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.messages import InspectionResult
-from linewatch.contracts.settings import DriftSettings
+from linewatch.contracts.settings import DriftSettings, Settings
+from linewatch.contracts.settings_check import unknown_settings
 from linewatch.detector.drift import DriftMonitor, frame_drift, reference_of, z_scores
 from linewatch.detector.frame_stats import STAT_NAMES, frame_statistics, reference_statistics
 from linewatch.detector.imaging import read_image, to_model_input
@@ -97,6 +98,13 @@ def test_one_odd_frame_never_alarms_a_weak_lamp_does_within_alarm_frames(quick_m
     assert monitor.state("cam-b")["drifting"] and not monitor.state("cam-a")["drifting"]
     monitor.observe("cam-b", "v2", meta, weak)
     assert monitor.state("cam-b")["frames"] == 1 and not monitor.state("cam-b")["drifting"]
+
+
+def test_the_drift_rule_is_checked_where_it_is_read():
+    with pytest.raises(ValueError, match="alarm_frames 6 is more than window 5"):
+        Settings(detector={"drift": {"window": 5, "alarm_frames": 6}})
+    assert unknown_settings({"LINEWATCH_DETECTOR__DRIFT__WINDOWS": "30"}) == ["LINEWATCH_DETECTOR__DRIFT__WINDOWS"]
+    assert Settings(detector={"drift": {"z_threshold": 4}}).detector.drift.z_threshold == 4.0
 
 
 def test_frame_statistics_cost_little_against_scoring(quick_model):

@@ -133,7 +133,7 @@ class DriftMonitor:
                 "model_version": cam.version}
         if not cam.window:
             return {**base, "worst": None, "z": {}, "worst_z": 0.0,
-                    "message": "no drift check: the model has no reference statistics"}
+                    "message": "no drift check: off, or the model has no reference statistics"}
         medians = {n: statistics.median([z[n] for _, z in cam.window]) for n in STAT_NAMES}
         worst = max(medians, key=lambda n: abs(medians[n]))
         what = f"{worst} z={medians[worst]:+.1f} in {base['out_of_range']} of the last {len(cam.window)} frames"
