@@ -81,6 +81,7 @@ def test_one_odd_frame_never_alarms_a_weak_lamp_does_within_alarm_frames(quick_m
         flag = monitor.observe("cam-a", version, meta, warm if i % 20 == 5 else normal)
         assert flag is not None and not flag.camera_drifting
     assert monitor.state("cam-a")["out_of_range"] == 1 and not monitor.state("cam-a")["drifting"]
+    assert monitor.state("cam-a")["message"].startswith("1 of the last 20 frames out of range (alarm at 10); worst ")
     flags = [monitor.observe("cam-a", version, meta, weak) for _ in range(RULE.alarm_frames)]
     assert [f.camera_drifting for f in flags] == [False] * (RULE.alarm_frames - 1) + [True]
     assert all(f.out_of_range for f in flags)
@@ -91,6 +92,7 @@ def test_one_odd_frame_never_alarms_a_weak_lamp_does_within_alarm_frames(quick_m
     for _ in range(RULE.window):  # the lamp is mended: the alarm clears once the window is normal again
         monitor.observe("cam-a", version, meta, normal)
     assert not monitor.state("cam-a")["drifting"] and monitor.state("cam-a")["since"] is None
+    assert monitor.state("cam-a")["message"] == "lighting as in training (worst top_bottom z=-3.1)"
     # another camera's window is its own; a new model version starts a camera's window afresh
     assert monitor.observe("cam-b", version, meta, weak).camera_drifting is False
     for _ in range(RULE.alarm_frames):

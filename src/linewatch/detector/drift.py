@@ -85,6 +85,8 @@ class DriftMonitor:
         self._references: dict[str, dict[str, tuple[float, float]] | None] = {}
 
     def reference(self, version: str, metadata: dict[str, Any]) -> dict[str, tuple[float, float]] | None:
+        """The drift reference of model ``version`` (:func:`reference_of`, read once per version), or None when
+        drift checks are off or the model has none."""
         if version not in self._references:
             self._references = {version: reference_of(metadata) if self.settings.enabled else None}
         return self._references[version]
@@ -136,9 +138,14 @@ class DriftMonitor:
                     "message": "no drift check: off, or the model has no reference statistics"}
         medians = {n: statistics.median([z[n] for _, z in cam.window]) for n in STAT_NAMES}
         worst = max(medians, key=lambda n: abs(medians[n]))
-        what = f"{worst} z={medians[worst]:+.1f} in {base['out_of_range']} of the last {len(cam.window)} frames"
-        message = (f"lighting / exposure drift: {what}" if cam.drifting else
-                   f"lighting as in training (worst {worst} z={medians[worst]:+.1f})")
+        out, worst_text = base["out_of_range"], f"{worst} z={medians[worst]:+.1f}"
+        if cam.drifting:
+            message = f"lighting / exposure drift: {worst_text} in {out} of the last {len(cam.window)} frames"
+        elif out:
+            message = (f"{out} of the last {len(cam.window)} frames out of range (alarm at {rule.alarm_frames}); "
+                       f"worst {worst_text}")
+        else:
+            message = f"lighting as in training (worst {worst_text})"
         return {**base, "worst": worst, "worst_z": round(medians[worst], 2),
                 "z": {n: round(v, 2) for n, v in medians.items()}, "message": message}
 
