@@ -177,8 +177,9 @@ def test_field_case_c29_a_weak_lamp_raises_its_cameras_drift_alarm_through_the_p
         assert all(r.drift is not None and r.drift.out_of_range for r in lamp_results)
         assert [r.drift.camera_drifting for r in lamp_results] == [False] * 9 + [True] * (frames - 9)
         assert lamp_results[-1].drift.reasons[0].startswith("saturated z=-3")
-        shown = {r.verdict_label for r in lamp_results[9:]}
-        assert shown == {"defect (lighting drift)" if r.verdict == "defect" else "good" for r in lamp_results[9:]}
+        # The quick model rejects the weak-lamp bottle (2.94 x threshold): still a defect, shown with its cause.
+        assert all(r.verdict == "defect" and r.normalized_score > 1.5 for r in lamp_results)
+        assert [r.verdict_label for r in lamp_results] == ["defect"] * 9 + ["defect (lighting drift)"] * (frames - 9)
         print("\nweak-lamp verdicts:", [f"{r.normalized_score:.2f} {r.verdict_label}" for r in lamp_results])
         assert all(r.drift is not None and not r.drift.out_of_range and not r.drift.camera_drifting
                    for r in results if r.frame.camera_id == "cam-ok")
