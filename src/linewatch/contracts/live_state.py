@@ -15,6 +15,7 @@ key                                    type    content, bound
 ``P:recent``                           stream  field ``result`` (JSON)                  MAXLEN ~ cap
 ``P:workers``                          hash    worker_id -> heartbeat JSON              entry expires after
                                                                                         WORKER_EXPIRE_S
+``P:drift``                            hash    camera_id -> drift state JSON            entries > 1 day removed
 ``P:live:through``                     string  end of the last rebuild of counts (Unix s) (one)
 ``P:live:lock``                        string  the worker rebuilding counts now         TTL a few seconds
 =====================================  ======  ==========================================================
@@ -215,9 +216,19 @@ class LiveStateWriter:
         now = time.time()
         key = f"{self.p}:workers"
         self.r.hset(key, worker_id, json.dumps({**info, "worker_id": worker_id, "last_seen": now}))
-        expired = [k for k, raw in self.r.hgetall(key).items() if now - _last_seen(raw) > WORKER_EXPIRE_S]
+        expired = [k for k, raw in self.r.hgetall(key).items() if now - _time_in(raw, "last_seen") > WORKER_EXPIRE_S]
         if expired:
             self.r.hdel(key, *expired)
+
+    def drift(self, states: dict[str, dict]) -> None:
+        """Set cameras' lighting / exposure drift states (camera_id -> ``DriftMonitor.state`` of
+        linewatch.detector.drift, with ``at`` in Unix s); entries not updated for a day are removed."""
+        if states:
+            key, now = f"{self.p}:drift", time.time()
+            self.r.hset(key, mapping={c: json.dumps(state) for c, state in states.items()})
+            old = [c for c, raw in self.r.hgetall(key).items() if now - _time_in(raw, "at") > LATEST_TTL_S]
+            if old:
+                self.r.hdel(key, *old)
 
     def worker_gone(self, worker_id: str) -> None:
         self.r.hdel(f"{self.p}:workers", worker_id)
@@ -307,13 +318,19 @@ class LiveStateReader:
                 out[k.decode()] = out.get(k.decode(), 0) + int(v)
         return out
 
+    def drift(self) -> dict[str, dict]:
+        """camera_id -> drift state (:meth:`LiveStateWriter.drift`) of the cameras whose state is under a day old."""
+        now = time.time()
+        return {c.decode(): json.loads(raw) for c, raw in self.r.hgetall(f"{self.p}:drift").items()
+                if now - _time_in(raw, "at") <= LATEST_TTL_S}
+
     def workers(self) -> list[dict]:
         """Heartbeats of the workers seen in the last ``WORKER_EXPIRE_S``, each with ``alive`` (seen in the
         last ``WORKER_STALE_S``)."""
         now = time.time()
         out = []
         for raw in self.r.hvals(f"{self.p}:workers"):
-            if now - _last_seen(raw) > WORKER_EXPIRE_S:
+            if now - _time_in(raw, "last_seen") > WORKER_EXPIRE_S:
                 continue
             info = json.loads(raw)
             info["alive"] = now - float(info.get("last_seen", 0)) < WORKER_STALE_S
@@ -321,9 +338,9 @@ class LiveStateReader:
         return sorted(out, key=lambda w: w["worker_id"])
 
 
-def _last_seen(raw: bytes) -> float:
-    """A heartbeat's ``last_seen`` (Unix s); 0 for an entry that is not a heartbeat (it expires)."""
+def _time_in(raw: bytes, name: str) -> float:
+    """The time ``name`` (Unix s) in a JSON entry; 0 for an entry without one (it expires)."""
     try:
-        return float(json.loads(raw).get("last_seen", 0))
+        return float(json.loads(raw).get(name, 0))
     except (ValueError, AttributeError, TypeError):
         return 0.0

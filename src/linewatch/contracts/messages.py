@@ -178,6 +178,23 @@ class Latency(BaseModel):
     clock_skew_ms: float = 0.0
 
 
+class DriftFlag(BaseModel):
+    """Lighting / exposure drift of a frame against the training images' frame statistics
+    (linewatch.detector.drift).
+
+    ``out_of_range``: some statistic of this frame is beyond the drift threshold; ``reasons`` names each, furthest
+    first (``"brightness z=-19.0"``). ``camera_drifting``: the camera's alarm was up when this frame was scored
+    (enough of its recent frames out of range). ``worst`` and ``z``: the statistic furthest from training and its
+    robust z-score.
+    """
+
+    out_of_range: bool
+    camera_drifting: bool
+    worst: str
+    z: float
+    reasons: list[str] = []
+
+
 class InspectionResult(BaseModel):
     """The verdict on one frame: written to SQL, Redis and the inspections topic."""
 
@@ -196,6 +213,16 @@ class InspectionResult(BaseModel):
     worker_id: str
     image_uri: str | None = None
     heatmap_uri: str | None = None
+    drift: DriftFlag | None = Field(None, description="none: the model has no reference statistics, or drift "
+                                    "checks are off")
+
+    @property
+    def verdict_label(self) -> str:
+        """The verdict as shown: ``defect (lighting drift)`` for a defect while its camera is in drift (still a
+        defect, still rejected), else the verdict."""
+        if self.verdict == "defect" and self.drift is not None and self.drift.camera_drifting:
+            return "defect (lighting drift)"
+        return self.verdict
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

@@ -111,6 +111,8 @@ class Inspection(Base):
     kafka_topic: Mapped[str | None] = mapped_column(String(255))
     kafka_partition: Mapped[int | None] = mapped_column(Integer)
     kafka_offset: Mapped[int | None] = mapped_column(BigInteger)
+    # the result's DriftFlag as a dict (migration 0004); none before it or without a drift check
+    drift: Mapped[dict | None] = mapped_column(JSON)
 
 
 class Label(Base):
@@ -185,4 +187,5 @@ def inspection_row(r: InspectionResult) -> dict[str, Any]:
         "inference_ms": r.latency.inference_ms, "total_ms": r.latency.total_ms, "worker_id": r.worker_id,
         "image_uri": r.image_uri, "heatmap_uri": r.heatmap_uri, "kafka_topic": f.topic,
         "kafka_partition": f.partition, "kafka_offset": f.offset,
+        "drift": r.drift.model_dump() if r.drift is not None else None,
     }

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NestedSecretsSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings import PydanticBaseSettingsSource as Source
 
@@ -188,6 +188,26 @@ class TrainingSettings(BaseModel):
                                 "the tile side; overlaps take the maximum of the tiles' anomaly maps")
 
 
+class DriftSettings(BaseModel):
+    """Lighting / exposure drift of each camera against the training images' frame statistics (the rule and its
+    defaults' evidence: ``linewatch.detector.drift``). ``[detector.drift]`` in a config file."""
+
+    enabled: bool = Field(True, description="compare frame statistics with the model's (models without any: off)")
+    z_threshold: float = Field(5.0, gt=0, description="a frame is out of range when a statistic's robust z-score "
+                               "is beyond this")
+    min_spread: float = Field(0.01, gt=0, description="floor of a statistic's training spread, as a share of "
+                              "max(|training median|, 1)")
+    window: int = Field(20, ge=1, le=10_000, description="a camera's recent frames the alarm looks at")
+    alarm_frames: int = Field(10, ge=1, description="a camera is in drift while this many of its last `window` "
+                              "frames are out of range")
+
+    @model_validator(mode="after")
+    def _alarm_within_window(self) -> DriftSettings:
+        if self.alarm_frames > self.window:
+            raise ValueError(f"alarm_frames {self.alarm_frames} is more than window {self.window}: never alarms")
+        return self
+
+
 class DetectorSettings(BaseModel):
     """Streaming detector workers."""
 
@@ -208,6 +228,7 @@ class DetectorSettings(BaseModel):
                                   "than this is a camera clock running behind (latency then starts at arrival)")
     metrics_port: int | None = Field(None, description="Prometheus /metrics and /healthz port; none = off")
     stall_after_s: float = Field(120.0, gt=0, description="oldest batch in flight or silent loop past this: stalled, s")
+    drift: DriftSettings = DriftSettings()
 
 
 class IngestSettings(BaseModel):

@@ -77,7 +77,8 @@ def facts(row: Inspection, zone: str) -> dict[str, str]:
         "Camera": f"{row.camera_id} (line {row.line_id})",
         "Frame": f"{row.frame_id}" + (f" · part {row.part_id}" if row.part_id else ""),
         "Captured": f"{fmt(row.captured_at, zone)} ({ago(row.captured_at)})",
-        "Verdict": "DEFECT" if row.verdict == "defect" else "good",
+        "Verdict": ("DEFECT" if row.verdict == "defect" else "good") + (
+            " (lighting drift)" if row.verdict == "defect" and (row.drift or {}).get("camera_drifting") else ""),
         "Score": f"{row.image_score:.5g} (threshold {row.threshold:.5g}) = {row.normalized_score:.2f} × threshold",
         "Model version": row.model_version,
         "Defect regions": ", ".join(f"{g['width']}×{g['height']} at ({g['x']}, {g['y']})" for g in regions[:6])

@@ -5,7 +5,9 @@
       model.json            backbone, teacher weights SHA-256, image size, input geometry (``input``,
                             :mod:`.geometry`; absent: resize), normalisation, map smoothing sigma,
                             thresholds, training recipe and history, manifest with content hashes,
-                            validation statistics, versions; ``exports``: the runtime graphs below
+                            validation statistics, the good images' frame statistics (the lighting drift
+                            reference, :mod:`.frame_stats`; absent in older models), versions;
+                            ``exports``: the runtime graphs below
       model.onnx            optional: the whole scoring graph for ONNX Runtime (``linewatch export``,
                             :mod:`.runtimes.onnx_export`), recorded under ``exports.onnx`` with its SHA-256
                             and the weights it was exported from

@@ -44,6 +44,7 @@ from linewatch.contracts.settings import Settings
 from .backbones import backbone_spec, build_student, build_teacher
 from .calibration import calibrate_image_threshold, score_statistics, threshold_at_rate
 from .devices import autocast, precision_of, resolve_device, to_model_layout
+from .frame_stats import reference_statistics
 from .geometry import DEFAULT_MAX_ASPECT, DEFAULT_MODE, DEFAULT_TILE_OVERLAP, InputGeometry
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
@@ -319,6 +320,7 @@ def train(
                       "guard_band": max(DEFAULT_GUARD_BAND, 4 * (shift or 0.0)),
                       "serving": "float32 within guard_band of the image threshold, else the device's autocast"},
         "validation": {"loss": best_val, "image_score": score_statistics(val_scores)},
+        "frame_statistics": reference_statistics(images.frames),  # of every good image: the drift reference (drift.py)
         "training": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
             "device": str(device),

@@ -95,6 +95,7 @@ def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
             states = reader.camera_states()
             cameras.update({c: info["line_id"] for c, info in states.items()})
             _clock_warnings(states, ClockRule(s.detector.clock_ahead_s, s.detector.clock_behind_s))
+            _drift_warnings(reader.drift(), zone)
         except redis.RedisError as exc:
             live_ok, live_problem = False, views.explain(exc)
     try:
@@ -135,6 +136,17 @@ def _clock_warnings(states: dict[str, dict], rule: ClockRule) -> None:
             st.warning(f"Camera {cam}: its clock is {views.skew_text(info['skew_ms'])} "
                        f"({info['skewed']:,} frames timed from their arrival). Counts and latency here use "
                        "the workers' clock; fix the camera's time sync (NTP).")
+
+
+def _drift_warnings(drift: dict[str, dict], zone: str) -> None:
+    """One line per camera in lighting / exposure drift (linewatch.detector.drift): its frames no longer look lit
+    like the training images, so a wave of rejects from it may be the light, not the parts."""
+    for cam, state in sorted(drift.items()):
+        if state.get("drifting"):
+            since = dt.datetime.fromtimestamp(state["since"], dt.UTC) if state.get("since") else None
+            st.warning(f"Camera {cam}: {state['message']}" + (f", since {fmt(since, zone)}" if since else "") +
+                       ". Its rejects show as \"defect (lighting drift)\": check its lamps and exposure, or retrain "
+                       "on confirmed goods under the new light.")
 
 
 def _buckets(reader: LiveStateReader | None, cameras: dict[str, str], window: Window) -> list[Bucket] | None:
@@ -210,7 +222,8 @@ def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveSt
             st.image(overlay, width="stretch")
         else:
             st.caption("No heatmap for the latest frame.")
-        st.markdown(f":{colour}[**{views.score_text(result.normalized_score, verdict)}**]  \n"
+        drift = " (lighting drift)" if result.verdict_label != verdict else ""
+        st.markdown(f":{colour}[**{views.score_text(result.normalized_score, verdict)}{drift}**]  \n"
                     f"score {result.image_score:.4g} vs threshold {result.threshold:.4g} · model "
                     f"{result.model_version}  \nframe {result.frame.frame_id} · "
                     f"{ago(result.frame.captured_at)} ({fmt(result.frame.captured_at, zone)})")

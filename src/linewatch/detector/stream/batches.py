@@ -51,7 +51,9 @@ class RawFrame:
 class PreparedFrame:
     """A decoded frame: its model inputs (:class:`..geometry.FrameInput`: windows uint8 (T, 3, S, S), a NumPy
     array or a tensor on the device when decoded there, and their plan), a preview uint8 (h, w, 3) RGB for
-    overlays (at most :data:`PREVIEW_SIDE` on its longer side), the original width and height, timings."""
+    overlays (at most :data:`PREVIEW_SIDE` on its longer side), the original width and height, timings, and the
+    frame statistics of its model input (:func:`linewatch.detector.frame_stats.input_statistics`, for the drift
+    check; None when not taken)."""
 
     raw: RawFrame
     meta: FrameMeta
@@ -61,6 +63,7 @@ class PreparedFrame:
     height: int
     decode_started_ns: int
     decode_ms: float
+    stats: dict[str, float] | None = None
 
 
 @dataclass
@@ -113,6 +116,7 @@ class ScoredBatch:
     overlays: dict[int, bytes] = field(default_factory=dict)
     inserted: set[tuple] = field(default_factory=set)  # (camera_id, frame_id) of the SQL rows this batch created
     new: set[int] = field(default_factory=set)  # indices of those rows' results (one per key; not redelivered)
+    drift: dict[str, dict] = field(default_factory=dict)  # camera_id -> its drift state after this batch
 
     def take_out(self, details: dict[int, str], reason: str) -> None:
         """Move the frames at the indices of ``details`` from the results to the dead letters (with ``reason``

@@ -10,6 +10,7 @@ import torch
 
 from linewatch.contracts.messages import FrameMeta, MessageError
 
+from ..frame_stats import input_statistics
 from ..geometry import InputGeometry, model_inputs
 from ..imaging import ImageError, check_jpeg, decode_image, exif_orientation, probe_image
 from .batches import PREVIEW_SIDE, DeadLetter, PreparedFrame, RawFrame
@@ -27,11 +28,12 @@ def prepare_frame(raw: RawFrame, geometry: InputGeometry, max_pixels: int) -> Pr
         preview = rgb if scale >= 1 else cv2.resize(rgb, (round(w * scale), round(h * scale)),
                                                     interpolation=cv2.INTER_AREA)
         model_input = model_inputs(rgb, geometry, raw.source)
+        stats = input_statistics(model_input)  # here, in the decode pool's threads, not on the inference thread
     except (MessageError, ImageError) as exc:
         return DeadLetter(raw, exc.reason, exc.detail)
     except (cv2.error, ValueError, OSError, MemoryError) as exc:  # a decoder failing in a way not foreseen
         return DeadLetter(raw, "undecodable", f"{raw.source}: {type(exc).__name__}: {exc}")
-    return PreparedFrame(raw, meta, model_input, preview, w, h, started, (time.time_ns() - started) / 1e6)
+    return PreparedFrame(raw, meta, model_input, preview, w, h, started, (time.time_ns() - started) / 1e6, stats)
 
 
 def prepare_batch(raws: list[RawFrame], geometry: InputGeometry, max_pixels: int, device: torch.device,
@@ -61,7 +63,8 @@ def prepare_batch(raws: list[RawFrame], geometry: InputGeometry, max_pixels: int
     for (i, meta), result in zip(on_device, decoded, strict=True):
         if result is not None:
             model_input, preview, w, h = result
-            out[i] = PreparedFrame(raws[i], meta, model_input, preview, w, h, started, per_frame_ms)
+            out[i] = PreparedFrame(raws[i], meta, model_input, preview, w, h, started, per_frame_ms,
+                                   input_statistics(model_input))
     rest = [i for i, o in enumerate(out) if o is None]  # PNG and friends, and JPEGs the GPU refused
     for i, prepared in zip(rest, pool.map(lambda j: prepare_frame(raws[j], geometry, max_pixels), rest),
                            strict=True):

@@ -51,16 +51,22 @@ class LiveSink:
         self.settle_s = settle_s
         self.cap = cap
         self.pending: collections.deque[_Update] = collections.deque()
+        self.drift: dict[str, dict] = {}  # cameras' newest drift states not written yet (the newest wins)
         self.lock = threading.Lock()
         self.down = False  # the last write to Redis failed
         self.retry_at = 0.0  # while down, writes do not wait for Redis before this moment (monotonic)
 
-    def write(self, results: list[InspectionResult], overlays: dict[int, bytes], dead_reasons: list[str]) -> None:
-        """Queue one stored batch's live updates and write what Redis takes within ``wait_s``. Never raises."""
-        if not results and not dead_reasons:
+    def write(self, results: list[InspectionResult], overlays: dict[int, bytes], dead_reasons: list[str],
+              drift: dict[str, dict] | None = None) -> None:
+        """Queue one stored batch's live updates (and its cameras' drift states) and write what Redis takes within
+        ``wait_s``. Never raises."""
+        if not results and not dead_reasons and not drift:
             return
         with self.lock:
-            self.pending.append(_Update(list(results), dict(overlays), list(dead_reasons), dt.datetime.now(dt.UTC)))
+            if results or dead_reasons:
+                self.pending.append(_Update(list(results), dict(overlays), list(dead_reasons),
+                                            dt.datetime.now(dt.UTC)))
+            self.drift.update(drift or {})
             self._trim()
         self.flush(self.wait_s)
 
@@ -89,6 +95,13 @@ class LiveSink:
                 if self.pending and time.monotonic() >= deadline:
                     LIVE_PENDING.set(sum(len(u.results) for u in self.pending))
                     return False
+            if self.drift:
+                try:
+                    self.live.drift(self.drift)
+                except redis.RedisError as exc:
+                    self._failed(exc)
+                    return False
+                self.drift = {}
             LIVE_PENDING.set(0)
             LIVE_UNAVAILABLE.set(0)
             return True

@@ -212,7 +212,7 @@ class ResultStore:
         """Live state of the frames new to the record (never raises; see :class:`.live_sink.LiveSink`)."""
         new = sorted(b.new)
         self.live.write([b.results[i] for i in new], {j: b.overlays[i] for j, i in enumerate(new) if i in b.overlays},
-                        [d.reason for d in b.dead])
+                        [d.reason for d in b.dead], b.drift)
 
     def _kafka(self, b: ScoredBatch) -> None:
         futures = [self.producer.send(self.kafka.inspections_topic, key=r.frame.camera_id.encode(), value=r.to_json())

@@ -21,6 +21,7 @@ import torch
 from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.settings import DetectorSettings
 
+from ..drift import DriftMonitor
 from . import telemetry
 from .batches import DeadLetter, PreparedBatch, PreparedFrame, RawBatch, ScoredBatch
 from .frames import prepare_batch, prepare_frame
@@ -59,6 +60,7 @@ class Pipeline:
         self.stop_event = stop
         self.failed: BaseException | None = None
         self.throughput = Throughput()
+        self.drift = DriftMonitor(det.drift)  # used by the inference thread only
         self._q_raw: queue.Queue = queue.Queue(maxsize=1)
         self._q_prepared: queue.Queue = queue.Queue(maxsize=1)
         self._q_scored: queue.Queue = queue.Queue(maxsize=1)
@@ -198,7 +200,7 @@ class Pipeline:
             dead = batch.dead
         scored = score_batch(scorer, frames, self.worker_id,
                              lambda m: keep_good_sample(m.camera_id, m.frame_id, self.det.good_sample_rate),
-                             dead, batch.batch_id, self.clock)
+                             dead, batch.batch_id, self.clock, self.drift)
         if frames:
             telemetry.INFERENCE_SECONDS.observe(scored.results[0].latency.inference_ms / 1000)
             telemetry.BATCH_SIZE.observe(len(frames))
@@ -219,6 +221,9 @@ class Pipeline:
                 telemetry.CLOCK_SKEW.labels(camera_id=r.frame.camera_id).set(r.latency.clock_skew_ms / 1000)
                 if not self.clock.trusted(r.latency.clock_skew_ms):
                     telemetry.CLOCK_UNTRUSTED.labels(camera_id=r.frame.camera_id).inc()
+            for camera_id, state in batch.drift.items():
+                telemetry.CAMERA_DRIFT.labels(camera_id=camera_id).set(int(state["drifting"]))
+                telemetry.CAMERA_DRIFT_Z.labels(camera_id=camera_id).set(abs(state["worst_z"]))
             for d in batch.dead:
                 telemetry.DEAD_LETTERED.labels(reason=d.reason).inc()
             self.throughput.add(len(batch.results), len(batch.dead))
