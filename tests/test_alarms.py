@@ -171,3 +171,103 @@ def test_the_alarm_watch_observes_real_stores_and_sets_the_gauges(redis_service,
     alarms = AlarmWatch(gone).tick()
     assert kinds(alarms) == [("store_unreachable", "redis", "critical")]
     assert "ConnectionError" in alarms[0].text
+
+
+# ---- deploy/: Prometheus alert rules and the Grafana dashboard on the same metrics ------------------------
+
+PROMETHEUS = REPO / "deploy" / "prometheus"
+GRAFANA = REPO / "deploy" / "grafana" / "linewatch-line.json"
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name linewatch's services export (counters with ``_total``, histograms with their series)."""
+    import linewatch.dashboard.telemetry  # noqa: F401 -- each module registers its metrics on import
+    import linewatch.detector.stream.telemetry  # noqa: F401
+    import linewatch.ingest.camera  # noqa: F401
+    import linewatch.ingest.publisher  # noqa: F401
+    import linewatch.trainer.telemetry  # noqa: F401
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",),
+                "summary": ("_count", "_sum", "")}
+    return {family.name + s for family in REGISTRY.collect() if family.name.startswith("linewatch_")
+            for s in suffixes.get(family.type, ("",))}
+
+
+def named_metrics(expr: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"\blinewatch_[a-z0-9_]+", expr))
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.fail("promtool is not installed: run LINEWATCH_WITH_TESTS=1 scripts/install-system-deps.sh",
+                    pytrace=False)
+    return subprocess.run([tool, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120)
+
+
+def test_promtool_accepts_the_alert_rules_and_their_unit_tests_pass():
+    checked = promtool("check", "rules", "linewatch-alerts.yml")
+    assert checked.returncode == 0 and "SUCCESS: 10 rules found" in checked.stdout, checked.stdout + checked.stderr
+    config = promtool("check", "config", "prometheus.yml")
+    assert config.returncode == 0, config.stdout + config.stderr
+    tested = promtool("test", "rules", "linewatch-alerts.test.yml")
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def test_rules_and_dashboard_name_only_metrics_linewatch_exports_and_every_alarm_kind_pages():
+    from linewatch.dashboard.alarms import KINDS
+
+    exported = exported_metrics()
+    rules = yaml.safe_load((PROMETHEUS / "linewatch-alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    named = set().union(*(named_metrics(e) for e in exprs))
+    assert named and named <= exported, named - exported
+    paged = {k for e in exprs for k in KINDS if f'alarm="{k}"' in e}
+    assert paged == set(KINDS)
+    dash = json.loads(GRAFANA.read_text())
+    targets = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    named = set().union(*(named_metrics(e) for e in targets))
+    assert named <= exported, named - exported
+    assert {"linewatch_alarm_active", "linewatch_camera_backlog_seconds", "linewatch_camera_latency_seconds",
+            "linewatch_worker_heartbeat_age_seconds", "linewatch_store_reachable"} <= named
+
+
+def test_the_grafana_dashboard_round_trips_through_grafanas_own_types():
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    def dropped(ours, theirs, path="") -> list[str]:
+        """Paths of ``ours`` that Grafana's types do not keep (a misspelt or unknown key), or changed."""
+        if isinstance(ours, dict):
+            return [p for k, v in ours.items()
+                    for p in ([f"{path}/{k}"] if k not in theirs else dropped(v, theirs[k], f"{path}/{k}"))]
+        if isinstance(ours, list):
+            return [f"{path}: length"] * (len(ours) != len(theirs)) + \
+                [p for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) for p in dropped(a, b, f"{path}[{i}]")]
+        return [] if ours == theirs else [f"{path}: {ours!r} -> {theirs!r}"]
+
+    def round_trip(data: dict) -> dict:
+        return json.loads(json.dumps(Dashboard.from_json(data).to_json(), cls=JSONEncoder))
+
+    dash = json.loads(GRAFANA.read_text())
+    assert dropped(dash, round_trip(dash)) == []
+    broken = json.loads(GRAFANA.read_text())
+    broken["panels"][0]["gridpos"] = broken["panels"][0].pop("gridPos")  # the check sees a misspelt key
+    assert dropped(broken, round_trip(broken)) == ["/panels[0]/gridpos"]
+    # A dashboard Grafana can import: unique panel ids, refIds unique per panel, panels within the 24-column grid
+    # and not overlapping, every query on the templated Prometheus data source.
+    assert dash["uid"] and dash["schemaVersion"] >= 36
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    cells: set[tuple[int, int]] = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not mine & cells, f"{p['title']} overlaps another panel"
+        cells |= mine
+        assert len({t["refId"] for t in p["targets"]}) == len(p["targets"]) > 0
+        assert all(t["datasource"]["uid"] == "${datasource}" and t["expr"] for t in p["targets"])
+    [var] = dash["templating"]["list"]
+    assert (var["name"], var["type"], var["query"]) == ("datasource", "datasource", "prometheus")
