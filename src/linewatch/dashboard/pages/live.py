@@ -234,12 +234,16 @@ def _flow(cam: str, view: CameraView | None) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric(f"{cam} rate", f"{view.rate_per_s():.1f}/s", help="frames inspected per second, last minute")
     q = view.latency_quantiles_s()
-    c2.metric(f"{cam} latency p50/p99", f"{q[0]:.2g}/{q[1]:.2g} s" if q else "—",
+    c2.metric(f"{cam} latency p50/p99", f"{_seconds(q[0])} / {_seconds(q[1])}" if q else "—",
               help="capture to SQL row, frames inspected in the last minute")
     backlog = view.backlog_s(time.time())
     lag = "lag unknown" if view.lag is None else f"{view.lag:,} frames waiting"
     c3.metric(f"{cam} backlog", "—" if backlog is None else windows.duration(backlog), help=lag)
     st.caption(f"Backlog: {lag}" + ("" if backlog is None else f", the oldest {windows.duration(backlog)} old"))
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value < 10 else windows.duration(value)
 
 
 def _status(worker: dict) -> str:
