@@ -56,7 +56,9 @@ def test_each_alarm_is_raised_from_the_figures_of_one_snapshot():
                         latest=result("cam-c", 1, NOW - 1, 0.4, line="L2"), lag=None)
     seen = Observed(NOW, {"cam-a": behind, "cam-b": caught_up, "cam-c": skewed}, [beat],
                     {"L1": Counts(100, 21), "L2": Counts(100, 45)}, {"broker": "127.0.0.1:1: refused"},
-                    {"cam-a": {"alarm": "lighting changed: mean brightness -31%", "score": 4.2}, "cam-b": {}})
+                    {"cam-a": {"drifting": True, "worst_z": -4.2, "message": "lighting / exposure drift: mean_luma "
+                               "z=-4.2 in 14 of the last 20 frames"},
+                     "cam-b": {"drifting": False, "worst_z": 0.3, "message": "lighting as in training"}})
     alarms = evaluate(seen, RULES, ClockRule())
     assert kinds(alarms) == [("inspection_behind", "cam-a", "critical"), ("store_unreachable", "broker", "critical"),
                              ("defect_rate", "L1", "critical"), ("clock_skew", "cam-c", "warning"),
@@ -65,7 +67,9 @@ def test_each_alarm_is_raised_from_the_figures_of_one_snapshot():
     assert by_kind["inspection_behind"].value == pytest.approx(605.0)  # 600 s latency + 5 s since
     assert "10 min old, 40 frames waiting" in by_kind["inspection_behind"].text
     assert by_kind["defect_rate"].value == pytest.approx(0.21) and "limit 20.0%" in by_kind["defect_rate"].text
-    assert "5 min behind" in by_kind["clock_skew"].text and by_kind["drift"].value == 4.2
+    assert "5 min behind" in by_kind["clock_skew"].text and by_kind["drift"].value == -4.2
+    assert by_kind["drift"].text == \
+        "Camera cam-a: lighting / exposure drift: mean_luma z=-4.2 in 14 of the last 20 frames"
     assert behind.backlog_s(NOW) == pytest.approx(605.0) and caught_up.backlog_s(NOW) == 0.0
     assert skewed.backlog_s(NOW) is None  # no worker reports its partition
 

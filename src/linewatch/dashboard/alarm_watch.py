@@ -132,10 +132,10 @@ class AlarmWatch:
         seen.drift = self._drift()
 
     def _drift(self) -> dict[str, dict]:
-        """The plug of the per-camera drift (lighting, focus) monitor, read for :func:`.alarms.drift`: its
-        ``LiveStateReader.drift_states()`` (camera_id -> ``{"alarm": text or None, "score": float, ...}``) once the
-        live state has one; empty until then."""
-        states = getattr(self.reader, "drift_states", None)
+        """The plug of the per-camera drift (lighting, exposure) monitor, read for :func:`.alarms.drift`: its
+        ``LiveStateReader.drift()`` (camera_id -> drift state: ``drifting``, ``message``, ``worst_z``, ...) where
+        the live state has one; empty until then."""
+        states = getattr(self.reader, "drift", None)
         return states() if callable(states) else {}
 
     def _publish(self, seen: Observed, alarms: list[Alarm]) -> None:

@@ -202,14 +202,14 @@ def clocks(seen: Observed, clock: ClockRule) -> list[Alarm]:
 
 
 def drift(seen: Observed) -> list[Alarm]:
-    """The hook of the per-camera drift (lighting, focus) monitor: ``drift`` for each camera whose state in
-    :attr:`Observed.drift` carries an ``alarm`` text (its ``score``, when given, is the alarm's value).
-    Empty while no drift monitor writes a state."""
+    """The hook of the per-camera drift (lighting, exposure) monitor: ``drift`` for each camera whose state in
+    :attr:`Observed.drift` is ``drifting``, with its one-line ``message`` and its ``worst_z`` as the value (the
+    state of ``linewatch.detector.drift.DriftMonitor.state``). Empty while no drift monitor writes a state."""
     out = []
     for camera_id, state in sorted(seen.drift.items()):
-        text = state.get("alarm") if isinstance(state, dict) else None
-        if text:
-            score = state.get("score")
-            out.append(Alarm("drift", camera_id, "warning", f"Camera {camera_id}: {text}",
-                             float(score) if isinstance(score, int | float) else None))
+        if isinstance(state, dict) and state.get("drifting"):
+            z = state.get("worst_z")
+            out.append(Alarm("drift", camera_id, "warning",
+                             f"Camera {camera_id}: {state.get('message') or 'images drifted from training'}",
+                             float(z) if isinstance(z, int | float) else None))
     return out
