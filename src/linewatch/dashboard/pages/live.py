@@ -186,6 +186,7 @@ def _line_section(line: str, cams: list[str], buckets: list[Bucket], window: Win
 def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveStateReader | None,
                  zone: str, view: CameraView | None) -> None:
     inspected, defects = sum(b.inspected for b in buckets), sum(b.defects for b in buckets)
+    result, overlay = None, None
     with st.container(border=True, key=f"lw_camera_{cam}"):
         st.markdown(f"**Camera {cam}**")
         if reader is None:
@@ -195,7 +196,6 @@ def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveSt
                 result, overlay = reader.latest(cam)
             except redis.RedisError as exc:
                 st.caption(views.explain(exc))
-                result, overlay = None, None
             if result is None:
                 st.caption("No recent frame (the latest is kept for a day).")
             else:
@@ -204,7 +204,7 @@ def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveSt
         a.metric(f"{cam} defect rate", _rate(inspected, defects))
         b.metric(f"{cam} inspected", f"{inspected:,}", help=f"{inspected / window.minutes:.1f} frames/min")
         _flow(cam, view)
-        if reader is not None and result is not None:
+        if result is not None:
             if overlay:
                 st.image(overlay, width="stretch")
             else:
