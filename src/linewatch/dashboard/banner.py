@@ -15,13 +15,18 @@ from .alarms import Alarm
 
 _STYLE = {"critical": "background:#b3261e;color:#fff", "warning": "background:#f2b705;color:#1c1b1f",
           "ok": "background:#1e7d32;color:#fff", "unknown": "background:#5f6368;color:#fff"}
-_ICON = {"critical": "⛔", "warning": "⚠", "ok": "✔", "unknown": "…"}
+_WORD = {"critical": "CRITICAL", "warning": "WARNING", "ok": "OK", "unknown": "UNKNOWN"}
+# The banner redraws every refresh_s in a fragment that may wait behind the page's own run: Streamlit would fade it
+# as stale meanwhile, so an alarm would blink. It is drawn from the alarm thread's latest result, never stale.
+_STEADY = ("<style>.st-key-lw_alarms, .st-key-lw_alarms [data-stale], .st-key-lw_alarms [data-stale] * "
+           "{opacity: 1 !important; transition: none !important}</style>")
 
 
 def _line(state: str, text: str, kind: str = "", subject: str = "") -> str:
     return (f"<div class='lw-alarm lw-alarm-{state}' data-alarm='{html.escape(kind)}' "
             f"data-subject='{html.escape(subject)}' style='{_STYLE[state]};padding:0.45em 0.8em;margin:0 0 0.3em 0;"
-            f"border-radius:0.4em;font-weight:600'>{_ICON[state]} {html.escape(text)}</div>")
+            f"border-radius:0.4em;font-weight:600'><span style='font-weight:800;margin-right:0.6em'>"
+            f"{_WORD[state]}</span>{html.escape(text)}</div>")
 
 
 def lines(alarms: list[Alarm], evaluated_at: float | None, period_s: float, now: float | None = None) -> list[str]:
@@ -43,4 +48,5 @@ def render(settings: Settings) -> None:
     """The banner (call inside a fragment that reruns every ``dashboard.refresh_s``)."""
     alarms, _, evaluated_at = alarm_watch.watch(settings).current()
     with st.container(key="lw_alarms"):
-        st.markdown("".join(lines(alarms, evaluated_at, settings.dashboard.alarms.period_s)), unsafe_allow_html=True)
+        st.markdown(_STEADY + "".join(lines(alarms, evaluated_at, settings.dashboard.alarms.period_s)),
+                    unsafe_allow_html=True)

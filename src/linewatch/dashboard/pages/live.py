@@ -227,19 +227,23 @@ def _lamp(cam: str, result: InspectionResult, zone: str) -> None:
 
 
 def _flow(cam: str, view: CameraView | None) -> None:
-    """Rate over the last minute, end-to-end latency p50/p99 and the backlog, from the alarm watch's snapshot."""
+    """Rate over the last minute, end-to-end latency p50/p99 and the backlog (from the alarm watch's snapshot), as
+    one small table: three st.metric values do not fit a camera's column."""
     if view is None:
         st.caption("Rate, latency and backlog: waiting for the first evaluation of the live state.")
         return
-    c1, c2, c3 = st.columns(3)
-    c1.metric(f"{cam} rate", f"{view.rate_per_s():.1f}/s", help="frames inspected per second, last minute")
     q = view.latency_quantiles_s()
-    c2.metric(f"{cam} latency p50/p99", f"{_seconds(q[0])} / {_seconds(q[1])}" if q else "—",
-              help="capture to SQL row, frames inspected in the last minute")
     backlog = view.backlog_s(time.time())
-    lag = "lag unknown" if view.lag is None else f"{view.lag:,} frames waiting"
-    c3.metric(f"{cam} backlog", "—" if backlog is None else windows.duration(backlog), help=lag)
-    st.caption(f"Backlog: {lag}" + ("" if backlog is None else f", the oldest {windows.duration(backlog)} old"))
+    figures = [("rate", "rate", f"{view.rate_per_s():.1f}/s"),
+               ("latency", "latency p50 / p99", f"{_seconds(q[0])} / {_seconds(q[1])}" if q else "—"),
+               ("backlog", "backlog", "—" if backlog is None else windows.duration(backlog)),
+               ("lag", "consumer lag", "unknown" if view.lag is None else f"{view.lag:,} frames")]
+    cells = "".join(f"<div style='opacity:0.7;font-size:0.8em'>{label}</div>"
+                    f"<div data-figure='{key}' style='font-weight:600;text-align:right'>{value}</div>"
+                    for key, label, value in figures)
+    st.markdown(f"<div class='lw-flow' data-camera='{html.escape(cam)}' style='display:grid;grid-template-columns:"
+                f"auto auto;gap:0.1em 0.8em;align-items:baseline;margin-bottom:0.6em'>{cells}</div>",
+                unsafe_allow_html=True)
 
 
 def _seconds(value: float) -> str:
