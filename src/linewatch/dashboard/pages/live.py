@@ -250,11 +250,15 @@ def _seconds(value: float) -> str:
     return f"{value:.2f} s" if value < 10 else windows.duration(value)
 
 
-def _status(worker: dict) -> str:
-    """``silent`` (no heartbeat lately), the worker's own stall reason (e.g. ``stalled 45 s: oldest batch in
-    flight``), the store it waits for (``waiting for sql 45 s``), or ``alive``."""
+def _status(worker: dict, stale_s: float | None = None) -> str:
+    """``silent`` (no heartbeat lately), ``stalled: no heartbeat for 14 s`` (older than ``stale_s``, the alarm's
+    limit), the worker's own stall reason (e.g. ``stalled 45 s: oldest batch in flight``), the store it waits for
+    (``waiting for sql 45 s``), or ``alive``."""
     if not worker["alive"]:
         return "silent"
+    silent = time.time() - float(worker.get("last_seen") or 0)
+    if stale_s is not None and silent > stale_s:
+        return f"stalled: no heartbeat for {silent:.0f} s"
     if worker.get("waiting_on"):
         return f"waiting for {worker['waiting_on']}"
     return worker.get("stalled") or "alive"
@@ -275,7 +279,7 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
             lag = w.get("lag")
             rows.append({
                 "worker": w["worker_id"],
-                "status": _status(w),
+                "status": _status(w, data.settings().dashboard.alarms.heartbeat_stale_s),
                 "model": w.get("model_behind") or w.get("model_version", "—"),
                 "frames/s": f"{float(w.get('frames_per_s') or 0):.1f}",
                 "inspected": f"{int(w.get('inspected') or 0):,}",
