@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages linewatch needs on Debian/Ubuntu: redis-server, Java (17 or newer: Debian 12's
 # default-jre-headless is 17) and Maven (`linewatch up` embeds an Apache Kafka whose jars Maven fetches from
-# Maven Central at set-up time); with LINEWATCH_WITH_TESTS=1 also PostgreSQL and docker-compose; with LINEWATCH_WITH_BROWSER=1, chromium. Idempotent: when everything is present it returns without
+# Maven Central at set-up time); with LINEWATCH_WITH_TESTS=1 also PostgreSQL, docker-compose and Prometheus (its promtool checks deploy/'s alert rules); with LINEWATCH_WITH_BROWSER=1, chromium. Idempotent: when everything is present it returns without
 # touching apt. It never starts the system redis/postgres services: the tests run their own
 # instances on free ports.
 set -euo pipefail
@@ -16,6 +16,7 @@ if [[ "${LINEWATCH_WITH_TESTS:-0}" == "1" ]]; then
   wanted+=(
     "postgresql /usr/lib/postgresql/*/bin/initdb"
     "docker-compose docker-compose"
+    "prometheus promtool"
   )
 fi
 if [[ "${LINEWATCH_WITH_BROWSER:-0}" == "1" ]]; then

@@ -72,11 +72,13 @@ def reset_sql(engine: Engine) -> None:
 
 
 def seed(engine: Engine, live: LiveStateWriter, image_root: Path, scorer: Scorer, plans: Sequence[CameraPlan],
-         spacing_s: float = 15.0, end: dt.datetime | None = None) -> Seeded:
+         spacing_s: float = 15.0, end: dt.datetime | None = None, appended_at_capture: bool = False) -> Seeded:
     """Score each camera's images and store them as one worker batch per camera.
 
     Frames are captured ``spacing_s`` apart, the last one at ``end`` (default: now), each camera a second
-    before the one planned after it (so no two frames share a capture time). Kept frames, as the
+    before the one planned after it (so no two frames share a capture time). ``appended_at_capture``: the broker
+    appended each frame when it was captured (a ``LogAppendTime`` topic), so a frame captured long ago is a backlog
+    (latency from its capture) rather than a camera clock behind (latency from now). Kept frames, as the
     worker keeps them: every defect, and of the good frames those with an even frame id (standing in for
     the worker's hash sample). Also writes a heartbeat of the seed worker.
     """
@@ -92,7 +94,8 @@ def seed(engine: Engine, live: LiveStateWriter, image_root: Path, scorer: Scorer
         for i, path in enumerate(plan.images):
             meta = FrameMeta(plan.camera_id, plan.line_id, i + 1, last_ns - int((n - 1 - i) * spacing_s * 1e9),
                              "image/png", part_id=f"{path.parent.name}/{path.name}")
-            raw = RawFrame("seed.frames", 0, i, plan.camera_id.encode(), path.read_bytes(), meta.headers())
+            raw = RawFrame("seed.frames", 0, i, plan.camera_id.encode(), path.read_bytes(), meta.headers(),
+                           broker_ns=meta.captured_at_ns if appended_at_capture else None)
             prepared = prepare_frame(raw, scorer.geometry, 40_000_000)
             assert isinstance(prepared, PreparedFrame), prepared
             frames.append(prepared)

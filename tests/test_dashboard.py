@@ -276,12 +276,12 @@ def test_pages_explain_empty_stores_then_the_live_page_shows_the_seeded_defect_r
         expect(page.get_by_test_id("stTable").filter(has_text="w-behind")).to_contain_text(behind)
         expect(page.get_by_text(f"Worker w-behind is {behind}. Loading it failed: v9: student.safetensors: content "
                                 "does not match the SHA-256; retrying.")).to_be_visible()
-        # A camera whose lighting drifted gets a warning line (field case c29; the state as a worker writes it).
+        # A camera whose lighting drifted raises the drift alarm (field case c29; the state as a worker writes it).
         LiveStateWriter(stores.redis).drift({"cam-2": {
             "camera_id": "cam-2", "drifting": True, "since": time.time() - 60, "at": time.time(), "worst": "saturated",
             "worst_z": -34.7, "message": "lighting / exposure drift: saturated z=-34.7 in 20 of the last 20 frames"}})
         expect(page.get_by_text("Camera cam-2: lighting / exposure drift: saturated z=-34.7 in 20 of the last 20 "
-                                "frames, since", exact=False)).to_be_visible()
+                                "frames", exact=False).first).to_be_visible(timeout=30_000)  # the alarm banner
         no_errors(page)
         screenshot(page, "live")
 

@@ -8,6 +8,32 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator
 
 
+class AlarmSettings(BaseModel):
+    """When the dashboard raises an alarm (``[dashboard.alarms]``; evaluated by ``linewatch.dashboard.alarms``)."""
+
+    behind_after_s: float = Field(60.0, gt=0, description="inspection behind: the oldest unprocessed frame of a "
+                                  "camera is older than this, seconds")
+    heartbeat_stale_s: float = Field(10.0, ge=3, le=120, description="a worker whose heartbeat (every 2 s) is older "
+                                     "than this is stalled, seconds")
+    defect_rate_max: float = Field(0.2, gt=0, le=1, description="defect rate over which a line raises an alarm")
+    defect_rate_max_by_line: dict[str, float] = Field({}, description="line_id -> its own defect-rate limit")
+    defect_rate_window_s: float = Field(300.0, ge=60, description="processing-time window of the defect rate, s")
+    defect_rate_min_frames: int = Field(20, ge=1, description="fewest frames in the window to judge a defect rate")
+    period_s: float = Field(2.0, ge=0.5, le=60, description="how often the alarms are evaluated, seconds")
+
+    @field_validator("defect_rate_max_by_line")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {line: rate for line, rate in value.items() if not 0 < rate <= 1}
+        if bad:
+            raise ValueError(f"defect-rate limits must be in (0, 1]: {bad}")
+        return value
+
+    def defect_rate_limit(self, line_id: str) -> float:
+        """The defect-rate limit of ``line_id``: its own, else :attr:`defect_rate_max`."""
+        return self.defect_rate_max_by_line.get(line_id, self.defect_rate_max)
+
+
 class DashboardSettings(BaseModel):
     """The Streamlit dashboard."""
 
@@ -25,6 +51,7 @@ class DashboardSettings(BaseModel):
     shift_starts: list[str] = Field(["06:00", "14:00", "22:00"], min_length=1,
                                     description="local times (HH:MM) at which shifts start")
     metrics_port: int | None = Field(None, description="Prometheus /metrics, /healthz, /readyz port; none = off")
+    alarms: AlarmSettings = AlarmSettings()
 
     @field_validator("shift_starts")
     @classmethod

@@ -295,17 +295,25 @@ class LiveStateReader:
             total.defects += c.defects
         return total
 
-    def latest(self, camera_id: str) -> tuple[InspectionResult | None, bytes | None]:
-        """The newest result of a camera and its heatmap overlay (JPEG bytes), if any."""
-        h = self.r.hgetall(f"{self.p}:latest:{camera_id}")
-        if not h:
+    def latest(self, camera_id: str, overlay: bool = True) -> tuple[InspectionResult | None, bytes | None]:
+        """The newest result of a camera and its heatmap overlay (JPEG bytes; None unless ``overlay``), if any."""
+        values = self.r.hmget(f"{self.p}:latest:{camera_id}", ["result", "overlay"] if overlay else ["result"])
+        if values[0] is None:
             return None, None
-        return InspectionResult.from_json(h[b"result"]), h.get(b"overlay")
+        return InspectionResult.from_json(values[0]), values[1] if overlay else None
 
     def recent(self, count: int = 100) -> list[InspectionResult]:
         """The newest ``count`` results, newest first."""
         return [InspectionResult.from_json(fields[b"result"])
                 for _, fields in self.r.xrevrange(f"{self.p}:recent", count=count)]
+
+    def recent_since(self, seconds: float, cap: int = 20_000) -> list[InspectionResult]:
+        """Results appended to the recent stream in the last ``seconds`` of Redis's clock, newest first, at most
+        ``cap`` (the stream itself holds the newest ``recent_cap``)."""
+        now_s, now_us = self.r.time()
+        since_ms = int((now_s + now_us / 1e6 - seconds) * 1000)
+        return [InspectionResult.from_json(fields[b"result"])
+                for _, fields in self.r.xrevrange(f"{self.p}:recent", "+", str(since_ms), count=cap)]
 
     def dead_letters(self, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
         """Dead-lettered frames by reason between ``start`` and ``end``."""

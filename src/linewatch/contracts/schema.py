@@ -24,6 +24,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    cast,
+    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -56,6 +58,15 @@ class UTCDateTime(TypeDecorator):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
         return value
+
+
+def unix_seconds(column: Any, dialect: str) -> Any:
+    """SQL for a :class:`UTCDateTime` column as whole Unix seconds (a BIGINT: ``// n`` on it is integer division on
+    every backend, where SQLAlchemy's ``/`` would divide by ``n + 0.0`` on SQLite). ``dialect``: the engine's
+    ``dialect.name``; SQLite stores the column as naive UTC text, which ``strftime('%s')`` reads as UTC."""
+    if dialect == "sqlite":
+        return cast(func.strftime("%s", column), BigInteger)
+    return cast(func.floor(func.extract("epoch", column)), BigInteger)
 
 
 class Base(DeclarativeBase):

@@ -1,6 +1,7 @@
 """The dashboard's entry point, run by ``linewatch dashboard`` (``streamlit run`` on this file).
 
-Pages: Live, Defects, Review, Models. The sidebar holds the operator's identity (see :mod:`.auth`).
+Pages: Live, Defects, Review, Models, each under the alarm banner (:mod:`.banner`). The sidebar holds the
+operator's identity (see :mod:`.auth`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.dashboard import auth, data, telemetry, views
+from linewatch.dashboard import auth, banner, data, telemetry, views
 from linewatch.dashboard.pages import defects, live, models, review
 
 
@@ -32,6 +33,7 @@ def main() -> None:
         st.caption("Visual quality control")
     auth.sidebar(settings)
     telemetry.PAGE_VIEWS.labels(page.url_path or "live").inc()
+    st.fragment(run_every=settings.dashboard.refresh_s)(banner.render)(settings)
     try:
         page.run()
     except (SQLAlchemyError, redis.RedisError) as exc:  # a store failed where the page did not expect it

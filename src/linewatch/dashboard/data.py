@@ -2,10 +2,11 @@
 
 Connections are cached per process (``st.cache_resource``). Live numbers come from Redis
 (:class:`~linewatch.contracts.live_state.LiveStateReader`); history, galleries, the review queue and
-labels from SQL. Every SQL query is bounded (a time window and/or a LIMIT, keyset pagination on
-``(captured_at, id)``) and follows an index of :mod:`linewatch.contracts.schema`; each statement is cut
-off after ``dashboard.query_timeout_s`` (PostgreSQL ``statement_timeout``; a progress handler on SQLite),
-so a slow query shows an error instead of blocking a page.
+labels from SQL. Counts over time (:func:`history`) are by processing time, like the live counts.
+Every SQL query is bounded (a time window and/or a LIMIT, keyset pagination on ``(captured_at, id)``) and
+follows an index of :mod:`linewatch.contracts.schema`; each statement is cut off after
+``dashboard.query_timeout_s`` (PostgreSQL ``statement_timeout``; a progress handler on SQLite), so a slow query
+shows an error instead of blocking a page.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
-from sqlalchemy import Integer, and_, cast, event, exists, func, insert, or_, select, update
+from sqlalchemy import and_, event, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import make_engine
@@ -28,7 +29,7 @@ from linewatch.contracts.labels import (
     effective_labels,
 )
 from linewatch.contracts.live_state import LiveStateReader, connect
-from linewatch.contracts.schema import Camera, Inspection, Label, ModelVersion
+from linewatch.contracts.schema import Camera, Inspection, Label, ModelVersion, unix_seconds
 from linewatch.contracts.settings import Settings, get_settings
 from linewatch.dashboard import telemetry
 
@@ -139,38 +140,37 @@ class Bucket:
     defects: int
 
 
-def _bucket_expr(dialect: str, bucket_s: int) -> Any:
-    if dialect == "postgresql":
-        return cast(func.floor(func.extract("epoch", Inspection.captured_at) / bucket_s), Integer)
-    # SQLite stores captured_at as UTC text; strftime('%s') turns it into Unix seconds.
-    return cast(func.strftime("%s", Inspection.captured_at), Integer) / bucket_s
-
-
 def history(db: Engine, line_ids: Sequence[str], start: dt.datetime, end: dt.datetime,
             bucket_s: int) -> list[Bucket]:
-    """Per-camera inspection counts in ``bucket_s`` buckets over [start, end), from SQL.
+    """Per-camera inspection counts in ``bucket_s`` buckets of processing time over [start, end), from SQL.
 
-    One query per line, each on the index ``(line_id, captured_at)``; at most
-    :data:`HISTORY_ROW_LIMIT` buckets in all.
+    Counted by ``processed_at`` (the worker's clock), as the live counts in Redis are: a backlog shows frames
+    inspected now, not an empty window, and a camera whose clock is off neither hides nor freezes its frames.
+    Buckets start at multiples of ``bucket_s`` Unix seconds (whole minutes for 60). One query on the index
+    ``(processed_at)``; at most :data:`HISTORY_ROW_LIMIT` buckets.
+
+    Raises:
+        ValueError: ``bucket_s`` is not a positive whole number of seconds.
+        SQLAlchemyError: the database failed or the query ran past ``dashboard.query_timeout_s``.
     """
-    out: list[Bucket] = []
+    if int(bucket_s) != bucket_s or bucket_s <= 0:
+        raise ValueError(f"bucket_s must be a positive whole number of seconds, not {bucket_s!r}")
+    if not line_ids:
+        return []
     with db.connect() as conn:
-        bucket = _bucket_expr(conn.dialect.name, bucket_s).label("bucket")
-        for line_id in line_ids:
-            query = (
-                select(bucket, Inspection.camera_id, func.count().label("inspected"),
-                       func.count().filter(Inspection.verdict == "defect").label("defects"))
-                .where(Inspection.line_id == line_id, Inspection.captured_at >= start, Inspection.captured_at < end)
-                .group_by(bucket, Inspection.camera_id)
-                .order_by(bucket)
-                .limit(HISTORY_ROW_LIMIT - len(out))
-            )
-            for b, camera_id, inspected, defects in conn.execute(query):
-                out.append(Bucket(dt.datetime.fromtimestamp(int(b) * bucket_s, dt.UTC), line_id, camera_id,
-                                  int(inspected), int(defects or 0)))
-            if len(out) >= HISTORY_ROW_LIMIT:
-                break
-    return out
+        bucket = (unix_seconds(Inspection.processed_at, conn.dialect.name) // int(bucket_s)).label("bucket")
+        query = (
+            select(bucket, Inspection.line_id, Inspection.camera_id, func.count().label("inspected"),
+                   func.count().filter(Inspection.verdict == "defect").label("defects"))
+            .where(Inspection.processed_at >= start, Inspection.processed_at < end,
+                   Inspection.line_id.in_(list(line_ids)))
+            .group_by(bucket, Inspection.line_id, Inspection.camera_id)
+            .order_by(bucket, Inspection.line_id, Inspection.camera_id)
+            .limit(HISTORY_ROW_LIMIT)
+        )
+        return [Bucket(dt.datetime.fromtimestamp(int(b) * int(bucket_s), dt.UTC), line_id, camera_id, int(inspected),
+                       int(defects or 0))
+                for b, line_id, camera_id, inspected, defects in conn.execute(query)]
 
 
 # ---- frames: gallery, review queue, one frame ------------------------------------------------------------

@@ -17,13 +17,15 @@ def main(options: list[str]) -> None:
     from streamlit.web import cli
 
     from linewatch.contracts.settings import get_settings
-    from linewatch.dashboard import telemetry
+    from linewatch.dashboard import alarm_watch, telemetry
 
     # dashboard/pages/ is the package of page modules that app.py hands to st.navigation, not a
     # Streamlit "pages directory". Streamlit would otherwise detect it beside app.py and, until app.py
     # has run once, serve a direct visit to /live by running pages/live.py as a script of its own.
     PagesManager.uses_pages_directory = False
-    telemetry.serve(get_settings())
+    settings = get_settings()
+    telemetry.serve(settings)
+    alarm_watch.watch(settings)  # alarms and their metrics from the start, before anybody opens a page
     sys.argv = ["streamlit", "run", str(APP), *options]
     cli.main()
 

@@ -86,17 +86,22 @@ def fmt(moment: dt.datetime | None, zone: str, seconds: bool = True) -> str:
     return moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
+def duration(seconds: float) -> str:
+    """A length of time in words: ``42 s``, ``12 min``, ``3.5 h``, ``2.0 days``."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def ago(moment: dt.datetime | float | None, now: dt.datetime | None = None) -> str:
     """How long ago ``moment`` (a datetime or Unix time) was, e.g. ``12 s ago``, ``3 min ago``."""
     if moment is None:
         return "never"
     now = now or dt.datetime.now(dt.UTC)
     then = dt.datetime.fromtimestamp(moment, dt.UTC) if isinstance(moment, int | float) else moment
-    seconds = max(0.0, (now - then).total_seconds())
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.1f} days ago"
+    return f"{duration((now - then).total_seconds())} ago"

@@ -1,21 +1,27 @@
-"""Live: per line and camera, throughput and defect rate over a window with a trend chart; the latest frame
-of each camera with its heatmap; worker health. The panel refreshes itself (a Streamlit fragment), so the
-rest of the page, and the window chosen, stay put."""
+"""Live: per line and camera, throughput and defect rate over a window with a trend chart; per camera an OK/NG
+lamp for the latest part with its age, the rate, end-to-end latency p50/p99 and the backlog (consumer lag, age of
+the oldest unprocessed frame), and the latest frame with its heatmap; worker health. Windows count frames by
+processing time (a backlog shows what is inspected now; capture times are shown beside). The alarms are in the
+banner above every page (:mod:`..banner`). The panel refreshes itself (a Streamlit fragment), so the rest of the
+page, and the window chosen, stay put."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import html
+import time
 from zoneinfo import ZoneInfo
 
 import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.live_state import LiveStateReader
+from linewatch.contracts.messages import InspectionResult
 
-from .. import charts, data, views, windows
+from .. import alarm_watch, charts, data, views, windows
+from ..alarms import CameraView
 from ..data import Bucket
 from ..windows import Window, ago, fmt
 
@@ -92,10 +98,7 @@ def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
     cameras: dict[str, str] = {}
     if reader is not None:
         try:
-            states = reader.camera_states()
-            cameras.update({c: info["line_id"] for c, info in states.items()})
-            _clock_warnings(states, ClockRule(s.detector.clock_ahead_s, s.detector.clock_behind_s))
-            _drift_warnings(reader.drift(), zone)
+            cameras.update(reader.cameras())
         except redis.RedisError as exc:
             live_ok, live_problem = False, views.explain(exc)
     try:
@@ -110,43 +113,25 @@ def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
         cameras = {c: line for c, line in cameras.items() if line in wanted}
     source = "live counts (Redis)" if live_ok and custom is None else "counts from the SQL record"
     st.caption(f"{window.label}: {fmt(window.start, zone, seconds=False)} to {fmt(window.end, zone, seconds=False)} "
-               f"({zone}) · {source} · updated {fmt(now, zone)} · refreshes every {s.dashboard.refresh_s:g} s")
+               f"({zone}), frames counted when inspected · {source} · updated {fmt(now, zone)} · refreshes every "
+               f"{s.dashboard.refresh_s:g} s")
     if not cameras:
         st.info("No camera has reported yet." + (" (No camera on the lines asked for.)" if wanted else
                 " Start a camera (`linewatch ingest`) and a detector worker (`linewatch detect`); "
                 "their results appear here within seconds."))
     else:
         buckets = _buckets(reader if live_ok and custom is None else None, cameras, window)
+        _, observed, _ = alarm_watch.watch(s).current()
+        views_now = observed.cameras if observed is not None else {}
         if buckets is not None:
             for line in sorted(set(cameras.values())):
                 _line_section(line, sorted(c for c, l_ in cameras.items() if l_ == line), buckets, window,
-                              reader if live_ok else None, zone)
+                              reader if live_ok else None, zone, views_now)
     st.subheader("Workers")
     if live_ok:
         _workers(reader, window)
     else:
         st.caption("Worker health needs the live state (Redis).")
-
-
-def _clock_warnings(states: dict[str, dict], rule: ClockRule) -> None:
-    """One line per camera whose clock disagrees with the line's (its frames are counted and timed by the
-    workers' clock meanwhile, so nothing below is skewed; the camera's ``captured_at`` values are)."""
-    for cam, info in sorted(states.items()):
-        if not rule.trusted(info["skew_ms"]):
-            st.warning(f"Camera {cam}: its clock is {views.skew_text(info['skew_ms'])} "
-                       f"({info['skewed']:,} frames timed from their arrival). Counts and latency here use "
-                       "the workers' clock; fix the camera's time sync (NTP).")
-
-
-def _drift_warnings(drift: dict[str, dict], zone: str) -> None:
-    """One line per camera in lighting / exposure drift (linewatch.detector.drift): its frames no longer look lit
-    like the training images, so a wave of rejects from it may be the light, not the parts."""
-    for cam, state in sorted(drift.items()):
-        if state.get("drifting"):
-            since = dt.datetime.fromtimestamp(state["since"], dt.UTC) if state.get("since") else None
-            st.warning(f"Camera {cam}: {state['message']}" + (f", since {fmt(since, zone)}" if since else "") +
-                       ". Its rejects show as \"defect (lighting drift)\": check its lamps and exposure, or retrain "
-                       "on confirmed goods under the new light.")
 
 
 def _buckets(reader: LiveStateReader | None, cameras: dict[str, str], window: Window) -> list[Bucket] | None:
@@ -175,7 +160,7 @@ def _rate(inspected: int, defects: int) -> str:
 
 
 def _line_section(line: str, cams: list[str], buckets: list[Bucket], window: Window,
-                  reader: LiveStateReader | None, zone: str) -> None:
+                  reader: LiveStateReader | None, zone: str, views_now: dict[str, CameraView]) -> None:
     mine = [b for b in buckets if b.line_id == line]
     inspected, defects = sum(b.inspected for b in mine), sum(b.defects for b in mine)
     with st.container(border=True, key=f"lw_line_{line}"):
@@ -194,46 +179,88 @@ def _line_section(line: str, cams: list[str], buckets: list[Bucket], window: Win
             columns = st.columns(CAMERAS_PER_ROW)
             for col, cam in zip(columns, cams[start:start + CAMERAS_PER_ROW], strict=False):
                 with col:
-                    _camera_tile(cam, [b for b in mine if b.camera_id == cam], window, reader, zone)
+                    _camera_tile(cam, [b for b in mine if b.camera_id == cam], window, reader, zone,
+                                 views_now.get(cam))
 
 
 def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveStateReader | None,
-                 zone: str) -> None:
+                 zone: str, view: CameraView | None) -> None:
     inspected, defects = sum(b.inspected for b in buckets), sum(b.defects for b in buckets)
+    result, overlay = None, None
     with st.container(border=True, key=f"lw_camera_{cam}"):
         st.markdown(f"**Camera {cam}**")
+        if reader is None:
+            st.caption("Latest frame: needs the live state (Redis).")
+        else:
+            try:
+                result, overlay = reader.latest(cam)
+            except redis.RedisError as exc:
+                st.caption(views.explain(exc))
+            if result is None:
+                st.caption("No recent frame (the latest is kept for a day).")
+            else:
+                _lamp(cam, result, zone)
         a, b = st.columns(2)
         a.metric(f"{cam} defect rate", _rate(inspected, defects))
         b.metric(f"{cam} inspected", f"{inspected:,}", help=f"{inspected / window.minutes:.1f} frames/min")
-        if reader is None:
-            st.caption("Latest frame: needs the live state (Redis).")
-            return
-        try:
-            result, overlay = reader.latest(cam)
-        except redis.RedisError as exc:
-            st.caption(views.explain(exc))
-            return
-        if result is None:
-            st.caption("No recent frame (the latest is kept for a day).")
-            return
-        verdict = result.verdict
-        colour = "red" if verdict == "defect" else "green"
-        if overlay:
-            st.image(overlay, width="stretch")
-        else:
-            st.caption("No heatmap for the latest frame.")
-        drift = " (lighting drift)" if result.verdict_label != verdict else ""
-        st.markdown(f":{colour}[**{views.score_text(result.normalized_score, verdict)}{drift}**]  \n"
-                    f"score {result.image_score:.4g} vs threshold {result.threshold:.4g} · model "
-                    f"{result.model_version}  \nframe {result.frame.frame_id} · "
-                    f"{ago(result.frame.captured_at)} ({fmt(result.frame.captured_at, zone)})")
+        _flow(cam, view)
+        if result is not None:
+            if overlay:
+                st.image(overlay, width="stretch")
+            else:
+                st.caption("No heatmap for the latest frame.")
+            drift = " (lighting drift)" if result.verdict_label != result.verdict else ""
+            st.caption(f"{views.score_text(result.normalized_score, result.verdict)}{drift} · score "
+                       f"{result.image_score:.4g} "
+                       f"vs threshold {result.threshold:.4g} · model {result.model_version} · frame "
+                       f"{result.frame.frame_id}")
 
 
-def _status(worker: dict) -> str:
-    """``silent`` (no heartbeat lately), the worker's own stall reason (e.g. ``stalled 45 s: oldest batch in
-    flight``), the store it waits for (``waiting for sql 45 s``), or ``alive``."""
+def _lamp(cam: str, result: InspectionResult, zone: str) -> None:
+    """The OK/NG lamp of the camera's latest part, its age by processing and by capture time."""
+    ng = result.verdict == "defect"
+    colour = "#b3261e" if ng else "#1e7d32"
+    part = html.escape(result.frame.part_id or f"frame {result.frame.frame_id}")
+    st.markdown(f"<div class='lw-lamp' data-camera='{html.escape(cam)}' data-verdict='{'NG' if ng else 'OK'}' "
+                f"style='background:{colour};color:#fff;font-size:2.6em;font-weight:800;text-align:center;"
+                f"border-radius:0.25em;line-height:1.5'>{'NG' if ng else 'OK'}</div>", unsafe_allow_html=True)
+    st.caption(f"{part} · inspected {ago(result.processed_at)} · captured {ago(result.frame.captured_at)} "
+               f"({fmt(result.frame.captured_at, zone)})")
+
+
+def _flow(cam: str, view: CameraView | None) -> None:
+    """Rate over the last minute, end-to-end latency p50/p99 and the backlog (from the alarm watch's snapshot), as
+    one small table: three st.metric values do not fit a camera's column."""
+    if view is None:
+        st.caption("Rate, latency and backlog: waiting for the first evaluation of the live state.")
+        return
+    q = view.latency_quantiles_s()
+    backlog = view.backlog_s(time.time())
+    figures = [("rate", "rate", f"{view.rate_per_s():.1f}/s"),
+               ("latency", "latency p50 / p99", f"{_seconds(q[0])} / {_seconds(q[1])}" if q else "—"),
+               ("backlog", "backlog", "—" if backlog is None else windows.duration(backlog)),
+               ("lag", "consumer lag", "unknown" if view.lag is None else f"{view.lag:,} frames")]
+    cells = "".join(f"<div style='opacity:0.7;font-size:0.8em'>{label}</div>"
+                    f"<div data-figure='{key}' style='font-weight:600;text-align:right'>{value}</div>"
+                    for key, label, value in figures)
+    st.markdown(f"<div class='lw-flow' data-camera='{html.escape(cam)}' style='display:grid;grid-template-columns:"
+                f"auto auto;gap:0.1em 0.8em;align-items:baseline;margin-bottom:0.6em'>{cells}</div>",
+                unsafe_allow_html=True)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value < 10 else windows.duration(value)
+
+
+def _status(worker: dict, stale_s: float | None = None) -> str:
+    """``silent`` (no heartbeat lately), ``stalled: no heartbeat for 14 s`` (older than ``stale_s``, the alarm's
+    limit), the worker's own stall reason (e.g. ``stalled 45 s: oldest batch in flight``), the store it waits for
+    (``waiting for sql 45 s``), or ``alive``."""
     if not worker["alive"]:
         return "silent"
+    silent = time.time() - float(worker.get("last_seen") or 0)
+    if stale_s is not None and silent > stale_s:
+        return f"stalled: no heartbeat for {silent:.0f} s"
     if worker.get("waiting_on"):
         return f"waiting for {worker['waiting_on']}"
     return worker.get("stalled") or "alive"
@@ -254,7 +281,7 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
             lag = w.get("lag")
             rows.append({
                 "worker": w["worker_id"],
-                "status": _status(w),
+                "status": _status(w, data.settings().dashboard.alarms.heartbeat_stale_s),
                 "model": w.get("model_behind") or w.get("model_version", "—"),
                 "frames/s": f"{float(w.get('frames_per_s') or 0):.1f}",
                 "inspected": f"{int(w.get('inspected') or 0):,}",
@@ -263,13 +290,7 @@ def _workers(reader: LiveStateReader, window: Window) -> None:
                 "last heartbeat": ago(w.get("last_seen")),
             })
         st.table(rows, hide_index=True)
-        for w in workers:
-            images = w.get("image_store") or {}
-            if w["alive"] and images.get("full"):
-                st.error(f"Image store full on worker {w['worker_id']} "
-                         f"({100 * float(images.get('free_ratio', 0)):.1f}% free, nothing left that retention may "
-                         "remove): frames are inspected and recorded, but stored without their images. Free space "
-                         "or lower `images.max_age_days`.")
+        for w in workers:  # a full image store, a stall: in the alarm banner
             if w.get("model_behind") and w["alive"]:
                 why = f" Loading it failed: {w['model_load_error']}; retrying." if w.get("model_load_error") else ""
                 st.warning(f"Worker {w['worker_id']} is {w['model_behind']}.{why}")

@@ -18,11 +18,11 @@ import logging
 import threading
 import time
 
-from sqlalchemy import BigInteger, case, cast, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from linewatch.contracts.live_state import LiveStateWriter
-from linewatch.contracts.schema import Inspection
+from linewatch.contracts.schema import Inspection, unix_seconds
 
 from .live_sink import LiveSink
 
@@ -36,11 +36,7 @@ def counts_by_minute(conn: Connection, start: dt.datetime, end: dt.datetime
     """Inspected frames and defects per camera and per line for each minute of processing time (Unix
     minutes, ``processed_at // 60``) with ``start <= processed_at < end``: ``(kind, ident, minute) ->
     (inspected, defects)``, ``kind`` ``camera`` or ``line``."""
-    if conn.dialect.name == "sqlite":  # stored as naive UTC text; strftime('%s') gives integer seconds
-        seconds = cast(func.strftime("%s", Inspection.processed_at), BigInteger)
-    else:
-        seconds = cast(func.floor(func.extract("epoch", Inspection.processed_at)), BigInteger)
-    minute = (seconds // 60).label("minute")  # floor division (SQLAlchemy's `/` would be true division)
+    minute = (unix_seconds(Inspection.processed_at, conn.dialect.name) // 60).label("minute")
     defect = func.sum(case((Inspection.verdict == "defect", 1), else_=0))
     query = (select(Inspection.camera_id, Inspection.line_id, minute, func.count(), defect)
              .where(Inspection.processed_at >= start, Inspection.processed_at < end)
