@@ -18,21 +18,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
-from sqlalchemy import Integer, and_, cast, event, exists, func, insert, or_, select, update
+from sqlalchemy import Integer, and_, cast, event, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.labels import (
+    LABELS,
     awaiting_second_opinion_condition,
     count_confirmed_good_frames,
     effective_labels,
+    record_labels,
 )
 from linewatch.contracts.live_state import LiveStateReader, connect
 from linewatch.contracts.schema import Camera, Inspection, Label, ModelVersion
 from linewatch.contracts.settings import Settings, get_settings
 from linewatch.dashboard import telemetry
 
-LABELS = ("good", "defect")
 HISTORY_ROW_LIMIT = 20_000
 
 
@@ -292,26 +293,19 @@ def label_of(db: Engine, inspection_ids: Sequence[int]) -> dict[int, tuple[str, 
 
 def add_labels(db: Engine, inspection_ids: Sequence[int], label: str, operator: str,
                now: dt.datetime | None = None) -> int:
-    """Record ``operator``'s label for each inspection (one action: all rows share one timestamp, so
-    :func:`undo_last` takes them back together). Returns the rows written.
+    """Record ``operator``'s label for each inspection through the one idempotent path,
+    :func:`linewatch.contracts.labels.record_labels` (one action: all rows share one timestamp, so
+    :func:`undo_last` takes them back together). Returns the rows written: 0 when every frame already carries
+    this operator's same label (a double click).
 
     Raises:
         ValueError: ``label`` is not good/defect, or ``operator`` is empty.
         SQLAlchemyError: the database refused (e.g. an inspection id that does not exist).
     """
-    if label not in LABELS:
-        raise ValueError(f"label must be one of {LABELS}, not {label!r}")
-    if not operator or not operator.strip():
-        raise ValueError("labels need a named operator")
-    if not inspection_ids:
-        return 0
-    now = now or dt.datetime.now(dt.UTC)
-    rows = [{"inspection_id": int(i), "label": label, "operator": operator, "created_at": now, "revoked_at": None}
-            for i in dict.fromkeys(inspection_ids)]
     with db.begin() as conn:
-        conn.execute(insert(Label), rows)
-    telemetry.LABELS.labels(label).inc(len(rows))
-    return len(rows)
+        written = record_labels(conn, inspection_ids, label, operator, now or dt.datetime.now(dt.UTC))
+    telemetry.LABELS.labels(label).inc(len(written))
+    return len(written)
 
 
 def undo_last(db: Engine, operator: str, now: dt.datetime | None = None) -> list[int]:
