@@ -18,13 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
-from sqlalchemy import Integer, and_, cast, event, exists, func, or_, select, update
+from sqlalchemy import Integer, and_, cast, event, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.labels import (
-    LABELS,
-    awaiting_second_opinion_condition,
     count_confirmed_good_frames,
     effective_labels,
     record_labels,
@@ -174,7 +172,7 @@ def history(db: Engine, line_ids: Sequence[str], start: dt.datetime, end: dt.dat
     return out
 
 
-# ---- frames: gallery, review queue, one frame ------------------------------------------------------------
+# ---- frames: gallery, one frame (the review queue: review_queue.py) --------------------------------------
 
 
 @dataclass(frozen=True)
@@ -239,29 +237,6 @@ def defect_gallery(db: Engine, f: GalleryFilter, cursor: Cursor | None, limit: i
     if f.min_score > 0:
         query = query.where(Inspection.normalized_score >= f.min_score)
     return _page(db, query, cursor, limit)
-
-
-def _awaiting_review(kind: str) -> list[Any]:
-    """Conditions of the review queue: kept frames with no label that was not undone."""
-    labelled = exists().where(Label.inspection_id == Inspection.id, Label.revoked_at.is_(None))
-    # A good label on a frame scored far above the threshold waits for a second operator: it stays offered.
-    waiting = awaiting_second_opinion_condition(settings().trainer.second_opinion_above)
-    conditions = [Inspection.image_uri.is_not(None), or_(~labelled, waiting)]
-    if kind in LABELS:
-        conditions.append(Inspection.verdict == kind)
-    return conditions
-
-
-def review_queue(db: Engine, kind: str, cursor: Cursor | None, limit: int) -> FramePage:
-    """A page of the review queue, newest first. ``kind``: ``defect`` (flagged), ``good`` (sampled) or ``all``."""
-    return _page(db, _columns().where(*_awaiting_review(kind)), cursor, limit)
-
-
-def review_queue_size(db: Engine, kind: str, cap: int = 100_000) -> int:
-    """How many frames await review (counted up to ``cap``)."""
-    inner = select(Inspection.id).where(*_awaiting_review(kind)).limit(cap).subquery()
-    with db.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
 
 
 def ready_for_retraining(db: Engine) -> int:
