@@ -70,11 +70,11 @@ def test_two_operators_never_get_the_same_frame_and_a_claimed_page_stays_in_plac
     later = now + dt.timedelta(seconds=60)
     assert ids(claim(engine, RULE, "maria", limit=2, claim_s=300, now=later)) == [2, 3]
     assert ids(claim(engine, RULE, "maria", order="uncertain", limit=2, claim_s=300, now=later)) == [3, 2]
-    # She labels 2: it leaves her page; the next free frame fills it (the new one, oldest).
+    # She labels 2: it leaves her page; the next free frame fills its place (the new one, oldest, shown first).
     with engine.begin() as conn:
         record_labels(conn, [2], "good", "maria", later)
     new = 11
-    assert ids(claim(engine, RULE, "maria", limit=2, claim_s=300, now=later)) == [3, new]
+    assert ids(claim(engine, RULE, "maria", limit=2, claim_s=300, now=later)) == [new, 3]
     # The read-then-write race: a claim another operator holds is not taken.
     with engine.begin() as conn:
         assert _take(conn, [3, 7], "olek", later, later + dt.timedelta(seconds=300)) == {7}

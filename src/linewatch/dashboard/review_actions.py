@@ -2,7 +2,8 @@
 
 Every button carries the inspection ids of the frames it is drawn beside, never "whatever is first in the queue
 at click time". A click labels a frame only once that frame has been in the clicked place on screen for
-``dashboard.review_min_view_s``: when the first of two quick clicks (field case c32: 150-250 ms apart) labels a
+``dashboard.review_min_view_s``, counted from the end of the run that drew the whole page (a run cut short by
+the next click records nothing): when the first of two quick clicks (field case c32: 150-250 ms apart) labels a
 frame and the page puts the next frame where it was, the second click lands on a frame nobody has looked at, and
 is refused. A second click on the same frame is a no-op in the database (``contracts.labels.record_labels``).
 Messages go to the next run of the page (``flash``).
@@ -21,9 +22,9 @@ from linewatch.contracts.labels import awaiting_second_opinion
 from . import auth, data, views
 
 _FLASH = "lw_review_flash"
-_SHOWN = "lw_review_shown"  # "slot:id" -> time.monotonic() when the frame was first drawn in that place
+_SHOWN = "lw_review_shown"  # place -> (inspection id, time.monotonic() when it was drawn there)
+_UNDONE = "lw_review_undone_at"  # time.monotonic() of this session's last undo
 _PENDING = "lw_review_bulk_pending"  # (ids, time.monotonic() of the request) of a bulk "good" awaiting "yes"
-_SHOWN_MAX = 2_000
 
 
 def flash(kind: str, message: str) -> None:
@@ -36,19 +37,28 @@ def take_flash() -> tuple[str, str] | None:
 
 
 def shown(places: Sequence[tuple[str, int]]) -> None:
-    """Record when each (place, inspection id) drawn in this run was first drawn there."""
-    seen: dict[str, float] = st.session_state.setdefault(_SHOWN, {})
+    """Record, for each place of the page drawn in this run, which frame is there and since when (a frame that
+    leaves a place and comes back, e.g. after undo, starts again)."""
+    seen: dict[str, tuple[int, float]] = st.session_state.setdefault(_SHOWN, {})
     now = time.monotonic()
-    for place, inspection_id in places:
-        seen.setdefault(f"{place}:{inspection_id}", now)
-    if len(seen) > _SHOWN_MAX:  # a long shift: forget the oldest places
-        for key in sorted(seen, key=seen.get)[: len(seen) - _SHOWN_MAX]:
-            del seen[key]
+    drawn = dict(places)
+    for place in [p for p in seen if p not in drawn]:
+        del seen[place]
+    for place, inspection_id in drawn.items():
+        if seen.get(place, (None,))[0] != inspection_id:
+            seen[place] = (inspection_id, now)
 
 
-def _on_screen_s(place: str, inspection_id: int) -> float | None:
-    since = st.session_state.get(_SHOWN, {}).get(f"{place}:{inspection_id}")
-    return None if since is None else time.monotonic() - since
+def _refusal(place: str, inspection_id: int, min_view_s: float) -> str | None:
+    """Why a click at ``place`` on ``inspection_id`` labels nothing (None: it may label)."""
+    entry = st.session_state.get(_SHOWN, {}).get(place)
+    if entry is None or entry[0] != inspection_id:
+        return f"Nothing labelled: frame {inspection_id} is no longer there (the page changed under the click)."
+    seen_s = time.monotonic() - entry[1]
+    if seen_s < min_view_s:
+        return (f"Nothing labelled: frame {inspection_id} had been on screen there for only {seen_s * 1000:.0f} ms "
+                "when the click came (a double click?). Look at it, then click again.")
+    return None
 
 
 def label(ids: list[int], value: str, place: str) -> None:
@@ -60,11 +70,9 @@ def label(ids: list[int], value: str, place: str) -> None:
         flash("error", "Sign in before labelling.")
         return
     for inspection_id in ids:
-        seen_s = _on_screen_s(place, inspection_id)
-        if seen_s is None or seen_s < s.dashboard.review_min_view_s:
-            flash("warn", f"Nothing labelled: frame {inspection_id} had been on screen there for only "
-                          f"{(seen_s or 0) * 1000:.0f} ms when the click came (a double click?). Look at it, "
-                          "then click again.")
+        refusal = _refusal(place, inspection_id, s.dashboard.review_min_view_s)
+        if refusal:
+            flash("warn", refusal)
             return
     _store(ids, value, operator)
 
@@ -130,9 +138,17 @@ def bulk_confirm(ids: list[int]) -> None:
 
 
 def undo() -> None:
-    operator = auth.current_operator(data.settings())
+    """Take back the operator's last action; a second undo within ``dashboard.review_min_view_s`` of the first
+    (a double click) is refused, so it never takes back an older action unseen."""
+    s = data.settings()
+    operator = auth.current_operator(s)
     if operator is None:
         return
+    last = st.session_state.get(_UNDONE)
+    if last is not None and time.monotonic() - last < s.dashboard.review_min_view_s:
+        flash("warn", "Undo clicked twice in quick succession: only the first undo was done.")
+        return
+    st.session_state[_UNDONE] = time.monotonic()
     try:
         ids = data.undo_last(data.engine(), operator.name)
     except SQLAlchemyError as exc:

@@ -72,9 +72,20 @@ def _conditions(rule: QueueRule, kind: Kind, operator: str | None, now: dt.datet
 
 
 def uncertainty() -> Any:
-    """The ratio distance of the normalised score from the threshold: max(s, 1/s) (1.0 at the threshold)."""
+    """The ratio distance of the normalised score from the threshold, in SQL: max(s, 1/s) (1.0 at the
+    threshold; 1e9 for a score of 0). :func:`sort_key` is the same in Python."""
     s = Inspection.normalized_score
     return case((s >= 1, s), (s > 0, literal(1.0) / s), else_=literal(1e9))
+
+
+def sort_key(order: Order):
+    """The key that puts ``Inspection`` rows in ``order`` (the SQL order of :func:`waiting`, less the claims)."""
+    def distance(s: float) -> float:
+        return s if s >= 1 else 1.0 / s if s > 0 else 1e9
+
+    if order == "uncertain":
+        return lambda r: (distance(r.normalized_score), r.captured_at, r.id)
+    return lambda r: (r.captured_at, r.id)
 
 
 def _ordered(query: Any, order: Order, operator: str | None, now: dt.datetime) -> Any:
@@ -115,8 +126,10 @@ def waiting_count(db: Engine, rule: QueueRule, operator: str | None, kind: Kind 
 def claim(db: Engine, rule: QueueRule, operator: str, kind: Kind = "all", order: Order = "oldest",
           limit: int = 24, claim_s: float = 300.0, now: dt.datetime | None = None) -> list[Inspection]:
     """Open the next ``limit`` frames for ``operator``: claim them until ``now + claim_s`` and return those this
-    operator now holds, in order. The operator's claims on other frames are released; expired claims are
-    removed. A frame another operator claimed between the read and the write is left out (not returned).
+    operator now holds, in ``order``. The frames the operator already holds stay on the page (new frames only
+    fill the free places), and the page is shown in ``order``, so a frame taken back by undo is where it was.
+    The operator's claims on other frames are released; expired claims are removed. A frame another operator
+    claimed between the read and the write is left out (not returned).
 
     Raises:
         ValueError: an unknown ``order``. SQLAlchemyError: the database refused.
@@ -128,7 +141,7 @@ def claim(db: Engine, rule: QueueRule, operator: str, kind: Kind = "all", order:
         held = _take(conn, [r.id for r in rows], operator, now, until)
         conn.execute(delete(ReviewClaim).where(or_(ReviewClaim.expires_at <= now, and_(
             ReviewClaim.operator == operator, ReviewClaim.inspection_id.not_in(held or [-1])))))
-    return [r for r in rows if r.id in held]
+    return sorted((r for r in rows if r.id in held), key=sort_key(order))
 
 
 def _take(conn: Connection, ids: list[int], operator: str, now: dt.datetime, until: dt.datetime) -> set[int]:

@@ -78,7 +78,6 @@ def render() -> None:
                    "appear here as the workers store them.")
         return
     first, rest = rows[0], rows[1:]
-    review_actions.shown([("current", first.id)] + [(f"tile{i}", r.id) for i, r in enumerate(rest)])
     blocked = {r.id: _why_not_good(r, s) for r in rows}
     with st.container(border=True, key="lw_review_current"):
         _current(first, operator, blocked[first.id], confirmed_by.get(first.id, []), s, zone)
@@ -93,6 +92,8 @@ def render() -> None:
     st.caption(f"Showing {len(rows)} of {waiting_n:,} waiting" + (
         f", open for you for {s.dashboard.review_claim_s:g} s: label them and the next ones follow."
         if operator else "."))
+    # Last, once the whole page is drawn: a click counts the time a frame was on screen from here.
+    review_actions.shown([("current", first.id)] + [(f"tile{i}", r.id) for i, r in enumerate(rest)])
 
 
 def _current(row, operator, blocked: str | None, confirmed_by: list[str], s, zone: str) -> None:
