@@ -118,8 +118,8 @@ def bulk_cancel() -> None:
 
 
 def bulk_confirm(ids: list[int]) -> None:
-    """Second step: label the listed frames good (one action, one undo), if the question was on screen long
-    enough to be read (a double click on the first step does not answer it)."""
+    """Second step: label the listed frames that are still on the page good (one action, one undo), if the
+    question was on screen long enough to be read (a double click on the first step does not answer it)."""
     s = data.settings()
     pending = st.session_state.get(_PENDING)
     operator = auth.current_operator(s)
@@ -134,7 +134,13 @@ def bulk_confirm(ids: list[int]) -> None:
                       "confirm again.")
         return
     st.session_state.pop(_PENDING, None)
-    _store(list(ids), "good", operator)
+    # Only frames still on the page: one labelled one by one since the question was asked keeps that label.
+    drawn = {inspection_id for inspection_id, _ in st.session_state.get(_SHOWN, {}).values()}
+    still = [i for i in ids if i in drawn]
+    if not still:
+        flash("warn", "Nothing labelled: none of those frames is on the page any more.")
+        return
+    _store(still, "good", operator)
 
 
 def undo() -> None:
