@@ -162,10 +162,11 @@ def _bulk(rows, blocked: dict[int, str | None], operator: auth.Operator) -> None
                    "\"Include in bulk good\" on each one to include it.")
     if pending is not None:
         with st.container(border=True, key="lw_bulk_confirm"):
-            st.warning(f"Label these {len(pending)} frames **good** as {operator.name}? Frames "
-                       f"{', '.join(str(i) for i in pending)}.", icon=":material/help:")
+            n = f"{len(pending)} frame" + ("s" if len(pending) != 1 else "")
+            st.warning(f"Label {'these' if len(pending) != 1 else 'this'} {n} **good** as {operator.name}? "
+                       f"Frame ids: {', '.join(str(i) for i in pending)}.", icon=":material/help:")
             yes, no = st.columns(2)
-            yes.button(f"Yes, label {len(pending)} frames good", key="lw_bulk_yes",
+            yes.button(f"Yes, label {n} good", key="lw_bulk_yes",
                        on_click=review_actions.bulk_confirm, args=(list(pending),), width="stretch")
             no.button("Cancel", key="lw_bulk_cancel", on_click=review_actions.bulk_cancel, width="stretch")
 
