@@ -62,8 +62,9 @@ def render() -> None:
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.metric("Awaiting review", f"{waiting_n:,}",
               help=f"Kept frames that need a person: scored between {rule.band[0]:g} and {rule.band[1]:g} × "
-                   f"threshold, one in {rule.sample_every} of the confident ones, and good labels waiting for a "
-                   "second operator; less those open on another operator's page.")
+                   "threshold, " + (f"one in {rule.sample_every} of the confident ones, " if rule.sample_every
+                                    else "") +
+                   "and good labels waiting for a second operator; less those open on another operator's page.")
     c2.metric("Ready for retraining", f"{ready:,}",
               help=f"Confirmed-good images the trainer may learn from; it retrains after "
                    f"{s.trainer.min_new_good} new ones.")
@@ -74,6 +75,7 @@ def render() -> None:
         if flash:
             {"error": st.error, "warn": st.warning}.get(flash[0], st.success)(flash[1])
     if not rows:
+        review_actions.shown([])  # nothing on screen: no earlier frame's place stands
         st.success("Nothing awaits review. Kept frames scored near the threshold, and a sample of the others, "
                    "appear here as the workers store them.")
         return
