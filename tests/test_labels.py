@@ -45,7 +45,7 @@ def rows(engine: Engine) -> list[tuple]:
 def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'record.db'}"
-    return request.getfixturevalue("postgres_server").fresh_database(f"labels_{request.node.name[-12:-1]}")
+    return request.getfixturevalue("postgres_server").fresh_database(f"labels_{abs(hash(request.node.name)) % 10**8}")
 
 
 @pytest.fixture
