@@ -223,7 +223,8 @@ def screenshot(page: Page, name: str) -> None:
 
 def goto(page: Page, url: str, heading: str) -> None:
     page.goto(url)
-    expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+    # the first run of a page in a fresh dashboard process imports its modules: seconds on a loaded machine
+    expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
 
 
 # ---- tests -----------------------------------------------------------------------------------------------

@@ -19,6 +19,15 @@ pytestmark = pytest.mark.services
 browser, scorer, sqlite_stores, any_stores = ui.browser, ui.scorer, ui.sqlite_stores, ui.any_stores
 
 OPERATOR = "Maria Lopez"
+
+
+@pytest.fixture(autouse=True)
+def patient_expect():
+    """Each rerun of the page after a click waits on SQL and on other sessions' load: expect() waits up to 30 s
+    (Playwright's default is 5 s) in this module, and is put back after each test."""
+    expect.set_options(timeout=30_000)
+    yield
+    expect.set_options(timeout=5_000)
 PRIMARY_RED = "rgb(255, 75, 75)"  # Streamlit's default primaryColor: the Defect button
 
 
