@@ -52,14 +52,17 @@ def double_click(page: Page, gap_ms: int) -> float:
     """Two mouse clicks ``gap_ms`` apart on the spot of the Good button of the frame shown first; returns the
     gap between the two presses as the browser saw them (``performance.now()``), in ms."""
     page.evaluate("""() => { window.lwPresses = [];
-        document.addEventListener('mousedown', () => window.lwPresses.push(performance.now()), true); }""")
+        if (!window.lwListening) {
+            window.lwListening = true;
+            document.addEventListener('mousedown', () => window.lwPresses.push(performance.now()), true);
+        } }""")
     box = ui.current_button(page, "good").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.click(x, y)
     page.wait_for_timeout(gap_ms)
     page.mouse.click(x, y)
     presses = page.evaluate("() => window.lwPresses")
-    assert len(presses) >= 2, presses
+    assert len(presses) == 2, presses
     return presses[-1] - presses[-2]
 
 
@@ -79,7 +82,7 @@ def test_c32_two_clicks_on_good_150_and_250_ms_apart_write_one_label_for_the_fra
         for gap_ms in (150, 250):
             shown = current_frame(page)
             measured = double_click(page, gap_ms)
-            assert gap_ms - 5 <= measured <= gap_ms + 100, measured
+            assert gap_ms - 5 <= measured <= gap_ms + 150, measured  # Playwright's round trip, on a busy machine
             print(f"c32: presses {measured:.0f} ms apart on frame {shown}")
             labelled.append((shown, "good", OPERATOR))
             ui.settled(page)
