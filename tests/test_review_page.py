@@ -90,7 +90,7 @@ def test_c32_two_clicks_on_good_150_and_250_ms_apart_write_one_label_for_the_fra
             measured, hit1, hit2 = double_click(page, gap_ms)
             print(f"c32: presses {measured:.0f} ms apart on frame {shown}: {hit1}, then {hit2}")
             assert hit1 == f"st-key-lw_good_{shown}"
-            assert gap_ms - 5 <= measured <= gap_ms + 100, measured  # a timer in a busy page may run late
+            assert measured >= gap_ms - 5, measured  # a timer in a busy page may run late, never early
             labelled.append((shown, "good", OPERATOR))
             ui.settled(page)
             page.wait_for_timeout(1_000)  # a late rerun would show up here
@@ -116,8 +116,9 @@ def test_a_click_on_a_frame_that_just_took_the_place_of_the_clicked_one_labels_n
         expect(page.get_by_text(f"Labelled frame {first} good", exact=False)).to_be_visible()
         second = current_frame(page)
         ui.click(ui.current_button(page, "good"))  # at once: the frame has not been there for 3 s
-        expect(page.get_by_text(f"Nothing labelled: frame {second} had been on screen there for only",
-                                exact=False)).to_be_visible()
+        # refused: on screen for less than 3 s, or not yet settled there (the run drawing it was still going)
+        expect(page.get_by_text(re.compile(f"Nothing labelled: frame {second} (had been on screen there for only|"
+                                           "was not settled in that place)"))).to_be_visible()
         assert label_rows(stores) == [(first, "good", OPERATOR)]
         page.wait_for_timeout(3_000)  # looked at long enough: now the click counts
         ui.click(ui.current_button(page, "good"))

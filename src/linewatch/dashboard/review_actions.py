@@ -53,7 +53,8 @@ def _refusal(place: str, inspection_id: int, min_view_s: float) -> str | None:
     """Why a click at ``place`` on ``inspection_id`` labels nothing (None: it may label)."""
     entry = st.session_state.get(_SHOWN, {}).get(place)
     if entry is None or entry[0] != inspection_id:
-        return f"Nothing labelled: frame {inspection_id} is no longer there (the page changed under the click)."
+        return (f"Nothing labelled: frame {inspection_id} was not settled in that place when the click came (the "
+                "page was changing under the click).")
     seen_s = time.monotonic() - entry[1]
     if seen_s < min_view_s:
         return (f"Nothing labelled: frame {inspection_id} had been on screen there for only {seen_s * 1000:.0f} ms "
