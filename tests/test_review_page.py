@@ -28,7 +28,7 @@ def patient_expect():
     expect.set_options(timeout=30_000)
     yield
     expect.set_options(timeout=5_000)
-PRIMARY_RED = "rgb(255, 75, 75)"  # Streamlit's default primaryColor: the Defect button
+PRIMARY_RED = "rgb(197, 57, 72)"  # the dashboard theme's primaryColor (#c53948): the Defect button
 
 
 def sign_in_by_name(page: Page, name: str) -> None:
@@ -114,6 +114,7 @@ def test_a_click_on_a_frame_that_just_took_the_place_of_the_clicked_one_labels_n
         first = current_frame(page)
         ui.click(ui.current_button(page, "good"))
         expect(page.get_by_text(f"Labelled frame {first} good", exact=False)).to_be_visible()
+        expect(page.locator(f".st-key-lw_review_current .st-key-lw_good_{first}")).to_have_count(0)  # replaced
         second = current_frame(page)
         ui.click(ui.current_button(page, "good"))  # at once: the frame has not been there for 3 s
         # refused: on screen for less than 3 s, or not yet settled there (the run drawing it was still going)
