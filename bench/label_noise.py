@@ -44,7 +44,8 @@ def _keep(engine, scorer, frames, image_root: Path) -> None:
     """Kept frames with their real v1 scores, all labelled good by one operator."""
     from sqlalchemy import insert
 
-    from linewatch.contracts.schema import Inspection, Label
+    from linewatch.contracts.labels import record_labels
+    from linewatch.contracts.schema import Inspection
     from linewatch.detector.imaging import read_image
 
     folder = image_root / "line-1" / "cam-1"
@@ -60,7 +61,7 @@ def _keep(engine, scorer, frames, image_root: Path) -> None:
                 verdict="defect" if score > scorer.image_threshold else "good", threshold=scorer.image_threshold,
                 regions=[], width=900, height=900, queue_wait_ms=0, decode_ms=0, inference_ms=0, total_ms=0,
                 worker_id="bench", image_uri=kept.as_uri()).returning(Inspection.id)).scalar_one()
-            conn.execute(insert(Label).values(inspection_id=row, label="good", operator="alice", created_at=at))
+            record_labels(conn, [row], "good", "alice", at)  # the one write path of labels
 
 
 def run_label_noise(args, root: Path) -> int:

@@ -54,7 +54,7 @@ def main() -> int:
     from sqlalchemy import insert, select
 
     from linewatch.contracts.database import make_engine, migrate
-    from linewatch.contracts.schema import Inspection, Label
+    from linewatch.contracts.schema import Inspection
     from linewatch.contracts.settings import Settings
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.evaluation import evaluate
@@ -82,7 +82,7 @@ def main() -> int:
             migrate(engine)
             registry = ModelRegistry(engine, settings.artifact_store_root, None)
             registry.use(v1_dir, "bench")
-            _confirm(engine, new, settings.image_store_root, insert, Inspection, Label)
+            _confirm(engine, new, settings.image_store_root, insert, Inspection)
             job_id = jobs.request_job(engine, "manual", "bench")
             jobs.claim_next(engine, 0)
             t0 = time.monotonic()
@@ -112,8 +112,10 @@ def main() -> int:
     return 0
 
 
-def _confirm(engine, paths, image_root: Path, insert, Inspection, Label) -> None:
+def _confirm(engine, paths, image_root: Path, insert, Inspection) -> None:
     """Record ``paths`` as kept frames an operator confirmed good (copies in the image store, SQL rows, labels)."""
+    from linewatch.contracts.labels import record_labels
+
     now = dt.datetime.now(dt.UTC)
     folder = image_root / "line-1" / "cam-1" / now.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,7 @@ def _confirm(engine, paths, image_root: Path, insert, Inspection, Label) -> None
                 model_version="v1", image_score=0.0, normalized_score=0.0, verdict="good", threshold=1.0,
                 regions=[], width=900, height=900, queue_wait_ms=0, decode_ms=0, inference_ms=0, total_ms=0,
                 worker_id="bench", image_uri=kept.as_uri()).returning(Inspection.id)).scalar_one()
-            conn.execute(insert(Label).values(inspection_id=row, label="good", operator="bench", created_at=now))
+            record_labels(conn, [row], "good", "bench", now)  # the one write path of labels
 
 
 def _table(results: list[dict]) -> str:

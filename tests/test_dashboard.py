@@ -25,7 +25,6 @@ from linewatch.cli.embedded import free_port
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.live_state import LiveStateWriter
 from linewatch.contracts.schema import Inspection, Label, TrainingJob
-from linewatch.contracts.settings import Settings
 from linewatch.detector.model_files import ModelFileError
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.stream.model_slot import ModelSlot
@@ -196,6 +195,21 @@ def click(target: Locator) -> None:
     target.click()
 
 
+def looked(page: Page) -> None:
+    """Settle, then give the operator time to look: a click counts only on a frame that has been on screen for
+    ``dashboard.review_min_view_s`` (0.5 s by default)."""
+    settled(page)
+    page.wait_for_timeout(700)
+
+
+def current_button(page: Page, name: str) -> Locator:
+    """The Good (``name`` = good) or Defect button of the frame shown first on the Review page."""
+    return page.locator(f".st-key-lw_review_current [class*='st-key-lw_{name}_']").get_by_role("button")
+
+
+REVIEW_ALL_KEPT = {"LINEWATCH_DASHBOARD__REVIEW_SAMPLE_EVERY": "1"}  # every kept frame is queued, band or not
+
+
 def no_errors(page: Page) -> None:
     expect(page.get_by_test_id("stException")).to_have_count(0)
     expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
@@ -327,25 +341,25 @@ def test_review_click_stores_the_operators_label_and_undo_revokes_it(browser, sc
     stores = any_stores
     seeded = stores.seed(scorer, quick_model.model_dir)
     kept = sorted(seeded.kept, key=lambda r: r.frame.captured_at)
-    newest = stores.inspection_id(kept[-1].frame.camera_id, kept[-1].frame.frame_id)
+    oldest = stores.inspection_id(kept[0].frame.camera_id, kept[0].frame.frame_id)
     metrics_port = free_port()
-    with Dashboard(stores, LINEWATCH_DASHBOARD__METRICS_PORT=str(metrics_port)) as dash:
+    with Dashboard(stores, LINEWATCH_DASHBOARD__METRICS_PORT=str(metrics_port), **REVIEW_ALL_KEPT) as dash:
         assert (status(metrics_port, "/healthz"), status(metrics_port, "/readyz")) == (200, 200)
         page = open_page(browser)
         goto(page, f"{dash.url}/review", "Review")
         expect(metric(page, "Awaiting review")).to_have_text(str(len(kept)))
         expect(metric(page, "Ready for retraining")).to_have_text("0")
-        expect(page.locator(".st-key-lw_good_current")).to_have_count(0)  # no name, no labelling
+        expect(page.locator("[class*='st-key-lw_good_']")).to_have_count(0)  # no name, no labelling
         page.get_by_label("Your name (needed to label)").fill("Maria Lopez")
         page.get_by_label("Your name (needed to label)").press("Enter")
-        settled(page)
+        looked(page)
 
         before = dt.datetime.now(dt.UTC)
-        click(button(page, "lw_good_current"))
-        expect(page.get_by_text(f"Labelled frame {newest} good as Maria Lopez", exact=False)).to_be_visible()
+        click(current_button(page, "good"))  # oldest first, by default
+        expect(page.get_by_text(f"Labelled frame {oldest} good as Maria Lopez", exact=False)).to_be_visible()
         settled(page)
         [row] = stores.labels()
-        assert (row.inspection_id, row.label, row.operator, row.revoked_at) == (newest, "good", "Maria Lopez", None)
+        assert (row.inspection_id, row.label, row.operator, row.revoked_at) == (oldest, "good", "Maria Lopez", None)
         created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=dt.UTC)
         assert before - dt.timedelta(seconds=5) <= created <= dt.datetime.now(dt.UTC)
         expect(metric(page, "Ready for retraining")).to_have_text("1")
@@ -359,27 +373,30 @@ def test_review_click_stores_the_operators_label_and_undo_revokes_it(browser, sc
         expect(metric(page, "Ready for retraining")).to_have_text("0")
         expect(metric(page, "Awaiting review")).to_have_text(str(len(kept)))
 
-        # Keyboard: D labels the frame shown first (the same newest frame, back in the queue) as a defect.
+        # Keyboard: D labels the frame shown first (the same oldest frame, back in its place) as a defect.
+        looked(page)
         page.get_by_role("heading", name="Review", exact=True).click()
         page.keyboard.press("d")
-        expect(page.get_by_text(f"Labelled frame {newest} defect", exact=False)).to_be_visible()
+        expect(page.get_by_text(f"Labelled frame {oldest} defect", exact=False)).to_be_visible()
         settled(page)
         assert [(r.inspection_id, r.label, r.revoked_at is None) for r in stores.labels()][-1] == \
-            (newest, "defect", True)
+            (oldest, "defect", True)
 
-        # Bulk: every frame shown is confirmed good in one action. Those scored far above the threshold wait for
-        # a second operator (contracts/labels.py): not ready for retraining, still awaiting review.
-        factor = Settings().trainer.second_opinion_above
-        far = [r for r in kept[:-1] if r.normalized_score > factor]
-        bulk = page.get_by_role("button", name=f"Confirm all {len(kept) - 1} shown as good")
-        click(bulk)
-        expect(metric(page, "Ready for retraining")).to_have_text(str(len(kept) - 1 - len(far)))
-        if far:
-            expect(metric(page, "Awaiting review")).to_have_text(str(len(far)))
-        else:
-            expect(page.get_by_text("Nothing awaits review.", exact=False)).to_be_visible()
+        # Bulk: the frames shown that the model called good are labelled good in one action, after a confirmation;
+        # the flagged ones stay (tests/test_review_page.py ticks them one by one).
+        goods = [r for r in kept[1:] if r.verdict == "good"]
+        flagged = len(kept) - 1 - len(goods)
+        assert goods and flagged, "the seed needs both verdicts among the kept frames"
+        click(page.get_by_role("button", name=f"Label {len(goods)} shown as good…"))
+        looked(page)
+        assert [r.label for r in stores.labels() if r.revoked_at is None] == ["defect"]  # nothing before "yes"
+        click(page.get_by_role("button", name=f"Yes, label {len(goods)} frames good"))
+        expect(metric(page, "Ready for retraining")).to_have_text(str(len(goods)))
+        expect(metric(page, "Awaiting review")).to_have_text(str(flagged))
         bulk_rows = [r for r in stores.labels() if r.label == "good" and r.revoked_at is None]
-        assert len(bulk_rows) == len(kept) - 1 and len({r.created_at for r in bulk_rows}) == 1
+        assert len(bulk_rows) == len(goods) and len({r.created_at for r in bulk_rows}) == 1
+        assert {r.inspection_id for r in bulk_rows} == {stores.inspection_id(r.frame.camera_id, r.frame.frame_id)
+                                                        for r in goods}
         assert {r.operator for r in bulk_rows} == {"Maria Lopez"}
         no_errors(page)
         screenshot(page, f"review-done-{stores.engine.dialect.name}")
@@ -397,7 +414,7 @@ def test_review_click_stores_the_operators_label_and_undo_revokes_it(browser, sc
         no_errors(page)
 
         metrics = scrape(metrics_port)
-        assert metrics['linewatch_dashboard_labels_total{label="good"}'] == len(kept)  # one, then the bulk
+        assert metrics['linewatch_dashboard_labels_total{label="good"}'] == 1 + len(goods)  # one, then the bulk
         assert metrics['linewatch_dashboard_labels_total{label="defect"}'] == 1
         assert metrics["linewatch_dashboard_retrain_requests_total"] == 1
         assert metrics['linewatch_dashboard_page_views_total{page="review"}'] >= 1
@@ -416,9 +433,9 @@ def test_anonymous_viewers_cannot_label_when_operator_accounts_are_configured(
 
     stores = sqlite_stores
     seeded = stores.seed(scorer, quick_model.model_dir)
-    newest = max(seeded.kept, key=lambda r: r.frame.captured_at)
-    Path(newest.image_uri.removeprefix("file://")).unlink()  # a kept original gone from the disk
-    with Dashboard(stores, LINEWATCH_DASHBOARD__ACCOUNTS_FILE=str(accounts)) as dash:
+    oldest = min(seeded.kept, key=lambda r: r.frame.captured_at)
+    Path(oldest.image_uri.removeprefix("file://")).unlink()  # a kept original gone from the disk
+    with Dashboard(stores, LINEWATCH_DASHBOARD__ACCOUNTS_FILE=str(accounts), **REVIEW_ALL_KEPT) as dash:
         page = open_page(browser)
         goto(page, f"{dash.url}/review", "Review")
         expect(page.get_by_text("Sign in (sidebar) to label frames.", exact=False)).to_be_visible()
@@ -437,15 +454,15 @@ def test_anonymous_viewers_cannot_label_when_operator_accounts_are_configured(
         sidebar.get_by_label("Password", exact=True).fill("wrong password")
         click(sidebar.get_by_role("button", name="Sign in"))
         expect(page.get_by_text("Unknown operator or wrong password.")).to_be_visible()
-        expect(page.locator(".st-key-lw_good_current")).to_have_count(0)
+        expect(current_button(page, "good")).to_have_count(0)
 
         sidebar.get_by_label("Operator").fill("alice")
         sidebar.get_by_label("Password", exact=True).fill("correct horse")
         click(sidebar.get_by_role("button", name="Sign in"))
         expect(sidebar.get_by_text("Signed in as alice")).to_be_visible()
-        settled(page)
-        expect(button(page, "lw_good_current")).to_be_disabled()  # its kept image is gone: never offered as good
-        click(button(page, "lw_defect_current"))
+        looked(page)
+        expect(current_button(page, "good")).to_be_disabled()  # its kept image is gone: never offered as good
+        click(current_button(page, "defect"))
         expect(page.get_by_text("defect as alice.", exact=False)).to_be_visible()
         [row] = stores.labels()
         assert (row.label, row.operator, row.revoked_at) == ("defect", "alice", None)

@@ -29,7 +29,8 @@ from linewatch.contracts.files import path_of, sha256_file
 from linewatch.contracts.labels import awaiting_second_opinion, confirmed_good_frames
 from linewatch.contracts.schema import Inspection
 from linewatch.contracts.settings import Settings
-from linewatch.dashboard import data
+from linewatch.dashboard import data, review_queue
+from linewatch.dashboard.review_queue import QueueRule
 from linewatch.detector.imaging import read_image
 from linewatch.detector.scoring import Scorer
 from linewatch.trainer import job_queue as jobs
@@ -151,7 +152,9 @@ def test_c28_a_far_above_threshold_good_needs_a_second_operator_and_near_copies_
         waiting = [(r.id, r.operator, r.good_operators) for r in awaiting_second_opinion(
             conn, second_opinion_above=factor)]
     assert confirmed == set(every) - {f.broken} and waiting == [(f.broken, "alice", 1)]
-    assert [r.id for r in data.review_queue(lw.engine, "all", None, 100).rows] == [f.broken]  # offered again
+    rule = QueueRule.from_settings(lw.settings)
+    assert [r.id for r in review_queue.waiting(lw.engine, rule, None, limit=100)] == [f.broken]  # offered again
+    assert review_queue.waiting(lw.engine, rule, "alice", limit=100) == []  # ... to another operator
     assert data.ready_for_retraining(lw.engine) == 53
 
     data.add_labels(lw.engine, [f.broken], "good", "alice")  # the same operator again counts once
@@ -160,7 +163,7 @@ def test_c28_a_far_above_threshold_good_needs_a_second_operator_and_near_copies_
     data.add_labels(lw.engine, [f.broken], "good", "bob")  # a different operator: now it is a confirmed good
     with lw.engine.connect() as conn:
         assert f.broken in {r.id for r in confirmed_good_frames(conn, second_opinion_above=factor)}
-    assert data.review_queue(lw.engine, "all", None, 100).rows == []
+    assert review_queue.waiting(lw.engine, rule, None, limit=100) == []
     assert data.undo_last(lw.engine, "bob") == [f.broken]  # bob takes it back: waiting again
     with lw.engine.connect() as conn:
         assert [r.id for r in awaiting_second_opinion(conn, second_opinion_above=factor)] == [f.broken]

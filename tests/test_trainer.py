@@ -9,10 +9,9 @@ import os
 import signal
 
 import pytest
-from sqlalchemy import insert
 
+from linewatch.contracts.labels import record_labels
 from linewatch.contracts.live_state import LiveStateReader
-from linewatch.contracts.schema import Label
 from linewatch.trainer import job_queue as jobs
 from linewatch.trainer.registry import ModelRegistry, artifact_path
 
@@ -48,8 +47,7 @@ def _worker_model(p: Pipeline) -> set[str]:
 def _label(p: Pipeline, rows, label: str, operator: str) -> None:
     now = dt.datetime.now(dt.UTC)
     with p.engine.begin() as conn:
-        conn.execute(insert(Label), [{"inspection_id": r.id, "label": label, "operator": operator,
-                                      "created_at": now} for r in rows])
+        record_labels(conn, [r.id for r in rows], label, operator, now)
 
 
 def test_labels_retrain_rollout_rollback_and_a_killed_job(line):

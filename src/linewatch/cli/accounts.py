@@ -25,14 +25,31 @@ def _accounts_file(accounts: Path | None) -> Path:
     return path
 
 
+def _ask_password(name: str, check) -> str:
+    """Ask for a new password (hidden) until ``check`` accepts it, saying why it did not, then once more to
+    confirm it (click's own prompt hides the reason a hidden value was refused)."""
+    from linewatch.dashboard.accounts import AccountsError
+
+    while True:
+        password = typer.prompt(f"password for {name}", hide_input=True)
+        try:
+            check(password)
+            break
+        except AccountsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+    if typer.prompt("Repeat for confirmation", hide_input=True) != password:
+        fail("the two passwords differ; nothing changed")
+    return password
+
+
 @operator_app.command("add")
 def operator_add(
     name: Annotated[str, typer.Argument(help="operator name (letters, digits, . _ @ -)")],
     accounts: AccountsOpt = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
 ) -> None:
-    """Add an operator, or set a new password for one (asked for twice, hidden)."""
-    from linewatch.dashboard.accounts import AccountsError, set_password, validate_name
+    """Add an operator, or set a new password for one (asked for twice, hidden; at least 12 characters)."""
+    from linewatch.dashboard.accounts import AccountsError, check_new_password, set_password, validate_name
 
     path = _accounts_file(accounts)
     try:
@@ -42,7 +59,7 @@ def operator_add(
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
+        password = _ask_password(name, check_new_password)
     try:
         new = set_password(path, name, password)
     except (AccountsError, ValueError, OSError) as exc:

@@ -52,6 +52,26 @@ class DashboardSettings(BaseModel):
                                     description="local times (HH:MM) at which shifts start")
     metrics_port: int | None = Field(None, description="Prometheus /metrics, /healthz, /readyz port; none = off")
     alarms: AlarmSettings = AlarmSettings()
+    review_band: tuple[float, float] = Field(
+        (0.8, 1.25), description="normalised scores (x threshold) in [low, high] are uncertain: kept frames scored "
+        "there are queued for review (low <= 1 <= high)")
+    review_sample_every: int = Field(
+        20, ge=0, description="of the confident kept frames (scored outside review_band), one in N (by inspection "
+        "id) is queued too, to check the model's confident verdicts; 0 = none")
+    review_claim_s: float = Field(
+        300.0, ge=10, description="how long frames shown on the Review page stay reserved to the operator who "
+        "opened them, seconds (renewed on each view)")
+    review_min_view_s: float = Field(
+        0.5, ge=0, le=5, description="a click labels a frame only once it has been in that place on screen this "
+        "long, seconds: a double click never labels the frame that replaced the one clicked")
+
+    @field_validator("review_band")
+    @classmethod
+    def _band_around_threshold(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= 1 <= high:
+            raise ValueError(f"review_band {list(value)} must satisfy 0 < low <= 1 <= high (1 = the threshold)")
+        return value
 
     @field_validator("shift_starts")
     @classmethod

@@ -150,9 +150,10 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
 
 def insert_ignore_duplicates(conn: Connection, table: Any, rows: Iterable[Mapping[str, Any]],
-                             keys: list[str]) -> set[tuple]:
+                             keys: list[str], where: Any = None) -> set[tuple]:
     """INSERT rows, silently skipping any whose ``keys`` already exist; returns the ``keys`` values of the rows
     this statement created (``RETURNING``), so a caller knows which were new and which redelivered.
+    ``where``: the predicate of a partial unique index on ``keys`` (both databases need it to find the index).
 
     Raises:
         NotImplementedError: a database other than PostgreSQL or SQLite.
@@ -168,7 +169,7 @@ def insert_ignore_duplicates(conn: Connection, table: Any, rows: Iterable[Mappin
     else:
         raise NotImplementedError(f"{conn.dialect.name} is not supported: use PostgreSQL or SQLite")
     columns = [table.c[k] for k in keys]
-    stmt = insert(table).on_conflict_do_nothing(index_elements=keys).returning(*columns)
+    stmt = insert(table).on_conflict_do_nothing(index_elements=keys, index_where=where).returning(*columns)
     # SQLAlchemy 2 runs an executemany INSERT ... RETURNING as batched multi-row statements ("insertmanyvalues")
     return {tuple(r) for r in conn.execute(stmt, rows)}
 

@@ -7,20 +7,61 @@ when inspected) is a confirmed good only once two *different* operators labelled
 and newer than any unrevoked defect label of the frame. One operator clicking twice counts once. Frames whose
 kept image is gone (``image_uri`` NULL) are never confirmed goods; dead-lettered frames have no inspection row,
 so they can be neither labelled nor trained on.
+
+Every label is written by :func:`record_labels`: one standing label per (inspection, operator), so a second
+click is a no-op (field case c32) and the database refuses a duplicate however it arrives.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, distinct, exists, func, or_, select
+from sqlalchemy import and_, distinct, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
-from .schema import Inspection, Label
+from .database import insert_ignore_duplicates
+from .schema import STANDING, Inspection, Label
 
 SECOND_OPINION_OPERATORS = 2  # operators whose good labels a frame above the second-opinion factor needs
+LABELS = ("good", "defect")
+OPERATOR_MAX_CHARS = 128  # labels.operator
+
+
+def record_labels(conn: Connection, inspection_ids: Iterable[int], label: str, operator: str,
+                  now: dt.datetime) -> list[int]:
+    """Store ``operator``'s ``label`` for each inspection, idempotently; returns the ids labelled by this call.
+
+    An inspection already carrying the same standing (unrevoked) label of this operator is left alone: a double
+    click, a retried bulk action or a second browser tab writes nothing. A standing label of this operator with
+    the *other* value is a change of mind: it is revoked at ``now`` and the new one stored. The partial unique
+    index ``uq_labels_standing`` (migration 0005) makes the database itself refuse a second standing row, and the
+    insert is ``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL alike, so concurrent writers never
+    fail and never duplicate. All rows share ``now`` (one action for undo). Runs in the caller's transaction.
+
+    Raises:
+        ValueError: ``label`` not good/defect; ``operator`` empty or over 128 characters; ``now`` naive.
+        sqlalchemy.exc.IntegrityError: an inspection id that does not exist.
+    """
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, not {label!r}")
+    if not operator or not operator.strip():
+        raise ValueError("labels need a named operator")
+    if len(operator) > OPERATOR_MAX_CHARS:
+        raise ValueError(f"operator names have at most {OPERATOR_MAX_CHARS} characters")
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    ids = [int(i) for i in dict.fromkeys(inspection_ids)]
+    if not ids:
+        return []
+    conn.execute(update(Label).where(Label.inspection_id.in_(ids), Label.operator == operator,
+                                     Label.revoked_at.is_(None), Label.label != label).values(revoked_at=now))
+    rows = [{"inspection_id": i, "label": label, "operator": operator, "created_at": now, "revoked_at": None,
+             "note": None} for i in ids]
+    created = insert_ignore_duplicates(conn, Label.__table__, rows, ["inspection_id", "operator"], where=STANDING)
+    return [i for i in ids if (i, operator) in created]
 
 
 def effective_labels() -> Any:

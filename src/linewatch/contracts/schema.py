@@ -1,8 +1,9 @@
 """The SQL record's schema (SQLAlchemy 2): one schema for SQLite (embedded) and PostgreSQL (production).
 
 Tables: ``cameras``, ``inspections`` (one row per inspected frame, unique on (camera_id, frame_id)),
-``labels`` (operator reviews), ``models`` (model versions) and ``training_jobs``. The schema is created
-and upgraded by Alembic migrations (``linewatch.contracts.migrations``; :func:`.database.migrate`).
+``labels`` (operator reviews, one standing label per (inspection, operator)), ``review_claims`` (which operator
+has a frame open on the Review page, until when), ``models`` (model versions) and ``training_jobs``. The schema
+is created and upgraded by Alembic migrations (``linewatch.contracts.migrations``; :func:`.database.migrate`).
 An inspection result becomes its row through :func:`inspection_row`, beside the table it fills.
 """
 
@@ -126,11 +127,22 @@ class Inspection(Base):
     drift: Mapped[dict | None] = mapped_column(JSON)
 
 
+STANDING = text("revoked_at IS NULL")  # the predicate of the partial unique index of labels
+
+
 class Label(Base):
-    """An operator's review of an inspected frame. Undo sets ``revoked_at``; the newest unrevoked label counts."""
+    """An operator's review of an inspected frame. Undo sets ``revoked_at``; the newest unrevoked label counts.
+
+    At most one unrevoked label per (inspection, operator) (partial unique index, migration 0005): a second click
+    is a no-op, written only through :func:`linewatch.contracts.labels.record_labels`.
+    """
 
     __tablename__ = "labels"
-    __table_args__ = (Index("ix_labels_inspection", "inspection_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_labels_inspection", "inspection_id", "created_at"),
+        Index("uq_labels_standing", "inspection_id", "operator", unique=True,
+              postgresql_where=STANDING, sqlite_where=STANDING),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     inspection_id: Mapped[int] = mapped_column(BigId, ForeignKey("inspections.id", ondelete="CASCADE"))
@@ -139,6 +151,19 @@ class Label(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class ReviewClaim(Base):
+    """A frame of the review queue opened by one operator: nobody else is offered it until ``expires_at``.
+    Written by the dashboard (``dashboard/review_queue.py``); a claim past ``expires_at`` is free to take."""
+
+    __tablename__ = "review_claims"
+
+    inspection_id: Mapped[int] = mapped_column(BigId, ForeignKey("inspections.id", ondelete="CASCADE"),
+                                               primary_key=True, autoincrement=False)
+    operator: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class ModelVersion(Base):

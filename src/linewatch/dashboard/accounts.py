@@ -23,13 +23,28 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _KEY_BYTES = 32
 _SALT_BYTES = 16
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# Operator passwords: at least 12 characters (OWASP ASVS 4.0.3, V2.1.1), counted as Unicode code points.
+MIN_PASSWORD_CHARS = 12
 
 # Checked against when the name is unknown, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = None
 
 
 class AccountsError(ValueError):
-    """The accounts file is missing, unreadable or malformed, or an account name is invalid."""
+    """The accounts file is missing, unreadable or malformed, an account name is invalid, or a new password is
+    too short."""
+
+
+def check_new_password(password: str) -> str:
+    """``password`` if it may become an operator's password.
+
+    Raises:
+        AccountsError: it has fewer than :data:`MIN_PASSWORD_CHARS` characters.
+    """
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AccountsError(f"the password has {len(password)} characters; operator passwords need at least "
+                            f"{MIN_PASSWORD_CHARS} (a few words make a long one that is easy to remember)")
+    return password
 
 
 def _b64(data: bytes) -> str:
@@ -136,9 +151,11 @@ def set_password(path: Path, name: str, password: str) -> bool:
     """Add an operator, or replace their password; True when the operator is new.
 
     Raises:
-        AccountsError: invalid name or malformed existing file. ValueError: empty password. OSError.
+        AccountsError: invalid name, a password shorter than :data:`MIN_PASSWORD_CHARS`, or a malformed existing
+            file. OSError.
     """
     validate_name(name)
+    check_new_password(password)
     accounts = load_accounts(path) if Path(path).exists() else {}
     new = name not in accounts
     accounts[name] = hash_password(password)

@@ -19,21 +19,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
-from sqlalchemy import and_, event, exists, func, insert, or_, select, update
+from sqlalchemy import and_, event, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.labels import (
-    awaiting_second_opinion_condition,
     count_confirmed_good_frames,
     effective_labels,
+    record_labels,
 )
 from linewatch.contracts.live_state import LiveStateReader, connect
 from linewatch.contracts.schema import Camera, Inspection, Label, ModelVersion, unix_seconds
 from linewatch.contracts.settings import Settings, get_settings
 from linewatch.dashboard import telemetry
 
-LABELS = ("good", "defect")
 HISTORY_ROW_LIMIT = 20_000
 
 
@@ -173,7 +172,7 @@ def history(db: Engine, line_ids: Sequence[str], start: dt.datetime, end: dt.dat
                 for b, line_id, camera_id, inspected, defects in conn.execute(query)]
 
 
-# ---- frames: gallery, review queue, one frame ------------------------------------------------------------
+# ---- frames: gallery, one frame (the review queue: review_queue.py) --------------------------------------
 
 
 @dataclass(frozen=True)
@@ -240,29 +239,6 @@ def defect_gallery(db: Engine, f: GalleryFilter, cursor: Cursor | None, limit: i
     return _page(db, query, cursor, limit)
 
 
-def _awaiting_review(kind: str) -> list[Any]:
-    """Conditions of the review queue: kept frames with no label that was not undone."""
-    labelled = exists().where(Label.inspection_id == Inspection.id, Label.revoked_at.is_(None))
-    # A good label on a frame scored far above the threshold waits for a second operator: it stays offered.
-    waiting = awaiting_second_opinion_condition(settings().trainer.second_opinion_above)
-    conditions = [Inspection.image_uri.is_not(None), or_(~labelled, waiting)]
-    if kind in LABELS:
-        conditions.append(Inspection.verdict == kind)
-    return conditions
-
-
-def review_queue(db: Engine, kind: str, cursor: Cursor | None, limit: int) -> FramePage:
-    """A page of the review queue, newest first. ``kind``: ``defect`` (flagged), ``good`` (sampled) or ``all``."""
-    return _page(db, _columns().where(*_awaiting_review(kind)), cursor, limit)
-
-
-def review_queue_size(db: Engine, kind: str, cap: int = 100_000) -> int:
-    """How many frames await review (counted up to ``cap``)."""
-    inner = select(Inspection.id).where(*_awaiting_review(kind)).limit(cap).subquery()
-    with db.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
-
-
 def ready_for_retraining(db: Engine) -> int:
     """Confirmed goods (``contracts.labels``, with the second-opinion rule): what the trainer may learn from."""
     with db.connect() as conn:
@@ -292,26 +268,19 @@ def label_of(db: Engine, inspection_ids: Sequence[int]) -> dict[int, tuple[str, 
 
 def add_labels(db: Engine, inspection_ids: Sequence[int], label: str, operator: str,
                now: dt.datetime | None = None) -> int:
-    """Record ``operator``'s label for each inspection (one action: all rows share one timestamp, so
-    :func:`undo_last` takes them back together). Returns the rows written.
+    """Record ``operator``'s label for each inspection through the one idempotent path,
+    :func:`linewatch.contracts.labels.record_labels` (one action: all rows share one timestamp, so
+    :func:`undo_last` takes them back together). Returns the rows written: 0 when every frame already carries
+    this operator's same label (a double click).
 
     Raises:
         ValueError: ``label`` is not good/defect, or ``operator`` is empty.
         SQLAlchemyError: the database refused (e.g. an inspection id that does not exist).
     """
-    if label not in LABELS:
-        raise ValueError(f"label must be one of {LABELS}, not {label!r}")
-    if not operator or not operator.strip():
-        raise ValueError("labels need a named operator")
-    if not inspection_ids:
-        return 0
-    now = now or dt.datetime.now(dt.UTC)
-    rows = [{"inspection_id": int(i), "label": label, "operator": operator, "created_at": now, "revoked_at": None}
-            for i in dict.fromkeys(inspection_ids)]
     with db.begin() as conn:
-        conn.execute(insert(Label), rows)
-    telemetry.LABELS.labels(label).inc(len(rows))
-    return len(rows)
+        written = record_labels(conn, inspection_ids, label, operator, now or dt.datetime.now(dt.UTC))
+    telemetry.LABELS.labels(label).inc(len(written))
+    return len(written)
 
 
 def undo_last(db: Engine, operator: str, now: dt.datetime | None = None) -> list[int]:

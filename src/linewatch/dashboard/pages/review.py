@@ -1,11 +1,14 @@
-"""Review: the queue of kept frames awaiting an operator's label (flagged defects and sampled good frames).
+"""Review: the frames that need a person (``dashboard/review_queue.py``), opened for the operator who looks.
 
-Marking a frame good (a false alarm, or a confirmed good part) makes it training material for the trainer;
-defect confirms the model. A frame the model scored more than ``trainer.second_opinion_above`` x its threshold
-needs "good" from a second, different operator before it can train a model (``contracts.labels``): it stays
-in the queue, marked, until then. A frame whose kept image is missing is never offered as good. Labels record
-the operator and the time; undo takes back the operator's last action.
-Keys: G good, D defect, U undo (on the frame shown first).
+The queue holds kept frames scored in the uncertain band around the threshold, a sample of confident ones, and
+good labels waiting for a second operator; oldest first or most uncertain first. The frames on an operator's page
+are claimed by them (nobody else is offered them) and stay in place until labelled. Marking a frame good (a false
+alarm, or a confirmed good part) makes it training material; defect confirms the model. A frame the model scored
+more than ``trainer.second_opinion_above`` x its threshold needs "good" from a second, different operator
+(``contracts.labels``). A frame whose kept image is missing is never offered as good. Bulk "good" leaves out the
+frames the model flagged unless each is ticked, and asks for confirmation. Each button carries its frame's id;
+what a click may label is decided in ``dashboard/review_actions.py``. Keys: G good, D defect, U undo (on the
+frame shown first). Defect is the red (primary) button; Good is green.
 """
 
 from __future__ import annotations
@@ -13,15 +16,20 @@ from __future__ import annotations
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.contracts.labels import awaiting_second_opinion, good_operator_names
+from linewatch.contracts.labels import good_operator_names
 
-from .. import auth, data, images, views
-from ..data import Cursor
+from .. import auth, data, images, review_actions, views
+from ..review_queue import QueueRule, claim, waiting, waiting_count
 from ..windows import fmt
 
 COLUMNS = 4
 KINDS = {"All": "all", "Flagged defects": "defect", "Sampled good": "good"}
-_FLASH = "lw_review_flash"
+ORDERS = {"Oldest first": "oldest", "Most uncertain first": "uncertain"}
+# Good is never the red (primary) button: a neutral button with a green edge and text.
+_STYLE = """<style>
+[class*="st-key-lw_good_"] button {border-color: #1e8e3e; color: #1e6b34; background-color: #e6f4ea;}
+[class*="st-key-lw_good_"] button:hover {border-color: #1e6b34; color: #124d24; background-color: #cfead7;}
+</style>"""
 
 
 def render() -> None:
@@ -30,97 +38,139 @@ def render() -> None:
     zone = s.dashboard.timezone
     db = data.engine()
     operator = auth.current_operator(s)
+    st.html(_STYLE)
     st.title("Review")
-    choice = st.segmented_control("Show", list(KINDS), default="All", key="lw_review_kind", required=True)
-    kind = KINDS[choice or "All"]
-    if st.session_state.get("lw_review_kind_seen") != kind:
-        st.session_state["lw_review_kind_seen"] = kind
-        st.session_state["lw_review_pages"] = []
-    pages: list[Cursor] = st.session_state.setdefault("lw_review_pages", [])
+    left, right = st.columns(2)
+    kind = KINDS[left.segmented_control("Show", list(KINDS), default="All", key="lw_review_kind",
+                                        required=True) or "All"]
+    order = ORDERS[right.segmented_control("Order", list(ORDERS), default="Oldest first", key="lw_review_order",
+                                           required=True) or "Oldest first"]
+    rule = QueueRule.from_settings(s)
+    name = operator.name if operator else None
     try:
-        waiting = data.review_queue_size(db, kind)
+        if name is None:
+            rows = waiting(db, rule, None, kind, order, s.dashboard.page_size)
+        else:
+            rows = claim(db, rule, name, kind, order, s.dashboard.page_size, s.dashboard.review_claim_s)
+        waiting_n = waiting_count(db, rule, name, kind)
         ready = data.ready_for_retraining(db)
-        page = data.review_queue(db, kind, pages[-1] if pages else None, s.dashboard.page_size)
+        with db.connect() as conn:
+            confirmed_by = good_operator_names(conn, [r.id for r in rows]) if rows else {}
     except SQLAlchemyError as exc:
         st.error(f"The review queue cannot be shown: {views.explain(exc)}")
         return
     c1, c2, c3 = st.columns([1, 1, 2])
-    c1.metric("Awaiting review", f"{waiting:,}")
+    c1.metric("Awaiting review", f"{waiting_n:,}",
+              help=f"Kept frames that need a person: scored between {rule.band[0]:g} and {rule.band[1]:g} × "
+                   "threshold, " + (f"one in {rule.sample_every} of the confident ones, " if rule.sample_every
+                                    else "") +
+                   "and good labels waiting for a second operator; less those open on another operator's page.")
     c2.metric("Ready for retraining", f"{ready:,}",
               help=f"Confirmed-good images the trainer may learn from; it retrains after "
                    f"{s.trainer.min_new_good} new ones.")
     with c3:
         _operator_bar(operator, s)
-    flash = st.session_state.pop(_FLASH, None)
+    flash = review_actions.take_flash()
     with st.container():  # a fixed slot, so the elements below keep their places across reruns
         if flash:
-            (st.error if flash[0] == "error" else st.success)(flash[1])
-    if not page.rows:
-        if pages:
-            st.info("No more frames on older pages.")
-            views.pager(pages, None, "review")
-        else:
-            st.success("Nothing awaits review. Kept frames (defects and a sample of good parts) appear here "
-                       "as the workers store them.")
+            {"error": st.error, "warn": st.warning}.get(flash[0], st.success)(flash[1])
+    if not rows:
+        review_actions.shown([])  # nothing on screen: no earlier frame's place stands
+        st.success("Nothing awaits review. Kept frames scored near the threshold, and a sample of the others, "
+                   "appear here as the workers store them.")
         return
-    first, rest = page.rows[0], page.rows[1:]
-    try:
-        with db.connect() as conn:
-            confirmed_by = good_operator_names(conn, [r.id for r in page.rows])
-    except SQLAlchemyError as exc:
-        st.error(f"The review queue cannot be shown: {views.explain(exc)}")
-        return
-    blocked = {r.id: _why_not_good(r, operator, confirmed_by.get(r.id, []), s) for r in page.rows}
+    first, rest = rows[0], rows[1:]
+    blocked = {r.id: _why_not_good(r, s) for r in rows}
     with st.container(border=True, key="lw_review_current"):
-        left, middle, right = st.columns([2, 2, 2])
-        with left:
-            views.kept_image(first.heatmap_uri, "heatmap overlay")
-        with middle:
-            views.kept_image(first.image_uri, "original")
-        with right:
-            verdict_colour = "red" if first.verdict == "defect" else "green"
-            st.markdown(f"**Next to review** · model says :{verdict_colour}[**{first.verdict}**]")
-            views.facts_table(first, zone)
-            note = _second_opinion_note(first, confirmed_by.get(first.id, []), s)
-            if note:
-                st.warning(note, icon=":material/group:")
-            if operator is not None:
-                a, b = st.columns(2)
-                a.button("Good", key="lw_good_current", type="primary", shortcut="G", icon=":material/check:",
-                         on_click=_label, args=([first.id], "good"), width="stretch",
-                         disabled=blocked[first.id] is not None,
-                         help=blocked[first.id] or "A false alarm, or a confirmed good part: the trainer may learn "
-                                                   "from it.")
-                b.button("Defect", key="lw_defect_current", shortcut="D", icon=":material/close:",
-                         on_click=_label, args=([first.id], "defect"), width="stretch",
-                         help="The part is defective: the model was right.")
+        _current(first, operator, blocked[first.id], confirmed_by.get(first.id, []), s, zone)
     if rest:
         st.subheader("Also waiting")
     for start in range(0, len(rest), COLUMNS):
-        for col, row in zip(st.columns(COLUMNS), rest[start:start + COLUMNS], strict=False):
+        for col, (i, row) in zip(st.columns(COLUMNS), list(enumerate(rest))[start:start + COLUMNS], strict=False):
             with col, st.container(border=True, key=f"lw_review_{row.id}"):
-                views.kept_image(row.heatmap_uri)
-                colour = "red" if row.verdict == "defect" else "green"
-                st.markdown(f":{colour}[**{views.score_text(row.normalized_score, row.verdict)}**]  \n"
-                            f"{row.camera_id} · frame {row.frame_id} · {fmt(row.captured_at, zone)}")
-                note = _second_opinion_note(row, confirmed_by.get(row.id, []), s)
-                if note:
-                    st.caption(f":orange[{note}]")
-                if operator is not None:
-                    a, b = st.columns(2)
-                    a.button("Good", key=f"lw_good_{row.id}", on_click=_label, args=([row.id], "good"),
-                             width="stretch", disabled=blocked[row.id] is not None, help=blocked[row.id])
-                    b.button("Defect", key=f"lw_defect_{row.id}", on_click=_label, args=([row.id], "defect"),
-                             width="stretch")
-                if st.button("Details", key=f"lw_review_details_{row.id}", type="tertiary"):
-                    views.detail(row.id)
+                _tile(row, f"tile{i}", operator, blocked[row.id], confirmed_by.get(row.id, []), s, zone)
     if operator is not None:
-        ids = [r.id for r in page.rows if blocked[r.id] is None]
-        st.button(f"Confirm all {len(ids)} shown as good", key="lw_bulk_good", icon=":material/done_all:",
-                  on_click=_label, args=(ids, "good"), disabled=not ids,
-                  help="Labels every frame on this page good in one action (one undo takes it back); frames "
-                       "that cannot be labelled good by you now are left out.")
-    views.pager(pages, page.next, "review")
+        _bulk(rows, blocked, operator)
+    st.caption(f"Showing {len(rows)} of {waiting_n:,} waiting" + (
+        f", open for you for {s.dashboard.review_claim_s:g} s: label them and the next ones follow."
+        if operator else "."))
+    # Last, once the whole page is drawn: a click counts the time a frame was on screen from here.
+    review_actions.shown([("current", first.id)] + [(f"tile{i}", r.id) for i, r in enumerate(rest)])
+
+
+def _current(row, operator, blocked: str | None, confirmed_by: list[str], s, zone: str) -> None:
+    left, middle, right = st.columns([2, 2, 2])
+    with left:
+        views.kept_image(row.heatmap_uri, "heatmap overlay")
+    with middle:
+        views.kept_image(row.image_uri, "original")
+    with right:
+        verdict_colour = "red" if row.verdict == "defect" else "green"
+        st.markdown(f"**Next to review** · frame {row.id} · model says :{verdict_colour}[**{row.verdict}**]")
+        views.facts_table(row, zone)
+        note = _second_opinion_note(row, confirmed_by, s)
+        if note:
+            st.warning(note, icon=":material/group:")
+        if operator is not None:
+            a, b = st.columns(2)
+            a.button("Good", key=f"lw_good_{row.id}", shortcut="G", icon=":material/check:",
+                     on_click=review_actions.label, args=([row.id], "good", "current"), width="stretch",
+                     disabled=blocked is not None,
+                     help=blocked or "A false alarm, or a confirmed good part: the trainer may learn from it.")
+            b.button("Defect", key=f"lw_defect_{row.id}", type="primary", shortcut="D", icon=":material/close:",
+                     on_click=review_actions.label, args=([row.id], "defect", "current"), width="stretch",
+                     help="The part is defective: the model was right.")
+            _pick(row, blocked)
+
+
+def _tile(row, place: str, operator, blocked: str | None, confirmed_by: list[str], s, zone: str) -> None:
+    views.kept_image(row.heatmap_uri)
+    colour = "red" if row.verdict == "defect" else "green"
+    st.markdown(f":{colour}[**{views.score_text(row.normalized_score, row.verdict)}**]  \n"
+                f"{row.camera_id} · frame {row.frame_id} · {fmt(row.captured_at, zone)}")
+    note = _second_opinion_note(row, confirmed_by, s)
+    if note:
+        st.caption(f":orange[{note}]")
+    if operator is not None:
+        a, b = st.columns(2)
+        a.button("Good", key=f"lw_good_{row.id}", on_click=review_actions.label, args=([row.id], "good", place),
+                 width="stretch", disabled=blocked is not None, help=blocked)
+        b.button("Defect", key=f"lw_defect_{row.id}", type="primary", on_click=review_actions.label,
+                 args=([row.id], "defect", place), width="stretch")
+        _pick(row, blocked)
+    if st.button("Details", key=f"lw_review_details_{row.id}", type="tertiary"):
+        views.detail(row.id)
+
+
+def _pick(row, blocked: str | None) -> None:
+    """A flagged frame joins bulk "good" only when ticked, one by one."""
+    if row.verdict == "defect" and blocked is None:
+        st.checkbox("Include in bulk good", key=f"lw_pick_{row.id}",
+                    help="The model flagged this frame as a defect: bulk good leaves it out unless ticked.")
+
+
+def _bulk(rows, blocked: dict[int, str | None], operator: auth.Operator) -> None:
+    flagged = [r.id for r in rows if r.verdict == "defect" and blocked[r.id] is None]
+    picked = [i for i in flagged if st.session_state.get(f"lw_pick_{i}")]
+    ids = [r.id for r in rows if blocked[r.id] is None and (r.verdict != "defect" or r.id in picked)]
+    pending = review_actions.bulk_pending()
+    st.button(f"Label {len(ids)} shown as good…", key="lw_bulk_good", icon=":material/done_all:",
+              on_click=review_actions.bulk_request, args=(ids,), disabled=not ids or pending is not None,
+              help="Asks for confirmation, then labels these frames good in one action (one undo takes it back). "
+                   "Frames the model flagged as defects are left out unless ticked one by one; frames that cannot "
+                   "be labelled good now are left out.")
+    if len(flagged) > len(picked):
+        st.caption(f"{len(flagged) - len(picked)} frame(s) the model flagged are left out of bulk good; tick "
+                   "\"Include in bulk good\" on each one to include it.")
+    if pending is not None:
+        with st.container(border=True, key="lw_bulk_confirm"):
+            n = f"{len(pending)} frame" + ("s" if len(pending) != 1 else "")
+            st.warning(f"Label {'these' if len(pending) != 1 else 'this'} {n} **good** as {operator.name}? "
+                       f"Frame ids: {', '.join(str(i) for i in pending)}.", icon=":material/help:")
+            yes, no = st.columns(2)
+            yes.button(f"Yes, label {n} good", key="lw_bulk_yes",
+                       on_click=review_actions.bulk_confirm, args=(list(pending),), width="stretch")
+            no.button("Cancel", key="lw_bulk_cancel", on_click=review_actions.bulk_cancel, width="stretch")
 
 
 def _operator_bar(operator: auth.Operator | None, s) -> None:
@@ -131,49 +181,7 @@ def _operator_bar(operator: auth.Operator | None, s) -> None:
             st.info("Sign in (sidebar) to label frames. Anyone may look.")
         return
     st.caption(f"Labelling as **{operator.name}**" + ("" if operator.verified else " (name typed, not signed in)"))
-    st.button("Undo my last label", key="lw_undo", shortcut="U", icon=":material/undo:", on_click=_undo)
-
-
-def _label(ids: list[int], label: str) -> None:
-    """Button callback: store the labels (the operator is checked again, at the moment of the click)."""
-    operator = auth.current_operator(data.settings())
-    if operator is None:
-        st.session_state[_FLASH] = ("error", "Sign in before labelling.")
-        return
-    try:
-        n = data.add_labels(data.engine(), ids, label, operator.name)
-    except (SQLAlchemyError, ValueError) as exc:
-        st.session_state[_FLASH] = ("error", f"The label was not stored: {views.explain(exc)}")
-        return
-    what = f"frame {ids[0]}" if n == 1 else f"{n} frames"
-    message = f"Labelled {what} **{label}** as {operator.name}. Undo with U."
-    if label == "good":
-        factor = data.settings().trainer.second_opinion_above
-        try:
-            with data.engine().connect() as conn:
-                waiting = awaiting_second_opinion(conn, second_opinion_above=factor, inspection_ids=list(ids))
-        except SQLAlchemyError:
-            waiting = []  # the labels are stored; only this hint is lost
-        if waiting:
-            message += (f" {len(waiting)} of them scored above {factor:g} × threshold and train a model only once "
-                        "a different operator confirms them good too.")
-    st.session_state[_FLASH] = ("ok", message)
-
-
-def _undo() -> None:
-    operator = auth.current_operator(data.settings())
-    if operator is None:
-        return
-    try:
-        ids = data.undo_last(data.engine(), operator.name)
-    except SQLAlchemyError as exc:
-        st.session_state[_FLASH] = ("error", f"Undo failed: {views.explain(exc)}")
-        return
-    if ids:
-        what = f"frame {ids[0]}" if len(ids) == 1 else f"{len(ids)} frames"
-        st.session_state[_FLASH] = ("ok", f"Undone: the label of {what} is taken back; it is back in the queue.")
-    else:
-        st.session_state[_FLASH] = ("ok", "Nothing to undo.")
+    st.button("Undo my last label", key="lw_undo", shortcut="U", icon=":material/undo:", on_click=review_actions.undo)
 
 
 def _second_opinion_note(row, confirmed_by: list[str], s) -> str | None:
@@ -188,10 +196,9 @@ def _second_opinion_note(row, confirmed_by: list[str], s) -> str | None:
     return text
 
 
-def _why_not_good(row, operator: auth.Operator | None, confirmed_by: list[str], s) -> str | None:
-    """Why this operator cannot label the frame good now (None: they can)."""
-    if operator is not None and operator.name in confirmed_by:
-        return "You confirmed this frame good already; a different operator must confirm it."
+def _why_not_good(row, s) -> str | None:
+    """Why the frame cannot be labelled good now (None: it can). Frames an operator labelled are never on their
+    page (``review_queue``), so a second good from the same operator cannot be offered."""
     path = images.kept_file(row.image_uri, s.image_store_root) if row.image_uri else None
     if path is None or not path.is_file():
         return "Not offered as good: the kept image is missing from the image store."
