@@ -13,20 +13,19 @@ key                                    type    content, bound
 ``P:counts:line:<line_id>:<min>``      hash    ``inspected``, ``defects``               TTL counts_ttl_s
 ``P:dlq:<min>``                        hash    reason -> dead-lettered frames           TTL counts_ttl_s
 ``P:recent``                           stream  field ``result`` (JSON)                  MAXLEN ~ cap
-``P:workers``                          hash    worker_id -> heartbeat JSON              entry expires after
-                                                                                        WORKER_EXPIRE_S
+``P:workers``                          hash    worker_id -> heartbeat JSON              expire: WORKER_EXPIRE_S
 ``P:drift``                            hash    camera_id -> drift state JSON            entries > 1 day removed
 ``P:live:through``                     string  end of the last rebuild of counts (Unix s) (one)
 ``P:live:lock``                        string  the worker rebuilding counts now         TTL a few seconds
 =====================================  ======  ==========================================================
 
-SQL is the record and Redis a view of it: counts of minutes that closed more than ``settle_s`` ago are
-recounted from SQL (:meth:`LiveStateWriter.overwrite_counts`; linewatch.detector.stream.live_rebuild says
-which minutes and when), so what Redis lost (a restart without a snapshot, an outage, evicted keys) is
-counted again; the minutes since are counted as results are stored. Every per-camera key expires a day after
-the camera's last frame, by the worker's clock, so a camera that left (or whose clock runs a year ahead) holds
-nothing for good. ``skew_ms`` is the newest frame's camera clock skew and ``skewed`` counts the frames whose
-skew was beyond the tolerance (:mod:`linewatch.contracts.clock`).
+SQL is the record and Redis a view of it: counts of minutes that closed more than ``settle_s`` ago are recounted from
+SQL (:meth:`LiveStateWriter.overwrite_counts`; linewatch.detector.stream.live_rebuild says which minutes and when), so
+what Redis lost (a restart without a snapshot, an outage, evicted keys) is counted again; the minutes since are
+counted as results are stored. Every per-camera key expires a day after the camera's last frame, by the worker's
+clock, so a camera that left (or whose clock runs a year ahead) holds nothing for good. ``skew_ms`` is the newest
+frame's camera clock skew and ``skewed`` counts the frames whose skew was beyond the tolerance
+(:mod:`linewatch.contracts.clock`).
 
 Redeliveries (at-least-once) are not counted twice: the workers record only the results whose SQL row their
 own insert created (``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so the record decides what is new,
@@ -216,8 +215,8 @@ class LiveStateWriter:
         now = time.time()
         key = f"{self.p}:workers"
         self.r.hset(key, worker_id, json.dumps({**info, "worker_id": worker_id, "last_seen": now}))
-        expired = [k for k, raw in self.r.hgetall(key).items() if now - _time_in(raw, "last_seen") > WORKER_EXPIRE_S]
-        if expired:
+        if expired := [k for k, raw in self.r.hgetall(key).items()
+                       if now - _time_in(raw, "last_seen") > WORKER_EXPIRE_S]:
             self.r.hdel(key, *expired)
 
     def drift(self, states: dict[str, dict]) -> None:
@@ -226,8 +225,7 @@ class LiveStateWriter:
         if states:
             key, now = f"{self.p}:drift", time.time()
             self.r.hset(key, mapping={c: json.dumps(state) for c, state in states.items()})
-            old = [c for c, raw in self.r.hgetall(key).items() if now - _time_in(raw, "at") > LATEST_TTL_S]
-            if old:
+            if old := [c for c, raw in self.r.hgetall(key).items() if now - _time_in(raw, "at") > LATEST_TTL_S]:
                 self.r.hdel(key, *old)
 
     def worker_gone(self, worker_id: str) -> None:
@@ -298,9 +296,8 @@ class LiveStateReader:
     def latest(self, camera_id: str, overlay: bool = True) -> tuple[InspectionResult | None, bytes | None]:
         """The newest result of a camera and its heatmap overlay (JPEG bytes; None unless ``overlay``), if any."""
         values = self.r.hmget(f"{self.p}:latest:{camera_id}", ["result", "overlay"] if overlay else ["result"])
-        if values[0] is None:
-            return None, None
-        return InspectionResult.from_json(values[0]), values[1] if overlay else None
+        result = None if values[0] is None else InspectionResult.from_json(values[0])
+        return result, values[1] if overlay and result is not None else None
 
     def recent(self, count: int = 100) -> list[InspectionResult]:
         """The newest ``count`` results, newest first."""
@@ -308,8 +305,7 @@ class LiveStateReader:
                 for _, fields in self.r.xrevrange(f"{self.p}:recent", count=count)]
 
     def recent_since(self, seconds: float, cap: int = 20_000) -> list[InspectionResult]:
-        """Results appended to the recent stream in the last ``seconds`` of Redis's clock, newest first, at most
-        ``cap`` (the stream itself holds the newest ``recent_cap``)."""
+        """Results added to the recent stream in the last ``seconds`` (Redis's clock), newest first, at most ``cap``."""
         now_s, now_us = self.r.time()
         since_ms = int((now_s + now_us / 1e6 - seconds) * 1000)
         return [InspectionResult.from_json(fields[b"result"])
