@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.labels import effective_labels, record_labels
 from linewatch.contracts.schema import Inspection, Label
+from linewatch.dashboard.data import undo_last
 
 T0 = dt.datetime(2026, 12, 1, 6, 0, tzinfo=dt.UTC)
 
@@ -74,6 +75,19 @@ def test_a_second_click_writes_nothing_and_a_change_of_mind_replaces_the_label(e
         eff = effective_labels()
         assert dict(conn.execute(select(eff.c.inspection_id, eff.c.label)).all()) == \
             {a: "good", b: "good", c: "defect"}
+
+
+def test_undo_after_a_change_of_mind_brings_the_earlier_label_back(engine):
+    a, b = add_inspections(engine, 2)
+    with engine.begin() as conn:
+        record_labels(conn, [a, b], "good", "maria", T0)
+    with engine.begin() as conn:  # she changes her mind on a (from a stale page or a second tab)
+        assert record_labels(conn, [a], "defect", "maria", T0 + dt.timedelta(seconds=5)) == [a]
+    assert undo_last(engine, "maria", now=T0 + dt.timedelta(seconds=6)) == [a]
+    assert rows(engine) == [(a, "good", "maria", True), (b, "good", "maria", True), (a, "defect", "maria", False)]
+    assert undo_last(engine, "maria", now=T0 + dt.timedelta(seconds=7)) == [a, b]  # then the first action
+    assert rows(engine) == [(a, "good", "maria", False), (b, "good", "maria", False), (a, "defect", "maria", False)]
+    assert undo_last(engine, "maria", now=T0 + dt.timedelta(seconds=8)) == []
 
 
 def test_the_database_refuses_a_second_standing_label_of_one_operator(engine):

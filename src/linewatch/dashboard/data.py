@@ -285,7 +285,9 @@ def add_labels(db: Engine, inspection_ids: Sequence[int], label: str, operator: 
 
 def undo_last(db: Engine, operator: str, now: dt.datetime | None = None) -> list[int]:
     """Revoke ``operator``'s most recent labelling action (one label, or one bulk confirmation) by
-    setting ``revoked_at``; returns the inspection ids it concerned (empty when there is nothing to undo)."""
+    setting ``revoked_at``, and bring back the operator's earlier labels of those frames that the action replaced
+    (a change of mind revokes them at the action's own time, :func:`.labels.record_labels`); returns the
+    inspection ids it concerned (empty when there is nothing to undo)."""
     now = now or dt.datetime.now(dt.UTC)
     with db.begin() as conn:
         last = conn.execute(select(func.max(Label.created_at))
@@ -295,6 +297,8 @@ def undo_last(db: Engine, operator: str, now: dt.datetime | None = None) -> list
         which = and_(Label.operator == operator, Label.revoked_at.is_(None), Label.created_at == last)
         ids = [r[0] for r in conn.execute(select(Label.inspection_id).where(which))]
         conn.execute(update(Label).where(which).values(revoked_at=now))
+        conn.execute(update(Label).where(Label.operator == operator, Label.inspection_id.in_(ids),
+                                         Label.revoked_at == last, Label.created_at < last).values(revoked_at=None))
     return ids
 
 

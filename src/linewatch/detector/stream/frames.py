@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Executor
 
@@ -11,9 +12,11 @@ import torch
 from linewatch.contracts.messages import FrameMeta, MessageError
 
 from ..frame_stats import input_statistics
-from ..geometry import InputGeometry, model_inputs
+from ..geometry import FrameInput, InputGeometry, model_inputs
 from ..imaging import ImageError, check_jpeg, decode_image, exif_orientation, probe_image
 from .batches import PREVIEW_SIDE, DeadLetter, PreparedFrame, RawFrame
+
+log = logging.getLogger(__name__)
 
 
 def prepare_frame(raw: RawFrame, geometry: InputGeometry, max_pixels: int) -> PreparedFrame | DeadLetter:
@@ -64,9 +67,20 @@ def prepare_batch(raws: list[RawFrame], geometry: InputGeometry, max_pixels: int
         if result is not None:
             model_input, preview, w, h = result
             out[i] = PreparedFrame(raws[i], meta, model_input, preview, w, h, started, per_frame_ms,
-                                   input_statistics(model_input))
+                                   _statistics_or_none(model_input, raws[i].source))
     rest = [i for i, o in enumerate(out) if o is None]  # PNG and friends, and JPEGs the GPU refused
     for i, prepared in zip(rest, pool.map(lambda j: prepare_frame(raws[j], geometry, max_pixels), rest),
                            strict=True):
         out[i] = prepared
     return out  # type: ignore[return-value]
+
+
+def _statistics_or_none(model_input: FrameInput, source: str) -> dict[str, float] | None:
+    """The drift statistics of a frame decoded on the device, or None (no drift check for it) when they cannot be
+    taken: a frame the device decoded is scored either way, and no statistic may stop the worker."""
+    try:
+        return input_statistics(model_input)
+    except (ValueError, RuntimeError, cv2.error) as exc:
+        log.warning("%s: no frame statistics (%s: %s); the frame is scored without a drift check",
+                    source, type(exc).__name__, exc)
+        return None
