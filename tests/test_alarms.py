@@ -56,9 +56,11 @@ def test_each_alarm_is_raised_from_the_figures_of_one_snapshot():
                         latest=result("cam-c", 1, NOW - 1, 0.4, line="L2"), lag=None)
     seen = Observed(NOW, {"cam-a": behind, "cam-b": caught_up, "cam-c": skewed}, [beat],
                     {"L1": Counts(100, 21), "L2": Counts(100, 45)}, {"broker": "127.0.0.1:1: refused"},
-                    {"cam-a": {"drifting": True, "worst_z": -4.2, "message": "lighting / exposure drift: mean_luma "
-                               "z=-4.2 in 14 of the last 20 frames"},
-                     "cam-b": {"drifting": False, "worst_z": 0.3, "message": "lighting as in training"}})
+                    {"cam-a": {"drifting": True, "worst_z": -4.2, "at": NOW - 3, "message": "lighting / exposure "
+                               "drift: mean_luma z=-4.2 in 14 of the last 20 frames"},
+                     "cam-b": {"drifting": False, "worst_z": 0.3, "at": NOW - 3, "message": "lighting as in training"},
+                     # drifting when it last sent, an hour ago: not an alarm now
+                     "cam-d": {"drifting": True, "worst_z": -9.0, "at": NOW - 3600, "message": "stale"}})
     alarms = evaluate(seen, RULES, ClockRule())
     assert kinds(alarms) == [("inspection_behind", "cam-a", "critical"), ("store_unreachable", "broker", "critical"),
                              ("defect_rate", "L1", "critical"), ("clock_skew", "cam-c", "warning"),

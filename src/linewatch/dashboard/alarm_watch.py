@@ -129,14 +129,7 @@ class AlarmWatch:
         start = end - dt.timedelta(seconds=self.rules.defect_rate_window_s)
         for line in sorted({c.line_id for c in seen.cameras.values()}):
             seen.line_counts[line] = reader.totals("line", line, start, end)
-        seen.drift = self._drift()
-
-    def _drift(self) -> dict[str, dict]:
-        """The plug of the per-camera drift (lighting, exposure) monitor, read for :func:`.alarms.drift`: its
-        ``LiveStateReader.drift()`` (camera_id -> drift state: ``drifting``, ``message``, ``worst_z``, ...) where
-        the live state has one; empty until then."""
-        states = getattr(self.reader, "drift", None)
-        return states() if callable(states) else {}
+        seen.drift = reader.drift()  # camera_id -> the drift monitor's state (drifting, message, worst_z, at)
 
     def _publish(self, seen: Observed, alarms: list[Alarm]) -> None:
         now = {(a.kind, a.subject, a.severity) for a in alarms}

@@ -48,6 +48,7 @@ KINDS = ("inspection_behind", "worker_stalled", "no_worker", "store_unreachable"
          "clock_skew", "drift")
 STORES = ("broker", "redis", "sql")
 NO_WORKER_AFTER_CAMERA_S = 3600.0  # a camera quiet longer than this is a line stopped on purpose, not a lost worker
+DRIFT_STATE_MAX_AGE_S = 900.0  # a drift state not renewed for 15 min is a camera that stopped sending, not an alarm
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,13 @@ def clocks(seen: Observed, clock: ClockRule) -> list[Alarm]:
 def drift(seen: Observed) -> list[Alarm]:
     """The hook of the per-camera drift (lighting, exposure) monitor: ``drift`` for each camera whose state in
     :attr:`Observed.drift` is ``drifting``, with its one-line ``message`` and its ``worst_z`` as the value (the
-    state of ``linewatch.detector.drift.DriftMonitor.state``). Empty while no drift monitor writes a state."""
+    state of ``linewatch.detector.drift.DriftMonitor.state``), written by the workers with each batch of the
+    camera's frames. A state older than :data:`DRIFT_STATE_MAX_AGE_S` is not an alarm: the camera stopped sending
+    while in drift, and its lamps may have been fixed since (its next frames say)."""
     out = []
     for camera_id, state in sorted(seen.drift.items()):
-        if isinstance(state, dict) and state.get("drifting"):
+        fresh = isinstance(state, dict) and seen.at - float(state.get("at") or 0) <= DRIFT_STATE_MAX_AGE_S
+        if fresh and state.get("drifting"):
             z = state.get("worst_z")
             out.append(Alarm("drift", camera_id, "warning",
                              f"Camera {camera_id}: {state.get('message') or 'images drifted from training'}",

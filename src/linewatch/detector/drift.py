@@ -118,11 +118,12 @@ class DriftMonitor:
         return flag
 
     def state(self, camera_id: str) -> dict[str, Any]:
-        """The camera's drift state for the live state and the metrics (JSON-ready): ``checked`` (its model has
-        a reference), ``drifting``, ``out_of_range`` (frames of the window), ``frames`` (in the window),
-        ``window`` and ``alarm_frames`` (the rule), ``worst`` (the statistic whose median z over the window is
-        largest in magnitude) with that median ``z``, ``z`` (median z of every statistic), ``since`` (when the
-        alarm rose, Unix s, or None), ``at`` (Unix s), ``model_version`` and a one-line ``message``.
+        """The camera's drift state for the live state and the metrics (JSON-ready): ``checked`` (frames of it were
+        checked: its model has a reference and the check is on), ``drifting``, ``out_of_range`` (frames of the
+        window), ``frames`` (in the window), ``window`` and ``alarm_frames`` (the rule), ``worst`` (the
+        statistic whose median z over the window is largest in magnitude) with that median ``z``, ``z`` (median
+        z of every statistic), ``since`` (when the alarm rose, Unix s, or None), ``at`` (Unix s),
+        ``model_version`` and a one-line ``message``.
 
         Raises:
             KeyError: a camera never observed.

@@ -110,8 +110,8 @@ def image_scores(anomaly_map: torch.Tensor) -> torch.Tensor:
 class STPM(nn.Module):
     """Teacher and student pyramids plus the input normalisation of the teacher.
 
-    Inputs everywhere are RGB images as uint8 (B, 3, H, W), already resized to the model's
-    ``image_size`` (see :func:`linewatch.detector.imaging.to_model_input`).
+    Inputs everywhere are RGB model input windows as uint8 (B, 3, S, S), S the model's ``image_size``,
+    prepared under the model's input geometry (:func:`linewatch.detector.geometry.model_inputs`).
 
     Args:
         spec: the backbone's build recipe and input mean/std.

@@ -3,8 +3,9 @@ Runtime (:mod:`.onnx_runtime`) and OpenVINO (:mod:`.openvino_runtime`) on the gr
 the parity check that decides whether a runtime may score (:mod:`.parity`), the choice among them
 (:mod:`.selection`) and the thread count every runtime and the trainer use (:mod:`.threads`).
 
-Preprocessing (decoding, resizing to the model input) stays outside every runtime: all of them take the same
-uint8 (B, 3, S, S) model inputs that :meth:`linewatch.detector.scoring.Scorer.prepare` makes.
+Preprocessing (decoding, preparing the model input windows under the model's geometry, stitching their maps)
+stays outside every runtime: all of them take the same uint8 (B, 3, S, S) windows that
+:meth:`linewatch.detector.scoring.Scorer.prepare` makes (its ``tiles``; ``Scorer.windows``).
 """
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")

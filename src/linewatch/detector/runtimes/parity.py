@@ -72,7 +72,8 @@ def held_out_inputs(meta: dict[str, Any], prepare: Callable[[np.ndarray], np.nda
                     limit: int = PARITY_IMAGES) -> np.ndarray | None:
     """The model's own held-out goods (``manifest`` entries with role ``val`` in ``model.json``) as uint8
     (n, 3, S, S) model input windows made by ``prepare`` (the scorer's :meth:`~..scoring.Scorer.windows`: one or
-    more windows an image, :mod:`..geometry`), of at most ``limit`` images; None when none is readable here.
+    more windows an image, :mod:`..geometry`), at most ``limit`` windows (a tiled model's images have many, and
+    every runtime scores them in one call at each load); None when none is readable here.
 
     An image whose bytes no longer have the SHA-256 recorded at training time is skipped (it is not the image the
     model was calibrated on), as is one that is missing or does not decode: a worker on another machine has none.
@@ -93,7 +94,7 @@ def held_out_inputs(meta: dict[str, Any], prepare: Callable[[np.ndarray], np.nda
             continue
         if len(out) >= limit:
             break
-    return np.concatenate(out) if out else None
+    return np.concatenate(out)[:limit] if out else None
 
 
 def noise_inputs(image_size: int, count: int = 4, seed: int = 0) -> np.ndarray:
