@@ -26,13 +26,17 @@ def up(
     dashboard: Annotated[bool, typer.Option(help="start the dashboard")] = True,
     trainer: Annotated[bool, typer.Option(help="start the retraining service")] = True,
     dashboard_port: Annotated[int, typer.Option(help="dashboard port")] = 8501,
+    dashboard_address: Annotated[str, typer.Option(
+        help="interface the dashboard listens on: this machine only unless you choose one (0.0.0.0: every "
+             "interface, where anyone on the network can open it)")] = "127.0.0.1",
     epochs: Annotated[int | None, typer.Option(min=1, help="epochs when the default model is trained")] = None,
 ) -> None:
     """Run everything on this machine with embedded defaults: broker, Redis, SQLite, model, camera, workers."""
     from .up import UpOptions, run_up
 
     options = UpOptions(max_frames=max_frames, workers=workers, fps=fps, model=model, source=source,
-                        dashboard=dashboard, dashboard_port=dashboard_port, trainer=trainer, epochs=epochs)
+                        dashboard=dashboard, dashboard_port=dashboard_port, dashboard_address=dashboard_address,
+                        trainer=trainer, epochs=epochs)
     with user_errors():
         code = run_up(load_settings(), options)
     raise typer.Exit(code)

@@ -55,6 +55,7 @@ class UpOptions:
     line_id: str = "line-1"
     dashboard: bool = True
     dashboard_port: int = 8501
+    dashboard_address: str = "127.0.0.1"  # the demo's dashboard is for this machine unless asked
     trainer: bool = True
     epochs: int | None = None
 
@@ -110,8 +111,9 @@ class Up:
                     "LINEWATCH_TRAINING__ALLOW_UNDER_CALIBRATED", "true"), **env})
             self._wait_for_workers(o.workers)
             if o.dashboard:
-                self._spawn("dashboard", ["dashboard", "--port", str(o.dashboard_port)], env)
-                print(f"dashboard: http://localhost:{o.dashboard_port}", flush=True)
+                self._spawn("dashboard", ["dashboard", "--port", str(o.dashboard_port),
+                                          "--address", o.dashboard_address], env)
+                print(f"dashboard: http://{_host(o.dashboard_address)}:{o.dashboard_port}", flush=True)
             source = o.source or (self.settings.data_root / "mvtec_ad" / "bottle" / "test")
             camera = ["ingest", "--camera-id", o.camera_id, "--line-id", o.line_id, "--source", str(source),
                       "--fps", str(o.fps), "--loop"]
@@ -320,3 +322,7 @@ def run_up(settings: Settings, options: UpOptions) -> int:
     """Entry point of ``linewatch up``; returns the exit code."""
     return Up(settings, options).run()
 
+
+def _host(address: str) -> str:
+    """The host part of the dashboard's URL: localhost for the loopback or every interface."""
+    return "localhost" if address in ("127.0.0.1", "0.0.0.0", "::", "") else address
