@@ -308,7 +308,7 @@ def test_the_heartbeat_reads_the_snapshot_and_never_calls_the_consumer():
     member.commit_stored()
     beats: list[dict] = []
     live = SimpleNamespace(heartbeat=lambda worker_id, status: beats.append(status))
-    model = ModelSlot(SimpleNamespace(version="v7", device="cpu"))  # a scorer's version and device suffice
+    model = ModelSlot(SimpleNamespace(version="v7", device="cpu", runtime="onnxruntime"))  # what a heartbeat reads
     stop = threading.Event()
     thread = threading.Thread(target=send_heartbeats, name="heartbeat", args=(
         live, "w1", lambda: worker_status(model, Throughput(), tracker.snapshot, 0.0), stop, 0.01))
@@ -321,12 +321,12 @@ def test_the_heartbeat_reads_the_snapshot_and_never_calls_the_consumer():
     thread.join(5)
     assert beats[-1]["partitions"] == [f"{TOPIC}/0", f"{TOPIC}/2"]
     assert beats[-1]["lag"] == {f"{TOPIC}/0": 1}
-    assert beats[-1]["model_version"] == "v7"
+    assert (beats[-1]["model_version"], beats[-1]["runtime"]) == ("v7", "onnxruntime")
     assert {thread for _, thread in fake.calls} == {threading.main_thread().name}
 
 
 def test_worker_status_of_an_empty_snapshot():
-    model = ModelSlot(SimpleNamespace(version="v1", device="cuda:0"))
+    model = ModelSlot(SimpleNamespace(version="v1", device="cuda:0", runtime="torch"))
     status = worker_status(model, Throughput(), Snapshot(), 12.5)
     assert (status["partitions"], status["lag"], status["device"], status["started_at"]) == ([], {}, "cuda:0", 12.5)
     assert (status["registry_version"], status["model_behind"]) == (None, None)
