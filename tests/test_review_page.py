@@ -90,6 +90,9 @@ def test_c32_two_clicks_on_good_150_and_250_ms_apart_write_one_label_for_the_fra
             measured, hit1, hit2 = double_click(page, gap_ms)
             print(f"c32: presses {measured:.0f} ms apart on frame {shown}: {hit1}, then {hit2}")
             assert hit1 == f"st-key-lw_good_{shown}"
+            # The browser's own guard: the next frame's buttons ignore the pointer for 0.5 s after they appear,
+            # however late the server hears of the click. Press 2 lands on the same button or on nothing.
+            assert not re.fullmatch(r"st-key-lw_(good|defect)_\d+", hit2) or hit2 == hit1, hit2
             assert measured >= gap_ms - 5, measured  # a timer in a busy page may run late, never early
             labelled.append((shown, "good", OPERATOR))
             ui.settled(page)
@@ -116,7 +119,10 @@ def test_a_click_on_a_frame_that_just_took_the_place_of_the_clicked_one_labels_n
         expect(page.get_by_text(f"Labelled frame {first} good", exact=False)).to_be_visible()
         expect(page.locator(f".st-key-lw_review_current .st-key-lw_good_{first}")).to_have_count(0)  # replaced
         second = current_frame(page)
-        ui.click(ui.current_button(page, "good"))  # at once: the frame has not been there for 3 s
+        # At once: the frame has not been there for 3 s. A mouse cannot click yet (the browser's guard: the
+        # button ignores the pointer); a click event sent to the button itself tests the server's guard.
+        expect(ui.current_button(page, "good")).to_have_css("pointer-events", "none")
+        ui.current_button(page, "good").dispatch_event("click")
         # refused: on screen for less than 3 s, or not yet settled there (the run drawing it was still going)
         expect(page.get_by_text(re.compile(f"Nothing labelled: frame {second} (had been on screen there for only|"
                                            "was not settled in that place)"))).to_be_visible()

@@ -5,8 +5,12 @@ at click time". A click labels a frame only once that frame has been in the clic
 ``dashboard.review_min_view_s``, counted from the end of the run that drew the whole page (a run cut short by
 the next click records nothing): when the first of two quick clicks (field case c32: 150-250 ms apart) labels a
 frame and the page puts the next frame where it was, the second click lands on a frame nobody has looked at, and
-is refused. A second click on the same frame is a no-op in the database (``contracts.labels.record_labels``).
-Messages go to the next run of the page (``flash``).
+is refused. That guard runs on the server, which cannot see when the browser drew the frame: a server slowed
+down by load can take a click that came 200 ms after the frame appeared for one that came after 0.5 s. So the
+browser keeps its own guard as well (``arming_style``): a frame's buttons ignore the pointer for
+``dashboard.review_min_view_s`` after they appear, counted by the browser from the moment it draws them. A
+second click on the same frame is a no-op in the database (``contracts.labels.record_labels``). Messages go to
+the next run of the page (``flash``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,27 @@ def shown(places: Sequence[tuple[str, int]]) -> None:
     for place, inspection_id in drawn.items():
         if seen.get(place, (None,))[0] != inspection_id:
             seen[place] = (inspection_id, now)
+
+
+def arming_style(ids: Sequence[int], min_view_s: float, bulk_asked_at: float | None = None) -> str:
+    """CSS that keeps the label buttons of the frames ``ids`` (and the bulk "yes", asked at ``bulk_asked_at``,
+    a ``time.monotonic()``) deaf to the pointer for ``min_view_s`` seconds from when the browser draws them.
+
+    Each frame gets its own animation name, so the guard restarts whenever a button comes to show another frame,
+    even when the browser re-uses the button's element (an animation restarts only when its name changes).
+    Keyboard shortcuts are not covered here; the server's check in ``label`` covers every click."""
+    if min_view_s <= 0:
+        return ""
+    ms = round(min_view_s * 1000)
+    rules = []
+    targets = [(f"lw-arm-{i}", [f".st-key-lw_good_{i}", f".st-key-lw_defect_{i}", f".st-key-lw_pick_{i}"])
+               for i in ids]
+    if bulk_asked_at is not None:
+        targets.append((f"lw-arm-bulk-{round(bulk_asked_at * 1000)}", [".st-key-lw_bulk_yes"]))
+    for name, selectors in targets:
+        rules.append(f"@keyframes {name} {{from {{pointer-events: none;}} to {{pointer-events: none;}}}}")
+        rules.append(", ".join(f"{sel}, {sel} *" for sel in selectors) + f" {{animation: {name} {ms}ms step-end;}}")
+    return "<style>\n" + "\n".join(rules) + "\n</style>"
 
 
 def _refusal(place: str, inspection_id: int, min_view_s: float) -> str | None:
@@ -111,6 +136,12 @@ def bulk_request(ids: list[int]) -> None:
 def bulk_pending() -> tuple[int, ...] | None:
     pending = st.session_state.get(_PENDING)
     return pending[0] if pending else None
+
+
+def bulk_asked_at() -> float | None:
+    """``time.monotonic()`` of the pending bulk "good" request (None: none pending)."""
+    pending = st.session_state.get(_PENDING)
+    return pending[1] if pending else None
 
 
 def bulk_cancel() -> None:

@@ -80,6 +80,10 @@ def render() -> None:
                    "appear here as the workers store them.")
         return
     first, rest = rows[0], rows[1:]
+    guard = review_actions.arming_style([r.id for r in rows], s.dashboard.review_min_view_s,
+                                        review_actions.bulk_asked_at())
+    if operator is not None and guard:  # drawn before the buttons, so that they arrive guarded
+        st.html(guard)
     blocked = {r.id: _why_not_good(r, s) for r in rows}
     with st.container(border=True, key="lw_review_current"):
         _current(first, operator, blocked[first.id], confirmed_by.get(first.id, []), s, zone)
