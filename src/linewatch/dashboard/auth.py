@@ -23,6 +23,10 @@ from linewatch.contracts.settings import Settings
 from .accounts import AccountsError, check_login, load_accounts
 
 Mode = Literal["oidc", "accounts", "name"]
+# What a person may do, each role including the ones before it: a viewer looks; an operator also labels
+# frames; an engineer also activates, rolls back and re-announces models.
+Role = Literal["viewer", "operator", "engineer"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "engineer")
 
 _SESSION_KEY = "lw_operator"
 _NAME_KEY = "lw_operator_name"
@@ -31,10 +35,18 @@ _MAX_NAME = 128  # the width of labels.operator
 
 @dataclass(frozen=True)
 class Operator:
-    """A person who may label. ``verified``: signed in (OIDC or accounts file), not just a typed name."""
+    """A person at the dashboard. ``verified``: signed in (OIDC or accounts file), not just a typed name;
+    ``role``: what they may do (``ROLES``)."""
 
     name: str
     verified: bool
+    role: Role = "operator"
+
+
+def may(operator: Operator | None, needed: Role) -> bool:
+    """Whether ``operator`` (None: an anonymous viewer) holds ``needed`` or a role above it."""
+    have = operator.role if operator is not None else "viewer"
+    return ROLES.index(have) >= ROLES.index(needed)
 
 
 def mode(settings: Settings) -> Mode:
