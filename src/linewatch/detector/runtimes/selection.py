@@ -7,10 +7,13 @@
 * ``openvino-bf16`` / ``openvino-int8``: the reduced-precision IR of that name (opt-in, CPU only), scoring with the
   thresholds recalibrated on it (:func:`runtime_thresholds`); refused where this CPU would run it at another
   precision than it was calibrated at (``executes`` of its record: bf16 asked on a CPU without bf16 runs f32).
+* ``torch-compile``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``: CUDA at float32, opt-in, each checked against
+  eager PyTorch at load (:mod:`.gpu`).
 * ``auto``: the fastest runtime whose scores and maps match eager PyTorch on the model's own held-out goods to
   ``PARITY_TOLERANCE`` (:mod:`.parity`), all measured here at load time on the same batch (one warm-up run each,
   then one timed run); eager PyTorch where there is no export, no other runtime is installed or loads, the device
-  is a GPU or the precision is reduced. The choice and its figures are logged.
+  is a GPU or the precision is reduced (auto never picks a reduced-precision export or a GPU runtime: both are
+  opt-in). The choice and its figures are logged.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from ..model_files import ModelFileError, export_path
-from . import REDUCED_PRECISION, RUNTIMES, RuntimeChoiceError
+from . import GPU_RUNTIMES, REDUCED_PRECISION, RUNTIMES, RuntimeChoiceError
 from .parity import PARITY_TOLERANCE, compare, parity_inputs
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,12 @@ def select_forward(runtime: str, *, model, device: torch.device, precision: str,
         raise RuntimeChoiceError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if runtime == "torch":
         return "torch", torch_forward
+    if runtime in GPU_RUNTIMES:
+        from .gpu import gpu_forward
+
+        onnx = None if runtime == "torch-compile" else export_of(model, "onnxruntime")[1]
+        return runtime, gpu_forward(runtime, model=model, device=device, precision=precision, onnx_path=onnx,
+                                    torch_forward=torch_forward, prepare=prepare)
     cpu_fp32 = device.type == "cpu" and precision == "float32"
     if runtime != "auto":
         if not cpu_fp32:
