@@ -29,6 +29,7 @@ its own thresholds, recalibrated on the held-out goods scored at that precision 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
 import tempfile
@@ -45,6 +46,8 @@ from .onnx_runtime import INPUT, OUTPUTS
 from .openvino_runtime import HINTS, OpenVinoForward
 from .parity import compare, parity_inputs
 from .threads import intra_op_threads
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = tuple(OPENVINO_FILES)  # fp32, bf16, int8
 
@@ -111,6 +114,17 @@ def export_openvino(model_dir: Path, precision: str = "fp32", teacher_weights: P
     meta.setdefault(EXPORTS_FIELD, {})[OPENVINO_EXPORTS[precision]] = record
     write_metadata(model_dir, meta)
     return record
+
+
+def openvino_export_or_warn(model_dir: Path, precision: str, teacher_weights: Path | None = None) -> dict | None:
+    """:func:`export_openvino` for a freshly trained model (the trainer's candidates, ``trainer.export_openvino``):
+    the record, or None with a warning where the export failed; the version is still registered (a worker on that
+    precision's runtime then refuses it, saying why, and keeps its model)."""
+    try:
+        return export_openvino(model_dir, precision, teacher_weights)
+    except Exception as exc:  # noqa: BLE001 -- an export is an optimisation, never a reason to lose a model
+        log.warning("%s: no OpenVINO export at %s (%s)", model_dir, precision, exc)
+        return None
 
 
 def cpu_description() -> dict[str, Any]:
