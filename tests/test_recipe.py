@@ -32,6 +32,10 @@ def test_epoch_budget_raises_epochs_only_for_few_images():
 def test_defaults_leave_the_recipe_as_it_was():
     config = TrainConfig.from_settings(Settings())
     assert (config.augment, config.augment_flips, config.augment_rot90, config.min_steps) == (False, False, False, 0)
+    few = TrainConfig.from_settings(Settings(training={"augment": True, "augment_flips": True, "min_steps": 120}))
+    assert (few.augment, few.augment_flips, few.augment_rot90, few.min_steps) == (True, True, False, 120)
+    with pytest.raises(ValueError, match="min_steps"):
+        Settings(training={"min_steps": -1})
 
 
 def test_photometric_jitter_and_translation_stay_small():
