@@ -30,7 +30,8 @@ CONFIG_ENV = "LINEWATCH_CONFIG"
 SECRETS_DIR_ENV = "LINEWATCH_SECRETS_DIR"
 
 Device = Literal["auto", "cpu", "cuda"]
-Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]  # detector.runtimes.RUNTIMES
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8",  # runtimes.RUNTIMES
+                  "torch-compile", "onnxruntime-cuda", "onnxruntime-tensorrt"]
 MiB = 1024 * 1024
 
 
@@ -213,8 +214,11 @@ class DetectorSettings(BaseModel):
 
     model_dir: Path | None = None
     device: Device = "auto"
-    runtime: Runtime = Field("auto", description="torch, onnxruntime or openvino (the model's ONNX export, CPU "
-                             "float32) or auto: the fastest that matches eager PyTorch on the model's held-out goods")
+    runtime: Runtime = Field("auto", description="torch, onnxruntime or openvino (the model's ONNX export or "
+                             "OpenVINO IR, CPU float32) or auto: the fastest that matches eager PyTorch on the model's "
+                             "held-out goods; openvino-bf16 / openvino-int8: opt-in reduced precision with its own "
+                             "recalibrated thresholds; torch-compile, onnxruntime-cuda, onnxruntime-tensorrt: CUDA "
+                             "at float32, checked against eager PyTorch at load")
     workers_on_host: int = Field(1, ge=1, description="detector workers sharing this host's CPUs (linewatch up "
                                  "--workers N sets it): each worker and the trainer use the available CPUs / this")
     group_id: str = "linewatch-detectors"

@@ -88,6 +88,30 @@ def calibrate_image_threshold(good_scores: np.ndarray, target_rate: float, minim
                             needed, "calibrated" if s.size >= needed else "under-calibrated")
 
 
+def calibrate_thresholds(good_scores: np.ndarray, good_maps: list[np.ndarray], target_rate: float,
+                         pixel_rate: float, minimum: int) -> dict:
+    """The ``thresholds`` record of model.json from the held-out goods' image scores (n,) and anomaly maps (any
+    shapes), in their unit: ``image`` by :func:`calibrate_image_threshold` (its evidence under ``calibration``,
+    ``status``), ``pixel`` by :func:`threshold_at_rate` of all their map pixels at ``pixel_rate``, the two targets
+    and ``calibrated_on``. Training and the reduced-precision exports (:mod:`.runtimes.reduced_precision`) both
+    call this, so a threshold is set by one rule whatever precision scored the goods.
+
+    Raises:
+        ValueError: no scores or map pixels, or a rate outside (0, 1).
+    """
+    calibration = calibrate_image_threshold(good_scores, target_rate, minimum)
+    n = int(np.asarray(good_scores).size)
+    return {
+        "image": calibration.threshold,
+        "pixel": threshold_at_rate(np.concatenate([np.asarray(m).ravel() for m in good_maps]), pixel_rate),
+        "target_false_reject_rate": target_rate,
+        "pixel_false_positive_rate": pixel_rate,
+        "calibrated_on": f"{n} held-out good image{'s' if n != 1 else ''}",
+        "status": calibration.status,
+        "calibration": calibration.as_dict(),
+    }
+
+
 def threshold_at_rate(good_values: np.ndarray, rate: float) -> float:
     """The value that about a share ``rate`` of good samples exceeds: their (1 - rate) quantile.
 

@@ -30,7 +30,7 @@ from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .geometry import FrameInput, InputGeometry, model_inputs, stitch_batch
 from .imaging import resize_map
 from .model_files import LoadedModel, load_model
-from .runtimes.selection import select_forward
+from .runtimes.selection import runtime_thresholds, select_forward
 from .runtimes.threads import intra_op_threads
 from .stpm import STPM
 
@@ -119,9 +119,10 @@ class Scorer:
         teacher_weights: the teacher weights file; by default the backbone's default location.
         precision: ``auto`` (bfloat16/float16 on CUDA, float32 on the CPU) or one of them; see the module
             docstring for verdicts near the threshold.
-        runtime: ``torch`` (eager PyTorch), ``onnxruntime`` or ``openvino`` (the model's ONNX export) or ``auto``
-            (the fastest of them that matches eager PyTorch on the model's held-out goods):
-            :mod:`.runtimes.selection`; :attr:`runtime` says which scores.
+        runtime: ``torch`` (eager PyTorch), ``onnxruntime`` or ``openvino`` (the model's ONNX export or OpenVINO IR)
+            or ``auto`` (the fastest of them that matches eager PyTorch on the model's held-out goods), or the opt-in
+            reduced-precision ``openvino-bf16`` / ``openvino-int8``, which score with their own recalibrated
+            thresholds: :mod:`.runtimes.selection`; :attr:`runtime` says which scores.
         threads: intra-op threads of an export runtime; default :func:`.runtimes.threads.intra_op_threads`
             (torch's are set per process, see there).
     Raises (constructor): ModelFileError (also: an export runtime without a valid export), WeightsNotFoundError,
@@ -135,14 +136,16 @@ class Scorer:
         self.precision = precision_of(self.device, precision)
         self.model: LoadedModel = load_model(model_dir, self.device, teacher_weights)
         self.model.stpm.to(memory_format=torch.channels_last)
-        thresholds = self.model.thresholds
-        self.image_threshold = float(thresholds["image"])
-        self.pixel_threshold = float(thresholds["pixel"])
         self.guard_band = float(self.model.metadata.get("precision", {}).get("guard_band", DEFAULT_GUARD_BAND))
         self.geometry = InputGeometry.from_metadata(self.model.metadata)
         self.runtime, self._forward = select_forward(
             runtime, model=self.model, device=self.device, precision=self.precision, torch_forward=self.torch_forward,
             prepare=self.windows, threads=threads or intra_op_threads())
+        # a reduced-precision export scores with the thresholds recalibrated on it, every other runtime with the
+        # model's own (float32) thresholds
+        thresholds = runtime_thresholds(self.model.metadata, self.runtime)
+        self.image_threshold = float(thresholds["image"])
+        self.pixel_threshold = float(thresholds["pixel"])
 
     @property
     def version(self) -> str:

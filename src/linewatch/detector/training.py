@@ -42,7 +42,7 @@ from linewatch.contracts.files import sha256_file
 from linewatch.contracts.settings import Settings
 
 from .backbones import backbone_spec, build_student, build_teacher
-from .calibration import calibrate_image_threshold, score_statistics, threshold_at_rate
+from .calibration import calibrate_thresholds, score_statistics
 from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .frame_stats import reference_statistics
 from .geometry import DEFAULT_MAX_ASPECT, DEFAULT_MODE, DEFAULT_TILE_OVERLAP, InputGeometry
@@ -291,9 +291,8 @@ def train(
     reduced = precision_of(device)
     shift = None if reduced == "float32" else float(np.max(np.abs(
         frame_scores(model, val_frames, device, reduced, config.batch_size)[0] / val_scores - 1)))
-    calibration = calibrate_image_threshold(val_scores, config.target_false_reject_rate, config.min_held_out_goods)
-    pixel_threshold = threshold_at_rate(np.concatenate([m.ravel() for m in val_maps]),
-                                        config.pixel_false_positive_rate)
+    thresholds = calibrate_thresholds(val_scores, val_maps, config.target_false_reject_rate,
+                                      config.pixel_false_positive_rate, config.min_held_out_goods)
     role = np.full(len(paths), "train", dtype=object)
     role[val_idx] = "val"
     score = np.full(len(paths), np.nan)
@@ -307,15 +306,7 @@ def train(
         "normalization": {"input": "RGB uint8 / 255", "mean": list(spec.mean), "std": list(spec.std)},
         "pyramid": {"strides": [4, 8, 16], "channels": list(model.student.channels)},
         "map_smoothing_sigma": config.map_smoothing_sigma,
-        "thresholds": {
-            "image": calibration.threshold,
-            "pixel": pixel_threshold,
-            "target_false_reject_rate": config.target_false_reject_rate,
-            "pixel_false_positive_rate": config.pixel_false_positive_rate,
-            "calibrated_on": f"{len(val_idx)} held-out good image{'s' if len(val_idx) != 1 else ''}",
-            "status": calibration.status,
-            "calibration": calibration.as_dict(),
-        },
+        "thresholds": thresholds,
         "precision": {"calibrated": "float32", "reduced": reduced, "max_relative_shift": shift,
                       "guard_band": max(DEFAULT_GUARD_BAND, 4 * (shift or 0.0)),
                       "serving": "float32 within guard_band of the image threshold, else the device's autocast"},

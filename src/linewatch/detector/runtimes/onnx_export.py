@@ -66,7 +66,7 @@ def export_onnx(model_dir: Path, teacher_weights: Path | None = None) -> dict[st
     target = model_dir / ONNX_FILE
     tmp = model_dir / f".{ONNX_FILE}.tmp"
     try:
-        _trace(scorer.model.stpm, size, tmp)
+        trace_onnx(scorer.model.stpm, size, tmp)
         inputs, on = parity_inputs(scorer.model.metadata, scorer.windows, size)
         reference = scorer.torch_forward(inputs)
         parity = compare(reference, OnnxRuntimeForward(tmp, intra_op_threads())(inputs), on)
@@ -124,8 +124,9 @@ def export_or_warn(model_dir: Path, teacher_weights: Path | None = None) -> dict
     return record
 
 
-def _trace(stpm: torch.nn.Module, size: int, path: Path) -> None:
-    """Write ``stpm``'s forward as ONNX to ``path`` (dynamic batch axis), traced on a seeded uint8 batch of 2."""
+def trace_onnx(stpm: torch.nn.Module, size: int, path: Path) -> None:
+    """Write ``stpm``'s forward as ONNX to ``path`` (dynamic batch axis), traced on a seeded uint8 batch of 2 (the
+    OpenVINO IR, :mod:`.openvino_export`, is converted from this graph too)."""
     example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, size, size), dtype=np.uint8))
     batch = {0: "batch"}
     with warnings.catch_warnings():
