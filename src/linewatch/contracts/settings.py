@@ -18,11 +18,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NestedSecretsSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings import PydanticBaseSettingsSource as Source
 
 from .dashboard_settings import DashboardSettings
+from .drift_settings import DriftSettings  # noqa: F401 -- [detector.drift], importable from here too
 from .files import path_of
 from .trainer_settings import TrainerSettings
 
@@ -187,26 +188,13 @@ class TrainingSettings(BaseModel):
                                      "measured on the training images (the scale the model learns parts at)")
     tile_overlap: float = Field(0.25, ge=0, le=0.9, description="least overlap of neighbouring tiles, share of "
                                 "the tile side; overlaps take the maximum of the tiles' anomaly maps")
-
-
-class DriftSettings(BaseModel):
-    """Lighting / exposure drift of each camera against the training images' frame statistics (the rule and its
-    defaults' evidence: ``linewatch.detector.drift``). ``[detector.drift]`` in a config file."""
-
-    enabled: bool = Field(True, description="compare frame statistics with the model's (models without any: off)")
-    z_threshold: float = Field(5.0, gt=0, description="a frame is out of range when a statistic's robust z-score "
-                               "is beyond this")
-    min_spread: float = Field(0.01, gt=0, description="floor of a statistic's training spread, as a share of "
-                              "max(|training median|, 1)")
-    window: int = Field(20, ge=1, le=10_000, description="a camera's recent frames the alarm looks at")
-    alarm_frames: int = Field(10, ge=1, description="a camera is in drift while this many of its last `window` "
-                              "frames are out of range")
-
-    @model_validator(mode="after")
-    def _alarm_within_window(self) -> DriftSettings:
-        if self.alarm_frames > self.window:
-            raise ValueError(f"alarm_frames {self.alarm_frames} is more than window {self.window}: never alarms")
-        return self
+    augment: bool = Field(False, description="few-shot recipe: translate and jitter brightness/contrast slightly "
+                          "(linewatch.detector.recipe)")
+    augment_flips: bool = Field(False, description="with augment: flip too (only for parts whose mirror image is good)")
+    augment_rot90: bool = Field(False, description="with augment: turn by multiples of 90 degrees too (only for parts "
+                                "any orientation of which is good)")
+    min_steps: int = Field(0, ge=0, description="few-shot recipe: raise epochs until training makes this many SGD "
+                           "steps (0 = off; fine-tunes keep their epochs)")
 
 
 class DetectorSettings(BaseModel):

@@ -1,17 +1,16 @@
 """STPM student training on defect-free images (Wang et al. 2021, Sec. 4.1; see :mod:`.stpm` for the method).
 
 As in the paper and the authors' code (github.com/gdwang08/STFPM, ``main.py``): SGD with learning rate
-0.4, momentum 0.9 and weight decay 1e-4, batches of 32, 256x256 inputs. As in the authors' code: no
-augmentation, a randomly initialised student, 20% of the good images held out and the student of the
-best validation epoch kept (theirs has the lowest mean validation anomaly map, ours the lowest mean
-validation loss). Where the defaults differ:
+0.4, momentum 0.9 and weight decay 1e-4, batches of 32, 256x256 inputs. As in the authors' code: no augmentation
+(the few-shot recipe, off by default, adds some: :mod:`.recipe`), a randomly initialised student, 20% of the good
+images held out and the student of the best validation epoch kept (theirs has the lowest mean validation anomaly
+map, ours the lowest mean validation loss). Where the defaults differ:
 
 * 20 epochs, not the paper's 100;
 * an EfficientNet-Lite0 teacher, not the paper's ResNet-18 (``resnet18`` is available as ``backbone``);
 * a batch's loss is the sum over its images, as in anomalib, not the authors' mean (:mod:`.stpm`);
 * anomaly maps are smoothed with a Gaussian of sigma 4 model pixels (:mod:`.stpm`);
-* the frozen teacher sees the same images every epoch, so its normalised features are computed once
-  and cached in float16 instead of recomputed per batch (for the training and validation losses only);
+* the teacher's features are cached in float16 (:func:`.recipe.teacher_cache`; for the losses only);
   on CUDA, mixed precision (bfloat16 where supported, else float16 with a gradient scaler).
 
 Images become model inputs under the input geometry (:mod:`.geometry`; ``input_mode``, by default ``auto``:
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import linewatch
 from linewatch.contracts.files import sha256_file
 from linewatch.contracts.settings import Settings
 
@@ -48,6 +48,7 @@ from .frame_stats import reference_statistics
 from .geometry import DEFAULT_MAX_ASPECT, DEFAULT_MODE, DEFAULT_TILE_OVERLAP, InputGeometry
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
+from .recipe import augment_batch, augmentation, epoch_budget, record, teacher_cache, teacher_targets
 from .scoring import DEFAULT_GUARD_BAND, frame_scores
 from .stpm import STPM, pyramid_loss
 
@@ -65,7 +66,8 @@ class TrainConfig:
     are the calibration targets (:mod:`.calibration`); fewer held-out images than ``min_held_out_goods`` (or
     than 1/target) refuse the model unless ``allow_under_calibrated``; larger images than ``max_pixels``
     pixels are refused. ``input_mode``, ``max_aspect``, ``tile_scale`` (None: measured on the images) and
-    ``tile_overlap`` are the input geometry (:meth:`geometry`).
+    ``tile_overlap`` are the input geometry (:meth:`geometry`). ``augment`` (with ``augment_flips``,
+    ``augment_rot90``) and ``min_steps`` are the few-shot recipe, off by default (:mod:`.recipe`).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -89,6 +91,10 @@ class TrainConfig:
     max_aspect: float = DEFAULT_MAX_ASPECT
     tile_scale: float | None = None
     tile_overlap: float = DEFAULT_TILE_OVERLAP
+    augment: bool = False
+    augment_flips: bool = False
+    augment_rot90: bool = False
+    min_steps: int = 0
 
     def geometry(self) -> InputGeometry:
         """The input geometry this recipe asks for. Raises ValueError: see :class:`.geometry.InputGeometry`."""
@@ -139,17 +145,6 @@ class TrainResult:
 
 class TrainingStopped(Exception):
     """Training was asked to stop (its ``stop`` event was set) before it finished."""
-
-
-@torch.no_grad()
-def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batch: int) -> list[torch.Tensor]:
-    """Normalised teacher stages of all images, float16, on ``device``: [(N, C_i, h_i, w_i)]."""
-    chunks: list[list[torch.Tensor]] = []
-    for start in range(0, len(images), batch):
-        x = to_model_layout(images[start : start + batch], device)
-        with autocast(device):
-            chunks.append([f.half() for f in model.teacher_features(x)])
-    return [torch.cat(stage) for stage in zip(*chunks, strict=True)]
 
 
 @torch.no_grad()
@@ -228,11 +223,17 @@ def train(
 
     windows = images.windows(range(len(paths)))  # each image's model inputs, one unless tiled
     train_w, val_w = images.window_indices(train_idx), images.window_indices(val_idx)
-    cache = _teacher_cache(model, windows, device, config.batch_size)
     train_images, val_images = windows[train_w], windows[val_w]
-    train_t = [c[torch.as_tensor(train_w, device=device)] for c in cache]
-    val_t = [c[torch.as_tensor(val_w, device=device)] for c in cache]
-    del cache
+    augment = augmentation(config.image_size, config.augment_flips, config.augment_rot90) if config.augment else None
+    if augment is None:
+        cache = teacher_cache(model, windows, device, config.batch_size)
+        train_t = [c[torch.as_tensor(train_w, device=device)] for c in cache]
+        val_t = [c[torch.as_tensor(val_w, device=device)] for c in cache]
+        del cache
+    else:  # augmented windows differ every step: their teacher targets are computed with them
+        val_t = teacher_cache(model, val_images, device, config.batch_size)
+    epochs = epoch_budget(config.epochs, config.min_steps, len(train_images), config.batch_size,
+                          init_student is not None)
 
     optimizer = torch.optim.SGD(
         model.student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -241,16 +242,20 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     best_state, best_val, best_epoch = None, math.inf, 0
     history: list[EpochReport] = []
-    bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=not progress, dynamic_ncols=True)
-    for epoch in range(1, config.epochs + 1):
+    bar = tqdm(total=epochs, desc="train", unit="epoch", disable=not progress, dynamic_ncols=True)
+    for epoch in range(1, epochs + 1):
         t0 = time.monotonic()
         model.train()
         running = 0.0
         order = torch.randperm(len(train_images), generator=generator)
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            x = to_model_layout(train_images[idx], device)
-            t_hat = [t[idx.to(device)].float() for t in train_t]
+            if augment is None:
+                x = to_model_layout(train_images[idx], device)
+                t_hat = [t[idx.to(device)].float() for t in train_t]
+            else:
+                x = to_model_layout(augment_batch(augment, train_images[idx]), device)
+                t_hat = teacher_targets(model, x, device)
             with autocast(device):
                 s_hat = model.student_features(x)
             loss = pyramid_loss(t_hat, s_hat)
@@ -261,7 +266,7 @@ def train(
             running += loss.item()
             if stop is not None and stop.is_set():
                 bar.close()
-                raise TrainingStopped(f"training stopped by request in epoch {epoch} of {config.epochs}; "
+                raise TrainingStopped(f"training stopped by request in epoch {epoch} of {epochs}; "
                                       f"nothing was written to {out_dir}")
         if not math.isfinite(running):
             raise TrainingError(f"training diverged at epoch {epoch} (loss {running}); lower the learning rate")
@@ -271,8 +276,8 @@ def train(
             best_state = copy.deepcopy(model.student.state_dict())
         seconds = time.monotonic() - t0
         mean_epoch = (time.monotonic() - started) / epoch
-        report = EpochReport(epoch, config.epochs, running / len(train_images), val_loss, best_epoch, seconds,
-                             mean_epoch * (config.epochs - epoch))
+        report = EpochReport(epoch, epochs, running / len(train_images), val_loss, best_epoch, seconds,
+                             mean_epoch * (epochs - epoch))
         history.append(report)
         bar.set_postfix(loss=f"{report.loss:.4f}", val=f"{val_loss:.4f}", best=best_epoch)
         bar.update(1)
@@ -317,6 +322,8 @@ def train(
             "device": str(device),
             "best_epoch": best_epoch,
             "fine_tuned": init_student is not None,
+            "few_shot": record(config.augment, config.augment_flips, config.augment_rot90, config.epochs, epochs,
+                               config.min_steps, len(train_images), config.batch_size),
             "duration_s": round(time.monotonic() - started, 2),
             "history": [asdict(h) for h in history],
         },
@@ -324,18 +331,10 @@ def train(
             {"path": str(p), "sha256": h, "role": r, **({"score": float(score[i])} if r == "val" else {})}
             for i, (p, h, r) in enumerate(zip(paths, hashes, role, strict=True))
         ],
-        "linewatch_version": _version(),
+        "linewatch_version": linewatch.__version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         **(extra_metadata or {}),
     }
     model_dir = save_model(out_dir, model.student.state_dict(), metadata)
     return TrainResult(model_dir=model_dir, metadata=read_metadata(model_dir), history=history)
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("linewatch")
-    except PackageNotFoundError:
-        return "0+unknown"
