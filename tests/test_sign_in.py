@@ -12,6 +12,7 @@ import time
 
 import pytest
 import test_dashboard as ui
+import test_deploy
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
 from test_review_page import frames_on_page
@@ -24,6 +25,7 @@ from linewatch.dashboard.auth import Operator, may, oidc_role
 
 # the fixtures this module shares with test_dashboard.py
 browser, scorer, sqlite_stores = ui.browser, ui.scorer, ui.sqlite_stores
+compose = test_deploy.compose  # deploy/compose.yaml as docker-compose resolves it
 
 SECRET = "0123456789abcdef0123456789abcdef-test-only"
 PASSWORDS = {"alice": "alice's long password", "bob": "bob's long password!", "carol": "carol's long password",
@@ -139,7 +141,8 @@ def test_a_sign_in_survives_a_reload_and_a_tampered_or_expired_cookie_signs_nobo
             cookie["value"].split(".")[1]
         expired = session_cookie.issue("alice", load_accounts(accounts)["alice"], SECRET.encode(),
                                        now=time.time() - 13 * 3600)
-        for value, reason in ((forged, "its signature does not match"), (expired, "it expired 60 min ago")):
+        for value, reason in ((forged, "its signature does not match (changed, or signed with another key)"),
+                              (expired, "it expired 60 min ago")):
             other = ui.open_page(browser)
             other.context.add_cookies([{"name": session_cookie.COOKIE, "value": value, "url": dash.url}])
             ui.goto(other, f"{dash.url}/review", "Review")
@@ -289,3 +292,24 @@ def test_operator_cli_sets_roles_lists_them_and_init_creates_one_engineer_once(t
     assert run(app, ["operator", "list", "--accounts", str(path)]).output == "admin\tengineer\nmaria\tviewer\n"
     result = run(app, ["operator", "role", "nobody", "viewer", "--accounts", str(path)])
     assert result.exit_code != 0 and "no operator 'nobody'" in result.output
+
+
+def test_the_compose_dashboard_needs_a_sign_in_to_label(compose, tmp_path):
+    """deploy/compose.yaml ships with sign-in on: the dashboard's settings select accounts mode, the accounts file
+    lives in a writable volume of its own, and the first start makes it (one engineer, a password printed once)."""
+    from linewatch.dashboard.auth import mode
+
+    dash = compose["services"]["dashboard"]
+    env = dash["environment"]
+    assert env["LINEWATCH_DASHBOARD__ACCOUNTS_FILE"] == "/var/lib/linewatch-dashboard/accounts.toml"
+    assert "--init-accounts" in dash["command"]
+    # docker-compose writes a volume as "source:target[:mode]" or as a mapping, by version
+    mounts = [v.split(":") if isinstance(v, str) else [v["source"], v["target"], "ro" if v.get("read_only") else "rw"]
+              for v in dash["volumes"]]
+    [mount] = [m for m in mounts if m[1] == "/var/lib/linewatch-dashboard"]
+    assert mount[0] == "dashboard-data" and mount[2:] in ([], ["rw"]) and "dashboard-data" in compose["volumes"]
+    settings = Settings(dashboard={"accounts_file": tmp_path / "accounts.toml"})
+    assert mode(settings) == "accounts"  # anonymous visitors look; labelling needs a signed-in operator
+    started = subprocess.run([sys.executable, "-m", "linewatch", "operator", "init", "--accounts",
+                              str(tmp_path / "accounts.toml")], capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0 and "engineer 'admin', password: " in started.stdout
