@@ -12,8 +12,9 @@ Three modes, chosen by the settings:
 - ``name``: neither is configured (the demo mode); operators type their name before they can label, and anyone
   who types one is an operator.
 
-In the first two modes anonymous viewers can look at every page but cannot label. Signing out (or, in ``name``
-mode, changing the typed name) gives the operator's open review frames back to the queue at once.
+In the first two modes anonymous viewers can look at every page but cannot label. Signing out gives the
+operator's open review frames back to the queue at once (in ``name`` mode there is no sign-out: a changed name's
+frames stay reserved until their claim runs out).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ _COOKIE_CHECKED = "lw_cookie_checked"
 _COOKIE_WRITE = "lw_cookie_write"  # token to store in the browser on the next run ("" = delete the cookie)
 _NOTICE = "lw_auth_notice"
 _NAME_KEY = "lw_operator_name"
-_NAME_HELD = "lw_operator_name_held"  # name mode: the name whose review frames this session holds
 _MAX_NAME = 128  # the width of labels.operator
 
 
@@ -146,15 +146,6 @@ def _sign_out(settings: Settings, notice: str | None = None) -> None:
         _release(settings, held[0])
 
 
-def _name_changed(settings: Settings) -> None:
-    """Name mode: a new (or no) name gives the frames held under the old one back to the queue."""
-    old = st.session_state.get(_NAME_HELD)
-    new = " ".join(str(st.session_state.get(_NAME_KEY) or "").split())[:_MAX_NAME]
-    if old and old != new:
-        _release(settings, old)
-    st.session_state[_NAME_HELD] = new
-
-
 def sidebar(settings: Settings) -> Operator | None:
     """Render the sign-in (or name) controls in the sidebar; returns the current operator."""
     m = mode(settings)
@@ -166,7 +157,7 @@ def sidebar(settings: Settings) -> Operator | None:
             _accounts_controls(settings)
         else:
             st.text_input("Your name (needed to label)", key=_NAME_KEY, max_chars=_MAX_NAME,
-                          placeholder="e.g. Maria Lopez", on_change=_name_changed, args=(settings,))
+                          placeholder="e.g. Maria Lopez")
             if not current_operator(settings):
                 st.caption("Type your name to label frames. Labels record who made them.")
         operator = current_operator(settings)
