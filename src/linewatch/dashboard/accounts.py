@@ -4,6 +4,7 @@ Format (TOML), written by ``linewatch operator add``::
 
     [operators."alice"]
     password_hash = "scrypt$16384$8$1$<salt, base64>$<hash, base64>"
+    role = "engineer"    # optional: viewer, operator (the default) or engineer
 
 This module has no Streamlit dependency, so the CLI can use it.
 """
@@ -126,6 +127,17 @@ def load_accounts(path: Path) -> dict[str, str]:
             raise AccountsError(f"accounts file {path}: operator {name!r} has no password_hash")
         out[name] = entry["password_hash"]
     return out
+
+
+def account_roles(path: Path) -> dict[str, str]:
+    """Operator name -> ``role`` of the accounts file (an entry without one: ``operator``).
+
+    Raises:
+        AccountsError: as :func:`load_accounts`.
+    """
+    load_accounts(path)  # the same checks
+    operators = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("operators", {})
+    return {name: str(entry.get("role", "operator")) for name, entry in operators.items()}
 
 
 def save_accounts(path: Path, accounts: dict[str, str]) -> None:

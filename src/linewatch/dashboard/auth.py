@@ -20,7 +20,7 @@ import streamlit as st
 
 from linewatch.contracts.settings import Settings
 
-from .accounts import AccountsError, check_login, load_accounts
+from .accounts import AccountsError, account_roles, check_login, load_accounts
 
 Mode = Literal["oidc", "accounts", "name"]
 # What a person may do, each role including the ones before it: a viewer looks; an operator also labels
@@ -49,6 +49,16 @@ def may(operator: Operator | None, needed: Role) -> bool:
     return ROLES.index(have) >= ROLES.index(needed)
 
 
+def _role(settings: Settings, name: str) -> Role:
+    """``name``'s role in the accounts file, read at each run so that a changed role counts at the next click; an
+    unreadable file or an unknown role gives the least: viewer."""
+    try:
+        role = account_roles(settings.dashboard.accounts_file).get(name, "viewer")
+    except AccountsError:
+        return "viewer"
+    return role if role in ROLES else "viewer"
+
+
 def mode(settings: Settings) -> Mode:
     """The authentication mode the settings select (OIDC wins over an accounts file)."""
     if settings.dashboard.oidc:
@@ -68,7 +78,7 @@ def current_operator(settings: Settings) -> Operator | None:
         return Operator(str(name)[:_MAX_NAME], True) if name else None
     if m == "accounts":
         name = st.session_state.get(_SESSION_KEY)
-        return Operator(name, True) if name else None
+        return Operator(name, True, _role(settings, name)) if name else None
     typed = " ".join(str(st.session_state.get(_NAME_KEY) or "").split())[:_MAX_NAME]
     return Operator(typed, False) if typed else None
 
