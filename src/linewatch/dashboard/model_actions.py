@@ -80,7 +80,8 @@ def _previous(versions: list[ModelVersion], active: ModelVersion | None) -> Mode
 
 
 def actions(versions: list[ModelVersion], active: ModelVersion | None) -> None:
-    """The engineer's buttons (nothing for anyone else but a caption), the confirmation, the last result."""
+    """The engineer's buttons (nothing for anyone else but a caption), the confirmation and the last result;
+    ``versions`` newest first."""
     operator = auth.current_operator(data.settings())
     result = st.session_state.pop(_RESULT, None)
     if result is not None:
@@ -94,7 +95,7 @@ def actions(versions: list[ModelVersion], active: ModelVersion | None) -> None:
             _confirmation(*pending, active)
             return
         left, middle, right = st.columns(3)
-        others = [v.version for v in reversed(versions) if active is None or v.version != active.version]
+        others = [v.version for v in versions if active is None or v.version != active.version]
         with left:
             choice = st.selectbox("Version to activate", others, key="lw_model_choice") if others else None
             st.button(f"Activate {choice}…" if choice else "Activate…", key="lw_model_activate",

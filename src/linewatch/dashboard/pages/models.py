@@ -79,8 +79,8 @@ def _evidence(versions: list[ModelVersion], active: ModelVersion | None) -> None
     """A version's promotion evidence beside the model it was judged against, its verdict (never green when a side
     of the evidence was empty) and both models' threshold evidence."""
     st.subheader("Promotion evidence")
-    names = [v.version for v in reversed(versions)]
-    newest = versions[-1]
+    names = [v.version for v in versions]  # newest first
+    newest = max(versions, key=lambda v: v.number)
     default = newest if active is None or newest.number > active.number else active
     chosen = st.selectbox("Version", names, index=names.index(default.version), key="lw_evidence_version")
     v = next(x for x in versions if x.version == chosen)
@@ -131,7 +131,7 @@ def _jobs_table() -> None:
         st.caption("No training job yet.")
         return
     zone = data.settings().dashboard.timezone
-    _progress(jobs[0])
+    _progress(jobs)
     st.table([{
         "job": j.id, "status": j.status, "stage": j.stage or "—", "trigger": j.trigger,
         "asked by": j.requested_by or "—",
@@ -142,18 +142,22 @@ def _jobs_table() -> None:
     } for j in jobs], hide_index=True)
 
 
-def _progress(job) -> None:
-    """The newest job: a progress bar while it runs (epochs done / epochs, time left), or why it failed."""
-    if job.status == "running":
-        done = job.epoch / job.epochs if job.epoch is not None and job.epochs else 0.0
-        epochs = f"epoch {job.epoch}/{job.epochs}" if job.epoch is not None and job.epochs else "no epoch done yet"
+def _progress(jobs: list) -> None:
+    """A progress bar for the job queued or running (epochs done / epochs, time left), and why the newest job that
+    ended failed, if it failed; ``jobs`` newest first."""
+    job = next((j for j in jobs if j.status in ("running", "queued")), None)
+    if job is not None and job.status == "running":
+        known = job.epoch is not None and bool(job.epochs)
+        epochs = f"epoch {job.epoch}/{job.epochs}" if known else "no epoch done yet"
         left = f", about {job.eta_s:.0f} s left" if job.eta_s else ""
-        st.progress(min(1.0, max(0.0, done)), text=f"Training job {job.id}: {job.stage or 'starting'}, {epochs}{left}")
-    elif job.status == "queued":
+        st.progress(min(1.0, max(0.0, job.epoch / job.epochs)) if known else 0.0,
+                    text=f"Training job {job.id}: {job.stage or 'starting'}, {epochs}{left}")
+    elif job is not None:
         st.progress(0.0, text=f"Training job {job.id}: queued, waiting for the trainer service")
-    elif job.status == "failed":
-        reason = (job.error or "no reason recorded").splitlines()[0]
-        st.error(f"Training job {job.id} failed: {reason}")
+    ended = next((j for j in jobs if j.status in ("succeeded", "failed")), None)
+    if ended is not None and ended.status == "failed":
+        reason = (ended.error or "no reason recorded").splitlines()[0]
+        st.error(f"Training job {ended.id} failed: {reason}")
 
 
 def _in_use() -> dict[str, dict[str, str]] | None:
