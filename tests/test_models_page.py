@@ -109,6 +109,7 @@ def test_a_failed_announcement_is_shown_reannounce_fixes_it_and_an_engineer_roll
         conn.execute(update(ModelVersion).where(ModelVersion.version == "v2").values(
             activated_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)))
     assert current_announcement(p.settings.kafka).version == "v1" and _worker_models(p) == {"v1"}
+    (wid,) = [w["worker_id"] for w in LiveStateReader(p.redis).workers() if w["alive"]]
 
     accounts = tmp_path / "operators.toml"
     write_accounts(accounts, {"erin": "engineer"})
@@ -120,8 +121,10 @@ def test_a_failed_announcement_is_shown_reannounce_fixes_it_and_an_engineer_roll
         ui.goto(page, f"{dash.url}/models", "Models")
         alarm = page.locator(".st-key-lw_model_disagreement")
         expect(alarm.get_by_text("Registry says v2 is active, but the models topic announces v1")).to_be_visible()
-        expect(alarm.get_by_text("Registry says v2, worker w1 runs v1")).to_be_visible()
+        expect(alarm.get_by_text(f"Registry says v2, worker {wid} runs v1")).to_be_visible()
         expect(alarm.get_by_test_id("stAlertContentError")).to_have_count(2)
+        banner = page.locator(f".lw-alarm[data-alarm='model_rollout'][data-subject='{wid}']")  # on every page
+        expect(banner).to_contain_text(f"Registry says v2, worker {wid} runs v1")
         expect(page.get_by_role("button", name=ACTION)).to_have_count(0)  # anonymous: no action
         ui.screenshot(page, "models-registry-v2-workers-v1")
 
@@ -131,6 +134,7 @@ def test_a_failed_announcement_is_shown_reannounce_fixes_it_and_an_engineer_roll
         expect(page.get_by_text("v2 announced again by erin", exact=False)).to_be_visible()
         p.wait_until(lambda: _worker_models(p) == {"v2"}, 60, "the worker to switch to v2")
         expect(alarm).to_have_count(0)
+        expect(banner).to_have_count(0)
         expect(page.get_by_text("Registry, models topic and workers agree on v2", exact=False)).to_be_visible()
         assert current_announcement(p.settings.kafka).version == "v2"
         assert "re-announced by erin" in p.registry.get("v2").notes

@@ -16,15 +16,17 @@ import threading
 import time
 from collections import defaultdict
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.live_state import LiveStateReader, connect_settings
+from linewatch.contracts.schema import ModelVersion
 from linewatch.contracts.settings import Settings
 
 from . import telemetry
 from .alarms import STORES, Alarm, CameraView, Observed, evaluate
+from .model_review import unix_time
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,9 @@ class AlarmWatch:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+                active = conn.execute(select(ModelVersion.version, ModelVersion.activated_at)
+                                      .where(ModelVersion.status == "active")).first()
+            seen.registry = (active.version, unix_time(active.activated_at)) if active is not None else None
         except Exception as exc:  # noqa: BLE001 -- any failure is the alarm's reason
             seen.unreachable["sql"] = _reason(exc)
         if self.reader is None:

@@ -21,7 +21,7 @@ from linewatch.trainer.registry import ModelRegistry, RegistryError
 from linewatch.trainer.rollout import current_announcement
 
 from . import auth, data, views
-from .model_review import ROLLOUT_WINDOW_S, UNKNOWN, disagreements
+from .model_review import ROLLOUT_WINDOW_S, UNKNOWN, disagreements, unix_time
 
 _CONFIRM = "lw_model_confirm"  # (action, version) waiting for "Yes"
 _RESULT = "lw_model_result"  # (ok, message) of the last action, shown once
@@ -153,7 +153,7 @@ def rollout_check() -> None:
     except Exception as exc:  # noqa: BLE001 -- redis.RedisError: no workers to compare
         st.caption(f"The workers' heartbeats cannot be read: {views.explain(exc)}")
         workers = []
-    activated = active.activated_at.timestamp() if active is not None and active.activated_at else None
+    activated = unix_time(active.activated_at) if active is not None else None
     found = disagreements(active.version if active else None, activated, announced, workers, time.time())
     if not found:
         if active is not None:

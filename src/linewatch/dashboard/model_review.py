@@ -15,6 +15,7 @@ few seconds, a heartbeat every 2 s; a failed load is retried after at most 30 s)
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -115,6 +116,13 @@ def calibration(thresholds: dict | None) -> dict[str, str]:
 
 def _pct(value: Any) -> str:
     return f"{value:.2%}" if isinstance(value, int | float) else "?"
+
+
+def unix_time(t: dt.datetime | None) -> float | None:
+    """Unix seconds of a time column (a naive value, as SQLite returns it, is UTC); None stays None."""
+    if t is None:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
 
 
 @dataclass(frozen=True)
