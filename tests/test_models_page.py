@@ -184,7 +184,7 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
         table = page.get_by_test_id("stTable").filter(has_text="misses on labelled defects")
         expect(table).to_contain_text("not checked (0 defects)")
         expect(table).to_contain_text("1 of 28 (3.6%)")  # v1's false rejects on the same goods
-        calibration = page.get_by_test_id("stTable").filter(has_text="held-out goods")
+        calibration = page.locator(".st-key-lw_threshold_evidence")
         expect(calibration).to_contain_text(v2.version)
         expect(calibration).to_contain_text("UNDER-CALIBRATED")  # the quick model: 5 held-out goods for a 1 % target
         # The training job: a progress bar with its epoch and time left; the failed one's reason.

@@ -94,7 +94,8 @@ def _evidence(versions: list[ModelVersion], active: ModelVersion | None) -> None
     parent = next((x for x in versions if x.version == v.parent_version), None)
     shown = [v] + ([parent] if parent is not None else []) + ([active] if active not in (None, v, parent) else [])
     st.markdown("**Threshold evidence** (held-out goods never trained on)")
-    st.table([{"version": x.version, **model_review.calibration(x.thresholds)} for x in shown], hide_index=True)
+    with st.container(key="lw_threshold_evidence"):
+        st.table([{"version": x.version, **model_review.calibration(x.thresholds)} for x in shown], hide_index=True)
 
 
 def _retraining() -> None:
