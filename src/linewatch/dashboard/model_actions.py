@@ -162,7 +162,7 @@ def rollout_check() -> None:
         return
     with st.container(key="lw_model_disagreement"):
         for d in found:
-            st.error(d.text, icon="🚨")
+            st.error(d.text, icon=":material/sync_problem:")
         if any(d.reannounce_fixes for d in found) and auth.may(auth.current_operator(s), "engineer"):
             if st.button(f"Re-announce {active.version}…", key="lw_model_fix", type="primary"):
                 _ask("re_announce", active.version)
