@@ -100,11 +100,15 @@ class AlarmWatch:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 -- any failure is the alarm's reason
+            seen.unreachable["sql"] = _reason(exc)
+        try:  # a record without the registry's table yet (not migrated) is no SQL outage: no rollout check
+            with self.engine.connect() as conn:
                 active = conn.execute(select(ModelVersion.version, ModelVersion.activated_at)
                                       .where(ModelVersion.status == "active")).first()
             seen.registry = (active.version, unix_time(active.activated_at)) if active is not None else None
-        except Exception as exc:  # noqa: BLE001 -- any failure is the alarm's reason
-            seen.unreachable["sql"] = _reason(exc)
+        except Exception:  # noqa: BLE001, S110 -- unreachable is judged above
+            pass
         if self.reader is None:
             seen.unreachable["redis"] = "no Redis is configured (LINEWATCH_REDIS__URL)"
             return seen
