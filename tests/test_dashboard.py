@@ -322,6 +322,11 @@ def test_pages_explain_empty_stores_then_the_live_page_shows_the_seeded_defect_r
         expect(dialog.get_by_text(scorer.version)).to_be_visible()
         screenshot(page, "defect-detail")
 
+        # The worker that was behind gives up v9 and follows the registry again: otherwise, once the rollout
+        # window after the seed's activation is over, the Models page rightly shows it as a disagreement in red.
+        LiveStateWriter(stores.redis).heartbeat("w-behind", {
+            "model_version": scorer.version, **ModelSlot(scorer).rollout_status(), "frames_per_s": 4.0,
+            "inspected": 0, "dead_lettered": 0, "partitions": [], "lag": {}, "device": "cpu"})
         goto(page, f"{dash.url}/models", "Models")
         expect(page.get_by_text(f"Active model: {scorer.version}", exact=False)).to_be_visible()
         no_errors(page)

@@ -1,4 +1,4 @@
-"""``linewatch operator ...``: the dashboard's operator accounts (the file of ``dashboard.accounts_file``)."""
+"""``linewatch operator ...``: the dashboard's accounts and their roles (the file of ``dashboard.accounts_file``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import typer
 from .errors import fail
 from .options import load_settings
 
-operator_app = typer.Typer(help="Dashboard operator accounts (the accounts file of dashboard.accounts_file).",
+operator_app = typer.Typer(help="Dashboard accounts and roles (the accounts file of dashboard.accounts_file).",
                            no_args_is_help=True)
+ROLE_HELP = "viewer (looks), operator (also labels) or engineer (also retrains, activates, rolls back)"
 
 AccountsOpt = Annotated[Path | None,
                         typer.Option("--accounts", help="accounts file [settings: dashboard.accounts_file]")]
@@ -47,13 +48,23 @@ def operator_add(
     name: Annotated[str, typer.Argument(help="operator name (letters, digits, . _ @ -)")],
     accounts: AccountsOpt = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+    role: Annotated[str | None, typer.Option(help=f"{ROLE_HELP}; default: unchanged, operator for a new account")]
+    = None,
 ) -> None:
     """Add an operator, or set a new password for one (asked for twice, hidden; at least 12 characters)."""
-    from linewatch.dashboard.accounts import AccountsError, check_new_password, set_password, validate_name
+    from linewatch.dashboard.accounts import (
+        AccountsError,
+        check_new_password,
+        set_password,
+        validate_name,
+        validate_role,
+    )
 
     path = _accounts_file(accounts)
     try:
         validate_name(name)
+        if role is not None:
+            validate_role(role)
     except AccountsError as exc:
         fail(str(exc))
     if password_stdin:
@@ -61,10 +72,50 @@ def operator_add(
     else:
         password = _ask_password(name, check_new_password)
     try:
-        new = set_password(path, name, password)
+        new = set_password(path, name, password, role)
     except (AccountsError, ValueError, OSError) as exc:
         fail(str(exc))
     typer.echo(f"{'added' if new else 'updated'} operator {name} in {path}")
+
+
+@operator_app.command("role")
+def operator_role(
+    name: str,
+    role: Annotated[str, typer.Argument(help=ROLE_HELP)],
+    accounts: AccountsOpt = None,
+) -> None:
+    """Give an operator another role (their password stays; applies on their next page view)."""
+    from linewatch.dashboard.accounts import AccountsError, set_role
+
+    path = _accounts_file(accounts)
+    try:
+        set_role(path, name, role)
+    except (AccountsError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"operator {name} is now {role} in {path}")
+
+
+@operator_app.command("init")
+def operator_init(accounts: AccountsOpt = None) -> None:
+    """Create the accounts file with one engineer, admin, and a random password shown once; nothing when the file
+    exists. Sign in as admin, add a named account per person, then remove admin."""
+    init_accounts_file(_accounts_file(accounts))
+
+
+def init_accounts_file(path: Path) -> None:
+    """``linewatch operator init`` on ``path`` (also run by ``linewatch dashboard --init-accounts``)."""
+    from linewatch.dashboard.accounts import FIRST_ENGINEER, init_accounts
+
+    try:
+        password = init_accounts(path)
+    except OSError as exc:
+        fail(f"cannot create the accounts file {path}: {exc}")
+    if password is None:
+        typer.echo(f"accounts file {path} exists: nothing changed")
+        return
+    typer.echo(f"created {path} with engineer {FIRST_ENGINEER!r}, password: {password}\n"
+               f"This is the only time it is shown. Sign in as {FIRST_ENGINEER}, add an account per person "
+               f"(`linewatch operator add NAME --role ...`), then `linewatch operator remove {FIRST_ENGINEER}`.")
 
 
 @operator_app.command("remove")
@@ -84,12 +135,13 @@ def operator_remove(name: str, accounts: AccountsOpt = None) -> None:
 
 @operator_app.command("list")
 def operator_list(accounts: AccountsOpt = None) -> None:
-    """The operators in the accounts file."""
+    """The operators in the accounts file, with their roles."""
     from linewatch.dashboard.accounts import AccountsError, load_accounts
 
     path = _accounts_file(accounts)
     try:
-        names = sorted(load_accounts(path))
+        found = load_accounts(path)
     except AccountsError as exc:
         fail(str(exc))
-    typer.echo("\n".join(names) if names else f"no operators in {path}")
+    typer.echo("\n".join(f"{name}\t{found[name].role}" for name in sorted(found)) if found
+               else f"no operators in {path}")

@@ -24,7 +24,7 @@ def open_registry():
     s = load_settings()
     engine = make_engine(s.database_url)
     migrate(engine)
-    return ModelRegistry(engine, s.artifact_store_root, s.kafka if s.kafka.bootstrap_servers else None)
+    return ModelRegistry.for_settings(s, engine)
 
 
 def job_line(job) -> str:
@@ -106,6 +106,19 @@ def model_rollback(by: Annotated[str, typer.Option(help="who rolls back (recorde
     except RegistryError as exc:
         fail(str(exc))
     typer.echo(f"rolled back: {row.version} is active")
+
+
+@model_app.command("reannounce")
+def model_reannounce(by: Annotated[str, typer.Option(help="who re-announces (recorded)")] =
+                     os.environ.get("USER", "cli")) -> None:
+    """Announce the active version to the workers again (after an announcement that failed)."""
+    from linewatch.trainer.registry import RegistryError
+
+    try:
+        row = open_registry().reannounce(by)
+    except RegistryError as exc:
+        fail(str(exc))
+    typer.echo(f"{row.version} announced again")
 
 
 @model_app.command("jobs")

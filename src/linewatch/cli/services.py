@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import user_errors
+from .errors import fail, user_errors
 from .options import load_settings, with_values
 
 
@@ -45,12 +45,21 @@ def up(
 def dashboard(
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="port [settings: dashboard.port]")] = None,
     address: Annotated[str | None, typer.Option(help="interface to listen on [settings: dashboard.address]")] = None,
+    init_accounts: Annotated[bool, typer.Option(
+        "--init-accounts", help="when the accounts file (dashboard.accounts_file) does not exist, create it with "
+        "one engineer, admin, and print a random password once (as `linewatch operator init`)")] = False,
 ) -> None:
     """Run the Streamlit dashboard: live defect rates, heatmaps, defect gallery, operator review, models.
 
     The process becomes ``streamlit run`` (same PID), so SIGTERM stops the dashboard directly.
     """
     s = with_values(load_settings(), "dashboard", port=port, address=address)
+    if init_accounts:
+        from .accounts import init_accounts_file
+
+        if s.dashboard.accounts_file is None:
+            fail("--init-accounts needs an accounts file: set LINEWATCH_DASHBOARD__ACCOUNTS_FILE")
+        init_accounts_file(s.dashboard.accounts_file)
     _refuse_a_newer_record(s.database_url)
     # `streamlit run dashboard/app.py` with these options (see linewatch.dashboard.launch for why a launcher)
     argv = [sys.executable, "-m", "linewatch.dashboard.launch",

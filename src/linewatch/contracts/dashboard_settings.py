@@ -4,8 +4,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+# What a person may do at the dashboard, each role including the ones before it: a viewer looks; an operator also
+# labels frames; an engineer also retrains, activates, rolls back and re-announces models.
+Role = Literal["viewer", "operator", "engineer"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "engineer")
 
 
 class AlarmSettings(BaseModel):
@@ -46,6 +52,19 @@ class DashboardSettings(BaseModel):
     page_size: int = Field(24, ge=1, le=500, description="frames per page in galleries and the review queue")
     address: str = Field("0.0.0.0", description="interface the dashboard listens on")
     oidc_provider: str | None = Field(None, description="named provider in secrets.toml [auth.<name>]; none = [auth]")
+    oidc_roles: dict[str, Role] = Field(
+        {}, description="OIDC: an email address or a group (from the identity token's oidc_groups_claim) -> role; "
+        "a person matching several gets the highest; matched case-insensitively")
+    oidc_groups_claim: str = Field("groups", description="OIDC: the identity token claim that lists the groups")
+    oidc_default_role: Role = Field(
+        "viewer", description="OIDC: the role of a signed-in person matching no oidc_roles entry (viewer: signing "
+        "in with the company identity provider lets anyone look, and only the people mapped label)")
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 14, description="accounts mode: how long a sign-in lasts (the signed cookie's age), "
+        "hours")
+    cookie_secret: SecretStr | None = Field(
+        None, description="accounts mode: the key that signs the sign-in cookie (at least 32 characters; e.g. a "
+        "secret file dashboard__cookie_secret); none = a random key kept beside the accounts file")
     query_timeout_s: float = Field(5.0, gt=0, description="longest a dashboard SQL query may run, seconds")
     timezone: str = Field("UTC", description="IANA time zone for times shown and for shift boundaries")
     shift_starts: list[str] = Field(["06:00", "14:00", "22:00"], min_length=1,
@@ -64,6 +83,13 @@ class DashboardSettings(BaseModel):
     review_min_view_s: float = Field(
         0.5, ge=0, le=5, description="a click labels a frame only once it has been in that place on screen this "
         "long, seconds: a double click never labels the frame that replaced the one clicked")
+
+    @field_validator("cookie_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("cookie_secret needs at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
     @field_validator("review_band")
     @classmethod

@@ -1,9 +1,10 @@
-"""The local accounts file: operator names and scrypt password hashes (no passwords are ever stored).
+"""The local accounts file: operator names, their roles and scrypt password hashes (no passwords are ever stored).
 
 Format (TOML), written by ``linewatch operator add``::
 
     [operators."alice"]
     password_hash = "scrypt$16384$8$1$<salt, base64>$<hash, base64>"
+    role = "engineer"        # viewer | operator | engineer; absent = operator (files written before roles)
 
 This module has no Streamlit dependency, so the CLI can use it.
 """
@@ -15,8 +16,12 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+
+from linewatch.contracts.dashboard_settings import ROLES, Role
 
 SCHEME = "scrypt"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -26,13 +31,36 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 # Operator passwords: at least 12 characters (OWASP ASVS 4.0.3, V2.1.1), counted as Unicode code points.
 MIN_PASSWORD_CHARS = 12
 
+# The role of an account the file gives none: files written before roles existed keep labelling.
+DEFAULT_ROLE: Role = "operator"
+FIRST_ENGINEER = "admin"  # the account `linewatch operator init` creates in an empty accounts file
+
 # Checked against when the name is unknown, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = None
 
 
 class AccountsError(ValueError):
-    """The accounts file is missing, unreadable or malformed, an account name is invalid, or a new password is
-    too short."""
+    """The accounts file is missing, unreadable or malformed, an account name or role is invalid, or a new
+    password is too short."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """One account of the file: its scrypt hash (:func:`hash_password`) and its role (``ROLES``)."""
+
+    password_hash: str
+    role: Role = DEFAULT_ROLE
+
+
+def validate_role(role: str) -> Role:
+    """``role`` if it is one of ``ROLES``.
+
+    Raises:
+        AccountsError: it is not.
+    """
+    if role not in ROLES:
+        raise AccountsError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    return role  # type: ignore[return-value]
 
 
 def check_new_password(password: str) -> str:
@@ -81,16 +109,16 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-def check_login(accounts: dict[str, str], name: str, password: str) -> bool:
+def check_login(accounts: dict[str, Account], name: str, password: str) -> bool:
     """Whether ``name`` is an account whose password is ``password``. Takes as long for an unknown name."""
     global _DUMMY_HASH
-    stored = accounts.get(name)
-    if stored is None:
+    account = accounts.get(name)
+    if account is None:
         if _DUMMY_HASH is None:
             _DUMMY_HASH = hash_password("linewatch-dummy-password")
         verify_password(password, _DUMMY_HASH)
         return False
-    return verify_password(password, stored)
+    return verify_password(password, account.password_hash)
 
 
 def validate_name(name: str) -> str:
@@ -104,11 +132,12 @@ def validate_name(name: str) -> str:
     return name
 
 
-def load_accounts(path: Path) -> dict[str, str]:
-    """Operator name -> password hash from the accounts file.
+def load_accounts(path: Path) -> dict[str, Account]:
+    """Operator name -> :class:`Account` from the accounts file (an entry without ``role`` is an operator).
 
     Raises:
-        AccountsError: the file is missing, is not TOML, or has entries without a ``password_hash``.
+        AccountsError: the file is missing, is not TOML, or has entries without a ``password_hash`` or with an
+            unknown ``role``.
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -124,11 +153,15 @@ def load_accounts(path: Path) -> dict[str, str]:
     for name, entry in operators.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("password_hash"), str):
             raise AccountsError(f"accounts file {path}: operator {name!r} has no password_hash")
-        out[name] = entry["password_hash"]
+        try:
+            role = validate_role(entry.get("role", DEFAULT_ROLE))
+        except AccountsError as exc:
+            raise AccountsError(f"accounts file {path}: operator {name!r}: {exc}") from None
+        out[name] = Account(entry["password_hash"], role)
     return out
 
 
-def save_accounts(path: Path, accounts: dict[str, str]) -> None:
+def save_accounts(path: Path, accounts: dict[str, Account]) -> None:
     """Write the accounts file atomically, readable by its owner only.
 
     Raises:
@@ -138,7 +171,9 @@ def save_accounts(path: Path, accounts: dict[str, str]) -> None:
     lines = ["# linewatch operator accounts, written by `linewatch operator add`. Only scrypt hashes are stored.", ""]
     for name in sorted(accounts):
         validate_name(name)
-        lines += [f'[operators."{name}"]', f'password_hash = "{accounts[name]}"', ""]
+        account = accounts[name]
+        lines += [f'[operators."{name}"]', f'password_hash = "{account.password_hash}"',
+                  f'role = "{validate_role(account.role)}"', ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -147,20 +182,59 @@ def save_accounts(path: Path, accounts: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def set_password(path: Path, name: str, password: str) -> bool:
-    """Add an operator, or replace their password; True when the operator is new.
+def set_password(path: Path, name: str, password: str, role: str | None = None) -> bool:
+    """Add an operator, or replace their password; True when the operator is new. ``role``: their role (None:
+    unchanged for an existing account, :data:`DEFAULT_ROLE` for a new one).
 
     Raises:
-        AccountsError: invalid name, a password shorter than :data:`MIN_PASSWORD_CHARS`, or a malformed existing
-            file. OSError.
+        AccountsError: invalid name or role, a password shorter than :data:`MIN_PASSWORD_CHARS`, or a malformed
+            existing file. OSError.
     """
     validate_name(name)
     check_new_password(password)
+    if role is not None:
+        validate_role(role)
     accounts = load_accounts(path) if Path(path).exists() else {}
-    new = name not in accounts
-    accounts[name] = hash_password(password)
+    old = accounts.get(name)
+    accounts[name] = Account(hash_password(password), role or (old.role if old else DEFAULT_ROLE))
     save_accounts(path, accounts)
-    return new
+    return old is None
+
+
+def set_role(path: Path, name: str, role: str) -> None:
+    """Give the existing operator ``name`` the role ``role`` (their password stays). Takes effect on their next
+    page run: the dashboard reads the role from the file each time.
+
+    Raises:
+        AccountsError: unknown role or operator, or a missing or malformed file. OSError.
+    """
+    validate_role(role)
+    accounts = load_accounts(path)
+    if name not in accounts:
+        raise AccountsError(f"no operator {name!r} in {path}")
+    accounts[name] = Account(accounts[name].password_hash, role)  # type: ignore[arg-type]
+    save_accounts(path, accounts)
+
+
+def init_accounts(path: Path) -> str | None:
+    """Create the accounts file with one engineer, :data:`FIRST_ENGINEER`, and a random password (20 characters
+    from ``secrets``), returned to be shown once; None (nothing written) when the file already exists.
+
+    The file is created exclusively (``O_EXCL``), so two processes starting at once cannot both create it.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    os.close(fd)
+    password = secrets.token_urlsafe(15)  # 20 characters, 120 random bits
+    save_accounts(path, {FIRST_ENGINEER: Account(hash_password(password), "engineer")})
+    return password
 
 
 def remove_account(path: Path, name: str) -> bool:

@@ -16,15 +16,17 @@ import threading
 import time
 from collections import defaultdict
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.live_state import LiveStateReader, connect_settings
+from linewatch.contracts.schema import ModelVersion
 from linewatch.contracts.settings import Settings
 
 from . import telemetry
 from .alarms import STORES, Alarm, CameraView, Observed, evaluate
+from .model_review import unix_time
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,13 @@ class AlarmWatch:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # noqa: BLE001 -- any failure is the alarm's reason
             seen.unreachable["sql"] = _reason(exc)
+        try:  # a record without the registry's table yet (not migrated) is no SQL outage: no rollout check
+            with self.engine.connect() as conn:
+                active = conn.execute(select(ModelVersion.version, ModelVersion.activated_at)
+                                      .where(ModelVersion.status == "active")).first()
+            seen.registry = (active.version, unix_time(active.activated_at)) if active is not None else None
+        except Exception:  # noqa: BLE001, S110 -- unreachable is judged above
+            pass
         if self.reader is None:
             seen.unreachable["redis"] = "no Redis is configured (LINEWATCH_REDIS__URL)"
             return seen

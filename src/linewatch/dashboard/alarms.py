@@ -17,6 +17,8 @@ kind                   subject   severity  raised when
                                            worker waits for it
 ``defect_rate``        line      critical  defects / inspected over ``defect_rate_window_s`` (processing time)
                                            above the line's limit, with at least ``defect_rate_min_frames``
+``model_rollout``      worker    critical  a live worker does not run the registry's active version (or has not
+                                           heard it announced) 60 s after the activation (:mod:`.model_review`)
 ``image_store_full``   worker    warning   kept frames cannot be written (inspected and recorded without them)
 ``clock_skew``         camera    warning   the camera's clock disagrees with the frames' arrival
                                            (:mod:`linewatch.contracts.clock`)
@@ -41,11 +43,12 @@ from linewatch.contracts.dashboard_settings import AlarmSettings
 from linewatch.contracts.live_state import WORKER_STALE_S, Counts
 from linewatch.contracts.messages import InspectionResult
 
+from .model_review import UNKNOWN, disagreements
 from .views import skew_text
 from .windows import duration
 
-KINDS = ("inspection_behind", "worker_stalled", "no_worker", "store_unreachable", "defect_rate", "image_store_full",
-         "clock_skew", "drift")
+KINDS = ("inspection_behind", "worker_stalled", "no_worker", "store_unreachable", "defect_rate", "model_rollout",
+         "image_store_full", "clock_skew", "drift")
 STORES = ("broker", "redis", "sql")
 NO_WORKER_AFTER_CAMERA_S = 3600.0  # a camera quiet longer than this is a line stopped on purpose, not a lost worker
 DRIFT_STATE_MAX_AGE_S = 900.0  # a drift state not renewed for 15 min is a camera that stopped sending, not an alarm
@@ -109,7 +112,9 @@ class CameraView:
 class Observed:
     """One snapshot of the line at ``at`` (Unix s). ``unreachable``: store -> why it did not answer;
     ``cameras``/``workers``/``line_counts`` are empty when Redis did not answer; ``line_counts``: per line over
-    the defect-rate window; ``drift``: camera_id -> the drift monitor's state (see :func:`drift`)."""
+    the defect-rate window; ``drift``: camera_id -> the drift monitor's state (see :func:`drift`); ``registry``:
+    the registry's active version and its activation time (Unix s), None when none is active or SQL did not
+    answer."""
 
     at: float
     cameras: dict[str, CameraView] = field(default_factory=dict)
@@ -117,12 +122,13 @@ class Observed:
     line_counts: dict[str, Counts] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
     drift: dict[str, dict] = field(default_factory=dict)
+    registry: tuple[str, float | None] | None = None
 
 
 def evaluate(seen: Observed, settings: AlarmSettings, clock: ClockRule) -> list[Alarm]:
     """Every active alarm in ``seen``, critical first, then by kind (:data:`KINDS` order) and subject."""
     alarms = (stores(seen) + behind(seen, settings) + workers(seen, settings) + defect_rates(seen, settings)
-              + clocks(seen, clock) + drift(seen))
+              + rollout(seen) + clocks(seen, clock) + drift(seen))
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(alarms, key=lambda a: (a.severity != "critical", order[a.kind], a.subject))
 
@@ -191,6 +197,15 @@ def defect_rates(seen: Observed, settings: AlarmSettings) -> list[Alarm]:
                              f"Defect rate on line {line}: {rate:.1%} of {counts.inspected:,} frames in the last "
                              f"{duration(settings.defect_rate_window_s)} (limit {limit:.1%})", rate))
     return out
+
+
+def rollout(seen: Observed) -> list[Alarm]:
+    """``model_rollout`` for each live worker not on the registry's active version once the rollout window is
+    over (:func:`.model_review.disagreements`; the models topic itself is checked by the Models page)."""
+    if seen.registry is None:
+        return []
+    found = disagreements(*seen.registry, UNKNOWN, seen.workers, seen.at)
+    return [Alarm("model_rollout", d.subject, "critical", d.text) for d in found]
 
 
 def clocks(seen: Observed, clock: ClockRule) -> list[Alarm]:

@@ -1,34 +1,47 @@
-"""Who is at the dashboard, and whether they may label.
+"""Who is at the dashboard, what they may do, and signing in and out.
 
 Three modes, chosen by the settings:
 
-- ``oidc`` (``dashboard.oidc``): Streamlit's built-in OpenID Connect login (``st.login``), configured in
-  ``.streamlit/secrets.toml``; the operator is the identity token's email (or name, or subject).
-- ``accounts`` (``dashboard.accounts_file``): a sign-in form checked against the accounts file.
-- ``name``: neither is configured; operators type their name before they can label.
+- ``oidc`` (``dashboard.oidc``): Streamlit's built-in OpenID Connect login (``st.login``, which keeps its own
+  cookie), configured in ``.streamlit/secrets.toml``; the operator is the identity token's email (or name, or
+  subject); the role comes from ``dashboard.oidc_roles`` (email or group -> role, the highest match wins), else
+  ``dashboard.oidc_default_role`` (viewer).
+- ``accounts`` (``dashboard.accounts_file``): a sign-in form checked against the accounts file, which gives each
+  person a role; the sign-in is kept in a signed, expiring cookie (:mod:`.session_cookie`), so it survives a
+  reload. The role is read from the file on every page run.
+- ``name``: neither is configured (the demo mode); operators type their name before they can label, and anyone
+  who types one is an operator.
 
-In the first two modes anonymous viewers can look at every page but cannot label.
+In the first two modes anonymous viewers can look at every page but cannot label. Signing out gives the
+operator's open review frames back to the queue at once (in ``name`` mode there is no sign-out: a changed name's
+frames stay reserved until their claim runs out).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
 
+from linewatch.contracts.dashboard_settings import ROLES, Role
 from linewatch.contracts.settings import Settings
 
+from . import data, session_cookie
 from .accounts import AccountsError, check_login, load_accounts
+from .review_queue import release
+
+__all__ = ["ROLES", "Mode", "Operator", "Role", "current_operator", "may", "mode", "sidebar"]
 
 Mode = Literal["oidc", "accounts", "name"]
-# What a person may do, each role including the ones before it: a viewer looks; an operator also labels
-# frames; an engineer also activates, rolls back and re-announces models.
-Role = Literal["viewer", "operator", "engineer"]
-ROLES: tuple[Role, ...] = ("viewer", "operator", "engineer")
 
-_SESSION_KEY = "lw_operator"
+_SESSION_KEY = "lw_operator"  # accounts mode: (name, signed in at, Unix seconds)
+_SIGNED_OUT = "lw_signed_out"  # accounts mode: signed out in this session; the cookie sent with the page is void
+_COOKIE_CHECKED = "lw_cookie_checked"
+_COOKIE_WRITE = "lw_cookie_write"  # token to store in the browser on the next run ("" = delete the cookie)
+_NOTICE = "lw_auth_notice"
 _NAME_KEY = "lw_operator_name"
 _MAX_NAME = 128  # the width of labels.operator
 
@@ -58,6 +71,18 @@ def mode(settings: Settings) -> Mode:
     return "name"
 
 
+def oidc_role(settings: Settings, user: Any) -> Role:
+    """The role of the OIDC identity ``user`` (``st.user``: a mapping of the token's claims): the highest role
+    ``dashboard.oidc_roles`` gives its email or one of its groups (claim ``dashboard.oidc_groups_claim``, a list
+    or one string), matched case-insensitively; else ``dashboard.oidc_default_role``."""
+    d = settings.dashboard
+    table = {key.casefold(): role for key, role in d.oidc_roles.items()}
+    groups = user.get(d.oidc_groups_claim) or []
+    keys = [user.get("email") or "", *([groups] if isinstance(groups, str) else list(groups))]
+    found = [table[str(k).casefold()] for k in keys if str(k).casefold() in table]
+    return max(found, key=ROLES.index) if found else d.oidc_default_role
+
+
 def current_operator(settings: Settings) -> Operator | None:
     """The operator of this browser session, or None for an anonymous viewer (who may not label)."""
     m = mode(settings)
@@ -65,12 +90,60 @@ def current_operator(settings: Settings) -> Operator | None:
         if not getattr(st.user, "is_logged_in", False):
             return None
         name = st.user.get("email") or st.user.get("name") or st.user.get("sub")
-        return Operator(str(name)[:_MAX_NAME], True) if name else None
+        return Operator(str(name)[:_MAX_NAME], True, oidc_role(settings, st.user)) if name else None
     if m == "accounts":
-        name = st.session_state.get(_SESSION_KEY)
-        return Operator(name, True) if name else None
+        return _account_operator(settings)
     typed = " ".join(str(st.session_state.get(_NAME_KEY) or "").split())[:_MAX_NAME]
-    return Operator(typed, False) if typed else None
+    return Operator(typed, False, "operator") if typed else None
+
+
+def _account_operator(settings: Settings) -> Operator | None:
+    """The signed-in account of this session: signed in here, or by a valid cookie sent with the page; its role
+    read from the accounts file now (an account removed since signs nobody in)."""
+    try:
+        accounts = load_accounts(settings.dashboard.accounts_file)
+    except AccountsError:
+        return None  # the sidebar says why nobody can sign in
+    max_age_s = settings.dashboard.session_hours * 3600
+    if _SESSION_KEY not in st.session_state and not st.session_state.get(_SIGNED_OUT) \
+            and not st.session_state.get(_COOKIE_CHECKED):
+        st.session_state[_COOKIE_CHECKED] = True
+        token = st.context.cookies.get(session_cookie.COOKIE)
+        if token:
+            try:
+                st.session_state[_SESSION_KEY] = session_cookie.verify(
+                    token, accounts, session_cookie.signing_key(settings), max_age_s)
+            except ValueError as exc:  # CookieRefused, or an unusable key file
+                st.session_state[_NOTICE] = f"Your earlier sign-in was not accepted ({exc}): sign in again."
+                st.session_state[_COOKIE_WRITE] = ""
+    held = st.session_state.get(_SESSION_KEY)
+    if held is None:
+        return None
+    name, since = held
+    if time.time() - since > max_age_s:
+        _sign_out(settings, f"Your sign-in expired after {settings.dashboard.session_hours:g} h: sign in again.")
+        return None
+    account = accounts.get(name)
+    return Operator(name, True, account.role) if account else None
+
+
+def _release(settings: Settings, name: str) -> None:
+    """Give ``name``'s open review frames back to the queue (a failure only leaves them to their claim's end)."""
+    try:
+        release(data.engine(), name)
+    except SQLAlchemyError:
+        st.session_state[_NOTICE] = (f"Your open review frames stay reserved for up to "
+                                     f"{settings.dashboard.review_claim_s:g} s: the database did not answer.")
+
+
+def _sign_out(settings: Settings, notice: str | None = None) -> None:
+    held = st.session_state.pop(_SESSION_KEY, None)
+    st.session_state[_SIGNED_OUT] = True
+    st.session_state[_COOKIE_WRITE] = ""
+    if notice:
+        st.session_state[_NOTICE] = notice
+    if held:
+        _release(settings, held[0])
 
 
 def sidebar(settings: Settings) -> Operator | None:
@@ -89,7 +162,9 @@ def sidebar(settings: Settings) -> Operator | None:
                 st.caption("Type your name to label frames. Labels record who made them.")
         operator = current_operator(settings)
         if operator and m != "name":
-            st.caption(f"Signed in as **{operator.name}**")
+            st.caption(f"Signed in as **{operator.name}** ({operator.role})")
+            if not may(operator, "operator"):
+                st.caption("Viewers can look at every page; labelling needs the operator role.")
     return operator
 
 
@@ -97,6 +172,9 @@ def _oidc_controls(settings: Settings) -> None:
     provider = settings.dashboard.oidc_provider
     if getattr(st.user, "is_logged_in", False):
         if st.button("Sign out", key="lw_logout"):
+            operator = current_operator(settings)
+            if operator is not None:
+                _release(settings, operator.name)
             st.logout()
         return
     st.caption("Sign in to label frames. Anyone may look.")
@@ -108,10 +186,16 @@ def _oidc_controls(settings: Settings) -> None:
 
 
 def _accounts_controls(settings: Settings) -> None:
-    if st.session_state.get(_SESSION_KEY):
-        if st.button("Sign out", key="lw_logout"):
-            del st.session_state[_SESSION_KEY]
-            st.rerun()
+    signed_in = current_operator(settings) is not None  # also reads the cookie sent with the page
+    write = st.session_state.pop(_COOKIE_WRITE, None)
+    if write is not None:  # the browser stores (or deletes) the cookie: Streamlit cannot send Set-Cookie
+        st.html(session_cookie.write_script(write, settings.dashboard.session_hours * 3600),
+                unsafe_allow_javascript=True)
+    notice = st.session_state.pop(_NOTICE, None)
+    if notice:
+        st.info(notice)
+    if signed_in:
+        st.button("Sign out", key="lw_logout", on_click=_sign_out, args=(settings,))
         return
     st.caption("Sign in to label frames. Anyone may look.")
     with st.form("lw_login_form", clear_on_submit=True, enter_to_submit=True):
@@ -122,12 +206,16 @@ def _accounts_controls(settings: Settings) -> None:
         return
     try:
         accounts = load_accounts(settings.dashboard.accounts_file)
-    except AccountsError as exc:
+        key = session_cookie.signing_key(settings)
+    except (AccountsError, ValueError) as exc:
         st.error(f"Sign-in is unavailable: {exc}")
         return
     name = name.strip()
     if check_login(accounts, name, password):
-        st.session_state[_SESSION_KEY] = name
+        now = time.time()
+        st.session_state[_SESSION_KEY] = (name, now)
+        st.session_state[_SIGNED_OUT] = False
+        st.session_state[_COOKIE_WRITE] = session_cookie.issue(name, accounts[name], key, now)
         st.rerun()
     time.sleep(1.0)  # slows down password guessing from one session
     st.error("Unknown operator or wrong password.")

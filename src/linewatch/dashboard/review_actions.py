@@ -87,13 +87,26 @@ def _refusal(place: str, inspection_id: int, min_view_s: float) -> str | None:
     return None
 
 
-def label(ids: list[int], value: str, place: str) -> None:
-    """Button callback: ``operator`` labels the frames ``ids`` drawn at ``place`` as ``value`` (good | defect).
-    Refused (nothing stored) when the frame has not been in that place for ``dashboard.review_min_view_s``."""
-    s = data.settings()
+def labeller(s) -> auth.Operator | None:
+    """The operator of this session if they may label (role operator or above); else None, with the reason
+    flashed. Every callback that stores or takes back a label asks this on the server, whatever the page drew."""
     operator = auth.current_operator(s)
     if operator is None:
         flash("error", "Sign in before labelling.")
+        return None
+    if not auth.may(operator, "operator"):
+        flash("error", f"Nothing labelled: {operator.name} is a viewer, and viewers cannot label.")
+        return None
+    return operator
+
+
+def label(ids: list[int], value: str, place: str) -> None:
+    """Button callback: ``operator`` labels the frames ``ids`` drawn at ``place`` as ``value`` (good | defect).
+    Refused (nothing stored) when the person may not label (:func:`labeller`) or the frame has not been in that
+    place for ``dashboard.review_min_view_s``."""
+    s = data.settings()
+    operator = labeller(s)
+    if operator is None:
         return
     for inspection_id in ids:
         refusal = _refusal(place, inspection_id, s.dashboard.review_min_view_s)
@@ -154,9 +167,8 @@ def bulk_confirm(ids: list[int]) -> None:
     question was on screen long enough to be read (a double click on the first step does not answer it)."""
     s = data.settings()
     pending = st.session_state.get(_PENDING)
-    operator = auth.current_operator(s)
+    operator = labeller(s)
     if operator is None:
-        flash("error", "Sign in before labelling.")
         return
     if pending is None or tuple(ids) != pending[0]:
         flash("warn", "Nothing labelled: that confirmation is no longer current.")
@@ -179,7 +191,7 @@ def undo() -> None:
     """Take back the operator's last action; a second undo within ``dashboard.review_min_view_s`` of the first
     (a double click) is refused, so it never takes back an older action unseen."""
     s = data.settings()
-    operator = auth.current_operator(s)
+    operator = labeller(s)
     if operator is None:
         return
     last = st.session_state.get(_UNDONE)

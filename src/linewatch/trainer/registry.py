@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from linewatch.contracts.files import path_of, sha256_file, uri_of
 from linewatch.contracts.messages import ModelAnnouncement
 from linewatch.contracts.schema import ModelVersion
-from linewatch.contracts.settings import KafkaSettings
+from linewatch.contracts.settings import KafkaSettings, Settings
 from linewatch.detector.model_files import (
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -76,6 +76,13 @@ class ModelRegistry:
         self.engine = engine
         self.root = Path(artifact_root).resolve()
         self.kafka = kafka
+
+    @classmethod
+    def for_settings(cls, settings: Settings, engine: Engine) -> ModelRegistry:
+        """The registry of ``settings``' artifact store on ``engine``, announcing on its Kafka cluster (none
+        configured: SQL only)."""
+        return cls(engine, settings.artifact_store_root,
+                   settings.kafka if settings.kafka.bootstrap_servers else None)
 
     # ---- reading --------------------------------------------------------------------------------------
 
@@ -254,6 +261,27 @@ class ModelRegistry:
             announce(self.kafka, ModelAnnouncement(version=row.version, artifact_uri=row.artifact_uri,
                                                    activated_at=row.activated_at or dt.datetime.now(dt.UTC),
                                                    activated_by=row.activated_by))
+
+    def reannounce(self, by: str) -> ModelVersion:
+        """Announce the active version again (after an announcement that failed: SQL says vN is active while the
+        models topic, and so the workers, still name another); the notes record who did it and when.
+
+        Raises:
+            RegistryError: no version is active, or no Kafka cluster is configured to announce on.
+            KafkaError: the announcement failed again.
+        """
+        if self.kafka is None:
+            raise RegistryError("no Kafka cluster is configured (kafka.bootstrap_servers): nothing to announce on")
+        row = self.active()
+        if row is None:
+            raise RegistryError("no version is active: nothing to announce")
+        self.announce(row)
+        note = f"re-announced by {by} at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+        with Session(self.engine) as s, s.begin():  # the notes only: the status is activate()'s to change
+            s.execute(update(ModelVersion).where(ModelVersion.version == row.version)
+                      .values(notes=func.coalesce(ModelVersion.notes + "\n", "") + note))
+        log.info("model %s re-announced by %s", row.version, by)
+        return self.get(row.version)
 
     def rollback(self, by: str) -> ModelVersion:
         """Re-activate the version that was active before the current one.

@@ -1,5 +1,8 @@
-"""Models: registered versions, their metrics and thresholds, which one is active and which ones workers run,
-and the retraining controls: a "Retrain now" button (for a named operator) and the training jobs' progress."""
+"""Models: where a person decides about models. Whether the registry, the models topic and the workers agree (with
+"Re-announce" when they do not), the engineer's actions (activate, roll back, re-announce: :mod:`..model_actions`),
+the promotion evidence of a version beside the model it was judged against (:mod:`..model_review`), the registered
+versions with their metrics and thresholds, which ones workers run, and retraining: a "Retrain now" button (for a
+named operator) and the training jobs' progress."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from linewatch.contracts.schema import ModelVersion
 from linewatch.trainer import job_queue as training_jobs
 
-from .. import auth, data, telemetry, views
+from .. import auth, data, model_actions, model_review, telemetry, views
 from ..windows import fmt
 
 MAX_METRICS = 40
@@ -33,7 +36,12 @@ def render() -> None:
     if active is not None:
         st.success(f"Active model: **{active.version}** ({active.backbone}), activated "
                    f"{fmt(active.activated_at, zone)} by {active.activated_by or 'unknown'}")
+    model_actions.rollout_check()
+    st.subheader("Decide")
+    model_actions.actions(versions, active)
     if versions:
+        _evidence(versions, active)
+        st.subheader("Versions")
         st.table([_summary(v, in_use, zone) for v in versions], hide_index=True)
         for v in versions:
             with st.expander(f"{v.version}: metrics, thresholds and notes", expanded=v is active):
@@ -67,6 +75,29 @@ def render() -> None:
     _retraining()
 
 
+def _evidence(versions: list[ModelVersion], active: ModelVersion | None) -> None:
+    """A version's promotion evidence beside the model it was judged against, its verdict (never green when a side
+    of the evidence was empty) and both models' threshold evidence."""
+    st.subheader("Promotion evidence")
+    names = [v.version for v in versions]  # newest first
+    newest = max(versions, key=lambda v: v.number)
+    default = newest if active is None or newest.number > active.number else active
+    chosen = st.selectbox("Version", names, index=names.index(default.version), key="lw_evidence_version")
+    v = next(x for x in versions if x.version == chosen)
+    judged = model_review.verdict(v.metrics)
+    show = {"refused": st.error, "unchecked": st.warning, "passed": st.success, "none": st.info}[judged.state]
+    with st.container(key=f"lw_verdict_{judged.state}"):
+        show(judged.text)
+    table = model_review.comparison(v.version, v.metrics, v.parent_version)
+    if table:
+        st.table(table, hide_index=True)
+    parent = next((x for x in versions if x.version == v.parent_version), None)
+    shown = [v] + ([parent] if parent is not None else []) + ([active] if active not in (None, v, parent) else [])
+    st.markdown("**Threshold evidence** (held-out goods never trained on)")
+    with st.container(key="lw_threshold_evidence"):
+        st.table([{"version": x.version, **model_review.calibration(x.thresholds)} for x in shown], hide_index=True)
+
+
 def _retraining() -> None:
     """Ask for a retraining (one job at a time: the trainer service runs it) and follow the jobs."""
     st.subheader("Retraining")
@@ -86,7 +117,7 @@ def _retraining() -> None:
                 st.error(f"Could not queue the job: {views.explain(exc)}")
     with right:
         st.caption(f"The trainer also retrains by itself after {s.trainer.min_new_good} frames confirmed good. "
-                   "Roll back or activate a version with `linewatch model rollback` / `linewatch model activate`.")
+                   "Engineers activate and roll back above (or with `linewatch model activate` / `rollback`).")
     _jobs_table()
 
 
@@ -101,6 +132,7 @@ def _jobs_table() -> None:
         st.caption("No training job yet.")
         return
     zone = data.settings().dashboard.timezone
+    _progress(jobs)
     st.table([{
         "job": j.id, "status": j.status, "stage": j.stage or "—", "trigger": j.trigger,
         "asked by": j.requested_by or "—",
@@ -109,6 +141,24 @@ def _jobs_table() -> None:
         "result": j.candidate_version or "—", "started": fmt(j.started_at, zone, seconds=False),
         "error": (j.error or "").splitlines()[0][:120] if j.error else "",
     } for j in jobs], hide_index=True)
+
+
+def _progress(jobs: list) -> None:
+    """A progress bar for the job queued or running (epochs done / epochs, time left), and why the newest job that
+    ended failed, if it failed; ``jobs`` newest first."""
+    job = next((j for j in jobs if j.status in ("running", "queued")), None)
+    if job is not None and job.status == "running":
+        known = job.epoch is not None and bool(job.epochs)
+        epochs = f"epoch {job.epoch}/{job.epochs}" if known else "no epoch done yet"
+        left = f", about {job.eta_s:.0f} s left" if job.eta_s else ""
+        st.progress(min(1.0, max(0.0, job.epoch / job.epochs)) if known else 0.0,
+                    text=f"Training job {job.id}: {job.stage or 'starting'}, {epochs}{left}")
+    elif job is not None:
+        st.progress(0.0, text=f"Training job {job.id}: queued, waiting for the trainer service")
+    ended = next((j for j in jobs if j.status in ("succeeded", "failed")), None)
+    if ended is not None and ended.status == "failed":
+        reason = (ended.error or "no reason recorded").splitlines()[0]
+        st.error(f"Training job {ended.id} failed: {reason}")
 
 
 def _in_use() -> dict[str, dict[str, str]] | None:

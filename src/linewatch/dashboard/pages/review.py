@@ -42,7 +42,10 @@ def render() -> None:
     s = data.settings()
     zone = s.dashboard.timezone
     db = data.engine()
-    operator = auth.current_operator(s)
+    person = auth.current_operator(s)
+    # A viewer sees what an anonymous visitor sees: no label buttons, no frames held (review_actions refuses a
+    # viewer's label on the server too).
+    operator = person if auth.may(person, "operator") else None
     st.html(_STYLE)
     st.title("Review")
     left, right = st.columns(2)
@@ -74,7 +77,7 @@ def render() -> None:
               help=f"Confirmed-good images the trainer may learn from; it retrains after "
                    f"{s.trainer.min_new_good} new ones.")
     with c3:
-        _operator_bar(operator, s)
+        _operator_bar(person, s)
     flash = review_actions.take_flash()
     with st.container():  # a fixed slot, so the elements below keep their places across reruns
         if flash:
@@ -188,6 +191,9 @@ def _operator_bar(operator: auth.Operator | None, s) -> None:
             st.info("Type your name in the sidebar to label frames.")
         else:
             st.info("Sign in (sidebar) to label frames. Anyone may look.")
+        return
+    if not auth.may(operator, "operator"):
+        st.info(f"Signed in as **{operator.name}**, a viewer: viewers may look but not label.")
         return
     st.caption(f"Labelling as **{operator.name}**" + ("" if operator.verified else " (name typed, not signed in)"))
     st.button("Undo my last label", key="lw_undo", shortcut="U", icon=":material/undo:", on_click=review_actions.undo)
