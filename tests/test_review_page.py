@@ -32,8 +32,14 @@ PRIMARY_RED = "rgb(197, 57, 72)"  # the dashboard theme's primaryColor (#c53948)
 
 
 def sign_in_by_name(page: Page, name: str) -> None:
-    page.get_by_label("Your name (needed to label)").fill(name)
-    page.get_by_label("Your name (needed to label)").press("Enter")
+    """Type ``name`` once the page's run is over (a run still drawing the sidebar may replace the field and drop
+    what was typed), and return once the page labels as ``name``."""
+    ui.settled(page)
+    field = page.get_by_label("Your name (needed to label)")
+    field.fill(name)
+    expect(field).to_have_value(name)
+    field.press("Enter")
+    expect(page.get_by_text(f"Labelling as {name}")).to_be_visible()
     ui.looked(page)
 
 

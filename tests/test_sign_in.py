@@ -55,9 +55,14 @@ def dashboard(stores, accounts, **env: str) -> ui.Dashboard:
 
 
 def sign_in(page: Page, name: str) -> None:
+    """Fill the form once the page's run is over (a run still drawing the sidebar may replace the form and drop
+    what was typed), then wait until the sidebar says who is signed in."""
+    ui.settled(page)
     sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_label("Operator").fill(name)
-    sidebar.get_by_label("Password", exact=True).fill(PASSWORDS[name])
+    for label, value in (("Operator", name), ("Password", PASSWORDS[name])):
+        field = sidebar.get_by_label(label, exact=True)
+        field.fill(value)
+        expect(field).to_have_value(value)
     ui.click(sidebar.get_by_role("button", name="Sign in"))
     expect(sidebar.get_by_text(f"Signed in as {name}")).to_be_visible()
     ui.looked(page)
