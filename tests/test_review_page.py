@@ -220,5 +220,12 @@ def test_two_operators_never_get_the_same_frame_and_can_order_by_uncertainty(
             return s if s >= 1 else 1 / s
 
         assert frames_on_page(maria) == sorted(oldest_first[:3], key=lambda i: (distance(i), i))
+        # Olek corrects his name: the frames held under the old name go back to the queue (no sign-out in name
+        # mode), so the new name gets them and no claim of "olek" is left to block the queue.
+        sign_in_by_name(olek, "Olek K")
+        assert frames_on_page(olek) == oldest_first[3:6]
+        with stores.engine.connect() as conn:
+            claims = dict(conn.execute(select(ReviewClaim.inspection_id, ReviewClaim.operator)).all())
+        assert claims == {**dict.fromkeys(oldest_first[:3], "maria"), **dict.fromkeys(oldest_first[3:6], "Olek K")}
         ui.no_errors(maria)
         ui.no_errors(olek)

@@ -162,6 +162,32 @@ def test_a_sign_in_survives_a_reload_and_a_tampered_or_expired_cookie_signs_nobo
                 other.wait_for_timeout(200)
             assert session_cookies(other) == []
             other.context.close()
+
+        # Alice changes her password: a wrong current one changes nothing; then the old cookie signs nobody in
+        # and this browser holds a new one.
+        sidebar = page.get_by_test_id("stSidebar")
+        new_password = "alice's new long password"
+        for current in ("not alice's password", PASSWORDS["alice"]):
+            ui.settled(page)
+            if not sidebar.get_by_label("Current password").is_visible():
+                ui.click(sidebar.get_by_text("Change password", exact=True).first)
+            for label, value in (("Current password", current), ("New password", new_password),
+                                 ("New password again", new_password)):
+                sidebar.get_by_label(label, exact=True).fill(value)
+            ui.click(sidebar.get_by_role("button", name="Change password"))
+            if current != PASSWORDS["alice"]:
+                expect(sidebar.get_by_text("Password not changed: the current password is wrong")).to_be_visible()
+                session_cookie.verify(cookie["value"], load_accounts(accounts), SECRET.encode(), 12 * 3600)
+        expect(sidebar.get_by_text("Password changed.", exact=False)).to_be_visible()
+        with pytest.raises(session_cookie.CookieRefused, match="the password of 'alice' changed since"):
+            session_cookie.verify(cookie["value"], load_accounts(accounts), SECRET.encode(), 12 * 3600)
+        deadline = time.monotonic() + 10
+        while [c["value"] for c in session_cookies(page)] in ([], [cookie["value"]]) and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        [renewed] = session_cookies(page)
+        assert session_cookie.verify(renewed["value"], load_accounts(accounts), SECRET.encode(), 12 * 3600)[0] \
+            == "alice"
+        expect(sidebar.get_by_text("Signed in as alice (operator)")).to_be_visible()
         assert stores.labels() == []
         ui.no_errors(page)
 

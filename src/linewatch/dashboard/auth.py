@@ -13,8 +13,9 @@ Three modes, chosen by the settings:
   who types one is an operator.
 
 In the first two modes anonymous viewers can look at every page but cannot label. Signing out gives the
-operator's open review frames back to the queue at once (in ``name`` mode there is no sign-out: a changed name's
-frames stay reserved until their claim runs out).
+operator's open review frames back to the queue at once; in ``name`` mode, changing or clearing the typed name
+does the same for the old name. In ``accounts`` mode a signed-in person can change their own password (sidebar),
+which ends their sign-ins in other browsers.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from linewatch.contracts.dashboard_settings import ROLES, Role
 from linewatch.contracts.settings import Settings
 
 from . import data, session_cookie
-from .accounts import AccountsError, check_login, load_accounts
+from .accounts import AccountsError, check_login, load_accounts, set_password
 from .review_queue import release
 
 __all__ = ["ROLES", "Mode", "Operator", "Role", "current_operator", "may", "mode", "sidebar"]
@@ -43,6 +44,7 @@ _COOKIE_CHECKED = "lw_cookie_checked"
 _COOKIE_WRITE = "lw_cookie_write"  # token to store in the browser on the next run ("" = delete the cookie)
 _NOTICE = "lw_auth_notice"
 _NAME_KEY = "lw_operator_name"
+_NAME_HELD = "lw_operator_name_held"  # name mode: the name this session labelled under at its last run
 _MAX_NAME = 128  # the width of labels.operator
 
 
@@ -158,7 +160,9 @@ def sidebar(settings: Settings) -> Operator | None:
         else:
             st.text_input("Your name (needed to label)", key=_NAME_KEY, max_chars=_MAX_NAME,
                           placeholder="e.g. Maria Lopez")
-            if not current_operator(settings):
+            typed = current_operator(settings)
+            _release_changed_name(settings, typed.name if typed else None)
+            if not typed:
                 st.caption("Type your name to label frames. Labels record who made them.")
         operator = current_operator(settings)
         if operator and m != "name":
@@ -166,6 +170,16 @@ def sidebar(settings: Settings) -> Operator | None:
             if not may(operator, "operator"):
                 st.caption("Viewers can look at every page; labelling needs the operator role.")
     return operator
+
+
+def _release_changed_name(settings: Settings, name: str | None) -> None:
+    """Name mode: when this session's name changed (or was cleared) since its last run, give the frames held
+    under the old name back to the queue, as a sign-out does. Checked on each run rather than in an
+    ``on_change`` callback, which runs before the page knows the new name."""
+    held = st.session_state.get(_NAME_HELD)
+    if held and held != name:
+        _release(settings, held)
+    st.session_state[_NAME_HELD] = name
 
 
 def _oidc_controls(settings: Settings) -> None:
@@ -196,6 +210,7 @@ def _accounts_controls(settings: Settings) -> None:
         st.info(notice)
     if signed_in:
         st.button("Sign out", key="lw_logout", on_click=_sign_out, args=(settings,))
+        _password_change(settings)
         return
     st.caption("Sign in to label frames. Anyone may look.")
     with st.form("lw_login_form", clear_on_submit=True, enter_to_submit=True):
@@ -219,3 +234,37 @@ def _accounts_controls(settings: Settings) -> None:
         st.rerun()
     time.sleep(1.0)  # slows down password guessing from one session
     st.error("Unknown operator or wrong password.")
+
+
+def _password_change(settings: Settings) -> None:
+    """The signed-in person changes their own password (the role stays). The new password voids every cookie
+    issued for the old one (:mod:`.session_cookie`), so this browser gets a new cookie and the others sign in
+    again."""
+    held = st.session_state.get(_SESSION_KEY)
+    if held is None:
+        return
+    with st.expander("Change password"), st.form("lw_password_form", clear_on_submit=True):
+        old = st.text_input("Current password", type="password", key="lw_password_old")
+        new = st.text_input("New password", type="password", key="lw_password_new")
+        again = st.text_input("New password again", type="password", key="lw_password_again")
+        if not st.form_submit_button("Change password"):
+            return
+        path = settings.dashboard.accounts_file
+        try:
+            accounts = load_accounts(path)
+            if not check_login(accounts, held[0], old):
+                time.sleep(1.0)  # as at sign-in: slows down guessing
+                raise AccountsError("the current password is wrong")
+            if new != again:
+                raise AccountsError("the two new passwords differ")
+            set_password(path, held[0], new)
+            now = time.time()
+            token = session_cookie.issue(held[0], load_accounts(path)[held[0]], session_cookie.signing_key(settings),
+                                         now)
+        except (AccountsError, ValueError, OSError) as exc:
+            st.error(f"Password not changed: {exc}")
+            return
+    st.session_state[_SESSION_KEY] = (held[0], now)
+    st.session_state[_COOKIE_WRITE] = token
+    st.session_state[_NOTICE] = "Password changed. Other browsers signed in as you must sign in again."
+    st.rerun()
