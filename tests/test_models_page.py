@@ -2,7 +2,8 @@
 a failed announcement (registry v2, workers on v1) is shown and "Re-announce" fixes it, an engineer rolls back and
 the models topic, the registry and a real worker follow (Kafka, PostgreSQL, Redis, as test_trainer.py); viewers
 and operators get no action, and a click on a confirmation after the engineer lost the role changes nothing; a
-review set with 0 defects is never shown green; the training job's progress bar and a failed job's reason."""
+review set with 0 defects is never shown green; the training job's progress bar, what it trains on (counts and the
+frames left out with why) and a failed job's reason."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.schema import ModelVersion
 from linewatch.dashboard.accounts import hash_password
 from linewatch.trainer import job_queue as jobs
+from linewatch.trainer.dataset import TrainingSet
 from linewatch.trainer.registry import ModelRegistry
 from linewatch.trainer.rollout import current_announcement
 
@@ -41,6 +43,19 @@ ZERO_DEFECT_REVIEW = {
                              "misses": 0, "image_auroc": None, "false_reject_rate": 1 / 28, "miss_rate": None},
     "decision": "not worse than the active model on 28 labelled frames",
 }
+
+
+# A running job's training set: 10 confirmed goods found, 5 trained on, 3 held out, 2 dropped (a copy of another
+# frame's bytes, a file damaged on disk), and a good that waits for a second operator (TrainingSet.summary's shape).
+TRAINING_SET = TrainingSet(
+    base=19, confirmed=5, confirmed_found=10, awaiting=1,
+    held_out=[{"path": f"/kept/cam-1/0000{i}.png", "role": "held_out"} for i in (1, 2, 3)],
+    dropped=[{"path": "/kept/cam-1/00011.png", "role": "dropped", "source": "confirmed", "kind": "duplicate",
+              "reason": "same bytes as 00007.png"},
+             {"path": "/kept/cam-1/00012.png", "role": "dropped", "source": "confirmed", "kind": "unreadable",
+              "reason": "unreadable: cannot decode image: truncated PNG"},
+             {"path": "/kept/cam-2/00013.png", "role": "dropped", "source": "awaiting", "kind": "second_opinion",
+              "reason": "awaiting a second operator: scored 2.71 x threshold (> 2), confirmed good by 1 operator(s)"}])
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +181,8 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
     jobs.finish(stores.engine, failed, "failed", error="KafkaTimeoutError: announcing v2 timed out\ntraceback")
     running = jobs.request_job(stores.engine, "threshold", requested_by="trainer")
     assert jobs.claim_next(stores.engine, 1).id == running
-    jobs.progress(stores.engine, running, stage="training", epoch=3, epochs=10, loss=0.25, eta_s=42.0)
+    jobs.progress(stores.engine, running, stage="training", epoch=3, epochs=10, loss=0.25, eta_s=42.0,
+                  training_set=TRAINING_SET.summary())
 
     accounts = tmp_path / "operators.toml"
     write_accounts(accounts, {"erin": "engineer", "oscar": "operator"})
@@ -192,6 +208,20 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
         expect(page.get_by_text(f"Training job {running}: training, epoch 3/10, about 42 s left")).to_be_visible()
         expect(page.get_by_text(f"Training job {failed} failed: KafkaTimeoutError: announcing v2 timed out",
                                 exact=True)).to_be_visible()
+        # What it trains on, under the bar: the counts, and the frames left out with why behind an expander.
+        trains_on = page.locator(".st-key-lw_training_set")
+        expect(trains_on).to_contain_text(f"Training job {running} trains on 19 base images and 5 of 10 confirmed "
+                                          "goods: 3 held out as promotion evidence, 2 dropped; 1 more labelled good "
+                                          "waits for a second operator.")
+        left_out = trains_on.get_by_text("3 frames left out, and why (1 duplicate, 1 second opinion, 1 unreadable)")
+        expect(left_out).to_be_visible()
+        expect(trains_on.get_by_text("same bytes as 00007.png")).to_be_hidden()  # folded until asked
+        ui.click(left_out)
+        dropped = trains_on.get_by_test_id("stTable")
+        expect(dropped).to_contain_text("00012.png")
+        expect(dropped).to_contain_text("unreadable: cannot decode image: truncated PNG")
+        expect(dropped).to_contain_text("same bytes as 00007.png")
+        expect(dropped).to_contain_text("good, one operator")
         ui.screenshot(page, "models-zero-defect-evidence")
 
         for who in (None, "oscar"):  # a viewer, then an operator

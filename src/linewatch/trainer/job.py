@@ -51,6 +51,7 @@ def run_job(settings: Settings, job_id: int) -> int:
         log.info("job %d: %d base + %d confirmed-good images (%d duplicates, %d excluded as defect, %d more left "
                  "out, %d held out as promotion evidence)", job_id, data.base, data.confirmed, data.duplicates,
                  data.excluded_defect, len(data.dropped), len(data.held_out))
+        jobs.progress(engine, job_id, training_set=data.summary())
         config, init = _recipe(settings, active, job.from_scratch)
         jobs.progress(engine, job_id, stage="training", epoch=0, epochs=config.epochs)
 
