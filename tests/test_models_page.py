@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,15 +18,19 @@ import pytest
 import test_dashboard as ui
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
+from test_label_noise import T0, sqlite_line  # noqa: F401 -- the fixture
 
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.schema import ModelVersion
+from linewatch.dashboard import data
 from linewatch.dashboard.accounts import hash_password
 from linewatch.trainer import job_queue as jobs
 from linewatch.trainer.dataset import TrainingSet
+from linewatch.trainer.job import run_job
 from linewatch.trainer.registry import ModelRegistry
 from linewatch.trainer.rollout import current_announcement
 
+from datasets import bottle
 from pipeline_harness import Pipeline, other_model
 
 pytestmark = pytest.mark.services
@@ -242,3 +247,61 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
         expect(page.get_by_role("button", name=ACTION)).to_have_count(0)
         assert (registry.active().version, registry.get("v2").status) == ("v1", "candidate")
         ui.screenshot(page, "models-refused")
+
+
+@pytest.mark.slow
+def test_a_poisoned_retrain_is_refused_by_the_promotion_rule_and_shown_as_refused(browser, redis_url,
+                                                                                   sqlite_line, tmp_path):  # noqa: F811
+    """Issue 15's poisoned retrain: the 20 broken bottles of MVTec AD's bottle/test/broken_large labelled good (by
+    two operators, so the second-opinion guard lets them train), 10 real goods, the product's reference defects
+    (broken_small, contamination), one "Retrain now" -> the trainer's own job refuses the candidate (misses rose),
+    the active version stays v1, and the Models page shows the candidate refused, in red, with the reason."""
+    lw = sqlite_line  # v1 (the quick model) active
+    test = bottle() / "test"
+    poisoned = [lw.keep_file(p, "cam-1", T0 + dt.timedelta(minutes=i))
+                for i, p in enumerate(sorted((test / "broken_large").glob("*.png")))]
+    goods = [lw.keep_file(p, "cam-2", T0 + dt.timedelta(minutes=15 * i))
+             for i, p in enumerate(sorted((bottle() / "train" / "good").glob("*.png"))[100:200:10])]
+    assert len(poisoned) == 20
+    data.add_labels(lw.engine, poisoned + goods, "good", "alice")
+    data.add_labels(lw.engine, poisoned, "good", "bob")
+    reference = tmp_path / "reference"
+    shutil.copytree(test / "broken_small", reference / "broken_small")
+    shutil.copytree(test / "contamination", reference / "contamination")
+    lw.settings = lw.settings.model_copy(update={"trainer": lw.settings.trainer.model_copy(
+        update={"defect_reference": reference})})
+    job_id = jobs.request_job(lw.engine, "manual", requested_by="oscar")  # what "Retrain now" queues
+    jobs.claim_next(lw.engine, 0)
+    assert run_job(lw.settings, job_id) == 0
+    job = jobs.get_job(lw.engine, job_id)
+    registry = ModelRegistry(lw.engine, lw.settings.artifact_store_root, None)
+    v2 = registry.get(job.candidate_version)
+    m = v2.metrics
+    print(f"poisoned retrain: candidate misses {m['review_set']['misses']}/{m['review_set']['defect']}, active "
+          f"{m['active_on_review_set']['misses']}; {m['decision']}")
+    assert (job.stage, v2.version, v2.status) == ("rejected", "v2", "rejected")
+    assert "misses rose" in m["decision"] and m["review_set"]["defect"] == 43
+    assert registry.active().version == "v1"
+    assert job.training_set["confirmed_found"] == 30
+
+    stores = SimpleNamespace(redis_url=redis_url, database_url=lw.settings.database_url,
+                             state_dir=lw.settings.state_dir)
+    with ui.Dashboard(stores, LINEWATCH_KAFKA__BOOTSTRAP_SERVERS="") as dash:
+        page = ui.open_page(browser)
+        ui.goto(page, f"{dash.url}/models", "Models")
+        expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="Active model: v1")).to_be_visible()
+        refused = page.locator(".st-key-lw_verdict_refused").get_by_test_id("stAlertContentError")
+        expect(refused).to_contain_text(f"Refused by the promotion rule on {m['review_set']['good']} labelled goods "
+                                        "and 43 labelled defects")
+        expect(refused).to_contain_text("misses rose")
+        expect(page.locator(".st-key-lw_verdict_passed")).to_have_count(0)
+        expect(page.locator(".st-key-lw_verdict_unchecked")).to_have_count(0)
+        table = page.get_by_test_id("stTable").filter(has_text="misses on labelled defects")
+        expect(table).to_contain_text(f"{m['review_set']['misses']} of 43")
+        expect(table).to_contain_text(f"{m['active_on_review_set']['misses']} of 43")
+        expect(page.get_by_test_id("stTable").filter(has_text="rejected").first).to_contain_text("v2")
+        expect(page.locator(".st-key-lw_training_set")).to_contain_text(f"Training job {job_id} trains on")
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        expect(page.get_by_test_id("stAlertContentError")).to_have_count(1)  # the refusal, and nothing else red
+        ui.screenshot(page, "models-poisoned-retrain-refused")
+    assert registry.active().version == "v1"
