@@ -42,7 +42,8 @@ class TrainingSet:
     duplicates: int = 0
     excluded_defect: int = 0
     missing: list[str] = field(default_factory=list)
-    dropped: list[dict] = field(default_factory=list)  # {"path", "sha256", "role": "dropped", "kind", "reason"}
+    # {"path", "sha256", "role": "dropped", "kind", "reason", "source"} (see summary())
+    dropped: list[dict] = field(default_factory=list)
     held_out: list[dict] = field(default_factory=list)  # {"path", "sha256", "role": "held_out", "reason"}
     confirmed_found: int = 0  # frames confirmed good in the record (second opinion given where needed)
     awaiting: int = 0  # frames labelled good that still wait for a second operator
