@@ -53,6 +53,11 @@ class Before:
     activated_at: dt.datetime | None
     previous: str | None
 
+    @property
+    def active_again(self) -> str:
+        """The version active once the activation is undone (words for a message)."""
+        return self.version if self.status == "active" else self.previous or "no version"
+
 
 def revert_activation(engine: Engine, before: Before, by: str, reason: str) -> bool:
     """Undo the activation of ``before.version`` by ``by`` (one transaction): that version gets back its status and
@@ -64,7 +69,7 @@ def revert_activation(engine: Engine, before: Before, by: str, reason: str) -> b
         sqlalchemy.exc.SQLAlchemyError: SQL cannot be written (the caller reports both failures).
     """
     note = (f"activation by {by} rolled back at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC: {reason}; "
-            f"{before.previous or 'no version'} is active again")
+            f"{before.active_again} is active again")
     with Session(engine) as s, s.begin():
         undone = s.execute(update(ModelVersion).where(ModelVersion.version == before.version,
                                                       ModelVersion.status == "active",
@@ -78,8 +83,7 @@ def revert_activation(engine: Engine, before: Before, by: str, reason: str) -> b
         if before.previous is not None:
             s.execute(update(ModelVersion).where(ModelVersion.version == before.previous,
                                                  ModelVersion.status == "retired").values(status="active"))
-    log.error("activation of %s rolled back: %s; %s is active again", before.version, reason,
-              before.previous or "no version")
+    log.error("activation of %s rolled back: %s; %s is active again", before.version, reason, before.active_again)
     return True
 
 
@@ -111,5 +115,5 @@ def undo_failed_activation(engine: Engine, before: Before, by: str, exc: Excepti
             announce(kafka, announcement(previous), timeout_s=retry.timeout_s)
         except Exception as again:  # noqa: BLE001 -- the broker still away: the topic names it already
             log.warning("re-announcing %s after the rollback failed too (%s)", before.previous, again)
-    raise AnnouncementError(f"{why}: the activation was rolled back, {before.previous or 'no version'} is "
-                            "active again", True) from exc
+    raise AnnouncementError(f"{why}: the activation was rolled back, {before.active_again} is active again",
+                            True) from exc
