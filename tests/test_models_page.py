@@ -2,13 +2,15 @@
 a failed announcement (registry v2, workers on v1) is shown and "Re-announce" fixes it, an engineer rolls back and
 the models topic, the registry and a real worker follow (Kafka, PostgreSQL, Redis, as test_trainer.py); viewers
 and operators get no action, and a click on a confirmation after the engineer lost the role changes nothing; a
-review set with 0 defects is never shown green; the training job's progress bar and a failed job's reason."""
+review set with 0 defects is never shown green; the training job's progress bar, what it trains on (counts and the
+frames left out with why) and a failed job's reason."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,14 +18,19 @@ import pytest
 import test_dashboard as ui
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
+from test_label_noise import T0, sqlite_line  # noqa: F401 -- the fixture
 
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.schema import ModelVersion
+from linewatch.dashboard import data
 from linewatch.dashboard.accounts import hash_password
 from linewatch.trainer import job_queue as jobs
+from linewatch.trainer.dataset import TrainingSet
+from linewatch.trainer.job import run_job
 from linewatch.trainer.registry import ModelRegistry
 from linewatch.trainer.rollout import current_announcement
 
+from datasets import bottle
 from pipeline_harness import Pipeline, other_model
 
 pytestmark = pytest.mark.services
@@ -41,6 +48,19 @@ ZERO_DEFECT_REVIEW = {
                              "misses": 0, "image_auroc": None, "false_reject_rate": 1 / 28, "miss_rate": None},
     "decision": "not worse than the active model on 28 labelled frames",
 }
+
+
+# A running job's training set: 10 confirmed goods found, 5 trained on, 3 held out, 2 dropped (a copy of another
+# frame's bytes, a file damaged on disk), and a good that waits for a second operator (TrainingSet.summary's shape).
+TRAINING_SET = TrainingSet(
+    base=19, confirmed=5, confirmed_found=10, awaiting=1,
+    held_out=[{"path": f"/kept/cam-1/0000{i}.png", "role": "held_out"} for i in (1, 2, 3)],
+    dropped=[{"path": "/kept/cam-1/00011.png", "role": "dropped", "source": "confirmed", "kind": "duplicate",
+              "reason": "same bytes as 00007.png"},
+             {"path": "/kept/cam-1/00012.png", "role": "dropped", "source": "confirmed", "kind": "unreadable",
+              "reason": "unreadable: cannot decode image: truncated PNG"},
+             {"path": "/kept/cam-2/00013.png", "role": "dropped", "source": "awaiting", "kind": "second_opinion",
+              "reason": "awaiting a second operator: scored 2.71 x threshold (> 2), confirmed good by 1 operator(s)"}])
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +186,8 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
     jobs.finish(stores.engine, failed, "failed", error="KafkaTimeoutError: announcing v2 timed out\ntraceback")
     running = jobs.request_job(stores.engine, "threshold", requested_by="trainer")
     assert jobs.claim_next(stores.engine, 1).id == running
-    jobs.progress(stores.engine, running, stage="training", epoch=3, epochs=10, loss=0.25, eta_s=42.0)
+    jobs.progress(stores.engine, running, stage="training", epoch=3, epochs=10, loss=0.25, eta_s=42.0,
+                  training_set=TRAINING_SET.summary())
 
     accounts = tmp_path / "operators.toml"
     write_accounts(accounts, {"erin": "engineer", "oscar": "operator"})
@@ -192,6 +213,20 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
         expect(page.get_by_text(f"Training job {running}: training, epoch 3/10, about 42 s left")).to_be_visible()
         expect(page.get_by_text(f"Training job {failed} failed: KafkaTimeoutError: announcing v2 timed out",
                                 exact=True)).to_be_visible()
+        # What it trains on, under the bar: the counts, and the frames left out with why behind an expander.
+        trains_on = page.locator(".st-key-lw_training_set")
+        expect(trains_on).to_contain_text(f"Training job {running} trains on 19 base images and 5 of 10 confirmed "
+                                          "goods: 3 held out as promotion evidence, 2 dropped; 1 more labelled good "
+                                          "waits for a second operator.")
+        left_out = trains_on.get_by_text("3 frames left out, and why (1 duplicate, 1 second opinion, 1 unreadable)")
+        expect(left_out).to_be_visible()
+        expect(trains_on.get_by_text("same bytes as 00007.png")).to_be_hidden()  # folded until asked
+        ui.click(left_out)
+        dropped = trains_on.get_by_test_id("stTable")
+        expect(dropped).to_contain_text("00012.png")
+        expect(dropped).to_contain_text("unreadable: cannot decode image: truncated PNG")
+        expect(dropped).to_contain_text("same bytes as 00007.png")
+        expect(dropped).to_contain_text("good, one operator")
         ui.screenshot(page, "models-zero-defect-evidence")
 
         for who in (None, "oscar"):  # a viewer, then an operator
@@ -212,3 +247,61 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
         expect(page.get_by_role("button", name=ACTION)).to_have_count(0)
         assert (registry.active().version, registry.get("v2").status) == ("v1", "candidate")
         ui.screenshot(page, "models-refused")
+
+
+@pytest.mark.slow
+def test_a_poisoned_retrain_is_refused_by_the_promotion_rule_and_shown_as_refused(browser, redis_url,
+                                                                                   sqlite_line, tmp_path):  # noqa: F811
+    """Issue 15's poisoned retrain: the 20 broken bottles of MVTec AD's bottle/test/broken_large labelled good (by
+    two operators, so the second-opinion guard lets them train), 10 real goods, the product's reference defects
+    (broken_small, contamination), one "Retrain now" -> the trainer's own job refuses the candidate (misses rose),
+    the active version stays v1, and the Models page shows the candidate refused, in red, with the reason."""
+    lw = sqlite_line  # v1 (the quick model) active
+    test = bottle() / "test"
+    poisoned = [lw.keep_file(p, "cam-1", T0 + dt.timedelta(minutes=i))
+                for i, p in enumerate(sorted((test / "broken_large").glob("*.png")))]
+    goods = [lw.keep_file(p, "cam-2", T0 + dt.timedelta(minutes=15 * i))
+             for i, p in enumerate(sorted((bottle() / "train" / "good").glob("*.png"))[100:200:10])]
+    assert len(poisoned) == 20
+    data.add_labels(lw.engine, poisoned + goods, "good", "alice")
+    data.add_labels(lw.engine, poisoned, "good", "bob")
+    reference = tmp_path / "reference"
+    shutil.copytree(test / "broken_small", reference / "broken_small")
+    shutil.copytree(test / "contamination", reference / "contamination")
+    lw.settings = lw.settings.model_copy(update={"trainer": lw.settings.trainer.model_copy(
+        update={"defect_reference": reference})})
+    job_id = jobs.request_job(lw.engine, "manual", requested_by="oscar")  # what "Retrain now" queues
+    jobs.claim_next(lw.engine, 0)
+    assert run_job(lw.settings, job_id) == 0
+    job = jobs.get_job(lw.engine, job_id)
+    registry = ModelRegistry(lw.engine, lw.settings.artifact_store_root, None)
+    v2 = registry.get(job.candidate_version)
+    m = v2.metrics
+    print(f"poisoned retrain: candidate misses {m['review_set']['misses']}/{m['review_set']['defect']}, active "
+          f"{m['active_on_review_set']['misses']}; {m['decision']}")
+    assert (job.stage, v2.version, v2.status) == ("rejected", "v2", "rejected")
+    assert "misses rose" in m["decision"] and m["review_set"]["defect"] == 43
+    assert registry.active().version == "v1"
+    assert job.training_set["confirmed_found"] == 30
+
+    stores = SimpleNamespace(redis_url=redis_url, database_url=lw.settings.database_url,
+                             state_dir=lw.settings.state_dir)
+    with ui.Dashboard(stores, LINEWATCH_KAFKA__BOOTSTRAP_SERVERS="") as dash:
+        page = ui.open_page(browser)
+        ui.goto(page, f"{dash.url}/models", "Models")
+        expect(page.get_by_test_id("stAlertContentSuccess").filter(has_text="Active model: v1")).to_be_visible()
+        refused = page.locator(".st-key-lw_verdict_refused").get_by_test_id("stAlertContentError")
+        expect(refused).to_contain_text(f"Refused by the promotion rule on {m['review_set']['good']} labelled goods "
+                                        "and 43 labelled defects")
+        expect(refused).to_contain_text("misses rose")
+        expect(page.locator(".st-key-lw_verdict_passed")).to_have_count(0)
+        expect(page.locator(".st-key-lw_verdict_unchecked")).to_have_count(0)
+        table = page.get_by_test_id("stTable").filter(has_text="misses on labelled defects")
+        expect(table).to_contain_text(f"{m['review_set']['misses']} of 43")
+        expect(table).to_contain_text(f"{m['active_on_review_set']['misses']} of 43")
+        expect(page.get_by_test_id("stTable").filter(has_text="rejected").first).to_contain_text("v2")
+        expect(page.locator(".st-key-lw_training_set")).to_contain_text(f"Training job {job_id} trains on")
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        expect(page.get_by_test_id("stAlertContentError")).to_have_count(1)  # the refusal, and nothing else red
+        ui.screenshot(page, "models-poisoned-retrain-refused")
+    assert registry.active().version == "v1"

@@ -209,6 +209,9 @@ class TrainingJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     worker_pid: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # progress heartbeat
+    # What the job trains on (trainer.dataset.TrainingSet.summary): confirmed goods found, used, held out, and each
+    # one dropped with its reason; None until the job has collected its set (and for jobs from before 0006).
+    training_set: Mapped[dict | None] = mapped_column(JSON)
 
 
 def inspection_row(r: InspectionResult) -> dict[str, Any]:

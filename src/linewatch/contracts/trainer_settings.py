@@ -51,3 +51,10 @@ class TrainerSettings(BaseModel):
                                           "with the operator-confirmed defects")
     max_threshold_change: float = Field(1.5, gt=1, description="a candidate whose image threshold moved by more "
                                         "than this factor (up or down) is never activated automatically")
+    announce_attempts: int = Field(3, ge=1, description="tries at announcing a newly activated version on the "
+                                   "models topic; when all fail, the activation is rolled back in SQL, so the "
+                                   "registry never names a version the workers were not told about")
+    announce_backoff_s: float = Field(2.0, ge=0, description="wait before the second announcing try, seconds; "
+                                      "doubled before each further one")
+    announce_timeout_s: float = Field(20.0, gt=0, description="longest one announcing try waits for the broker "
+                                      "(the topic's metadata, then its acknowledgement), seconds")

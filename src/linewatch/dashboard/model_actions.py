@@ -5,7 +5,8 @@ Only an engineer (``auth.may(operator, "engineer")``) sees the buttons. Each ask
 runs in the confirmation's callback, which asks ``auth.may`` again with the operator of that moment (a callback
 runs for a click on a button the page no longer draws, so the check there is the one that counts). The actions
 are the registry's own (:class:`linewatch.trainer.registry.ModelRegistry`, the same as ``linewatch model
-activate`` / ``rollback``), recording the operator's name as who did it.
+activate`` / ``rollback``), recording the operator's name as who did it: an activation or rollback whose
+announcement fails on every try is rolled back in SQL and shown as "Not done", with why.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def _run(action: str, version: str) -> None:
             done = f"{row.version} announced again by {operator.name}; workers switch between two batches."
     except RegistryError as exc:
         st.session_state[_RESULT] = (False, f"Not done: {exc}")
-    except KafkaError as exc:
-        st.session_state[_RESULT] = (False, f"The registry records the change, but announcing it failed "
-                                            f"({type(exc).__name__}: {exc}); use Re-announce once the broker answers.")
+    except KafkaError as exc:  # re-announcing (an activation whose announcement fails is rolled back: RegistryError)
+        st.session_state[_RESULT] = (False, f"Announcing {version} failed again ({type(exc).__name__}: {exc}); "
+                                            "try Re-announce once the broker answers.")
     except SQLAlchemyError as exc:
         st.session_state[_RESULT] = (False, f"Not done: the registry cannot be written: {views.explain(exc)}")
     else:

@@ -42,12 +42,43 @@ class TrainingSet:
     duplicates: int = 0
     excluded_defect: int = 0
     missing: list[str] = field(default_factory=list)
-    dropped: list[dict] = field(default_factory=list)  # {"path", "sha256", "role": "dropped", "reason"}
+    # {"path", "sha256", "role": "dropped", "kind", "reason", "source"} (see summary())
+    dropped: list[dict] = field(default_factory=list)
     held_out: list[dict] = field(default_factory=list)  # {"path", "sha256", "role": "held_out", "reason"}
+    confirmed_found: int = 0  # frames confirmed good in the record (second opinion given where needed)
+    awaiting: int = 0  # frames labelled good that still wait for a second operator
 
     def manifest_entries(self) -> list[dict]:
         """The frames left out, for ``model.json``'s manifest beside the ``train``/``val`` entries."""
         return self.dropped + self.held_out
+
+    def summary(self) -> dict:
+        """What the job trains on, for its record (``training_jobs.training_set``) and the Models page:
+        ``{"base": int, "confirmed_found": int, "awaiting_second_opinion": int, "used": int, "held_out": int,
+        "dropped": [{"file", "path", "source", "kind", "reason"}], "dropped_by_kind": {kind: int}}``. ``source``:
+        ``confirmed`` (a confirmed good), ``awaiting`` (a good waiting for a second operator) or ``base`` (a base
+        image with the same bytes as a frame labelled defect); ``used`` + ``held_out`` + the ``confirmed`` drops =
+        ``confirmed_found``. Kinds: see :data:`DROP_KINDS`."""
+        by_kind: dict[str, int] = {}
+        for d in self.dropped:
+            by_kind[d["kind"]] = by_kind.get(d["kind"], 0) + 1
+        return {"base": self.base, "confirmed_found": self.confirmed_found, "awaiting_second_opinion": self.awaiting,
+                "used": self.confirmed, "held_out": len(self.held_out),
+                "dropped": [{"file": Path(d["path"]).name, "path": d["path"], "source": d["source"], "kind": d["kind"],
+                             "reason": d["reason"]} for d in self.dropped],
+                "dropped_by_kind": by_kind}
+
+
+# Why a confirmed good is left out of training (the ``kind`` of a dropped entry; ``reason`` says it in words).
+DROP_KINDS = {
+    "missing": "the kept image is gone or cannot be read",
+    "unreadable": "the kept image cannot be decoded",
+    "labelled_defect": "the same bytes as a frame labelled defect",
+    "duplicate": "the same bytes as another training image",
+    "near_copy": "a near-copy of a frame already kept",
+    "scene_cap": "one scene too many times (a stalled conveyor)",
+    "second_opinion": "scored far above the threshold: waits for a second operator's good",
+}
 
 
 def _sha256(path: Path) -> str | None:
@@ -93,23 +124,25 @@ def build_training_set(engine: Engine, active: ModelVersion | None, base_data: P
     forbidden = defect_frame_hashes(engine)
     seen: dict[str, Path] = {}
 
-    def drop(path: Path, digest: str | None, reason: str) -> None:
-        out.dropped.append({"path": str(path), "sha256": digest, "role": "dropped", "reason": reason})
+    def drop(path: Path, digest: str | None, kind: str, reason: str, source: str = "confirmed") -> None:
+        out.dropped.append({"path": str(path), "sha256": digest, "role": "dropped", "kind": kind, "reason": reason,
+                            "source": source})
 
     def admit(path: Path, digest: str | None, confirmed: bool) -> bool:
         if digest is None:
             out.missing.append(str(path))
             if confirmed:
-                drop(path, None, "missing: the kept image cannot be read")
+                drop(path, None, "missing", "missing: the kept image cannot be read")
             return False
         if digest in forbidden:
             out.excluded_defect += 1
-            drop(path, digest, "same bytes as a frame labelled defect")
+            drop(path, digest, "labelled_defect", "same bytes as a frame labelled defect",
+                 "confirmed" if confirmed else "base")
             return False
         if digest in seen:
             out.duplicates += 1
             if confirmed:
-                drop(path, digest, f"same bytes as {seen[digest].name}")
+                drop(path, digest, "duplicate", f"same bytes as {seen[digest].name}")
             return False
         seen[digest] = path
         return True
@@ -121,10 +154,12 @@ def build_training_set(engine: Engine, active: ModelVersion | None, base_data: P
     with engine.connect() as conn:
         frames = confirmed_good_frames(conn, second_opinion_above=guards.second_opinion_above)
         waiting = awaiting_second_opinion(conn, second_opinion_above=guards.second_opinion_above)
+    out.confirmed_found, out.awaiting = len(frames), len(waiting)
     for frame in waiting:
         path = path_of(frame.image_uri)
-        drop(path, _sha256(path), f"awaiting a second operator: scored {frame.normalized_score:.2f} x threshold "
-             f"(> {guards.second_opinion_above:g}), confirmed good by {frame.good_operators} operator(s)")
+        drop(path, _sha256(path), "second_opinion", f"awaiting a second operator: scored "
+             f"{frame.normalized_score:.2f} x threshold (> {guards.second_opinion_above:g}), confirmed good by "
+             f"{frame.good_operators} operator(s)", "awaiting")
     candidates: list[Candidate] = []
     digests: dict[int, str] = {}
     for frame in frames:
@@ -135,13 +170,13 @@ def build_training_set(engine: Engine, active: ModelVersion | None, base_data: P
         try:
             thumb = thumbnail(read_image(path))
         except ImageError as exc:  # a damaged kept file must not fail the whole job
-            drop(path, digest, f"unreadable: {exc}")
+            drop(path, digest, "unreadable", f"unreadable: {exc}")
             continue
         candidates.append(Candidate(path, frame.camera_id, frame.captured_at, thumb))
         digests[id(candidates[-1])] = digest
     kept, thinned = thin_out(candidates, guards)
     for frame, why in thinned:
-        drop(frame.path, digests[id(frame)], why)
+        drop(frame.path, digests[id(frame)], "near_copy" if why.startswith("near-copy") else "scene_cap", why)
     for frame in kept:
         digest = digests[id(frame)]
         if held_out_for_review(digest, guards.review_share):

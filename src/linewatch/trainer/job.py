@@ -1,7 +1,9 @@
 """One training job, run in its own process (``linewatch trainer --run-job ID``) so that a crash or a
 kill leaves the service, and the active model, untouched.
 
-Stages: collecting -> training -> evaluating -> registering (-> activated | rejected).
+Stages: collecting -> training -> evaluating -> registering (-> activated | rejected | candidate). A promoted
+candidate whose announcement fails on every try ends the job failed at stage ``activation rolled back``: the
+activation is undone in SQL (:mod:`.activation`) and the job's error says why.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from safetensors.torch import load_file
+from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.settings import Settings
@@ -27,7 +30,7 @@ from linewatch.trainer import job_queue as jobs
 
 from .dataset import build_training_set, record_left_out
 from .promotion import review_candidate
-from .registry import ModelRegistry, artifact_path
+from .registry import AnnouncementError, ModelRegistry, artifact_path
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,7 @@ log = logging.getLogger(__name__)
 def run_job(settings: Settings, job_id: int) -> int:
     """Run the claimed job ``job_id`` to its end; returns 0 on success (activated or rejected), 1 on failure."""
     engine = make_engine(settings.database_url)
-    registry = ModelRegistry(engine, settings.artifact_store_root, settings.kafka if settings.kafka.bootstrap_servers
-                             else None)
+    registry = ModelRegistry.for_settings(settings, engine)
     workdir = Path(tempfile.mkdtemp(prefix=f"linewatch-job{job_id}-"))
     apply_torch_threads(intra_op_threads(settings.detector.workers_on_host))  # its share beside the workers
     try:
@@ -49,6 +51,7 @@ def run_job(settings: Settings, job_id: int) -> int:
         log.info("job %d: %d base + %d confirmed-good images (%d duplicates, %d excluded as defect, %d more left "
                  "out, %d held out as promotion evidence)", job_id, data.base, data.confirmed, data.duplicates,
                  data.excluded_defect, len(data.dropped), len(data.held_out))
+        jobs.progress(engine, job_id, training_set=data.summary())
         config, init = _recipe(settings, active, job.from_scratch)
         jobs.progress(engine, job_id, stage="training", epoch=0, epochs=config.epochs)
 
@@ -74,17 +77,8 @@ def run_job(settings: Settings, job_id: int) -> int:
         jobs.progress(engine, job_id, stage="registering")
         row = registry.register(result.model_dir, parent=active.version if active else None, metrics={
             "validation": result.metadata["validation"], **review}, notes=reason)
-        if promote and settings.trainer.auto_promote:
-            registry.activate(row.version, by=f"trainer (job {job_id})", notes=reason)
-            stage = "activated"
-        elif promote:
-            stage = "candidate"
-        else:
-            registry.set_status(row.version, "rejected")
-            stage = "rejected"
-        jobs.finish(engine, job_id, "succeeded", candidate_version=row.version, stage=stage)
-        log.info("job %d: %s %s (%s)", job_id, stage, row.version, reason)
-        return 0
+        return conclude(engine, registry, job_id, row.version, promote and settings.trainer.auto_promote,
+                        promote, reason)
     except Exception as exc:  # noqa: BLE001 -- any failure ends the job as failed, with its error
         log.exception("job %d failed", job_id)
         jobs.finish(engine, job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
@@ -92,6 +86,31 @@ def run_job(settings: Settings, job_id: int) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         engine.dispose()
+
+
+def conclude(engine: Engine, registry: ModelRegistry, job_id: int, version: str, activate: bool, promoted: bool,
+             reason: str) -> int:
+    """End job ``job_id`` on its registered candidate ``version``: activate it (``activate``), leave it a candidate
+    (``promoted`` without auto-promotion) or mark it rejected; returns the job's exit code (0, or 1 when the
+    activation was rolled back because announcing it failed on every try: the job then ends failed at stage
+    ``activation rolled back``, its error saying why, SQL back on the version the workers run)."""
+    if activate:
+        try:
+            registry.activate(version, by=f"trainer (job {job_id})", notes=reason)
+        except AnnouncementError as exc:
+            log.error("job %d: %s", job_id, exc)
+            jobs.finish(engine, job_id, "failed", error=f"activation rolled back: {exc}", candidate_version=version,
+                        stage="activation rolled back")
+            return 1
+        stage = "activated"
+    elif promoted:
+        stage = "candidate"
+    else:
+        registry.set_status(version, "rejected")
+        stage = "rejected"
+    jobs.finish(engine, job_id, "succeeded", candidate_version=version, stage=stage)
+    log.info("job %d: %s %s (%s)", job_id, stage, version, reason)
+    return 0
 
 
 def _recipe(settings: Settings, active, from_scratch: bool) -> tuple[TrainConfig, dict | None]:

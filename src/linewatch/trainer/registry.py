@@ -5,7 +5,9 @@ in its ``model.json``, so every result scored with it carries that version. The 
 folder is renamed into place only under that allocation (:meth:`ModelRegistry.register`), so registrations
 running at once never share a number or a folder. Exactly one version is
 ``active``; activating another retires it and announces the change to the workers
-(:mod:`linewatch.trainer.rollout`). Status: candidate, active, retired, rejected.
+(:mod:`linewatch.trainer.rollout`), retrying; an announcement that still fails rolls the activation
+back (:mod:`linewatch.trainer.activation`), so SQL never names a version the workers were not told
+about. Status: candidate, active, retired, rejected.
 """
 
 from __future__ import annotations
@@ -37,17 +39,14 @@ from linewatch.detector.model_files import (
     write_metadata,
 )
 
-from .rollout import announce
+from .activation import AnnouncementError, Before, RegistryError, undo_failed_activation  # noqa: F401 -- re-exported
+from .rollout import AnnounceRetry, announce_with_retries
 
 log = logging.getLogger(__name__)
 
 # Registrations that lose a version number to another one try the next; this many in a row is not a race but a
 # registration storm, reported as an error.
 REGISTER_ATTEMPTS = 50
-
-
-class RegistryError(ValueError):
-    """An unknown version, or a request the registry's state does not allow; the message says why."""
 
 
 def artifact_path(version: ModelVersion) -> Path:
@@ -70,19 +69,23 @@ class ModelRegistry:
         engine: the SQL store.
         artifact_root: the artifact store directory (shared by every machine that loads models).
         kafka: where activations are announced; None records them in SQL only.
+        retry: how often, and how patiently, an announcement is tried (default: the ``[trainer]`` defaults).
     """
 
-    def __init__(self, engine: Engine, artifact_root: Path, kafka: KafkaSettings | None):
+    def __init__(self, engine: Engine, artifact_root: Path, kafka: KafkaSettings | None,
+                 retry: AnnounceRetry | None = None):
         self.engine = engine
         self.root = Path(artifact_root).resolve()
         self.kafka = kafka
+        self.retry = retry or AnnounceRetry()
 
     @classmethod
     def for_settings(cls, settings: Settings, engine: Engine) -> ModelRegistry:
         """The registry of ``settings``' artifact store on ``engine``, announcing on its Kafka cluster (none
         configured: SQL only)."""
         return cls(engine, settings.artifact_store_root,
-                   settings.kafka if settings.kafka.bootstrap_servers else None)
+                   settings.kafka if settings.kafka.bootstrap_servers else None,
+                   AnnounceRetry.from_settings(settings.trainer))
 
     # ---- reading --------------------------------------------------------------------------------------
 
@@ -234,16 +237,22 @@ class ModelRegistry:
     def activate(self, version: str, by: str, notes: str | None = None) -> ModelVersion:
         """Make ``version`` the active model (the previous one is retired) and announce it to the workers.
 
-        Activating a rejected candidate is an operator's override; it is recorded in the notes.
+        Activating a rejected candidate is an operator's override; it is recorded in the notes. The announcement
+        is tried ``retry.attempts`` times; when every try fails the activation is rolled back (the version gets
+        back its status, the one active before is active again, the notes say why), since the workers still run
+        what the topic last named.
         Raises:
-            RegistryError: unknown version. KafkaError: the announcement failed (SQL already records the
-            activation; run the command again to re-announce).
+            RegistryError: unknown version. AnnouncementError: the announcement failed and the activation was
+            rolled back (or could not be: the message says which).
         """
         now = dt.datetime.now(dt.UTC)
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             row = s.get(ModelVersion, version)
             if row is None:
                 raise RegistryError(f"no model version {version!r}")
+            current = s.scalars(select(ModelVersion.version).where(ModelVersion.status == "active",
+                                                                   ModelVersion.version != version)).first()
+            before = Before(version, row.status, row.activated_by, row.activated_at, current)
             if row.status == "rejected":
                 notes = f"override by {by}: activated although rejected by the promotion rule" + (
                     f"; {notes}" if notes else "")
@@ -253,14 +262,23 @@ class ModelRegistry:
             if notes:
                 row.notes = f"{row.notes}\n{notes}" if row.notes else notes
         log.info("model %s activated by %s", version, by)
-        self.announce(row)
+        try:
+            self.announce(row)
+        except Exception as exc:  # noqa: BLE001 -- KafkaError after the retries, or anything else: SQL goes back
+            undo_failed_activation(self.engine, before, by, exc, self.retry, self.kafka, self._announcement)
         return row
 
+    @staticmethod
+    def _announcement(row: ModelVersion) -> ModelAnnouncement:
+        return ModelAnnouncement(version=row.version, artifact_uri=row.artifact_uri,
+                                 activated_at=row.activated_at or dt.datetime.now(dt.UTC),
+                                 activated_by=row.activated_by)
+
     def announce(self, row: ModelVersion) -> None:
+        """Announce ``row`` on the models topic, tried ``retry.attempts`` times (nothing without Kafka).
+        Raises KafkaError when every try failed."""
         if self.kafka is not None:
-            announce(self.kafka, ModelAnnouncement(version=row.version, artifact_uri=row.artifact_uri,
-                                                   activated_at=row.activated_at or dt.datetime.now(dt.UTC),
-                                                   activated_by=row.activated_by))
+            announce_with_retries(self.kafka, self._announcement(row), self.retry)
 
     def reannounce(self, by: str) -> ModelVersion:
         """Announce the active version again (after an announcement that failed: SQL says vN is active while the

@@ -10,21 +10,78 @@ delivery guarantees as the frames. SQL (table ``models``) stays the record; the 
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
+
+from kafka.errors import KafkaError
 
 from linewatch.contracts.kafka import make_consumer, make_producer
 from linewatch.contracts.messages import ACTIVE_MODEL_KEY, ModelAnnouncement
 from linewatch.contracts.settings import KafkaSettings
+from linewatch.contracts.trainer_settings import TrainerSettings
+
+log = logging.getLogger(__name__)
 
 
-def announce(kafka: KafkaSettings, announcement: ModelAnnouncement) -> None:
-    """Publish the active version (waits for the broker's acknowledgement; raises KafkaError on failure)."""
-    producer = make_producer(kafka)
+@dataclass(frozen=True)
+class AnnounceRetry:
+    """How hard an activation is announced before it is given up (``trainer.announce_*`` settings): ``attempts``
+    tries, each waiting up to ``timeout_s`` seconds for the broker (metadata, then the acknowledgement), with
+    ``backoff_s`` seconds before the second try, doubling before each further one."""
+
+    attempts: int = 3
+    backoff_s: float = 2.0
+    timeout_s: float = 20.0
+
+    @classmethod
+    def from_settings(cls, trainer: TrainerSettings) -> AnnounceRetry:
+        return cls(trainer.announce_attempts, trainer.announce_backoff_s, trainer.announce_timeout_s)
+
+
+def announce(kafka: KafkaSettings, announcement: ModelAnnouncement, timeout_s: float = 30.0) -> None:
+    """Publish the active version once, waiting up to ``timeout_s`` seconds for the topic's metadata and again for
+    the broker's acknowledgement (acks=all).
+
+    Raises:
+        KafkaError: the broker cannot be reached (``NoBrokersAvailable``), the topic does not exist or the send was
+            not acknowledged in time (``KafkaTimeoutError``), or the broker refused the record.
+    """
+    wait_ms = max(1000, int(timeout_s * 1000))
+    request_ms = min(30_000, wait_ms)
+    producer = make_producer(kafka, max_block_ms=wait_ms, request_timeout_ms=request_ms,
+                             delivery_timeout_ms=request_ms + 1000)
     try:
         value = announcement.model_dump_json().encode()
-        producer.send(kafka.models_topic, key=ACTIVE_MODEL_KEY, value=value).get(timeout=30)
+        producer.send(kafka.models_topic, key=ACTIVE_MODEL_KEY, value=value).get(timeout=timeout_s)
     finally:
-        producer.close(timeout=10)
+        producer.close(timeout=min(10.0, timeout_s))
+
+
+def announce_with_retries(kafka: KafkaSettings, announcement: ModelAnnouncement, retry: AnnounceRetry) -> int:
+    """:func:`announce`, tried up to ``retry.attempts`` times with a doubling backoff; returns the attempt that
+    succeeded (1 = the first). A retried announcement is harmless: the topic is compacted on one key, and a worker
+    already on the announced version ignores it.
+
+    Raises:
+        KafkaError: the last attempt's error, after every attempt failed (each one is logged).
+    """
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            announce(kafka, announcement, retry.timeout_s)
+            if attempt > 1:
+                log.warning("announcing %s succeeded at attempt %d of %d", announcement.version, attempt,
+                            retry.attempts)
+            return attempt
+        except KafkaError as exc:
+            if attempt == retry.attempts:
+                raise
+            wait = retry.backoff_s * 2 ** (attempt - 1)
+            log.warning("announcing %s on %s failed (attempt %d of %d: %s: %s); trying again in %.1f s",
+                        announcement.version, kafka.models_topic, attempt, retry.attempts, type(exc).__name__,
+                        exc, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable: attempts >= 1")
 
 
 def current_announcement(kafka: KafkaSettings, timeout_s: float = 10.0) -> ModelAnnouncement | None:

@@ -36,8 +36,7 @@ class TrainerService:
         self.settings = settings
         self.engine: Engine = make_engine(settings.database_url)
         migrate(self.engine)
-        self.registry = ModelRegistry(self.engine, settings.artifact_store_root,
-                                      settings.kafka if settings.kafka.bootstrap_servers else None)
+        self.registry = ModelRegistry.for_settings(settings, self.engine)
         self.stop_event = threading.Event()
         self.child: subprocess.Popen | None = None
         self.child_job: int | None = None

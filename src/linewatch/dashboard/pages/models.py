@@ -2,7 +2,8 @@
 "Re-announce" when they do not), the engineer's actions (activate, roll back, re-announce: :mod:`..model_actions`),
 the promotion evidence of a version beside the model it was judged against (:mod:`..model_review`), the registered
 versions with their metrics and thresholds, which ones workers run, and retraining: a "Retrain now" button (for a
-named operator) and the training jobs' progress."""
+named operator) and the training jobs' progress, with what the job trains on (confirmed goods found, used, held
+out, and the frames left out with why)."""
 
 from __future__ import annotations
 
@@ -159,6 +160,32 @@ def _progress(jobs: list) -> None:
     if ended is not None and ended.status == "failed":
         reason = (ended.error or "no reason recorded").splitlines()[0]
         st.error(f"Training job {ended.id} failed: {reason}")
+    shown = job if job is not None and job.training_set else next((j for j in jobs if j.training_set), None)
+    if shown is not None:
+        _training_set(shown)
+
+
+SOURCES = {"confirmed": "confirmed good", "awaiting": "good, one operator", "base": "base image"}
+
+
+def _training_set(job) -> None:
+    """What ``job`` trains on (its ``training_set`` record, :meth:`linewatch.trainer.dataset.TrainingSet.summary`):
+    the counts, and the frames left out with why in an expander."""
+    t = job.training_set
+    dropped = t.get("dropped") or []
+    confirmed_dropped = sum(1 for d in dropped if d.get("source") == "confirmed")
+    waiting = t.get("awaiting_second_opinion") or 0
+    with st.container(key="lw_training_set"):
+        st.markdown(f"**Training job {job.id} trains on** {t.get('base', 0)} base images and {t.get('used', 0)} of "
+                    f"{t.get('confirmed_found', 0)} confirmed goods: {t.get('held_out', 0)} held out as promotion "
+                    f"evidence, {confirmed_dropped} dropped"
+                    + (f"; {waiting} more labelled good {'waits' if waiting == 1 else 'wait'} for a second operator"
+                       if waiting else "") + ".")
+        if dropped:
+            kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted((t.get("dropped_by_kind") or {}).items()))
+            with st.expander(f"{len(dropped)} frames left out, and why ({kinds})"):
+                st.table([{"frame": d.get("file"), "what": SOURCES.get(d.get("source"), d.get("source") or "—"),
+                           "why": d.get("reason")} for d in dropped], hide_index=True)
 
 
 def _in_use() -> dict[str, dict[str, str]] | None:

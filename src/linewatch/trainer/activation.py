@@ -1,0 +1,119 @@
+"""Undoing an activation whose announcement failed, so that SQL (table ``models``) never names an active version
+the workers were not told about.
+
+:meth:`linewatch.trainer.registry.ModelRegistry.activate` records the activation in SQL, then announces it on the
+models topic (retried: :func:`linewatch.trainer.rollout.announce_with_retries`). When every try fails, the workers
+still run the version the topic last named, which is the one active before; :func:`revert_activation` puts SQL back
+to that state and records why in the version's notes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from sqlalchemy import func, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from linewatch.contracts.messages import ModelAnnouncement
+from linewatch.contracts.schema import ModelVersion
+from linewatch.contracts.settings import KafkaSettings
+
+from .rollout import AnnounceRetry, announce
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(ValueError):
+    """An unknown version, or a request the registry's state does not allow; the message says why."""
+
+
+class AnnouncementError(RegistryError):
+    """Announcing an activation failed on every try, and the activation was rolled back in SQL (``reverted``; False
+    when another activation had come in between, or SQL could not be written); the message says why and which
+    version is active now."""
+
+    def __init__(self, message: str, reverted: bool):
+        super().__init__(message)
+        self.reverted = reverted
+
+
+@dataclass(frozen=True)
+class Before:
+    """The registry as it was before an activation of ``version``: that version's status, ``activated_by`` and
+    ``activated_at``, and the version active then (None: none was)."""
+
+    version: str
+    status: str
+    activated_by: str | None
+    activated_at: dt.datetime | None
+    previous: str | None
+
+    @property
+    def active_again(self) -> str:
+        """The version active once the activation is undone (words for a message)."""
+        return self.version if self.status == "active" else self.previous or "no version"
+
+
+def revert_activation(engine: Engine, before: Before, by: str, reason: str) -> bool:
+    """Undo the activation of ``before.version`` by ``by`` (one transaction): that version gets back its status and
+    activation record, the previously active version is active again, and the version's notes say why
+    (``reason``). Nothing is changed when another activation came in between (the version is no longer active, or
+    not by ``by``): returns False then, True when reverted.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: SQL cannot be written (the caller reports both failures).
+    """
+    note = (f"activation by {by} rolled back at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC: {reason}; "
+            f"{before.active_again} is active again")
+    with Session(engine) as s, s.begin():
+        undone = s.execute(update(ModelVersion).where(ModelVersion.version == before.version,
+                                                      ModelVersion.status == "active",
+                                                      ModelVersion.activated_by == by)
+                           .values(status=before.status, activated_by=before.activated_by,
+                                   activated_at=before.activated_at,
+                                   notes=func.coalesce(ModelVersion.notes + "\n", "") + note))
+        if undone.rowcount != 1:
+            log.error("activation of %s not rolled back: another activation changed the registry since", before.version)
+            return False
+        if before.previous is not None:
+            s.execute(update(ModelVersion).where(ModelVersion.version == before.previous,
+                                                 ModelVersion.status == "retired").values(status="active"))
+    log.error("activation of %s rolled back: %s; %s is active again", before.version, reason, before.active_again)
+    return True
+
+
+def undo_failed_activation(engine: Engine, before: Before, by: str, exc: Exception, retry: AnnounceRetry,
+                           kafka: KafkaSettings | None, announcement: Callable[[ModelVersion], ModelAnnouncement]
+                           ) -> NoReturn:
+    """After the last announcing try failed with ``exc``: put SQL back as it was ``before`` (:func:`revert_activation`),
+    announce the version active again once (the failed send may have reached the topic after all, its
+    acknowledgement lost), and raise.
+
+    Raises:
+        AnnouncementError: always; ``reverted`` says whether SQL was put back.
+    """
+    topic = kafka.models_topic if kafka is not None else "the models topic"
+    why = f"announcing {before.version} on {topic} failed after {retry.attempts} tries ({type(exc).__name__}: {exc})"
+    try:
+        reverted = revert_activation(engine, before, by, why)
+    except Exception as sql_exc:  # noqa: BLE001 -- both stores failing: say so; the rollout check shows the rest
+        log.error("%s, and rolling the activation back failed too (%s)", why, sql_exc)
+        raise AnnouncementError(f"{why}; rolling the activation back in SQL failed too ({sql_exc}): the registry "
+                                f"says {before.version} is active, the workers were not told", False) from exc
+    if not reverted:
+        raise AnnouncementError(f"{why}; another activation came in between, so it was not rolled back",
+                                False) from exc
+    if before.previous is not None and kafka is not None:
+        try:
+            with Session(engine, expire_on_commit=False) as s:
+                previous = s.get(ModelVersion, before.previous)
+            announce(kafka, announcement(previous), timeout_s=retry.timeout_s)
+        except Exception as again:  # noqa: BLE001 -- the broker still away: the topic names it already
+            log.warning("re-announcing %s after the rollback failed too (%s)", before.previous, again)
+    raise AnnouncementError(f"{why}: the activation was rolled back, {before.active_again} is active again",
+                            True) from exc

@@ -1,0 +1,125 @@
+"""A failed announcement never leaves SQL and the workers disagreeing silently (issue 15, "Models"), with a real
+Apache Kafka broker and PostgreSQL: the models topic is deleted (the broker then refuses every announcement of it:
+the topic does not exist and topics are not created on demand), so each announcing try times out.
+
+- A trainer job whose candidate is promoted but cannot be announced ends failed at stage "activation rolled back",
+  its error saying why; SQL's active version is the previous one again, and the version's notes say why.
+- A topic that is back before the tries run out (a broker restart, say): the retry announces the new version and
+  it stays active.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+from kafka import KafkaAdminClient
+
+from linewatch.contracts.database import make_engine, migrate
+from linewatch.contracts.kafka import client_config, ensure_topics
+from linewatch.contracts.settings import Settings
+from linewatch.trainer import job_queue as jobs
+from linewatch.trainer.job import conclude
+from linewatch.trainer.registry import AnnouncementError, ModelRegistry
+from linewatch.trainer.rollout import current_announcement
+
+from pipeline_harness import other_model
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def registry(apache_kafka, postgres_server, tmp_path, quick_model):
+    """v1 active and announced on a fresh topic prefix, v2 registered as a candidate; announcing tries of 3 s with
+    a 1-s backoff, so a failure is told in seconds."""
+    settings = Settings(state_dir=tmp_path / "state", database={"url": postgres_server.url},
+                        kafka={"bootstrap_servers": apache_kafka.bootstrap_servers,
+                               "topic_prefix": f"t{uuid.uuid4().hex[:8]}"},
+                        trainer={"announce_attempts": 3, "announce_backoff_s": 1.0, "announce_timeout_s": 3.0})
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM training_jobs")
+        conn.exec_driver_sql("DELETE FROM models")
+    ensure_topics(settings.kafka)
+    reg = ModelRegistry.for_settings(settings, engine)
+    assert reg.use(quick_model.model_dir, "test").version == "v1"
+    assert reg.register(other_model(quick_model.model_dir, tmp_path / "model-b"), parent="v1").version == "v2"
+    assert current_announcement(settings.kafka).version == "v1"
+    yield reg
+    engine.dispose()
+
+
+def _delete_models_topic(reg: ModelRegistry) -> None:
+    """Delete the models topic and wait until the broker no longer lists it."""
+    admin = KafkaAdminClient(**client_config(reg.kafka))
+    try:
+        admin.delete_topics([reg.kafka.models_topic])
+        deadline = time.monotonic() + 60
+        while reg.kafka.models_topic in admin.list_topics():
+            assert time.monotonic() < deadline, "the models topic was not deleted in 60 s"
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
+def test_a_job_whose_announcement_fails_rolls_the_activation_back_and_says_why(registry):
+    reg = registry
+    job_id = jobs.request_job(reg.engine, "manual", requested_by="erin")
+    assert jobs.claim_next(reg.engine, 1).id == job_id
+    _delete_models_topic(reg)
+
+    started = time.monotonic()
+    code = conclude(reg.engine, reg, job_id, "v2", activate=True, promoted=True, reason="promotion rule passed")
+    took = time.monotonic() - started
+    print(f"3 announcing tries of 3 s, backoff 1 + 2 s, then the rollback: {took:.1f} s")
+
+    assert code == 1
+    job = jobs.get_job(reg.engine, job_id)
+    assert (job.status, job.stage, job.candidate_version) == ("failed", "activation rolled back", "v2")
+    topic = reg.kafka.models_topic
+    assert job.error.startswith(f"activation rolled back: announcing v2 on {topic} failed after 3 tries "
+                                "(KafkaTimeoutError: ")
+    assert job.error.endswith(": the activation was rolled back, v1 is active again")
+    v1, v2 = reg.get("v1"), reg.get("v2")
+    assert reg.active().version == "v1" and v1.status == "active"
+    assert (v2.status, v2.activated_by, v2.activated_at) == ("candidate", None, None)
+    assert f"activation by trainer (job {job_id}) rolled back" in v2.notes and "v1 is active again" in v2.notes
+    assert took >= 3 * 3.0 + 1.0 + 2.0  # every try waited its full timeout: the broker refused each one
+
+
+def test_an_activation_from_the_cli_or_dashboard_is_rolled_back_too_and_the_topic_still_names_v1(registry):
+    reg = registry
+    _delete_models_topic(reg)
+    with pytest.raises(AnnouncementError, match="v1 is active again") as failed:
+        reg.activate("v2", "erin")
+    assert failed.value.reverted
+    assert reg.active().version == "v1" and reg.get("v2").status == "candidate"
+    ensure_topics(reg.kafka)  # the topic back: the registry and the topic agree on v1 again
+    reg.reannounce("erin")
+    assert current_announcement(reg.kafka).version == "v1"
+
+
+def test_a_transient_failure_is_retried_and_the_new_version_stays_active_and_announced(registry, caplog):
+    reg = registry
+    _delete_models_topic(reg)
+    first_try_over = time.monotonic() + reg.retry.timeout_s + 0.2
+    # The topic comes back during the backoff after the first try (as after a broker restart).
+    restore = threading.Thread(target=lambda: (time.sleep(max(0.0, first_try_over - time.monotonic())),
+                                               ensure_topics(reg.kafka)))
+    restore.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="linewatch.trainer.rollout"):
+            row = reg.activate("v2", "erin")
+    finally:
+        restore.join()
+    assert row.version == "v2" and reg.active().version == "v2" and reg.get("v1").status == "retired"
+    assert current_announcement(reg.kafka).version == "v2"
+    failures = [r.getMessage() for r in caplog.records if "failed (attempt" in r.getMessage()]
+    assert failures and failures[0].startswith(f"announcing v2 on {reg.kafka.models_topic} failed (attempt 1 of 3: "
+                                               "KafkaTimeoutError")
+    assert any("succeeded at attempt" in r.getMessage() for r in caplog.records)
+    assert "rolled back" not in (reg.get("v2").notes or "")
