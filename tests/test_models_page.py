@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import test_dashboard as ui
+import test_rollout
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
 from test_label_noise import T0, sqlite_line  # noqa: F401 -- the fixture
@@ -34,6 +35,8 @@ from datasets import bottle
 from pipeline_harness import Pipeline, other_model
 
 pytestmark = pytest.mark.services
+
+line = test_rollout.line  # the fixture: a line with a worker on Apache Kafka, PostgreSQL and Redis
 
 # the fixtures this module shares with test_dashboard.py
 browser, scorer, sqlite_stores = ui.browser, ui.scorer, ui.sqlite_stores
@@ -96,19 +99,6 @@ def sign_out(page: Page) -> None:
 
 
 ACTION = re.compile(r"^(Activate|Roll back|Re-announce|Yes, )")
-
-
-@pytest.fixture
-def line(apache_kafka, redis_url, postgres_server, tmp_path, quick_model):
-    p = Pipeline(apache_kafka.bootstrap_servers, redis_url, postgres_server.url, tmp_path / "state",
-                 quick_model.model_dir)
-    p.registry = ModelRegistry(p.engine, p.settings.artifact_store_root, p.settings.kafka)
-    with p.engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM training_jobs")
-        conn.exec_driver_sql("DELETE FROM models")
-    yield p
-    p.kill()
-    p.close()
 
 
 def _worker_models(p: Pipeline) -> set[str]:
