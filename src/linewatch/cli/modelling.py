@@ -1,5 +1,6 @@
-"""``linewatch train``, ``eval`` and ``score``: a model from good images, its accuracy, and its verdict on image
-files, all on this machine (no services). torch and the detector load inside each command."""
+"""``linewatch train``, ``eval``, ``score``, ``export`` and ``fit-global``: a model from good images, its accuracy,
+its verdict on image files, its export and its global branch, all on this machine (no services). torch and the
+detector load inside each command."""
 
 from __future__ import annotations
 
@@ -149,6 +150,8 @@ def score(
         typer.echo(json.dumps({
             "path": str(path), "image_score": float(result.image_scores[0]),
             "normalized_score": float(result.normalized[0]),
+            **({} if result.global_scores is None else {"local_score": float(result.local_scores[0]),
+                                                         "global_score": float(result.global_scores[0])}),
             "verdict": "defect" if result.is_defect[0] else "good", "model_version": scorer.version,
             "runtime": scorer.runtime,
             "regions": [r.model_dump() for r in regions],
@@ -189,3 +192,27 @@ def export(
                + "".join(f"\n  {name}: scores {q['score_rel']:.1e}, maps {q['map_rel']:.1e} relative, "
                          f"{'matches' if q['passed'] else 'DOES NOT MATCH (--runtime ' + name + ' refuses it)'}"
                          for name, q in record["parity"].items() if name != "onnxruntime"))
+
+
+def fit_global(
+    model: Annotated[Path, typer.Option("--model", help="model directory")],
+    device: DeviceOpt = None,
+    export: Annotated[bool, typer.Option(help="export the model again when it had an ONNX export")] = True,
+) -> None:
+    """Give a trained model the global branch (a Gaussian of pooled teacher features, fused with STPM's image
+    score), fit on its own training goods and calibrated on its held-out goods, which must still be readable and
+    unchanged. The student, thresholds and anomaly maps stay as they are; an old ONNX export is replaced."""
+    from linewatch.detector.global_fit import add_global_branch
+    from linewatch.detector.model_files import read_metadata
+    from linewatch.detector.runtimes.onnx_export import export_onnx
+
+    s = load_settings()
+    with user_errors():
+        had_export = bool(read_metadata(model).get("exports", {}).get("onnx"))
+        record = add_global_branch(model, device_name(device) or s.detector.device, s.backbone.weights)
+        typer.echo(f"global branch written to {Path(model) / record['file']}: {record['fitted_on']}, global "
+                   f"threshold {record['threshold']:.4g} ({record['calibration']['held_out_goods']} held-out goods), "
+                   f"fusion scale {record['fusion']['scale']:.4g}")
+        if had_export and export:
+            export_onnx(model, s.backbone.weights)
+            typer.echo(f"ONNX export written again to {Path(model) / 'model.onnx'}")

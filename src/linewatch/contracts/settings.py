@@ -186,6 +186,8 @@ class TrainingSettings(BaseModel):
                                      "measured on the training images (the scale the model learns parts at)")
     tile_overlap: float = Field(0.25, ge=0, le=0.9, description="least overlap of neighbouring tiles, share of "
                                 "the tile side; overlaps take the maximum of the tiles' anomaly maps")
+    global_branch: bool = Field(True, description="also fit the image-level global branch (a Gaussian of pooled "
+                                "teacher features, fused with STPM's image score; linewatch.detector.global_branch)")
 
 
 class DriftSettings(BaseModel):

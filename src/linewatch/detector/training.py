@@ -18,7 +18,8 @@ Images become model inputs under the input geometry (:mod:`.geometry`; ``input_m
 letterboxed, or tiled beyond ``max_aspect``); a tiled image trains on each of its windows. Thresholds are then
 set on the held-out good images (:mod:`.calibration`), each scored whole by :func:`.scoring.frame_scores`, the
 computation the workers and ``linewatch score`` run: the float16 cache shifted scores by up to 1.7e-4 relative,
-and a threshold set on shifted scores is not the one served.
+and a threshold set on shifted scores is not the one served. Then the global branch (``global_branch``, on by
+default) is fit on the training goods and calibrated on the held-out ones (:mod:`.global_fit`).
 On the CPU the same seed gives the same weights (a test checks it); on CUDA nothing forces deterministic kernels.
 """
 
@@ -46,13 +47,21 @@ from .calibration import calibrate_image_threshold, score_statistics, threshold_
 from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .frame_stats import reference_statistics
 from .geometry import DEFAULT_MAX_ASPECT, DEFAULT_MODE, DEFAULT_TILE_OVERLAP, InputGeometry
+from .global_fit import fit_branch
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
 from .scoring import DEFAULT_GUARD_BAND, frame_scores
 from .stpm import STPM, pyramid_loss
 
 # TrainingError and UnderCalibratedError are this module's API too
-from .training_set import TrainingError, UnderCalibratedError, check_evidence, load_images, split_indices  # noqa: F401
+from .training_set import (  # noqa: F401
+    TrainingError,
+    UnderCalibratedError,
+    check_evidence,
+    load_images,
+    package_version,
+    split_indices,
+)
 
 
 @dataclass
@@ -65,7 +74,7 @@ class TrainConfig:
     are the calibration targets (:mod:`.calibration`); fewer held-out images than ``min_held_out_goods`` (or
     than 1/target) refuse the model unless ``allow_under_calibrated``; larger images than ``max_pixels``
     pixels are refused. ``input_mode``, ``max_aspect``, ``tile_scale`` (None: measured on the images) and
-    ``tile_overlap`` are the input geometry (:meth:`geometry`).
+    ``tile_overlap`` are the input geometry (:meth:`geometry`); ``global_branch``: fit the image-level branch.
     """
 
     backbone: str = "efficientnet_lite0"
@@ -89,6 +98,7 @@ class TrainConfig:
     max_aspect: float = DEFAULT_MAX_ASPECT
     tile_scale: float | None = None
     tile_overlap: float = DEFAULT_TILE_OVERLAP
+    global_branch: bool = True
 
     def geometry(self) -> InputGeometry:
         """The input geometry this recipe asks for. Raises ValueError: see :class:`.geometry.InputGeometry`."""
@@ -284,7 +294,7 @@ def train(
     model.student.load_state_dict(best_state)
     model.eval()
     val_frames = [images.frames[i] for i in val_idx]
-    val_scores, val_maps = frame_scores(model, val_frames, device, "float32", config.batch_size)
+    val_scores, val_maps = frame_scores(model, val_frames, device, "float32", config.batch_size)[:2]
     # Reduced precision is measured, not calibrated on: on a GPU its shift on the held-out goods widens the guard
     # band within which a bfloat16/float16 scorer re-scores in float32 (scoring module docstring). The CPU serves
     # float32, and its emulated bfloat16 is slow, so there the default band stands.
@@ -292,6 +302,8 @@ def train(
     shift = None if reduced == "float32" else float(np.max(np.abs(
         frame_scores(model, val_frames, device, reduced, config.batch_size)[0] / val_scores - 1)))
     calibration = calibrate_image_threshold(val_scores, config.target_false_reject_rate, config.min_held_out_goods)
+    branch = fit_branch(model, train_images, val_frames, device, calibration.threshold, config.target_false_reject_rate,
+                        config.min_held_out_goods, config.batch_size) if config.global_branch else None
     pixel_threshold = threshold_at_rate(np.concatenate([m.ravel() for m in val_maps]),
                                         config.pixel_false_positive_rate)
     role = np.full(len(paths), "train", dtype=object)
@@ -321,30 +333,17 @@ def train(
                       "serving": "float32 within guard_band of the image threshold, else the device's autocast"},
         "validation": {"loss": best_val, "image_score": score_statistics(val_scores)},
         "frame_statistics": reference_statistics(images.frames),  # of every good image: the drift reference (drift.py)
-        "training": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-            "device": str(device),
-            "best_epoch": best_epoch,
-            "fine_tuned": init_student is not None,
-            "duration_s": round(time.monotonic() - started, 2),
-            "history": [asdict(h) for h in history],
-        },
+        "training": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+                     "device": str(device), "best_epoch": best_epoch, "fine_tuned": init_student is not None,
+                     "duration_s": round(time.monotonic() - started, 2), "history": [asdict(h) for h in history]},
         "manifest": [  # held-out images with the score their threshold was calibrated on
             {"path": str(p), "sha256": h, "role": r, **({"score": float(score[i])} if r == "val" else {})}
             for i, (p, h, r) in enumerate(zip(paths, hashes, role, strict=True))
         ],
-        "linewatch_version": _version(),
+        "linewatch_version": package_version(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        **(extra_metadata or {}),
+        **({"global": branch.metadata} if branch else {}), **(extra_metadata or {}),
     }
-    model_dir = save_model(out_dir, model.student.state_dict(), metadata)
+    model_dir = save_model(out_dir, model.student.state_dict(), metadata, branch and (branch.mean, branch.precision))
     return TrainResult(model_dir=model_dir, metadata=read_metadata(model_dir), history=history)
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("linewatch")
-    except PackageNotFoundError:
-        return "0+unknown"
