@@ -112,6 +112,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{name:<16}{m['images']:>7}{f(m['image_auroc']):>11}{f(m['pixel_auroc']):>10}"
                      f"{f(m['au_pro']):>8}{f(m['miss_rate']):>7}")
     lines.append(f"false-reject rate on good images at the stored threshold: {f(o['false_reject_rate'])}")
+    if "image_auroc_stpm" in o:
+        lines.append(f"global branch: image AUROC fused {f(o['image_auroc'])} (above), STPM alone "
+                     f"{f(o['image_auroc_stpm'])}, global alone {f(o['image_auroc_global'])}")
     if "image" in report["f1_optimal"]:
         best = report["f1_optimal"]["image"]
         lines.append(f"F1-optimal image threshold {best['threshold']:.5f} "
