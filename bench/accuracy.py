@@ -74,7 +74,8 @@ def main() -> int:
         if "global" not in meta and not args.no_global:
             started = time.monotonic()
             print(f"[{name}] fitting the global branch", flush=True)
-            meta = {**meta, "global": add_global_branch(model_dir, args.device)}
+            add_global_branch(model_dir, args.device)
+            meta = read_metadata(model_dir)
             meta["global"]["fit_s"] = round(time.monotonic() - started, 1)
         scorer = Scorer(model_dir, args.device)
         trained_sigma = scorer.model.stpm.smoothing_sigma
@@ -88,8 +89,8 @@ def main() -> int:
                 "train_s": meta["training"]["duration_s"], "trained_now": trained_now,
                 "epochs": meta["training"]["epochs"], "best_epoch": meta["training"]["best_epoch"],
                 "device": meta["training"]["device"], "eval_s": round(time.monotonic() - started, 1),
-                "global": {k: meta["global"][k] for k in ("threshold", "shrinkage", "fitted_on", "fusion")
-                           } if "global" in meta else None,
+                "global": {"threshold": meta["thresholds"]["global"], **{k: meta["global"].get(k) for k in (
+                    "shrinkage", "fitted_on", "fusion", "fit_s")}} if "global" in meta else None,
             }
             results.append(row)
             print(_row(row), flush=True)

@@ -2,7 +2,7 @@
 ratio to offline batch scoring of the same frames at the same batch size.
 
     python bench/pipeline.py [--model MODEL_DIR] [--frames 332] [--workers 1 2] [--batch 16] [--fps 10] [--threads N]
-        [--runtime auto|torch|onnxruntime|openvino]
+        [--runtime auto|torch|onnxruntime|openvino|openvino-int8|...]
 
 Runs on the embedded services (Apache Kafka as `linewatch up` starts it, redis-server, a SQLite file) unless
 ``--bootstrap HOST:PORT`` points at a Kafka cluster. Three measurements, side by side in one run:
@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    from linewatch.detector.runtimes import RUNTIMES  # constants only: no torch yet
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "bench" / "results" / "models" / "bottle")
     parser.add_argument("--frames", type=int, default=332)
@@ -44,7 +46,7 @@ def main() -> int:
     parser.add_argument("--bootstrap", default="")
     parser.add_argument("--threads", type=int, default=None,
                         help="inference threads per worker (default: the worker's own choice per batch)")
-    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="the workers' and the offline scoring's runtime (auto: the fastest matching one)")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
@@ -80,7 +82,7 @@ def main() -> int:
     bottle_test = Settings().data_root / "mvtec_ad" / "bottle" / "test"
     files = sorted(bottle_test.rglob("*.png"))
     results: dict = {"frames": args.frames, "batch": args.batch, "cpu_threads": torch.get_num_threads(),
-                     "model": str(args.model)}
+                     "model": str(args.model), "load_average_start": os.getloadavg()}
 
     def run(name: str, workers: int, publish, threads: int | None) -> tuple[list, float]:
         prefix = f"b{uuid.uuid4().hex[:6]}"
@@ -168,6 +170,7 @@ def main() -> int:
     finally:
         for service in reversed(services):
             service.stop()
+    results["load_average_end"] = os.getloadavg()
     print()
     print(_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +228,8 @@ def _table(r: dict) -> str:
                   f"{'latency p99 ' + at:<52}{r['latency_p99_ms']:>12.0f}",
                   f"{'inference time of one batch (median), ms':<52}{r['batch_inference_ms']:>12.0f}",
                   f"{'  p99 / batch inference (target <= 3)':<52}{r['p99_over_batch_inference']:>12.2f}"]
+    lines.append(f"load average (1 min) at start / end: {r['load_average_start'][0]:.1f} / "
+                 f"{r['load_average_end'][0]:.1f} on {os.cpu_count()} CPUs")
     return "\n".join(lines)
 
 

@@ -2,13 +2,15 @@
 inference runtimes side by side.
 
     python bench/speed.py [--model MODEL_DIR] [--devices cpu cuda] [--batches 1 4 8 16 32]
-    python bench/speed.py --runtimes [--model MODEL_DIR] [--batches 1 4 8 16] [--threads 1 2]
+    python bench/speed.py --runtimes [--model MODEL_DIR] [--batches 1 4 8 16] [--threads 1 2] [--precisions bf16 int8]
 
-``--runtimes``: images/s of each runtime (eager PyTorch, ONNX Runtime, OpenVINO at fp32) x batch x intra-op
-threads on the CPU, its ratio to eager PyTorch, the largest relative score difference from eager PyTorch and
-whether every verdict is the same, in one table. The runtimes take turns call by call (each cell's median over
-``--repeats`` turns), so a load that comes and goes on a shared machine weighs on all of them alike. The model is
-exported first where it has no ONNX export.
+``--runtimes``: images/s of each runtime (eager PyTorch, ONNX Runtime, OpenVINO at fp32 from its IR, and with
+``--precisions`` OpenVINO at bf16/int8) x batch x intra-op threads on the CPU, its ratio to eager PyTorch, the
+largest relative score difference from eager PyTorch and whether every verdict is the same (each runtime at its own
+thresholds: a reduced precision's are recalibrated on it), in one table. The runtimes take turns call by call (each
+cell's median over ``--repeats`` turns), so a load that comes and goes on a shared machine weighs on all of them
+alike. The model is exported first where an export is missing. Where CUDA exists, a second table follows: eager
+PyTorch at float32 and autocast, ``torch-compile`` (CUDA graphs), ONNX Runtime's CUDA and TensorRT providers.
 
 Measured side by side in one run, on real bottle images (absolute times on shared machines are
 noisy; the ratios are the result). Without ``--model`` a 1-epoch model is trained first (weights do
@@ -53,6 +55,8 @@ def main() -> int:
                         "(runtimes.json with --runtimes)")
     parser.add_argument("--runtimes", action="store_true", help="only the runtimes table (see above)")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="intra-op threads (--runtimes)")
+    parser.add_argument("--precisions", nargs="*", default=[], choices=["bf16", "int8"],
+                        help="also OpenVINO at these opt-in precisions (--runtimes; exported first where missing)")
     args = parser.parse_args()
     args.out = args.out or ROOT / "bench" / "results" / ("runtimes.json" if args.runtimes else "speed.json")
     if args.runtimes and args.batches == parser.get_default("batches"):
@@ -160,24 +164,33 @@ def _runtimes(model_dir: Path, encoded: list[bytes], args) -> int:
     from linewatch.detector.imaging import decode_image
     from linewatch.detector.model_files import read_metadata
     from linewatch.detector.runtimes.onnx_export import export_onnx
-    from linewatch.detector.runtimes.selection import EXPORT_RUNTIMES, export_forward
+    from linewatch.detector.runtimes.openvino_export import export_openvino
+    from linewatch.detector.runtimes.selection import EXPORT_RUNTIMES, export_forward, export_of, runtime_thresholds
     from linewatch.detector.scoring import Scorer
 
-    if "onnx" not in read_metadata(model_dir).get("exports", {}):
+    exports = read_metadata(model_dir).get("exports", {})
+    if "onnx" not in exports:
         print(f"exporting {model_dir} to ONNX ...", flush=True)
         export_onnx(model_dir)
+    for precision in ["fp32", *args.precisions]:
+        if ("openvino" if precision == "fp32" else f"openvino-{precision}") not in exports:
+            print(f"exporting {model_dir} to OpenVINO IR at {precision} ...", flush=True)
+            export_openvino(model_dir, precision)
     scorer = Scorer(model_dir, "cpu", precision="float32", runtime="torch")
-    onnx_path = model_dir / read_metadata(model_dir)["exports"]["onnx"]["file"]
+    meta = read_metadata(model_dir)
+    names = [*EXPORT_RUNTIMES, *(f"openvino-{p}" for p in args.precisions)]
+    paths = {name: export_of(scorer.model, name)[1] for name in names}
     step = max(1, len(encoded) // max(args.batches))  # good and defective bottles alike
     prepared = np.concatenate([scorer.windows(decode_image(b)) for b in encoded[::step][: max(args.batches)]])
-    threshold = scorer.image_threshold
+    # each runtime's verdicts at its own thresholds (a reduced precision's are recalibrated on it)
+    thresholds = {name: float(runtime_thresholds(meta, name)["image"]) for name in ["torch", *names]}
     rows = []
-    print(f"{'runtime':<12}{'threads':>8}{'batch':>6}{'images/s':>10}{'x torch':>9}{'max score diff':>16}"
+    print(f"{'runtime':<14}{'threads':>8}{'batch':>6}{'images/s':>10}{'x torch':>9}{'max score diff':>16}"
           f"{'verdicts':>10}", flush=True)
     for threads in args.threads:
         torch.set_num_threads(threads)
         runtimes = {"torch": scorer.torch_forward,
-                    **{name: export_forward(name, onnx_path, threads) for name in EXPORT_RUNTIMES}}
+                    **{name: export_forward(name, paths[name], threads) for name in names}}
         for batch in args.batches:
             x = prepared[:batch]
             outputs = {name: forward(x) for name, forward in runtimes.items()}  # also the warm-up
@@ -195,11 +208,14 @@ def _runtimes(model_dir: Path, encoded: list[bytes], args) -> int:
                 row = {"runtime": name, "threads": threads, "batch": batch, "images_per_s": batch / seconds,
                        "ratio_to_torch": torch_s / seconds,
                        "max_score_rel_diff": float(np.max(np.abs(scores - reference) / np.abs(reference))),
-                       "same_verdicts": bool(np.array_equal(scores > threshold, reference > threshold))}
+                       "same_verdicts": bool(np.array_equal(scores > thresholds[name],
+                                                            reference > thresholds["torch"]))}
                 rows.append(row)
-                print(f"{name:<12}{threads:>8}{batch:>6}{row['images_per_s']:>10.1f}{row['ratio_to_torch']:>9.2f}"
+                print(f"{name:<14}{threads:>8}{batch:>6}{row['images_per_s']:>10.1f}{row['ratio_to_torch']:>9.2f}"
                       f"{row['max_score_rel_diff']:>16.1e}{'same' if row['same_verdicts'] else 'DIFFER':>10}",
                       flush=True)
+    if torch.cuda.is_available():
+        rows += _gpu_runtimes(model_dir, prepared, args)
     load = os.getloadavg()
     print(f"\nmodel {model_dir} ({scorer.image_size} px, {read_metadata(model_dir)['backbone']}); load average "
           f"{load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} CPUs (a shared machine: absolute figures are under load)")
@@ -208,6 +224,51 @@ def _runtimes(model_dir: Path, encoded: list[bytes], args) -> int:
                                     "load_average": load, "repeats": args.repeats}, indent=2))
     print(f"written to {args.out}")
     return 0
+
+
+def _gpu_runtimes(model_dir: Path, prepared, args) -> list[dict]:
+    """The GPU table: images/s of eager PyTorch at float32 and at the CUDA default (bfloat16/float16 autocast),
+    ``torch-compile`` (CUDA graphs), ``onnxruntime-cuda`` and ``onnxruntime-tensorrt`` (float32, each checked against
+    eager PyTorch when it loads) x batch, taking turns call by call; a runtime that cannot load is listed with why."""
+    import numpy as np
+    import torch
+
+    from linewatch.detector.scoring import Scorer
+
+    scorers, rows = {}, []
+    for name, runtime, precision in (("torch fp32", "torch", "float32"), ("torch autocast", "torch", "auto"),
+                                     ("torch-compile", "torch-compile", "float32"),
+                                     ("onnxruntime-cuda", "onnxruntime-cuda", "float32"),
+                                     ("onnxruntime-tensorrt", "onnxruntime-tensorrt", "float32")):
+        try:
+            scorers[name] = Scorer(model_dir, "cuda", precision=precision, runtime=runtime)
+        except Exception as exc:  # noqa: BLE001 -- the table says why a runtime is missing
+            print(f"{name}: not measured ({type(exc).__name__}: {exc})", flush=True)
+            rows.append({"device": "cuda", "runtime": name, "error": f"{type(exc).__name__}: {exc}"})
+    print(f"\nGPU ({torch.cuda.get_device_name()}):\n{'runtime':<22}{'batch':>6}{'images/s':>10}{'x torch fp32':>14}"
+          f"{'max score diff':>16}", flush=True)
+    for batch in args.batches:
+        x = np.concatenate([prepared] * (batch // len(prepared) + 1))[:batch]
+        outputs = {name: s.score(x).image_scores for name, s in scorers.items()}  # warm-up (compiles, builds)
+        times: dict[str, list[float]] = {name: [] for name in scorers}
+        for _ in range(args.repeats):
+            for name, s in scorers.items():
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                s.score(x)
+                torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - t0)
+        reference = outputs["torch fp32"].astype(np.float64)
+        base = statistics.median(times["torch fp32"])
+        for name in scorers:
+            seconds = statistics.median(times[name])
+            row = {"device": "cuda", "runtime": name, "batch": batch, "images_per_s": batch / seconds,
+                   "ratio_to_torch": base / seconds,
+                   "max_score_rel_diff": float(np.max(np.abs(outputs[name] - reference) / np.abs(reference)))}
+            rows.append(row)
+            print(f"{name:<22}{batch:>6}{row['images_per_s']:>10.1f}{row['ratio_to_torch']:>14.2f}"
+                  f"{row['max_score_rel_diff']:>16.1e}", flush=True)
+    return rows
 
 
 def _line(r: dict) -> str:

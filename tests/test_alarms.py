@@ -277,3 +277,16 @@ def test_the_grafana_dashboard_round_trips_through_grafanas_own_types():
         assert all(t["datasource"]["uid"] == "${datasource}" and t["expr"] for t in p["targets"])
     [var] = dash["templating"]["list"]
     assert (var["name"], var["type"], var["query"]) == ("datasource", "datasource", "prometheus")
+
+
+def test_a_per_line_defect_rate_limit_from_the_environment_is_read_and_not_called_misspelt(monkeypatch):
+    """A mapping setting's keys are the user's (line ids): ``..._BY_LINE__LINE-1`` sets line-1's limit and is no
+    misspelling; one level deeper is."""
+    from linewatch.contracts.settings_check import unknown_settings
+
+    name = "LINEWATCH_DASHBOARD__ALARMS__DEFECT_RATE_MAX_BY_LINE__LINE-1"
+    deeper = "LINEWATCH_DASHBOARD__ALARMS__DEFECT_RATE_MAX_BY_LINE__LINE-1__X"
+    assert unknown_settings({name: "0.1", deeper: "1", "LINEWATCH_DETECTOR__MAX_BACH": "8"}) == [
+        deeper, "LINEWATCH_DETECTOR__MAX_BACH"]
+    monkeypatch.setenv(name, "0.1")
+    assert Settings().dashboard.alarms.defect_rate_max_by_line == {"line-1": 0.1}

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -111,8 +112,15 @@ def test_eval_and_score_on_real_images(quick_model, tmp_path):
     for name in ("000.png", "001.png"):
         (root / "test" / "contamination" / name).symlink_to(bottle() / "test" / "contamination" / name)
 
-    result = linewatch("eval", "--model", str(quick_model.model_dir), "--data", str(root), "--json",
-                       str(tmp_path / "report.json"), "--maps", str(tmp_path / "maps"), "--no-progress")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    defect = bottle() / "test" / "broken_large" / "000.png"
+    with ThreadPoolExecutor(2) as pool:  # two independent commands, each mostly start-up: side by side
+        evaluated = pool.submit(linewatch, "eval", "--model", str(quick_model.model_dir), "--data", str(root),
+                                "--json", str(tmp_path / "report.json"), "--maps", str(tmp_path / "maps"),
+                                "--no-progress")
+        scored = pool.submit(linewatch, "score", "--model", str(quick_model.model_dir), str(defect), str(bad))
+    result = evaluated.result()
     assert result.returncode == 0, result.stderr
     assert "img AUROC" in result.stdout and "broken_large" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
@@ -126,10 +134,7 @@ def test_eval_and_score_on_real_images(quick_model, tmp_path):
     assert report["overall"]["au_pro"] == per_type["broken_large"]["au_pro"]
     assert sorted(p.name for p in (tmp_path / "maps").rglob("*.png")) == ["000.png"] * 3 + ["001.png"] * 3
 
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not an image")
-    defect = bottle() / "test" / "broken_large" / "000.png"
-    result = linewatch("score", "--model", str(quick_model.model_dir), str(defect), str(bad))
+    result = scored.result()
     assert result.returncode == 1
     good_line, bad_line = (json.loads(line) for line in result.stdout.splitlines())
     assert good_line["verdict"] == "defect" and good_line["normalized_score"] > 1.0 and good_line["regions"]

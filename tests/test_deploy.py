@@ -144,6 +144,7 @@ def test_each_service_starts_with_the_compose_settings(compose, apache_kafka, po
              "postgres:5432": pg_host}
     state = tmp_path / "state"
     procs: dict[str, subprocess.Popen] = {}
+    metrics_ports: dict[str, int | None] = {}
     try:
         for name in ("setup", "camera-1", "detector-cpu", "trainer", "dashboard"):
             svc = compose["services"][name]
@@ -170,7 +171,9 @@ def test_each_service_starts_with_the_compose_settings(compose, apache_kafka, po
                 assert proc.wait(120) == 0, (tmp_path / "setup.log").read_text()
                 _register_first_model(env, quick_model.model_dir)
                 continue
-            _wait_http(f"http://127.0.0.1:{port}/readyz", proc, tmp_path / f"{name}.log")
+            metrics_ports[name] = port  # the services start side by side; each is then waited for in turn
+        for name, port in metrics_ports.items():
+            _wait_http(f"http://127.0.0.1:{port}/readyz", procs[name], tmp_path / f"{name}.log")
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             assert "linewatch_" in metrics
             if name == "detector-cpu":

@@ -191,3 +191,28 @@ def test_field_case_c29_a_weak_lamp_raises_its_cameras_drift_alarm_through_the_p
         assert p.stop_workers() == {"w1": 0}
     finally:
         p.close()
+
+
+def test_a_frame_whose_statistics_fail_is_scored_without_a_drift_check_on_the_cpu_too(quick_model, monkeypatch):
+    """A statistic is not the frame: a decoded frame whose statistics raise is prepared with none (no drift check
+    for it), as on the GPU path, never dead-lettered as undecodable."""
+    from linewatch.contracts.messages import FrameMeta
+    from linewatch.detector.stream import frames
+    from linewatch.detector.stream.batches import PreparedFrame, RawFrame
+
+    scorer = Scorer(quick_model.model_dir, "cpu")
+    path = field_case("c29_lighting") / "c29_good_bottle_reference_unchanged.png"
+    rgb, data = read_image(path), path.read_bytes()
+    meta = FrameMeta("cam-1", "line-1", 7, time.time_ns(), "image/png")
+    raw = RawFrame("t.frames", 0, 7, b"cam-1", data, meta.headers())
+    kept = frames.prepare_frame(raw, scorer.geometry, 40_000_000)
+    assert isinstance(kept, PreparedFrame) and set(kept.stats) == set(STAT_NAMES)
+
+    def broken(_frame):
+        raise ValueError("a statistic failed")
+
+    monkeypatch.setattr(frames, "input_statistics", broken)
+    prepared = frames.prepare_frame(raw, scorer.geometry, 40_000_000)
+    assert isinstance(prepared, PreparedFrame), prepared
+    assert prepared.stats is None
+    assert prepared.width == rgb.shape[1] and prepared.height == rgb.shape[0]

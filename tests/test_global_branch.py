@@ -21,6 +21,7 @@ from linewatch.detector.global_fit import add_global_branch
 from linewatch.detector.imaging import read_image
 from linewatch.detector.model_files import METADATA_FILE, ModelFileError, load_model
 from linewatch.detector.runtimes.onnx_export import export_onnx
+from linewatch.detector.runtimes.openvino_export import export_openvino
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.stpm import combine_maps, image_scores, normalize_features, smooth_map, stage_maps
 from linewatch.detector.stream.batches import PreparedFrame, RawFrame
@@ -98,21 +99,27 @@ def test_the_branch_is_fit_on_training_goods_and_fuses_image_scores_only(quick_m
     train_n = sum(m["role"] == "train" for m in meta["manifest"])
     assert record["fitted_on"].startswith(f"{train_n} ") and record["estimator"] == "sklearn.covariance.LedoitWolf"
     assert record["features"]["dim"] == sum(meta["pyramid"]["channels"]) == 176
-    assert record["fusion"]["scale"] == pytest.approx(meta["thresholds"]["image"] / record["threshold"])
-    assert meta["thresholds"] == quick_model.metadata["thresholds"]  # STPM's thresholds are untouched
+    thresholds, before = meta["thresholds"], quick_model.metadata["thresholds"]
+    threshold = thresholds["global"]  # set with STPM's by calibrate_thresholds, at the same target
+    assert thresholds["global_calibration"]["target_false_reject_rate"] == before["target_false_reject_rate"]
+    assert {k: v for k, v in thresholds.items() if not k.startswith("global")} == before  # STPM's are untouched
     old, new = Scorer(quick_model.model_dir, "cpu"), Scorer(global_model, "cpu")
     frames = [new.prepare(read_image(p)) for p in IMAGES]
     a, b = old.score_frames(frames), new.score_frames(frames)
     assert all(np.array_equal(x, y) for x, y in zip(a.maps, b.maps, strict=True))  # the anomaly map is unchanged
     assert np.array_equal(b.local_scores, a.image_scores)
-    scale = record["fusion"]["scale"]
+    scale = thresholds["image"] / threshold
+    assert new.model.stpm.global_branch.scale == pytest.approx(scale, rel=1e-12)
     assert np.allclose(b.image_scores, np.maximum(a.image_scores, b.global_scores * scale), rtol=1e-6, atol=0)
     assert np.allclose(b.normalized, np.maximum(a.image_scores / old.image_threshold,
-                                                b.global_scores / record["threshold"]), rtol=1e-5, atol=0)
+                                                b.global_scores / threshold), rtol=1e-5, atol=0)
     # the held-out goods the threshold was set on stay below it, by the calibration rule
     held_out = [m["path"] for m in meta["manifest"] if m["role"] == "val"]
     goods = new.score_images([read_image(p) for p in held_out])
-    assert (goods.global_scores <= record["threshold"]).all()
+    assert (goods.global_scores <= threshold).all()
+    # the fused score is now the image score: the score-drift reference is the held-out goods' fused scores
+    assert meta["validation"]["image_score"]["max"] == pytest.approx(float(goods.image_scores.max()), rel=1e-5)
+    assert meta["validation"]["image_score"]["p95"] >= quick_model.metadata["validation"]["image_score"]["p95"]
     # a changed branch file is refused like changed weights
     broken = global_model.parent / "broken"
     shutil.copytree(global_model, broken)
@@ -167,6 +174,43 @@ def test_the_onnx_export_outputs_the_fused_score_and_matches_eager_pytorch(globa
     assert "onnx" not in json.loads((model_dir / METADATA_FILE).read_text()).get("exports", {})
 
 
+def test_openvino_exports_carry_the_branch_and_int8_recalibrates_its_threshold(global_model, tmp_path):
+    from linewatch.detector.calibration import calibrate_thresholds
+    from linewatch.detector.runtimes.parity import readable_goods
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(global_model, model_dir)
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
+    fp32 = export_openvino(model_dir, "fp32")
+    assert list(fp32["outputs"]) == ["image_scores", "anomaly_maps", "global_scores"]
+    assert fp32["global_sha256"] == meta["global"]["sha256"]
+    assert fp32["parity"]["openvino"]["passed"] and fp32["parity"]["openvino"]["global_rel"] <= 1e-5
+    int8 = export_openvino(model_dir, "int8")
+    t = int8["thresholds"]
+    scorer = Scorer(model_dir, "cpu", runtime="openvino-int8")
+    # every threshold, the global one too, is the rule on the held-out goods as the int8 IR scores them
+    goods = scorer.score_images([rgb for _, rgb in readable_goods(meta, "val")])
+    expected = calibrate_thresholds(goods.local_scores, goods.maps, t["target_false_reject_rate"],
+                                    t["pixel_false_positive_rate"], t["calibration"]["needed_held_out_goods"],
+                                    goods.global_scores)
+    for key in ("image", "pixel", "global"):
+        assert t[key] == pytest.approx(expected[key], rel=1e-6), key
+    # fused with its own thresholds' scale, frame by frame and window by window
+    scale = t["image"] / t["global"]
+    assert scorer.model.stpm.global_branch.scale == pytest.approx(scale, rel=1e-12)
+    assert np.allclose(goods.image_scores, np.maximum(goods.local_scores, goods.global_scores * scale), rtol=1e-6)
+    assert not goods.is_defect.any()
+    windows = np.concatenate([scorer.windows(read_image(p)) for p in IMAGES])
+    out = scorer.score(windows)
+    local = out.anomaly_maps.max(axis=(1, 2, 3))
+    assert np.allclose(out.image_scores, np.maximum(local, out.global_scores * scale), rtol=1e-6, atol=0)
+    print(f"int8: global threshold {t['global']:.4g} (float32 {meta['thresholds']['global']:.4g}), image "
+          f"{t['image']:.4g} (float32 {meta['thresholds']['image']:.4g}); against float32 {int8['against_float32']}")
+    # an export of the model before its branch was fitted again is refused, not scored with the wrong branch
+    add_global_branch(model_dir, "cpu")
+    assert not json.loads((model_dir / METADATA_FILE).read_text()).get("exports")
+
+
 def test_training_fits_the_branch_by_default(tmp_path):
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.training import TrainConfig, train
@@ -180,7 +224,8 @@ def test_training_fits_the_branch_by_default(tmp_path):
     held_out = [m for m in result.metadata["manifest"] if m["role"] == "val"]
     scored = scorer.score_images([read_image(m["path"]) for m in held_out])
     assert np.allclose(scored.local_scores, [m["score"] for m in held_out], rtol=1e-5, atol=0)
-    assert scored.global_scores.max() <= record["threshold"]
+    assert scored.global_scores.max() <= result.metadata["thresholds"]["global"]
+    assert "threshold" not in record  # one home: thresholds.global
     off = train(open_dataset(bottle()).train[::10][:16], tmp_path / "off",
                 TrainConfig(**{**config.__dict__, "global_branch": False}), progress=False)
     assert "global" not in off.metadata and not (tmp_path / "off" / GLOBAL_FILE).exists()

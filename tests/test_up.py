@@ -12,8 +12,6 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from linewatch.cli.embedded_kafka import ApacheKafka
-
 from datasets import data_root
 
 MiB = 1024 * 1024
@@ -35,8 +33,22 @@ def _summary(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{\n"):])
 
 
+def _small_bottle(folder: Path, every: int = 5) -> Path:
+    """A data root whose mvtec_ad/bottle is the real one with every ``every``-th training image (symlinks): the
+    default model's training is what is tested, not its quality, and 42 images take a fifth of the time."""
+    real = data_root() / "mvtec_ad" / "bottle"
+    bottle = folder / "mvtec_ad" / "bottle"
+    (bottle / "train" / "good").mkdir(parents=True)
+    for image in sorted((real / "train" / "good").glob("*.png"))[::every]:
+        (bottle / "train" / "good" / image.name).symlink_to(image)
+    for name in ("test", "ground_truth"):
+        (bottle / name).symlink_to(real / name, target_is_directory=True)
+    return folder
+
+
 def test_up_trains_the_default_model_once_then_runs_the_line(tmp_path):
-    first = _up(tmp_path, "--max-frames", "12", "--fps", "0", "--epochs", "1")
+    data = _small_bottle(tmp_path / "data")
+    first = _up(tmp_path, "--max-frames", "12", "--fps", "0", "--epochs", "1", data=data)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "training the default model" in first.stdout
     summary = _summary(first.stdout)
@@ -44,15 +56,17 @@ def test_up_trains_the_default_model_once_then_runs_the_line(tmp_path):
     assert summary["latency_ms"]["p50"] > 0 and len(summary["model_versions"]) == 1
     assert (tmp_path / "models" / "bottle-default" / "model.json").is_file()
 
-    second = _up(tmp_path, "--max-frames", "30", "--fps", "20", "--workers", "2")
+    second = _up(tmp_path, "--max-frames", "30", "--fps", "20", "--workers", "2", data=data)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "training the default model" not in second.stdout  # cached
     again = _summary(second.stdout)
     assert again["published"] == 30 and again["inspected"] == 30
     assert again["model_versions"] == summary["model_versions"]
 
-    # A camera that cannot open its source stops the run with the camera's own error, not a silent wait.
-    broken = _up(tmp_path, "--source", str(tmp_path / "nowhere"), "--max-frames", "5", "--no-trainer", timeout=300)
+    # A camera that cannot open its source stops the run with the camera's own error, not a silent wait. (The
+    # worker scores with eager PyTorch: the runtime choice of `auto`, timed at its start, is the runs' above.)
+    broken = _up(tmp_path, "--source", str(tmp_path / "nowhere"), "--max-frames", "5", "--no-trainer", timeout=300,
+                 data=data, LINEWATCH_DETECTOR__RUNTIME="torch")
     assert broken.returncode == 1
     assert "error: camera exited with code" in broken.stderr and str(tmp_path / "nowhere") in broken.stderr
 
@@ -64,32 +78,13 @@ def test_up_says_where_the_bottle_images_are_expected_before_starting_anything(t
     assert not (tmp_path / "state" / "kafka").exists()  # failed before starting the broker
 
 
-def _topic_configs(kafka: ApacheKafka, topics: list[str]) -> dict[str, dict[str, str]]:
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+def _topic_configs(bootstrap_servers: str, topics: list[str]) -> dict[str, dict[str, str]]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
     try:
         described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
     finally:
         admin.close()
     return {t: {key: entry["value"] for key, entry in c.items()} for t, c in described["topic"].items()}
-
-
-def test_up_creates_the_topics_with_retention_by_time_and_size(tmp_path, quick_model):
-    # A retention set in the environment reaches the topic; the others keep their documented defaults.
-    run = _up(tmp_path, "--model", str(quick_model.model_dir), "--max-frames", "6", "--fps", "0", "--no-trainer",
-              timeout=600, LINEWATCH_KAFKA__FRAMES_RETENTION__MS="3600000")
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "embedded Apache Kafka on 127.0.0.1:" in run.stdout and "heap 256 MiB" in run.stdout
-    kafka = ApacheKafka(tmp_path / "kafka").start()  # the broker's data as `up` left it
-    try:
-        configs = _topic_configs(kafka, ["linewatch.frames", "linewatch.frames.dlq", "linewatch.inspections"])
-    finally:
-        kafka.stop()
-    frames = configs["linewatch.frames"]
-    assert frames["retention.ms"] == "3600000" and frames["retention.bytes"] == str(512 * MiB)
-    assert frames["segment.bytes"] == str(64 * MiB) and frames["segment.ms"] == "3600000"
-    for topic in ("linewatch.frames.dlq", "linewatch.inspections"):
-        assert configs[topic]["retention.ms"] == str(7 * 24 * 3600_000), topic
-        assert configs[topic]["retention.bytes"] == str(256 * MiB), topic
 
 
 def _broker_pid(state_dir: Path) -> int | None:
@@ -104,24 +99,45 @@ def _broker_pid(state_dir: Path) -> int | None:
     return None
 
 
-def test_up_stops_with_the_brokers_error_when_the_broker_is_killed(tmp_path, quick_model):
+def _advertised_listener(state_dir: Path) -> str:
+    """``host:port`` of the embedded broker of ``state_dir``, from the configuration `up` wrote for it."""
+    lines = (state_dir / "kafka" / "server.properties").read_text().splitlines()
+    [listener] = [line.split("=", 1)[1] for line in lines if line.startswith("advertised.listeners=")]
+    return listener.removeprefix("PLAINTEXT://")
+
+
+def test_up_creates_the_topics_with_retention_and_stops_with_the_brokers_error_when_it_is_killed(tmp_path,
+                                                                                                quick_model):
+    # One run for both (each costs a start of `up`): the topics are read from the running broker, then it is killed.
+    # A retention set in the environment reaches the topic; the others keep their documented defaults.
     up = subprocess.Popen([sys.executable, "-m", "linewatch", "up", "--no-dashboard", "--no-trainer", "--model",
-                           str(quick_model.model_dir), "--fps", "5"], env=_env(tmp_path), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                           str(quick_model.model_dir), "--fps", "5"],
+                          env=_env(tmp_path, LINEWATCH_KAFKA__FRAMES_RETENTION__MS="3600000"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not (tmp_path / "logs" / "camera.log").exists():
             assert up.poll() is None, up.communicate()[1][-3000:]
             time.sleep(0.5)
         time.sleep(5)  # frames flowing
+        configs = _topic_configs(_advertised_listener(tmp_path),
+                                 ["linewatch.frames", "linewatch.frames.dlq", "linewatch.inspections"])
         pid = _broker_pid(tmp_path)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        _, stderr = up.communicate(timeout=120)  # not a frozen count: up ends by itself
+        stdout, stderr = up.communicate(timeout=120)  # not a frozen count: up ends by itself
     finally:
         if up.poll() is None:
             up.kill()
             up.communicate()
+    assert "embedded Apache Kafka on 127.0.0.1:" in stdout and "heap 256 MiB" in stdout
+    frames = configs["linewatch.frames"]
+    assert frames["retention.ms"] == "3600000" and frames["retention.bytes"] == str(512 * MiB)
+    assert frames["segment.bytes"] == str(64 * MiB) and frames["segment.ms"] == "3600000"
+    for topic in ("linewatch.frames.dlq", "linewatch.inspections"):
+        assert configs[topic]["retention.ms"] == str(7 * 24 * 3600_000), topic
+        assert configs[topic]["retention.bytes"] == str(256 * MiB), topic
+
     assert up.returncode == 1
     assert "error: kafka exited with code -9" in stderr and str(tmp_path / "kafka" / "kafka.log") in stderr
     assert _broker_pid(tmp_path) is None

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import user_errors
+from .errors import fail, user_errors
 from .options import DeviceOpt, RuntimeOpt, device_name, load_settings, runtime_name, with_values
 
 
@@ -175,47 +175,82 @@ def _scorer(model: Path, s, device, runtime):
 
 class ExportFormat(StrEnum):
     onnx = "onnx"
+    openvino = "openvino"
+
+
+class ExportPrecision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    int8 = "int8"
 
 
 def export(
     model: Annotated[Path, typer.Option("--model", help="model directory")],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="runtime graph to write")] = ExportFormat.onnx,
+    precision: Annotated[ExportPrecision, typer.Option(
+        "--precision", help="openvino only: fp32 (matches eager PyTorch), or the opt-in bf16 / int8 (NNCF) with "
+        "thresholds recalibrated on it (--runtime openvino-bf16 / openvino-int8)")] = ExportPrecision.fp32,
 ) -> None:
-    """Write the model's whole scoring graph for another runtime next to its files (model.onnx), checked against
-    eager PyTorch on the model's held-out goods and recorded in model.json with its SHA-256."""
+    """Write the model's whole scoring graph for another runtime next to its files (model.onnx; OpenVINO IR
+    model.xml/.bin), checked against eager PyTorch on the model's held-out goods (reduced precision: thresholds
+    recalibrated on them) and recorded in model.json with its SHA-256."""
     from linewatch.detector.runtimes.onnx_export import export_onnx
+    from linewatch.detector.runtimes.openvino_export import export_openvino
 
     s = load_settings()
+    if fmt is ExportFormat.onnx and precision is not ExportPrecision.fp32:
+        fail("--precision bf16 / int8 is for --format openvino; the ONNX export is float32")
     with user_errors():
-        record = export_onnx(model, s.backbone.weights)
-    p = record["parity"]["onnxruntime"]
-    typer.echo(f"{fmt.value} export written to {Path(model) / record['file']} (sha256 {record['sha256'][:16]}...)\n"
-               f"  matches eager PyTorch on {p['images']} {p['on']}: scores {p['score_rel']:.1e}, maps "
+        if fmt is ExportFormat.openvino:
+            record = export_openvino(model, precision.value, s.backbone.weights)
+        else:
+            record = export_onnx(model, s.backbone.weights)
+    typer.echo(f"{fmt.value} export ({precision.value}) written to {Path(model) / record['file']} "
+               f"(sha256 {record['sha256'][:16]}...)")
+    if "thresholds" in record:
+        shift, t = record["against_float32"], record["thresholds"]
+        typer.echo(f"  executes at {record['executes']} on {record['cpu']['name']}; thresholds recalibrated on "
+                   f"{shift['held_out_goods']} held-out goods: image {t['image']:.6g} (float32: "
+                   f"{shift['float32_threshold']:.6g}), pixel {t['pixel']:.6g}"
+                   + (f", global {t['global']:.6g}" if "global" in t else "") + "\n"
+                   f"  against float32 on them: max score shift {shift['max_score_shift']:.1e}, map shift "
+                   f"{shift['max_map_shift']:.1e} relative; verdict flips {shift['verdict_flips']}; "
+                   f"{shift['rejected_at_float32_threshold']} would be rejected at the float32 threshold")
+        return
+    p = record["parity"][next(iter(record["parity"]))]
+    typer.echo(f"  matches eager PyTorch on {p['images']} {p['on']}: scores {p['score_rel']:.1e}, maps "
                f"{p['map_rel']:.1e} relative (tolerance {p['tolerance']:g})"
                + "".join(f"\n  {name}: scores {q['score_rel']:.1e}, maps {q['map_rel']:.1e} relative, "
                          f"{'matches' if q['passed'] else 'DOES NOT MATCH (--runtime ' + name + ' refuses it)'}"
-                         for name, q in record["parity"].items() if name != "onnxruntime"))
+                         for name, q in list(record["parity"].items())[1:]))
 
 
 def fit_global(
     model: Annotated[Path, typer.Option("--model", help="model directory")],
     device: DeviceOpt = None,
-    export: Annotated[bool, typer.Option(help="export the model again when it had an ONNX export")] = True,
+    export: Annotated[bool, typer.Option(help="export the model again in the formats it had")] = True,
 ) -> None:
     """Give a trained model the global branch (a Gaussian of pooled teacher features, fused with STPM's image
     score), fit on its own training goods and calibrated on its held-out goods, which must still be readable and
-    unchanged. The student, thresholds and anomaly maps stay as they are; an old ONNX export is replaced."""
+    unchanged. The student, STPM's thresholds and anomaly maps stay as they are; its old exports (ONNX, OpenVINO at
+    each precision) lack the branch and are replaced."""
     from linewatch.detector.global_fit import add_global_branch
-    from linewatch.detector.model_files import read_metadata
+    from linewatch.detector.model_files import OPENVINO_EXPORTS, read_metadata
     from linewatch.detector.runtimes.onnx_export import export_onnx
+    from linewatch.detector.runtimes.openvino_export import export_openvino
 
     s = load_settings()
     with user_errors():
-        had_export = bool(read_metadata(model).get("exports", {}).get("onnx"))
+        had = set(read_metadata(model).get("exports", {}))
         record = add_global_branch(model, device_name(device) or s.detector.device, s.backbone.weights)
+        t = read_metadata(model)["thresholds"]
         typer.echo(f"global branch written to {Path(model) / record['file']}: {record['fitted_on']}, global "
-                   f"threshold {record['threshold']:.4g} ({record['calibration']['held_out_goods']} held-out goods), "
-                   f"fusion scale {record['fusion']['scale']:.4g}")
-        if had_export and export:
+                   f"threshold {t['global']:.4g} ({t['global_calibration']['held_out_goods']} held-out goods), "
+                   f"fusion scale {t['image'] / t['global']:.4g}")
+        if export and "onnx" in had:
             export_onnx(model, s.backbone.weights)
             typer.echo(f"ONNX export written again to {Path(model) / 'model.onnx'}")
+        for precision, key in OPENVINO_EXPORTS.items():
+            if export and key in had:
+                export_openvino(model, precision, s.backbone.weights)
+                typer.echo(f"OpenVINO {precision} export written again")

@@ -27,11 +27,19 @@ class RuntimeChoice(StrEnum):
     torch = "torch"
     onnxruntime = "onnxruntime"
     openvino = "openvino"
+    openvino_bf16 = "openvino-bf16"
+    openvino_int8 = "openvino-int8"
+    torch_compile = "torch-compile"
+    onnxruntime_cuda = "onnxruntime-cuda"
+    onnxruntime_tensorrt = "onnxruntime-tensorrt"
 
 
 RuntimeOpt = Annotated[RuntimeChoice | None, typer.Option(
     "--runtime", help="torch, onnxruntime or openvino (both need `linewatch export`) or auto: the fastest "
-    "matching eager PyTorch on the model's held-out goods [settings: detector.runtime]")]
+    "matching eager PyTorch on the model's held-out goods; openvino-bf16 / openvino-int8: opt-in reduced precision "
+    "(`linewatch export --format openvino --precision bf16|int8`), with its own recalibrated thresholds; "
+    "torch-compile, onnxruntime-cuda, onnxruntime-tensorrt: CUDA at float32 (--device cuda) "
+    "[settings: detector.runtime]")]
 
 
 def device_name(choice: DeviceChoice | None) -> str | None:

@@ -195,10 +195,12 @@ def _align_topic_configs(admin: KafkaAdminClient, topic: str, wanted: dict[str, 
 def topic_max_message_bytes(k: KafkaSettings, topic: str, timeout_s: float = 10.0) -> int | None:
     """The largest record batch the broker accepts on ``topic`` (its ``max.message.bytes``, the broker's
     default when the topic sets none), or None when the broker does not say (no such topic, no
-    DescribeConfigs permission, a broker that keeps no topic configs)."""
+    DescribeConfigs permission, a broker that keeps no topic configs) or cannot be reached: ``timeout_s``
+    bounds the connection (kafka-python's bootstrap, 30 s by default) as well as the request."""
     admin = None
     try:
-        admin = KafkaAdminClient(**client_config(k), request_timeout_ms=int(timeout_s * 1000))
+        admin = KafkaAdminClient(**client_config(k), request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
         described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
         value = _config_value(described.get("topic", {}).get(topic, {}).get("max.message.bytes"))
         return int(value) if value not in (None, "") else None

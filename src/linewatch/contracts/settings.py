@@ -18,11 +18,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NestedSecretsSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings import PydanticBaseSettingsSource as Source
 
 from .dashboard_settings import DashboardSettings
+from .drift_settings import DriftSettings  # noqa: F401 -- [detector.drift], importable from here too
 from .files import path_of
 from .trainer_settings import TrainerSettings
 
@@ -30,7 +31,8 @@ CONFIG_ENV = "LINEWATCH_CONFIG"
 SECRETS_DIR_ENV = "LINEWATCH_SECRETS_DIR"
 
 Device = Literal["auto", "cpu", "cuda"]
-Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]  # detector.runtimes.RUNTIMES
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8",  # runtimes.RUNTIMES
+                  "torch-compile", "onnxruntime-cuda", "onnxruntime-tensorrt"]
 MiB = 1024 * 1024
 
 
@@ -186,28 +188,16 @@ class TrainingSettings(BaseModel):
                                      "measured on the training images (the scale the model learns parts at)")
     tile_overlap: float = Field(0.25, ge=0, le=0.9, description="least overlap of neighbouring tiles, share of "
                                 "the tile side; overlaps take the maximum of the tiles' anomaly maps")
+    augment: bool = Field(False, description="few-shot recipe: translate and jitter brightness/contrast slightly "
+                          "(linewatch.detector.recipe)")
+    augment_flips: bool = Field(False, description="with augment: flip too (only for parts whose mirror image is good)")
+    augment_rot90: bool = Field(False, description="with augment: turn by multiples of 90 degrees too (only for parts "
+                                "any orientation of which is good)")
+    min_steps: int = Field(0, ge=0, description="few-shot recipe: raise epochs until training makes this many SGD "
+                           "steps (0 = off; fine-tunes keep their epochs)")
     global_branch: bool = Field(True, description="also fit the image-level global branch (a Gaussian of pooled "
                                 "teacher features, fused with STPM's image score; linewatch.detector.global_branch)")
 
-
-class DriftSettings(BaseModel):
-    """Lighting / exposure drift of each camera against the training images' frame statistics (the rule and its
-    defaults' evidence: ``linewatch.detector.drift``). ``[detector.drift]`` in a config file."""
-
-    enabled: bool = Field(True, description="compare frame statistics with the model's (models without any: off)")
-    z_threshold: float = Field(5.0, gt=0, description="a frame is out of range when a statistic's robust z-score "
-                               "is beyond this")
-    min_spread: float = Field(0.01, gt=0, description="floor of a statistic's training spread, as a share of "
-                              "max(|training median|, 1)")
-    window: int = Field(20, ge=1, le=10_000, description="a camera's recent frames the alarm looks at")
-    alarm_frames: int = Field(10, ge=1, description="a camera is in drift while this many of its last `window` "
-                              "frames are out of range")
-
-    @model_validator(mode="after")
-    def _alarm_within_window(self) -> DriftSettings:
-        if self.alarm_frames > self.window:
-            raise ValueError(f"alarm_frames {self.alarm_frames} is more than window {self.window}: never alarms")
-        return self
 
 
 class DetectorSettings(BaseModel):
@@ -215,8 +205,11 @@ class DetectorSettings(BaseModel):
 
     model_dir: Path | None = None
     device: Device = "auto"
-    runtime: Runtime = Field("auto", description="torch, onnxruntime or openvino (the model's ONNX export, CPU "
-                             "float32) or auto: the fastest that matches eager PyTorch on the model's held-out goods")
+    runtime: Runtime = Field("auto", description="torch, onnxruntime or openvino (the model's ONNX export or "
+                             "OpenVINO IR, CPU float32) or auto: the fastest that matches eager PyTorch on the model's "
+                             "held-out goods; openvino-bf16 / openvino-int8: opt-in reduced precision with its own "
+                             "recalibrated thresholds; torch-compile, onnxruntime-cuda, onnxruntime-tensorrt: CUDA "
+                             "at float32, checked against eager PyTorch at load")
     workers_on_host: int = Field(1, ge=1, description="detector workers sharing this host's CPUs (linewatch up "
                                  "--workers N sets it): each worker and the trainer use the available CPUs / this")
     group_id: str = "linewatch-detectors"

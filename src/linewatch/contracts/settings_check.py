@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -22,12 +24,24 @@ def _field_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
+def _is_mapping(model: type[BaseModel], name: str) -> bool:
+    """Whether field ``name`` of ``model`` is a mapping (``dict[str, float]``, optional or not), whose keys are
+    the user's (a line id) and may follow its name in an environment variable."""
+    annotation = model.model_fields[name].annotation
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if union else (annotation,)
+    return any(typing.get_origin(a) is dict or a is dict for a in options)
+
+
 def _known(path: list[str]) -> bool:
-    """Whether ``path`` (``["kafka", "frames_retention", "ms"]``) names a setting or a section of them."""
+    """Whether ``path`` (``["kafka", "frames_retention", "ms"]``) names a setting or a section of them; a
+    mapping setting's own key may follow its name (``[..., "defect_rate_max_by_line", "line-1"]``)."""
     model: type[BaseModel] | None = Settings
-    for name in path:
+    for i, name in enumerate(path):
         if model is None or name not in model.model_fields:
             return False
+        if _is_mapping(model, name):
+            return len(path) - i <= 2
         model = _field_model(model, name)
     return True
 

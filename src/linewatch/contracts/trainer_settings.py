@@ -4,6 +4,7 @@ service's triggers and recipe, the guards against label noise, and the limits of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +27,10 @@ class TrainerSettings(BaseModel):
     auto_promote: bool = Field(True, description="activate a candidate that passes the promotion rule")
     export_onnx: bool = Field(True, description="export each new version's scoring graph to ONNX before it is "
                               "registered, so workers on runtime auto can score with ONNX Runtime")
+    export_openvino: list[Literal["fp32", "bf16", "int8"]] = Field(
+        [], description="also export each new version to OpenVINO IR at these precisions before it is registered "
+        "(bf16/int8 with thresholds recalibrated on them), so workers on runtime openvino-bf16 / openvino-int8 can "
+        "load every new version; [] = none")
     base_data: Path | None = Field(None, description="good images the first model was trained on")
     metrics_port: int | None = None
     second_opinion_above: float | None = Field(

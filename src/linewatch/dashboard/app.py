@@ -6,6 +6,8 @@ operator's identity (see :mod:`.auth`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
@@ -13,9 +15,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from linewatch.dashboard import auth, banner, data, telemetry, views
 from linewatch.dashboard.pages import defects, live, models, review
 
+# A file shipped with the package: a ":material/...:" page icon makes the browser fetch it from
+# fonts.gstatic.com, and a plant's network may have no internet (the page icons come from the bundled font).
+FAVICON = Path(__file__).parent / "assets" / "favicon.png"
+
 
 def main() -> None:
-    st.set_page_config(page_title="linewatch", page_icon=":material/visibility:", layout="wide")
+    st.set_page_config(page_title="linewatch", page_icon=str(FAVICON), layout="wide")
     try:
         settings = data.settings()
     except (ValueError, OSError) as exc:

@@ -141,9 +141,10 @@ def evaluate(
 
     overall = {**metrics_of(items, pixels, list(range(len(items)))), "false_reject_rate": flagged(good),
                "miss_rate": None if not defect else 1.0 - flagged(defect), "images": len(items)}
-    branch = scorer.model.metadata.get("global")
-    if items and items[0].global_score is not None and branch:
-        for key, name, t in (("local_score", "stpm", image_threshold), ("global_score", "global", branch["threshold"])):
+    branch = scorer.model.stpm.global_branch
+    if items and items[0].global_score is not None and branch is not None:
+        global_threshold = image_threshold / branch.scale  # the scorer's runtime's thresholds.global
+        for key, name, t in (("local_score", "stpm", image_threshold), ("global_score", "global", global_threshold)):
             overall[f"false_reject_rate_{name}"] = flagged(good, key, t)
             overall[f"miss_rate_{name}"] = None if not defect else 1.0 - flagged(defect, key, t)
     f1: dict[str, Any] = {}  # computed right after the overall metrics, which share its cumulative counts

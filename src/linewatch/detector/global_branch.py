@@ -15,13 +15,15 @@ detection", ICPR 2020, arXiv 2005.14140):
 * **score**: the Mahalanobis distance ``sqrt((f - mean)^T P (f - mean))``, computed as ``||(f - mean) L||`` with
   ``P = L L^T`` (Cholesky factor, in float64 at load, float32 in the scoring graph: a sum of squares, never
   negative). A frame's global score is the largest of its windows' (:func:`.scoring.frame_scores`).
-* **threshold**: the image threshold rule (:mod:`.calibration`) on the held-out goods' global scores.
+* **threshold**: the image threshold rule (:mod:`.calibration`) on the held-out goods' global scores, set with STPM's
+  by :func:`.calibration.calibrate_thresholds` (``thresholds.global`` of ``model.json``; a reduced-precision export's
+  own, recalibrated at its precision, under ``exports.<runtime>.thresholds.global``).
 * **fusion** (the image score and verdict): each score divided by its own threshold and the larger one taken, the
   max rule of score fusion (Kittler, Hatef, Duin, Matas, "On combining classifiers", IEEE TPAMI 20(3), 1998), on
   scores normalised so that 1 is each one's decision boundary. It is reported in STPM's units, so ``thresholds.image``
   and everything read against it stay as they are::
 
-      image score = max(stpm score, global score * scale),  scale = stpm threshold / global threshold
+      image score = max(stpm score, global score * scale),  scale = thresholds.image / thresholds.global
 
   A frame is a defect when either score is above its own threshold. Each threshold is set for the false-reject
   target r, so the fused false-reject rate is at most 2r (union bound). The anomaly map is STPM's, unchanged.
@@ -152,26 +154,36 @@ def load_branch(model_dir: Path, meta: dict[str, Any]) -> GlobalGaussian | None:
     fitted = read_branch(model_dir, meta)
     if fitted is None:
         return None
-    record = meta[GLOBAL_FIELD]
+    return GlobalGaussian(*fitted, scale=fusion_scale(meta["thresholds"], str(model_dir)))
+
+
+def fusion_scale(thresholds: dict[str, Any], where: str = "model.json") -> float:
+    """The fusion's factor of a ``thresholds`` record (model.json's, or a reduced-precision export's):
+    ``image / global`` (module docstring).
+
+    Raises:
+        GlobalBranchError: the record has no usable ``global`` threshold (calibrated without the branch).
+    """
     try:
-        scale = float(meta["thresholds"]["image"]) / float(record["threshold"])
+        scale = float(thresholds["image"]) / float(thresholds["global"])
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        raise GlobalBranchError(f"{model_dir}: model.json global without a usable threshold") from None
-    return GlobalGaussian(*fitted, scale=scale)
+        raise GlobalBranchError(f"{where}: thresholds without a usable global threshold, calibrated without the "
+                                "global branch; calibrate again (linewatch fit-global, or export again)") from None
+    if not np.isfinite(scale) or scale <= 0:
+        raise GlobalBranchError(f"{where}: thresholds give the fusion a scale of {scale}")
+    return scale
 
 
 def branch_metadata(*, sha256: str, dim: int, stages: Sequence[int], shrinkage: float, fitted_on: int,
-                    threshold: float, calibration: dict[str, Any], image_threshold: float,
                     score_statistics: dict[str, Any]) -> dict[str, Any]:
-    """The ``model.json`` ``global`` section: the file and its SHA-256, what was fit on what, the global threshold
-    and its evidence (:mod:`.calibration`), and the fusion rule with its scale."""
+    """The ``model.json`` ``global`` section: the file and its SHA-256, what was fit on what, the held-out goods'
+    distances and the fusion rule (its threshold lives with the others, ``thresholds.global``)."""
     return {
         "file": GLOBAL_FILE, "sha256": sha256, "method": "Gaussian of pooled teacher features, Mahalanobis "
         "distance (Rippel, Mertens, Merhof 2020)", "features": {"pooling": "global average", "stage_channels":
         list(stages), "dim": dim}, "estimator": "sklearn.covariance.LedoitWolf", "shrinkage": shrinkage,
-        "fitted_on": f"{fitted_on} model-input windows of the training goods", "threshold": threshold,
-        "calibration": calibration, "held_out_score": score_statistics,
-        "fusion": {"rule": "image score = max(stpm score, global score * stpm threshold / global threshold); "
+        "fitted_on": f"{fitted_on} model-input windows of the training goods", "held_out_score": score_statistics,
+        "fusion": {"rule": "image score = max(stpm score, global score * thresholds.image / thresholds.global); "
                    "defect when either is above its threshold (max rule, Kittler et al. 1998)",
-                   "scale": image_threshold / threshold, "false_reject_rate_bound": "2 x target (union bound)"},
+                   "false_reject_rate_bound": "2 x target (union bound)"},
     }

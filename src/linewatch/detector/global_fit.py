@@ -1,23 +1,26 @@
 """Fitting the global branch (:mod:`.global_branch`): at training time, and on a model trained without one.
 
-:func:`fit_branch` is what :func:`.training.train` calls once the student is trained and STPM's image threshold is
-set: the teacher's pooled features of the *training* goods' windows are fit (Ledoit-Wolf), the held-out goods are
-scored whole by :func:`.scoring.frame_scores` (the computation the workers and ``linewatch score`` run) and the
-global threshold is set on their global scores by the image threshold rule (:mod:`.calibration`), at the same
-false-reject target; the branch is then attached to the model, calibrated.
+:func:`fit_branch` is what :func:`.training.train` calls once the student is trained: the teacher's pooled features of
+the *training* goods' windows are fit (Ledoit-Wolf) and the branch attached to the model. :func:`calibrate_model`
+then scores the held-out goods whole by :func:`.scoring.frame_scores` (the computation the workers and ``linewatch
+score`` run; or an export runtime's forward, :mod:`.runtimes.reduced_precision`) and sets every threshold on them by
+:func:`.calibration.calibrate_thresholds`: STPM's image and pixel thresholds and, with a branch, the global one, at
+the same false-reject target, which fixes the fusion's scale (:func:`.global_branch.fusion_scale`).
 
 :func:`add_global_branch` gives an existing model directory the branch (``linewatch fit-global``): it re-reads the
 model's own training and held-out goods from its manifest (every file must be there with the SHA-256 recorded,
-so the branch is fit on exactly the images the student was), fits as above, writes ``global.safetensors`` and the
-``global`` section of ``model.json``; the model's ONNX export, which lacks the branch, is removed from
-``model.json`` (the caller exports again). Its student, thresholds and anomaly maps are not touched.
+so the branch is fit on exactly the images the student was), fits and calibrates as above, writes
+``global.safetensors``, the ``global`` section of ``model.json`` and ``thresholds.global``; the image score is now
+the fused one, so ``validation.image_score`` (the score-drift reference, :mod:`.drift`) is the held-out goods' fused
+scores. Its exports, which lack the branch, are removed from ``model.json`` (the caller exports again). Its student,
+STPM thresholds and anomaly maps are not touched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .calibration import calibrate_image_threshold, score_statistics
+from .calibration import calibrate_thresholds, score_statistics
 from .devices import resolve_device, to_model_layout
 from .geometry import FrameInput, InputGeometry
 from .global_branch import (
@@ -34,23 +37,31 @@ from .global_branch import (
     GlobalGaussian,
     branch_metadata,
     fit_gaussian,
+    fusion_scale,
     pooled_features,
     save_branch,
 )
 from .model_files import EXPORTS_FIELD, ModelFileError, load_model, read_metadata, write_metadata
-from .scoring import frame_scores
+from .scoring import FrameOutputs, frame_scores
 from .stpm import STPM
 from .training_set import load_images
 
 
 @dataclass
 class FittedBranch:
-    """A fitted, calibrated branch: ``mean`` float64 (D,), ``precision`` float64 (D, D) and the ``model.json``
-    ``global`` section (``metadata``, its ``sha256`` filled in when the file is written)."""
+    """A fitted branch: ``mean`` float64 (D,), ``precision`` float64 (D, D), the Ledoit-Wolf ``shrinkage`` and the
+    number of training windows it was ``fitted_on``."""
 
     mean: np.ndarray
     precision: np.ndarray
-    metadata: dict[str, Any]
+    shrinkage: float
+    fitted_on: int
+
+    def metadata(self, model: STPM, held_out: FrameOutputs) -> dict[str, Any]:
+        """The ``model.json`` ``global`` section (its ``sha256`` empty until the file is written)."""
+        return branch_metadata(sha256="", dim=len(self.mean), stages=list(model.teacher.channels),
+                               shrinkage=self.shrinkage, fitted_on=self.fitted_on,
+                               score_statistics=score_statistics(held_out.global_scores))
 
 
 @torch.no_grad()
@@ -63,28 +74,40 @@ def teacher_pooled(model: STPM, windows: torch.Tensor, device: torch.device, bat
     return np.concatenate(out)
 
 
-def fit_branch(model: STPM, train_windows: torch.Tensor, val_frames: Sequence[FrameInput], device: torch.device,
-               image_threshold: float, target_rate: float, min_goods: int, batch: int = 32) -> FittedBranch:
-    """Fit the branch on the training goods' windows uint8 (N, 3, S, S), calibrate it on the held-out goods'
-    frames (whole, under the model's geometry) at ``target_rate``, and attach it to ``model``
-    (``model.global_branch``), its fusion scale = ``image_threshold`` (STPM's) / the global threshold.
+def fit_branch(model: STPM, train_windows: torch.Tensor, device: torch.device, batch: int = 32) -> FittedBranch:
+    """Fit the branch on the training goods' windows uint8 (N, 3, S, S) and attach it to ``model``
+    (``model.global_branch``, fusion scale 1 until :func:`calibrate_model`).
 
     Raises:
-        ValueError: fewer than 2 training windows, no held-out frame, or non-finite features.
+        ValueError: fewer than 2 training windows, or non-finite features.
     """
-    if not val_frames:
-        raise ValueError("the global branch is calibrated on held-out goods; there are none")
     model.global_branch = None
     mean, precision, shrinkage = fit_gaussian(teacher_pooled(model, train_windows, device, batch))
     model.global_branch = GlobalGaussian(mean, precision).to(device)
-    distances = frame_scores(model, val_frames, device, "float32", batch).global_scores
-    calibration = calibrate_image_threshold(distances, target_rate, min_goods)
-    model.global_branch.scale = image_threshold / calibration.threshold
-    meta = branch_metadata(sha256="", dim=len(mean), stages=list(model.teacher.channels), shrinkage=shrinkage,
-                           fitted_on=len(train_windows), threshold=calibration.threshold,
-                           calibration=calibration.as_dict(), image_threshold=image_threshold,
-                           score_statistics=score_statistics(distances))
-    return FittedBranch(mean, precision, meta)
+    return FittedBranch(mean, precision, shrinkage, len(train_windows))
+
+
+def calibrate_model(model: STPM, val_frames: Sequence[FrameInput], device: torch.device, target_rate: float,
+                    pixel_rate: float, min_goods: int, batch: int = 32,
+                    forward: Callable[[torch.Tensor], tuple[np.ndarray, ...]] | None = None,
+                    ) -> tuple[dict[str, Any], FrameOutputs]:
+    """Score the held-out goods' frames whole (``forward``, else eager PyTorch at float32) and calibrate on them:
+    the ``thresholds`` record (:func:`.calibration.calibrate_thresholds`, ``global`` included where ``model`` has a
+    branch) and the goods' outputs, whose ``scores`` are the image scores under those thresholds (fused with
+    :func:`.global_branch.fusion_scale` of them where there is a branch). ``model``'s own scale is not changed.
+
+    Raises:
+        ValueError: no held-out frame, or a rate outside (0, 1).
+    """
+    if not val_frames:
+        raise ValueError("thresholds are calibrated on held-out goods; there are none")
+    out = frame_scores(model, val_frames, device, "float32", batch, forward=forward)
+    thresholds = calibrate_thresholds(out.local_scores, out.maps, target_rate, pixel_rate, min_goods,
+                                      out.global_scores)
+    if out.global_scores is None:
+        return thresholds, out
+    fused = np.maximum(out.local_scores, out.global_scores * np.float32(fusion_scale(thresholds)))
+    return thresholds, out._replace(scores=fused.astype(np.float32))
 
 
 def add_global_branch(model_dir: Path, device: str = "auto", teacher_weights: Path | None = None,
@@ -118,16 +141,26 @@ def add_global_branch(model_dir: Path, device: str = "auto", teacher_weights: Pa
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     train_images = load_images([Path(e["path"]) for e in train], geometry, **kwargs)
     val_images = load_images([Path(e["path"]) for e in val], geometry, **kwargs)
-    fitted = fit_branch(loaded.stpm, train_images.windows(range(len(train))), val_images.frames, dev,
-                        float(meta["thresholds"]["image"]), float(meta["thresholds"]["target_false_reject_rate"]),
-                        int(meta.get("training", {}).get("min_held_out_goods", 20)), batch)
+    fitted = fit_branch(loaded.stpm, train_images.windows(range(len(train))), dev, batch)
+    old = meta["thresholds"]
+    thresholds, held_out = calibrate_model(
+        loaded.stpm, val_images.frames, dev, float(old["target_false_reject_rate"]),
+        float(old["pixel_false_positive_rate"]), int(meta.get("training", {}).get("min_held_out_goods", 20)), batch)
     tmp = model_dir / f".{GLOBAL_FILE}.tmp"
     try:
         sha = save_branch(tmp, fitted.mean, fitted.precision)
         os.replace(tmp, model_dir / GLOBAL_FILE)
     finally:
         tmp.unlink(missing_ok=True)
-    meta[GLOBAL_FIELD] = {**fitted.metadata, "sha256": sha}
-    meta.get(EXPORTS_FIELD, {}).pop("onnx", None)  # the export lacks the branch: export again
+    # STPM's thresholds stay as trained (maybe on another device); the global one joins them, and the image score
+    # (the fused one) of the held-out goods becomes the drift reference
+    held_out = held_out._replace(scores=np.maximum(held_out.local_scores, held_out.global_scores * np.float32(
+        fusion_scale({**thresholds, "image": old["image"]}))))
+    worse = old.get("status", "calibrated") if thresholds["status"] == "calibrated" else thresholds["status"]
+    meta["thresholds"] = {**old, "global": thresholds["global"], "global_calibration": thresholds["global_calibration"],
+                          "status": worse}
+    meta.setdefault("validation", {})["image_score"] = score_statistics(held_out.scores)
+    meta[GLOBAL_FIELD] = {**fitted.metadata(loaded.stpm, held_out), "sha256": sha}
+    meta.pop(EXPORTS_FIELD, None)  # every export lacks the branch: export again
     write_metadata(model_dir, meta)
     return meta[GLOBAL_FIELD]

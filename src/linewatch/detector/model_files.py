@@ -13,6 +13,10 @@
       model.onnx            optional: the whole scoring graph for ONNX Runtime (``linewatch export``,
                             :mod:`.runtimes.onnx_export`), recorded under ``exports.onnx`` with its SHA-256
                             and the weights it was exported from
+      model.xml, model.bin  optional: the same graph as OpenVINO IR at fp32 (``linewatch export --format openvino``,
+                            :mod:`.runtimes.openvino_export`), under ``exports.openvino``
+      model-bf16.xml/.bin,  optional: the IR for OpenVINO at bf16 and at int8 (NNCF), opt-in, each with thresholds
+      model-int8.xml/.bin   recalibrated on that precision, under ``exports.openvino-bf16`` / ``exports.openvino-int8``
 
 The teacher is not stored: it is rebuilt from the local ImageNet weights file, whose SHA-256 must
 match the one recorded at training time.
@@ -42,7 +46,12 @@ FORMAT = "linewatch-stpm/1"
 WEIGHTS_FILE = "student.safetensors"
 METADATA_FILE = "model.json"
 ONNX_FILE = "model.onnx"
-MODEL_FILES = frozenset({WEIGHTS_FILE, METADATA_FILE, ONNX_FILE, GLOBAL_FILE})
+# OpenVINO IR per precision: (graph, weights). The export key in model.json is the runtime that scores with it.
+OPENVINO_FILES = {"fp32": ("model.xml", "model.bin"), "bf16": ("model-bf16.xml", "model-bf16.bin"),
+                  "int8": ("model-int8.xml", "model-int8.bin")}
+OPENVINO_EXPORTS = {"fp32": "openvino", "bf16": "openvino-bf16", "int8": "openvino-int8"}
+MODEL_FILES = frozenset({WEIGHTS_FILE, METADATA_FILE, ONNX_FILE, GLOBAL_FILE,
+                         *(name for pair in OPENVINO_FILES.values() for name in pair)})
 EXPORTS_FIELD = "exports"  # model.json: {format: record}, see export_path
 # Fields every model.json has; read_metadata refuses a model without one of them.
 REQUIRED_FIELDS = ("backbone", "teacher_weights", "image_size", "thresholds", "weights_sha256", "map_smoothing_sigma")
@@ -238,27 +247,40 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
 
 
 def export_path(model_dir: Path, meta: dict[str, Any], fmt: str) -> Path | None:
-    """The checked file of the ``fmt`` export (``onnx``) recorded in ``meta["exports"]``, None when there is none.
+    """The checked file of the ``fmt`` export (``onnx``, ``openvino``, ``openvino-bf16``, ``openvino-int8``)
+    recorded in ``meta["exports"]``, None when there is none.
 
-    A record is ``{"file", "sha256", "weights_sha256", ...}`` (:mod:`.runtimes.onnx_export` writes it). The file
-    must hold the SHA-256 recorded and have been exported from the weights and the global branch (``global_sha256``,
-    absent on both sides without one) this ``model.json`` describes, so an export never scores with other weights or
-    another branch than the model's.
+    A record is ``{"file", "sha256", "weights_sha256", ...}`` (:mod:`.runtimes.onnx_export`,
+    :mod:`.runtimes.openvino_export` write them), with ``data_file`` and ``data_sha256`` where the graph keeps its
+    weights in a second file (OpenVINO's ``.bin``). Every file must hold the SHA-256 recorded and have been exported
+    from the weights and the global branch (``global_sha256``, absent on both sides without one) this ``model.json``
+    describes, so an export never scores with other weights or another branch than the model's.
 
     Raises:
-        ModelFileError: the recorded file is missing, its content differs, or it was exported from other weights or
+        ModelFileError: a recorded file is missing, its content differs, or it was exported from other weights or
             another global branch.
     """
     record = meta.get(EXPORTS_FIELD, {}).get(fmt)
     if not record:
         return None
     path = Path(model_dir) / record["file"]
-    if not path.is_file():
-        raise ModelFileError(f"{model_dir}: {record['file']} recorded in {METADATA_FILE} is missing")
     if record.get("weights_sha256") != meta["weights_sha256"]:
         raise ModelFileError(f"{path}: exported from other weights than {WEIGHTS_FILE}; export the model again")
     if record.get("global_sha256") != (meta.get(GLOBAL_FIELD) or {}).get("sha256"):
         raise ModelFileError(f"{path}: exported with another global branch than {GLOBAL_FILE}; export the model again")
-    if sha256_file(path) != record["sha256"]:
-        raise ModelFileError(f"{path}: content does not match the SHA-256 recorded in {METADATA_FILE}")
+    files = [(record["file"], record["sha256"])]
+    if record.get("data_file"):
+        files.append((record["data_file"], record.get("data_sha256")))
+    for name, digest in files:
+        file = Path(model_dir) / name
+        if not file.is_file():
+            raise ModelFileError(f"{model_dir}: {name} recorded in {METADATA_FILE} is missing")
+        if sha256_file(file) != digest:
+            raise ModelFileError(f"{file}: content does not match the SHA-256 recorded in {METADATA_FILE}")
     return path
+
+
+def export_paths(model_dir: Path, meta: dict[str, Any]) -> dict[str, Path]:
+    """:func:`export_path` of every export recorded in ``meta`` (the registry checks them all before it ships a
+    version). Raises: ModelFileError, see there."""
+    return {fmt: path for fmt in meta.get(EXPORTS_FIELD, {}) if (path := export_path(model_dir, meta, fmt))}

@@ -30,9 +30,10 @@ from linewatch.contracts.messages import DefectRegion
 
 from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .geometry import FrameInput, InputGeometry, model_inputs, stitch_batch
+from .global_branch import GlobalBranchError, fusion_scale
 from .imaging import resize_map
-from .model_files import LoadedModel, load_model
-from .runtimes.selection import select_forward
+from .model_files import LoadedModel, ModelFileError, load_model
+from .runtimes.selection import runtime_thresholds, select_forward
 from .runtimes.threads import intra_op_threads
 from .stpm import STPM
 
@@ -149,9 +150,10 @@ class Scorer:
         teacher_weights: the teacher weights file; by default the backbone's default location.
         precision: ``auto`` (bfloat16/float16 on CUDA, float32 on the CPU) or one of them; see the module
             docstring for verdicts near the threshold.
-        runtime: ``torch`` (eager PyTorch), ``onnxruntime`` or ``openvino`` (the model's ONNX export) or ``auto``
-            (the fastest of them that matches eager PyTorch on the model's held-out goods):
-            :mod:`.runtimes.selection`; :attr:`runtime` says which scores.
+        runtime: ``torch`` (eager PyTorch), ``onnxruntime`` or ``openvino`` (the model's ONNX export or OpenVINO IR)
+            or ``auto`` (the fastest of them that matches eager PyTorch on the model's held-out goods), or the opt-in
+            reduced-precision ``openvino-bf16`` / ``openvino-int8``, which score with their own recalibrated
+            thresholds: :mod:`.runtimes.selection`; :attr:`runtime` says which scores.
         threads: intra-op threads of an export runtime; default :func:`.runtimes.threads.intra_op_threads`
             (torch's are set per process, see there).
     Raises (constructor): ModelFileError (also: an export runtime without a valid export), WeightsNotFoundError,
@@ -165,14 +167,21 @@ class Scorer:
         self.precision = precision_of(self.device, precision)
         self.model: LoadedModel = load_model(model_dir, self.device, teacher_weights)
         self.model.stpm.to(memory_format=torch.channels_last)
-        thresholds = self.model.thresholds
-        self.image_threshold = float(thresholds["image"])
-        self.pixel_threshold = float(thresholds["pixel"])
         self.guard_band = float(self.model.metadata.get("precision", {}).get("guard_band", DEFAULT_GUARD_BAND))
         self.geometry = InputGeometry.from_metadata(self.model.metadata)
         self.runtime, self._forward = select_forward(
             runtime, model=self.model, device=self.device, precision=self.precision, torch_forward=self.torch_forward,
             prepare=self.windows, threads=threads or intra_op_threads())
+        # a reduced-precision export scores with the thresholds recalibrated on it, every other runtime with the
+        # model's own (float32) thresholds
+        thresholds = runtime_thresholds(self.model.metadata, self.runtime)
+        self.image_threshold = float(thresholds["image"])
+        self.pixel_threshold = float(thresholds["pixel"])
+        if self.model.stpm.global_branch is not None:  # fused by the same thresholds it is compared with
+            try:
+                self.model.stpm.global_branch.scale = fusion_scale(thresholds, f"{model_dir} {self.runtime}")
+            except GlobalBranchError as exc:
+                raise ModelFileError(str(exc)) from None
 
     @property
     def version(self) -> str:
@@ -245,6 +254,9 @@ class Scorer:
                                        "float32")
                 for o, e in zip(out, exact, strict=True):
                     o[near] = e
+        if len(out) > 2:  # fused here: a reduced-precision graph holds model.json's scale, not its own thresholds'
+            out[0] = self.model.stpm.global_branch.fused(torch.from_numpy(out[1].max(axis=(1, 2, 3))),
+                                                         torch.from_numpy(out[2])).numpy()
         scores = out[0]
         return BatchScores(
             image_scores=scores,

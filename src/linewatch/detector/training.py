@@ -1,17 +1,16 @@
 """STPM student training on defect-free images (Wang et al. 2021, Sec. 4.1; see :mod:`.stpm` for the method).
 
 As in the paper and the authors' code (github.com/gdwang08/STFPM, ``main.py``): SGD with learning rate
-0.4, momentum 0.9 and weight decay 1e-4, batches of 32, 256x256 inputs. As in the authors' code: no
-augmentation, a randomly initialised student, 20% of the good images held out and the student of the
-best validation epoch kept (theirs has the lowest mean validation anomaly map, ours the lowest mean
-validation loss). Where the defaults differ:
+0.4, momentum 0.9 and weight decay 1e-4, batches of 32, 256x256 inputs. As in the authors' code: no augmentation
+(the few-shot recipe, off by default, adds some: :mod:`.recipe`), a randomly initialised student, 20% of the good
+images held out and the student of the best validation epoch kept (theirs has the lowest mean validation anomaly
+map, ours the lowest mean validation loss). Where the defaults differ:
 
 * 20 epochs, not the paper's 100;
 * an EfficientNet-Lite0 teacher, not the paper's ResNet-18 (``resnet18`` is available as ``backbone``);
 * a batch's loss is the sum over its images, as in anomalib, not the authors' mean (:mod:`.stpm`);
 * anomaly maps are smoothed with a Gaussian of sigma 4 model pixels (:mod:`.stpm`);
-* the frozen teacher sees the same images every epoch, so its normalised features are computed once
-  and cached in float16 instead of recomputed per batch (for the training and validation losses only);
+* the teacher's features are cached in float16 (:func:`.recipe.teacher_cache`; for the losses only);
   on CUDA, mixed precision (bfloat16 where supported, else float16 with a gradient scaler).
 
 Images become model inputs under the input geometry (:mod:`.geometry`; ``input_mode``, by default ``auto``:
@@ -39,29 +38,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import linewatch
 from linewatch.contracts.files import sha256_file
 from linewatch.contracts.settings import Settings
 
 from .backbones import backbone_spec, build_student, build_teacher
-from .calibration import calibrate_image_threshold, score_statistics, threshold_at_rate
+from .calibration import score_statistics
 from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .frame_stats import reference_statistics
 from .geometry import DEFAULT_MAX_ASPECT, DEFAULT_MODE, DEFAULT_TILE_OVERLAP, InputGeometry
-from .global_fit import fit_branch
+from .global_branch import fusion_scale
+from .global_fit import calibrate_model, fit_branch
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
+from .recipe import augment_batch, augmentation, epoch_budget, record, teacher_cache, teacher_targets
 from .scoring import DEFAULT_GUARD_BAND, frame_scores
 from .stpm import STPM, pyramid_loss
 
 # TrainingError and UnderCalibratedError are this module's API too
-from .training_set import (  # noqa: F401
-    TrainingError,
-    UnderCalibratedError,
-    check_evidence,
-    load_images,
-    package_version,
-    split_indices,
-)
+from .training_set import TrainingError, UnderCalibratedError, check_evidence, load_images, split_indices  # noqa: F401
 
 
 @dataclass
@@ -74,7 +69,9 @@ class TrainConfig:
     are the calibration targets (:mod:`.calibration`); fewer held-out images than ``min_held_out_goods`` (or
     than 1/target) refuse the model unless ``allow_under_calibrated``; larger images than ``max_pixels``
     pixels are refused. ``input_mode``, ``max_aspect``, ``tile_scale`` (None: measured on the images) and
-    ``tile_overlap`` are the input geometry (:meth:`geometry`); ``global_branch``: fit the image-level branch.
+    ``tile_overlap`` are the input geometry (:meth:`geometry`). ``augment`` (with ``augment_flips``,
+    ``augment_rot90``) and ``min_steps`` are the few-shot recipe, off by default (:mod:`.recipe`);
+    ``global_branch``: fit the image-level branch (:mod:`.global_fit`).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -98,6 +95,10 @@ class TrainConfig:
     max_aspect: float = DEFAULT_MAX_ASPECT
     tile_scale: float | None = None
     tile_overlap: float = DEFAULT_TILE_OVERLAP
+    augment: bool = False
+    augment_flips: bool = False
+    augment_rot90: bool = False
+    min_steps: int = 0
     global_branch: bool = True
 
     def geometry(self) -> InputGeometry:
@@ -149,17 +150,6 @@ class TrainResult:
 
 class TrainingStopped(Exception):
     """Training was asked to stop (its ``stop`` event was set) before it finished."""
-
-
-@torch.no_grad()
-def _teacher_cache(model: STPM, images: torch.Tensor, device: torch.device, batch: int) -> list[torch.Tensor]:
-    """Normalised teacher stages of all images, float16, on ``device``: [(N, C_i, h_i, w_i)]."""
-    chunks: list[list[torch.Tensor]] = []
-    for start in range(0, len(images), batch):
-        x = to_model_layout(images[start : start + batch], device)
-        with autocast(device):
-            chunks.append([f.half() for f in model.teacher_features(x)])
-    return [torch.cat(stage) for stage in zip(*chunks, strict=True)]
 
 
 @torch.no_grad()
@@ -238,11 +228,17 @@ def train(
 
     windows = images.windows(range(len(paths)))  # each image's model inputs, one unless tiled
     train_w, val_w = images.window_indices(train_idx), images.window_indices(val_idx)
-    cache = _teacher_cache(model, windows, device, config.batch_size)
     train_images, val_images = windows[train_w], windows[val_w]
-    train_t = [c[torch.as_tensor(train_w, device=device)] for c in cache]
-    val_t = [c[torch.as_tensor(val_w, device=device)] for c in cache]
-    del cache
+    augment = augmentation(config.image_size, config.augment_flips, config.augment_rot90) if config.augment else None
+    if augment is None:
+        cache = teacher_cache(model, windows, device, config.batch_size)
+        train_t = [c[torch.as_tensor(train_w, device=device)] for c in cache]
+        val_t = [c[torch.as_tensor(val_w, device=device)] for c in cache]
+        del cache
+    else:  # augmented windows differ every step: their teacher targets are computed with them
+        val_t = teacher_cache(model, val_images, device, config.batch_size)
+    epochs = epoch_budget(config.epochs, config.min_steps, len(train_images), config.batch_size,
+                          init_student is not None)
 
     optimizer = torch.optim.SGD(
         model.student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -251,16 +247,20 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     best_state, best_val, best_epoch = None, math.inf, 0
     history: list[EpochReport] = []
-    bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=not progress, dynamic_ncols=True)
-    for epoch in range(1, config.epochs + 1):
+    bar = tqdm(total=epochs, desc="train", unit="epoch", disable=not progress, dynamic_ncols=True)
+    for epoch in range(1, epochs + 1):
         t0 = time.monotonic()
         model.train()
         running = 0.0
         order = torch.randperm(len(train_images), generator=generator)
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            x = to_model_layout(train_images[idx], device)
-            t_hat = [t[idx.to(device)].float() for t in train_t]
+            if augment is None:
+                x = to_model_layout(train_images[idx], device)
+                t_hat = [t[idx.to(device)].float() for t in train_t]
+            else:
+                x = to_model_layout(augment_batch(augment, train_images[idx]), device)
+                t_hat = teacher_targets(model, x, device)
             with autocast(device):
                 s_hat = model.student_features(x)
             loss = pyramid_loss(t_hat, s_hat)
@@ -271,7 +271,7 @@ def train(
             running += loss.item()
             if stop is not None and stop.is_set():
                 bar.close()
-                raise TrainingStopped(f"training stopped by request in epoch {epoch} of {config.epochs}; "
+                raise TrainingStopped(f"training stopped by request in epoch {epoch} of {epochs}; "
                                       f"nothing was written to {out_dir}")
         if not math.isfinite(running):
             raise TrainingError(f"training diverged at epoch {epoch} (loss {running}); lower the learning rate")
@@ -281,8 +281,8 @@ def train(
             best_state = copy.deepcopy(model.student.state_dict())
         seconds = time.monotonic() - t0
         mean_epoch = (time.monotonic() - started) / epoch
-        report = EpochReport(epoch, config.epochs, running / len(train_images), val_loss, best_epoch, seconds,
-                             mean_epoch * (config.epochs - epoch))
+        report = EpochReport(epoch, epochs, running / len(train_images), val_loss, best_epoch, seconds,
+                             mean_epoch * (epochs - epoch))
         history.append(report)
         bar.set_postfix(loss=f"{report.loss:.4f}", val=f"{val_loss:.4f}", best=best_epoch)
         bar.update(1)
@@ -294,18 +294,18 @@ def train(
     model.student.load_state_dict(best_state)
     model.eval()
     val_frames = [images.frames[i] for i in val_idx]
-    val_scores, val_maps = frame_scores(model, val_frames, device, "float32", config.batch_size)[:2]
-    # Reduced precision is measured, not calibrated on: on a GPU its shift on the held-out goods widens the guard
-    # band within which a bfloat16/float16 scorer re-scores in float32 (scoring module docstring). The CPU serves
-    # float32, and its emulated bfloat16 is slow, so there the default band stands.
+    branch = fit_branch(model, train_images, device, config.batch_size) if config.global_branch else None
+    thresholds, held_out = calibrate_model(model, val_frames, device, config.target_false_reject_rate, config.
+                                           pixel_false_positive_rate, config.min_held_out_goods, config.batch_size)
+    val_scores = held_out.local_scores  # STPM's: what thresholds.image was set on (the manifest's scores)
+    if branch is not None:
+        model.global_branch.scale = fusion_scale(thresholds)
+    # Reduced precision is measured, not calibrated on: on a GPU its shift on the held-out goods' image scores widens
+    # the guard band within which a bfloat16/float16 scorer re-scores in float32 (scoring module docstring). The CPU
+    # serves float32, and its emulated bfloat16 is slow, so there the default band stands.
     reduced = precision_of(device)
     shift = None if reduced == "float32" else float(np.max(np.abs(
-        frame_scores(model, val_frames, device, reduced, config.batch_size)[0] / val_scores - 1)))
-    calibration = calibrate_image_threshold(val_scores, config.target_false_reject_rate, config.min_held_out_goods)
-    branch = fit_branch(model, train_images, val_frames, device, calibration.threshold, config.target_false_reject_rate,
-                        config.min_held_out_goods, config.batch_size) if config.global_branch else None
-    pixel_threshold = threshold_at_rate(np.concatenate([m.ravel() for m in val_maps]),
-                                        config.pixel_false_positive_rate)
+        frame_scores(model, val_frames, device, reduced, config.batch_size).scores / held_out.scores - 1)))
     role = np.full(len(paths), "train", dtype=object)
     role[val_idx] = "val"
     score = np.full(len(paths), np.nan)
@@ -319,30 +319,29 @@ def train(
         "normalization": {"input": "RGB uint8 / 255", "mean": list(spec.mean), "std": list(spec.std)},
         "pyramid": {"strides": [4, 8, 16], "channels": list(model.student.channels)},
         "map_smoothing_sigma": config.map_smoothing_sigma,
-        "thresholds": {
-            "image": calibration.threshold,
-            "pixel": pixel_threshold,
-            "target_false_reject_rate": config.target_false_reject_rate,
-            "pixel_false_positive_rate": config.pixel_false_positive_rate,
-            "calibrated_on": f"{len(val_idx)} held-out good image{'s' if len(val_idx) != 1 else ''}",
-            "status": calibration.status,
-            "calibration": calibration.as_dict(),
-        },
+        "thresholds": thresholds,
         "precision": {"calibrated": "float32", "reduced": reduced, "max_relative_shift": shift,
                       "guard_band": max(DEFAULT_GUARD_BAND, 4 * (shift or 0.0)),
                       "serving": "float32 within guard_band of the image threshold, else the device's autocast"},
-        "validation": {"loss": best_val, "image_score": score_statistics(val_scores)},
+        "validation": {"loss": best_val, "image_score": score_statistics(held_out.scores)},  # fused; drift reference
         "frame_statistics": reference_statistics(images.frames),  # of every good image: the drift reference (drift.py)
-        "training": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-                     "device": str(device), "best_epoch": best_epoch, "fine_tuned": init_student is not None,
-                     "duration_s": round(time.monotonic() - started, 2), "history": [asdict(h) for h in history]},
+        "training": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "device": str(device),
+            "best_epoch": best_epoch,
+            "fine_tuned": init_student is not None,
+            "few_shot": record(config.augment, config.augment_flips, config.augment_rot90, config.epochs, epochs,
+                               config.min_steps, len(train_images), config.batch_size),
+            "duration_s": round(time.monotonic() - started, 2),
+            "history": [asdict(h) for h in history],
+        },
         "manifest": [  # held-out images with the score their threshold was calibrated on
             {"path": str(p), "sha256": h, "role": r, **({"score": float(score[i])} if r == "val" else {})}
             for i, (p, h, r) in enumerate(zip(paths, hashes, role, strict=True))
         ],
-        "linewatch_version": package_version(),
+        "linewatch_version": linewatch.__version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        **({"global": branch.metadata} if branch else {}), **(extra_metadata or {}),
+        **({"global": branch.metadata(model, held_out)} if branch else {}), **(extra_metadata or {}),
     }
     model_dir = save_model(out_dir, model.student.state_dict(), metadata, branch and (branch.mean, branch.precision))
     return TrainResult(model_dir=model_dir, metadata=read_metadata(model_dir), history=history)

@@ -133,13 +133,3 @@ def check_evidence(n: int, n_val: int, forced: int, val_fraction: float, target_
         f"of {target_rate:g} (needed: {needed}, the larger of 1/target and training.min_held_out_goods "
         f"{minimum}); add {more} more good images (val_fraction {val_fraction:g}), or force it "
         "(--force, training.allow_under_calibrated) to publish it marked under-calibrated")
-
-
-def package_version() -> str:
-    """The installed linewatch's version (``model.json`` ``linewatch_version``), ``0+unknown`` when not installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("linewatch")
-    except PackageNotFoundError:
-        return "0+unknown"

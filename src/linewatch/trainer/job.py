@@ -19,6 +19,7 @@ from linewatch.contracts.settings import Settings
 from linewatch.detector.geometry import InputGeometry
 from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
 from linewatch.detector.runtimes.onnx_export import export_or_warn
+from linewatch.detector.runtimes.openvino_export import openvino_export_or_warn
 from linewatch.detector.runtimes.threads import apply_torch_threads, intra_op_threads
 from linewatch.detector.scoring import Scorer
 from linewatch.detector.training import EpochReport, TrainConfig, train
@@ -68,6 +69,8 @@ def run_job(settings: Settings, job_id: int) -> int:
             if active is not None else None)
         if settings.trainer.export_onnx:  # before registering: the registry copies the export with the version
             export_or_warn(result.model_dir, settings.backbone.weights)
+        for precision in settings.trainer.export_openvino:
+            openvino_export_or_warn(result.model_dir, precision, settings.backbone.weights)
         jobs.progress(engine, job_id, stage="registering")
         row = registry.register(result.model_dir, parent=active.version if active else None, metrics={
             "validation": result.metadata["validation"], **review}, notes=reason)

@@ -32,7 +32,7 @@ from linewatch.detector.model_files import (
     METADATA_FILE,
     WEIGHTS_FILE,
     ModelFileError,
-    export_path,
+    export_paths,
     read_metadata,
     write_metadata,
 )
@@ -135,7 +135,8 @@ class ModelRegistry:
 
     def _stage(self, model_dir: Path, meta: dict) -> Path:
         """A private copy of ``model_dir`` in the artifact store (same file system, so renaming it is atomic),
-        its weights checked against ``weights_sha256`` and its ONNX export, if any, against its record."""
+        its weights checked against ``weights_sha256`` and its exports (ONNX, OpenVINO IR), if any, against their
+        records."""
         self.root.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=".staging.", dir=self.root))
         try:
@@ -144,7 +145,7 @@ class ModelRegistry:
             if sha256_file(staged / WEIGHTS_FILE) != meta["weights_sha256"]:
                 raise ModelFileError(f"{model_dir / WEIGHTS_FILE}: content does not match the SHA-256 recorded in "
                                      f"{METADATA_FILE} (incomplete, or changed while being copied)")
-            export_path(staged, meta, "onnx")  # an export travels with its version, checked like the weights
+            export_paths(staged, meta)  # the exports travel with their version, checked like the weights
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise

@@ -29,6 +29,11 @@ ORDERS = {"Oldest first": "oldest", "Most uncertain first": "uncertain"}
 _STYLE = """<style>
 [class*="st-key-lw_good_"] button {border-color: #1e8e3e; color: #1e6b34; background-color: #e6f4ea;}
 [class*="st-key-lw_good_"] button:hover {border-color: #1e6b34; color: #124d24; background-color: #cfead7;}
+/* At phone width the columns stack: the decision (buttons, then the facts) comes before the two images, so
+   Good/Defect are reached without scrolling past them. */
+@media (max-width: 640px) {
+  .st-key-lw_review_current [data-testid="stColumn"]:has(.st-key-lw_review_decide) {order: -1;}
+}
 </style>"""
 
 
@@ -108,14 +113,10 @@ def _current(row, operator, blocked: str | None, confirmed_by: list[str], s, zon
         views.kept_image(row.heatmap_uri, "heatmap overlay")
     with middle:
         views.kept_image(row.image_uri, "original")
-    with right:
+    with right, st.container(key="lw_review_decide"):
         verdict_colour = "red" if row.verdict == "defect" else "green"
         st.markdown(f"**Next to review** · frame {row.id} · model says :{verdict_colour}[**{row.verdict}**]")
-        views.facts_table(row, zone)
-        note = _second_opinion_note(row, confirmed_by, s)
-        if note:
-            st.warning(note, icon=":material/group:")
-        if operator is not None:
+        if operator is not None:  # the buttons above the facts: always at the same place, near the top
             a, b = st.columns(2)
             a.button("Good", key=f"lw_good_{row.id}", shortcut="G", icon=":material/check:",
                      on_click=review_actions.label, args=([row.id], "good", "current"), width="stretch",
@@ -125,6 +126,10 @@ def _current(row, operator, blocked: str | None, confirmed_by: list[str], s, zon
                      on_click=review_actions.label, args=([row.id], "defect", "current"), width="stretch",
                      help="The part is defective: the model was right.")
             _pick(row, blocked)
+        views.facts_table(row, zone)
+        note = _second_opinion_note(row, confirmed_by, s)
+        if note:
+            st.warning(note, icon=":material/group:")
 
 
 def _tile(row, place: str, operator, blocked: str | None, confirmed_by: list[str], s, zone: str) -> None:

@@ -66,11 +66,11 @@ def export_onnx(model_dir: Path, teacher_weights: Path | None = None) -> dict[st
     model_dir = Path(model_dir)
     scorer = Scorer(model_dir, "cpu", teacher_weights, precision="float32", runtime="torch")
     size = scorer.image_size
-    outputs = _outputs(scorer.model.stpm.global_branch is not None)
+    outputs = graph_outputs(scorer.model.stpm)
     target = model_dir / ONNX_FILE
     tmp = model_dir / f".{ONNX_FILE}.tmp"
     try:
-        _trace(scorer.model.stpm, size, tmp, outputs)
+        trace_onnx(scorer.model.stpm, size, tmp)
         inputs, on = parity_inputs(scorer.model.metadata, scorer.windows, size)
         reference = scorer.torch_forward(inputs)
         parity = compare(reference, OnnxRuntimeForward(tmp, intra_op_threads())(inputs), on)
@@ -129,15 +129,16 @@ def export_or_warn(model_dir: Path, teacher_weights: Path | None = None) -> dict
     return record
 
 
-def _outputs(with_global: bool) -> tuple[str, ...]:
-    """The graph's output names, in :meth:`..stpm.STPM.forward`'s order."""
-    return (*OUTPUTS, GLOBAL_OUTPUT) if with_global else OUTPUTS
+def graph_outputs(stpm: torch.nn.Module) -> tuple[str, ...]:
+    """The graph's output names, in :meth:`..stpm.STPM.forward`'s order (``global_scores`` third with a branch)."""
+    return (*OUTPUTS, GLOBAL_OUTPUT) if getattr(stpm, "global_branch", None) is not None else OUTPUTS
 
 
-def _trace(stpm: torch.nn.Module, size: int, path: Path, outputs: tuple[str, ...] = OUTPUTS) -> None:
-    """Write ``stpm``'s forward as ONNX to ``path`` (dynamic batch axis), traced on a seeded uint8 batch of 2."""
+def trace_onnx(stpm: torch.nn.Module, size: int, path: Path) -> None:
+    """Write ``stpm``'s forward as ONNX to ``path`` (dynamic batch axis, outputs :func:`graph_outputs`), traced on a
+    seeded uint8 batch of 2 (the OpenVINO IR, :mod:`.openvino_export`, is converted from this graph too)."""
     example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, size, size), dtype=np.uint8))
-    batch = {0: "batch"}
+    batch, outputs = {0: "batch"}, graph_outputs(stpm)
     with warnings.catch_warnings():
         # The TorchScript exporter announces its deprecation and that it leaves strided slices unfolded; neither
         # changes the graph's values (the parity check measures them).

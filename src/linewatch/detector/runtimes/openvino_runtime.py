@@ -1,9 +1,13 @@
-"""Scoring with OpenVINO on the CPU, from the same checked ONNX export as ONNX Runtime (``model.onnx``, which
-OpenVINO reads natively and compiles at load: one exported file, one checksum, one parity record).
+"""Scoring with OpenVINO on the CPU, from the model's OpenVINO IR (``model.xml``, :mod:`.openvino_export`) where it
+has one, else from its ONNX export (``model.onnx``, which OpenVINO reads natively and compiles at load).
 
-Compiled at float32 (``INFERENCE_PRECISION_HINT`` f32: OpenVINO's CPU default is bf16 on processors that have it,
-which would not match eager PyTorch to :data:`.parity.PARITY_TOLERANCE`), with ``threads`` inference threads
-(:mod:`.threads`) and the latency hint (one request at a time: a worker scores one batch after the other).
+Compiled at ``precision`` (``INFERENCE_PRECISION_HINT``): f32 by default, since OpenVINO's CPU default is bf16 on
+processors that have it, which would not match eager PyTorch to :data:`.parity.PARITY_TOLERANCE`; bf16 only for
+the opt-in ``openvino-bf16`` export, whose thresholds were recalibrated at the precision that executed. A processor
+without bf16 instructions (no AVX512_BF16 or AMX) runs such a model at f32: :attr:`OpenVinoForward.executes` says
+what the plugin chose. An int8 IR (NNCF) runs its quantised convolutions in int8 whatever the hint, the rest at it.
+Threads: ``threads`` inference threads (:mod:`.threads`) and the latency hint (one request at a time: a worker
+scores one batch after the other).
 """
 
 from __future__ import annotations
@@ -13,26 +17,34 @@ from pathlib import Path
 
 import numpy as np
 
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # export precision -> INFERENCE_PRECISION_HINT
+
 
 class OpenVinoForward:
-    """An OpenVINO CPU model compiled from an exported ``model.onnx``; call it with uint8 (B, 3, S, S) inputs.
+    """An OpenVINO CPU model compiled from an IR (``.xml``) or an ONNX export; call it with uint8 (B, 3, S, S).
 
     Args:
-        path: the ``model.onnx`` file (its checksum already checked, :func:`..model_files.export_path`).
+        path: the ``model.xml`` or ``model.onnx`` file (its checksums already checked,
+            :func:`..model_files.export_path`).
         threads: inference threads, at least 1.
+        precision: ``fp32``, ``bf16`` or ``int8`` (the export's precision; ``HINTS`` maps it to the plugin's hint).
     Raises (constructor):
-        ImportError: openvino is not installed. OpenVINO's errors (a file it cannot read or compile).
+        ImportError: openvino is not installed. KeyError: unknown precision. OpenVINO's errors (a file it cannot
+        read or compile).
     """
 
     name = "openvino"
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, precision: str = "fp32"):
         import openvino as ov
 
         core = ov.Core()
         self.threads = max(1, int(threads))
         self.model = core.compile_model(core.read_model(str(path)), "CPU", {
-            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"})
+            "INFERENCE_PRECISION_HINT": HINTS[precision], "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "LATENCY"})
+        # what the plugin runs the floating-point operations at: f32 where bf16 was asked on a CPU without it
+        self.executes = self.model.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16"
         self._request = self.model.create_infer_request()
         self._lock = threading.Lock()  # one infer request: calls from two threads take turns
 

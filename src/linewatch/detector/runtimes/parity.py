@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,19 +82,16 @@ def _relative(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.max(np.abs(c - r) / np.maximum(np.abs(r), np.finfo(np.float32).tiny)))
 
 
-def held_out_inputs(meta: dict[str, Any], prepare: Callable[[np.ndarray], np.ndarray],
-                    limit: int = PARITY_IMAGES) -> np.ndarray | None:
-    """The model's own held-out goods (``manifest`` entries with role ``val`` in ``model.json``) as uint8
-    (n, 3, S, S) model input windows made by ``prepare`` (the scorer's :meth:`~..scoring.Scorer.windows`: one or
-    more windows an image, :mod:`..geometry`), at most ``limit`` windows (a tiled model's images have many, and
-    every runtime scores them in one call at each load); None when none is readable here.
+def readable_goods(meta: dict[str, Any], role: str = "val") -> Iterator[tuple[str, np.ndarray]]:
+    """The model's own goods of ``role`` (``manifest`` entries of ``model.json``: ``val`` the held-out goods its
+    threshold was calibrated on, ``train`` those it was trained on), as (path, uint8 (H, W, 3) RGB), in manifest
+    order.
 
     An image whose bytes no longer have the SHA-256 recorded at training time is skipped (it is not the image the
     model was calibrated on), as is one that is missing or does not decode: a worker on another machine has none.
     """
-    out = []
     for entry in meta.get("manifest", []):
-        if entry.get("role") != "val":
+        if entry.get("role") != role:
             continue
         try:
             data = Path(entry["path"]).read_bytes()
@@ -103,10 +100,22 @@ def held_out_inputs(meta: dict[str, Any], prepare: Callable[[np.ndarray], np.nda
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             continue
         try:
-            out.append(prepare(decode_image(data, entry["path"])))
+            yield entry["path"], decode_image(data, entry["path"])
         except ImageError:
             continue
-        if len(out) >= limit:
+
+
+def held_out_inputs(meta: dict[str, Any], prepare: Callable[[np.ndarray], np.ndarray],
+                    limit: int = PARITY_IMAGES) -> np.ndarray | None:
+    """The model's own held-out goods (:func:`readable_goods` of role ``val``) as uint8 (n, 3, S, S) model input
+    windows made by ``prepare`` (the scorer's :meth:`~..scoring.Scorer.windows`: one or more windows an image,
+    :mod:`..geometry`), at most ``limit`` windows (a tiled model's images have many, and every runtime scores them
+    in one call at each load); None when none is readable here.
+    """
+    out = []
+    for _, rgb in readable_goods(meta, "val"):
+        out.append(prepare(rgb))
+        if sum(len(w) for w in out) >= limit:
             break
     return np.concatenate(out)[:limit] if out else None
 

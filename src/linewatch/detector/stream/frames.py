@@ -31,11 +31,12 @@ def prepare_frame(raw: RawFrame, geometry: InputGeometry, max_pixels: int) -> Pr
         preview = rgb if scale >= 1 else cv2.resize(rgb, (round(w * scale), round(h * scale)),
                                                     interpolation=cv2.INTER_AREA)
         model_input = model_inputs(rgb, geometry, raw.source)
-        stats = input_statistics(model_input)  # here, in the decode pool's threads, not on the inference thread
     except (MessageError, ImageError) as exc:
         return DeadLetter(raw, exc.reason, exc.detail)
     except (cv2.error, ValueError, OSError, MemoryError) as exc:  # a decoder failing in a way not foreseen
         return DeadLetter(raw, "undecodable", f"{raw.source}: {type(exc).__name__}: {exc}")
+    # here, in the decode pool's threads, not on the inference thread
+    stats = _statistics_or_none(model_input, raw.source)
     return PreparedFrame(raw, meta, model_input, preview, w, h, started, (time.time_ns() - started) / 1e6, stats)
 
 
@@ -76,8 +77,8 @@ def prepare_batch(raws: list[RawFrame], geometry: InputGeometry, max_pixels: int
 
 
 def _statistics_or_none(model_input: FrameInput, source: str) -> dict[str, float] | None:
-    """The drift statistics of a frame decoded on the device, or None (no drift check for it) when they cannot be
-    taken: a frame the device decoded is scored either way, and no statistic may stop the worker."""
+    """The drift statistics of a prepared frame, or None (no drift check for it) when they cannot be taken: a frame
+    that decoded is scored either way, on the CPU as on the device, and no statistic may stop the worker."""
     try:
         return input_statistics(model_input)
     except (ValueError, RuntimeError, cv2.error) as exc:

@@ -25,7 +25,8 @@ def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, kee
     the result is stored. ``queue_wait_ms`` starts at the frame's capture time while the camera's clock agrees
     with the frame's arrival, else at its arrival (``clock``; never negative); ``clock_skew_ms`` is the camera's
     skew. ``dead`` and ``batch_id`` are carried into the :class:`ScoredBatch` unchanged. With ``drift``, each
-    frame's statistics join its camera's drift window (in frame order) and its result carries the drift flag;
+    frame's statistics and normalised image score join its camera's drift windows (in frame order) and its result
+    carries the drift flag;
     the batch carries each of its cameras' drift state after it (:meth:`.DriftMonitor.state`).
     """
     if not frames:
@@ -39,7 +40,8 @@ def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, kee
     for i, f in enumerate(frames):
         defect = bool(scores.is_defect[i])
         m = f.meta
-        flag = None if drift is None else drift.observe(m.camera_id, scorer.version, scorer.model.metadata, f.stats)
+        flag = None if drift is None else drift.observe(m.camera_id, scorer.version, scorer.model.metadata, f.stats,
+                                                        float(scores.normalized[i]))
         origin_ns = clock.latency_origin_ns(m.captured_at_ns, f.raw.arrived_ns)
         results.append(InspectionResult(
             frame=FrameRef(camera_id=m.camera_id, line_id=m.line_id, frame_id=m.frame_id, part_id=m.part_id,

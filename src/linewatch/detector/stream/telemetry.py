@@ -35,7 +35,8 @@ IMAGE_STORE_FULL = Gauge("linewatch_image_store_full",
 IMAGES_REMOVED = Counter("linewatch_images_removed_total", "Kept frames removed by image retention", ["reason"])
 CAMERA_DRIFT = Gauge("linewatch_camera_drift",
                      "1 while the camera's lighting / exposure has drifted from the model's training images "
-                     "(enough of its recent frames' statistics out of range; linewatch.detector.drift)", ["camera_id"])
+                     "(enough of its recent frames' statistics out of range) or its image scores from the held-out "
+                     "goods' (most recent frames above their p95); linewatch.detector.drift", ["camera_id"])
 CAMERA_DRIFT_Z = Gauge("linewatch_camera_drift_worst_z",
                        "The camera's largest |median robust z-score| of a frame statistic over its recent frames",
                        ["camera_id"])
