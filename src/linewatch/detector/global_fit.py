@@ -19,6 +19,7 @@ STPM thresholds and anomaly maps are not touched.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from .scoring import FrameOutputs, frame_scores
 from .stpm import STPM
 from .training_set import load_images
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class FittedBranch:
@@ -85,6 +87,20 @@ def fit_branch(model: STPM, train_windows: torch.Tensor, device: torch.device, b
     mean, precision, shrinkage = fit_gaussian(teacher_pooled(model, train_windows, device, batch))
     model.global_branch = GlobalGaussian(mean, precision).to(device)
     return FittedBranch(mean, precision, shrinkage, len(train_windows))
+
+
+def fit_branch_or_skip(model: STPM, train_windows: torch.Tensor, device: torch.device,
+                       batch: int = 32) -> FittedBranch | None:
+    """:func:`fit_branch`, or None with a warning where no usable Gaussian can be fit (too few training windows for
+    a positive definite precision, as with 2 goods): the model is then STPM alone, as if trained without the
+    branch (no ``global`` in ``model.json``), rather than no model at all."""
+    try:
+        return fit_branch(model, train_windows, device, batch)
+    except ValueError as exc:  # GlobalBranchError is one
+        model.global_branch = None
+        log.warning("no global branch: %s (%d training windows); the model scores with STPM alone", exc,
+                    len(train_windows))
+        return None
 
 
 def calibrate_model(model: STPM, val_frames: Sequence[FrameInput], device: torch.device, target_rate: float,
