@@ -1,6 +1,7 @@
 """Accuracy benchmark: train (or reuse) STPM models and evaluate them with the metrics the paper reports.
 
     python bench/accuracy.py [--datasets bottle magnetic_tile] [--epochs 20] [--sigmas 0 2 4 8] [--reuse]
+                             [--models DIR] [--no-global]
 
 For each dataset: trains on its good training images with the default recipe from the settings
 (EfficientNet-Lite0 teacher, 20 epochs; see ``linewatch.detector.training``), or reuses the model in
@@ -8,6 +9,11 @@ For each dataset: trains on its good training images with the default recipe fro
 at each anomaly-map smoothing sigma, keeping the thresholds calibrated at the sigma the model was
 trained with, and prints a table beside the published figures. Writes everything to
 ``bench/results/accuracy.json``. Data: ``LINEWATCH_DATA_ROOT`` or ``../shared/data``.
+
+The global branch (``linewatch.detector.global_branch``): a reused model trained without it is given one first
+(``add_global_branch``, what ``linewatch fit-global`` does) unless ``--no-global``; the image AUROC, false-reject
+and miss rates are printed for STPM alone and fused with the branch, side by side (the pixel metrics are STPM's
+map's, which the branch does not change). ``--models DIR`` keeps the models elsewhere (``DIR/<dataset>``).
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--reuse", action="store_true", help="reuse trained models when present")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
+    parser.add_argument("--models", type=Path, default=None, help="model folder (default: next to --out)")
+    parser.add_argument("--no-global", action="store_true", help="do not give reused models the global branch")
     args = parser.parse_args()
 
     from linewatch.contracts.settings import Settings
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.evaluation import evaluate
+    from linewatch.detector.global_fit import add_global_branch
     from linewatch.detector.model_files import ModelFileError, read_metadata
     from linewatch.detector.scoring import Scorer
     from linewatch.detector.training import TrainConfig, train
@@ -50,7 +59,7 @@ def main() -> int:
     results = []
     for name in args.datasets:
         dataset = open_dataset(data_root / DATASETS[name])
-        model_dir = args.out.parent / "models" / name
+        model_dir = (args.models or args.out.parent / "models") / name
         trained_now = True
         try:
             if not args.reuse:
@@ -62,6 +71,12 @@ def main() -> int:
                                                **({"epochs": args.epochs} if args.epochs else {}))
             print(f"[{name}] training on {len(dataset.train)} good images, {config.epochs} epochs", flush=True)
             meta = train(dataset.train, model_dir, config).metadata
+        if "global" not in meta and not args.no_global:
+            started = time.monotonic()
+            print(f"[{name}] fitting the global branch", flush=True)
+            add_global_branch(model_dir, args.device)
+            meta = read_metadata(model_dir)
+            meta["global"]["fit_s"] = round(time.monotonic() - started, 1)
         scorer = Scorer(model_dir, args.device)
         trained_sigma = scorer.model.stpm.smoothing_sigma
         for sigma in args.sigmas:
@@ -74,6 +89,8 @@ def main() -> int:
                 "train_s": meta["training"]["duration_s"], "trained_now": trained_now,
                 "epochs": meta["training"]["epochs"], "best_epoch": meta["training"]["best_epoch"],
                 "device": meta["training"]["device"], "eval_s": round(time.monotonic() - started, 1),
+                "global": {"threshold": meta["thresholds"]["global"], **{k: meta["global"].get(k) for k in (
+                    "shrinkage", "fitted_on", "fusion", "fit_s")}} if "global" in meta else None,
             }
             results.append(row)
             print(_row(row), flush=True)
@@ -89,20 +106,36 @@ def _f(v: float | None) -> str:
     return "  -  " if v is None else f"{v:.3f}"
 
 
-def _row(r: dict) -> str:
+def _row(r: dict, subset: str = "") -> str:
+    """One line: STPM alone, then fused with the global branch (``-`` without one)."""
     mark = "*" if r["default_sigma"] else " "
-    frr, miss = (r["false_reject_rate"], r["miss_rate"]) if r["default_sigma"] else (None, None)
-    return (f"{r['dataset']:<14}{r['sigma']:>5.1f}{mark} {_f(r['image_auroc']):>9}{_f(r['pixel_auroc']):>10}"
-            f"{_f(r['au_pro']):>8}{_f(frr):>7}{_f(miss):>7}"
-            f"{r['train_s']:>9.0f}{r['eval_s']:>8.0f}")
+    fused = "image_auroc_stpm" in r
+    stpm_auroc = r["image_auroc_stpm"] if fused else r["image_auroc"]
+    frr = r.get("false_reject_rate_stpm", r.get("false_reject_rate")) if r["default_sigma"] else None
+    miss = r.get("miss_rate_stpm", r.get("miss_rate")) if r["default_sigma"] else None
+    frr_f, miss_f = (r.get("false_reject_rate"), r.get("miss_rate")) if r["default_sigma"] and fused else (None, None)
+    return (f"{r['dataset'] + subset:<26}{r['sigma']:>5.1f}{mark} {_f(stpm_auroc):>9}"
+            f"{_f(r['image_auroc'] if fused else None):>8}{_f(r.get('image_auroc_global')):>8}"
+            f"{_f(r['pixel_auroc']):>10}{_f(r['au_pro']):>8}{_f(frr):>7}{_f(frr_f):>7}{_f(miss):>7}"
+            f"{_f(miss_f):>7}{r.get('train_s', 0):>9.0f}{r.get('eval_s', 0):>8.0f}")
 
 
 def _table(results: list[dict]) -> str:
-    head = (f"{'dataset':<14}{'sigma':>6} {'img AUROC':>9}{'px AUROC':>10}{'AU-PRO':>8}{'FRR':>7}{'miss':>7}"
-            f"{'train s':>9}{'eval s':>8}")
-    lines = [head, "-" * len(head)] + [_row(r) for r in results]
+    head = (f"{'dataset':<26}{'sigma':>6} {'img STPM':>9}{'fused':>8}{'global':>8}{'px AUROC':>10}{'AU-PRO':>8}"
+            f"{'FRR':>7}{'FRR f':>7}{'miss':>7}{'miss f':>7}{'train s':>9}{'eval s':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(_row(r))
+        if r["default_sigma"] and len(r["per_defect_type"]) > 1:
+            for label, m in r["per_defect_type"].items():
+                sub = {**m, "dataset": r["dataset"], "sigma": r["sigma"], "default_sigma": False,
+                       "train_s": 0, "eval_s": 0}
+                lines.append(_row(sub, f" {label}").replace("   0       0", "            "))
     for name, p in PUBLISHED.items():
-        lines.append(f"{name + ' (paper)':<20} {_f(p['image_auroc']):>9}{_f(p['pixel_auroc']):>10}{_f(p['au_pro']):>8}")
+        lines.append(f"{name + ' (paper)':<32} {_f(p['image_auroc']):>9}{'':>16}{_f(p['pixel_auroc']):>10}"
+                     f"{_f(p['au_pro']):>8}")
+    lines.append("img STPM / fused / global: image AUROC of STPM alone, fused with the global branch (the image "
+                 "score), the global branch alone; FRR, miss: STPM alone, f: fused")
     lines.append("* = the sigma the model was trained and calibrated with (FRR and miss rate are at its threshold)")
     return "\n".join(lines)
 

@@ -74,7 +74,10 @@ def test_c09_the_command_refuses_in_one_line_and_publishes_marked_when_forced(tm
     forced = run("--force")
     assert forced.returncode == 0, forced.stderr
     assert "under-calibrated: 1 held-out good image" in forced.stdout
-    assert json.loads((tmp_path / "m" / "model.json").read_text())["thresholds"]["status"] == "under-calibrated"
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["thresholds"]["status"] == "under-calibrated"
+    # 2 training goods give no positive definite Gaussian: the model is STPM alone (global_fit.fit_branch_or_skip)
+    assert "global" not in meta and "global" not in meta["thresholds"]
 
 
 def test_c09_train40_threshold_covers_every_held_out_good_and_flags_scratches(train40):

@@ -75,8 +75,8 @@ def test_reduced_precision_has_its_own_thresholds_recalibrated_by_the_training_r
     scorer = Scorer(ir_model, "cpu", runtime=runtime)
     # the thresholds are the rule applied to the held-out goods as this runtime scores them, recomputed here
     frames = [scorer.prepare(rgb) for _, rgb in readable_goods(meta, "val")]
-    scores, maps = frame_scores(scorer.model.stpm, frames, scorer.device, forward=scorer._forward)
-    exact, _ = frame_scores(scorer.model.stpm, frames, scorer.device, "float32")
+    scores, maps = frame_scores(scorer.model.stpm, frames, scorer.device, forward=scorer._forward)[:2]
+    exact, _ = frame_scores(scorer.model.stpm, frames, scorer.device, "float32")[:2]
     t = meta["thresholds"]
     expected = calibrate_thresholds(scores, maps, t["target_false_reject_rate"], t["pixel_false_positive_rate"], 100)
     assert record["thresholds"]["image"] == pytest.approx(expected["image"], rel=1e-6)

@@ -1,5 +1,6 @@
-"""``linewatch train``, ``eval`` and ``score``: a model from good images, its accuracy, and its verdict on image
-files, all on this machine (no services). torch and the detector load inside each command."""
+"""``linewatch train``, ``eval``, ``score``, ``export`` and ``fit-global``: a model from good images, its accuracy,
+its verdict on image files, its export and its global branch, all on this machine (no services). torch and the
+detector load inside each command."""
 
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{name:<16}{m['images']:>7}{f(m['image_auroc']):>11}{f(m['pixel_auroc']):>10}"
                      f"{f(m['au_pro']):>8}{f(m['miss_rate']):>7}")
     lines.append(f"false-reject rate on good images at the stored threshold: {f(o['false_reject_rate'])}")
+    if "image_auroc_stpm" in o:
+        lines.append(f"global branch: image AUROC fused {f(o['image_auroc'])} (above), STPM alone "
+                     f"{f(o['image_auroc_stpm'])}, global alone {f(o['image_auroc_global'])}")
     if "image" in report["f1_optimal"]:
         best = report["f1_optimal"]["image"]
         lines.append(f"F1-optimal image threshold {best['threshold']:.5f} "
@@ -149,6 +153,8 @@ def score(
         typer.echo(json.dumps({
             "path": str(path), "image_score": float(result.image_scores[0]),
             "normalized_score": float(result.normalized[0]),
+            **({} if result.global_scores is None else {"local_score": float(result.local_scores[0]),
+                                                         "global_score": float(result.global_scores[0])}),
             "verdict": "defect" if result.is_defect[0] else "good", "model_version": scorer.version,
             "runtime": scorer.runtime,
             "regions": [r.model_dump() for r in regions],
@@ -205,7 +211,8 @@ def export(
         shift, t = record["against_float32"], record["thresholds"]
         typer.echo(f"  executes at {record['executes']} on {record['cpu']['name']}; thresholds recalibrated on "
                    f"{shift['held_out_goods']} held-out goods: image {t['image']:.6g} (float32: "
-                   f"{shift['float32_threshold']:.6g}), pixel {t['pixel']:.6g}\n"
+                   f"{shift['float32_threshold']:.6g}), pixel {t['pixel']:.6g}"
+                   + (f", global {t['global']:.6g}" if "global" in t else "") + "\n"
                    f"  against float32 on them: max score shift {shift['max_score_shift']:.1e}, map shift "
                    f"{shift['max_map_shift']:.1e} relative; verdict flips {shift['verdict_flips']}; "
                    f"{shift['rejected_at_float32_threshold']} would be rejected at the float32 threshold")
@@ -216,3 +223,34 @@ def export(
                + "".join(f"\n  {name}: scores {q['score_rel']:.1e}, maps {q['map_rel']:.1e} relative, "
                          f"{'matches' if q['passed'] else 'DOES NOT MATCH (--runtime ' + name + ' refuses it)'}"
                          for name, q in list(record["parity"].items())[1:]))
+
+
+def fit_global(
+    model: Annotated[Path, typer.Option("--model", help="model directory")],
+    device: DeviceOpt = None,
+    export: Annotated[bool, typer.Option(help="export the model again in the formats it had")] = True,
+) -> None:
+    """Give a trained model the global branch (a Gaussian of pooled teacher features, fused with STPM's image
+    score), fit on its own training goods and calibrated on its held-out goods, which must still be readable and
+    unchanged. The student, STPM's thresholds and anomaly maps stay as they are; its old exports (ONNX, OpenVINO at
+    each precision) lack the branch and are replaced."""
+    from linewatch.detector.global_fit import add_global_branch
+    from linewatch.detector.model_files import OPENVINO_EXPORTS, read_metadata
+    from linewatch.detector.runtimes.onnx_export import export_onnx
+    from linewatch.detector.runtimes.openvino_export import export_openvino
+
+    s = load_settings()
+    with user_errors():
+        had = set(read_metadata(model).get("exports", {}))
+        record = add_global_branch(model, device_name(device) or s.detector.device, s.backbone.weights)
+        t = read_metadata(model)["thresholds"]
+        typer.echo(f"global branch written to {Path(model) / record['file']}: {record['fitted_on']}, global "
+                   f"threshold {t['global']:.4g} ({t['global_calibration']['held_out_goods']} held-out goods), "
+                   f"fusion scale {t['image'] / t['global']:.4g}")
+        if export and "onnx" in had:
+            export_onnx(model, s.backbone.weights)
+            typer.echo(f"ONNX export written again to {Path(model) / 'model.onnx'}")
+        for precision, key in OPENVINO_EXPORTS.items():
+            if export and key in had:
+                export_openvino(model, precision, s.backbone.weights)
+                typer.echo(f"OpenVINO {precision} export written again")

@@ -195,6 +195,9 @@ class TrainingSettings(BaseModel):
                                 "any orientation of which is good)")
     min_steps: int = Field(0, ge=0, description="few-shot recipe: raise epochs until training makes this many SGD "
                            "steps (0 = off; fine-tunes keep their epochs)")
+    global_branch: bool = Field(True, description="also fit the image-level global branch (a Gaussian of pooled "
+                                "teacher features, fused with STPM's image score; linewatch.detector.global_branch)")
+
 
 
 class DetectorSettings(BaseModel):

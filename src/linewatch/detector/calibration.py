@@ -89,26 +89,31 @@ def calibrate_image_threshold(good_scores: np.ndarray, target_rate: float, minim
 
 
 def calibrate_thresholds(good_scores: np.ndarray, good_maps: list[np.ndarray], target_rate: float,
-                         pixel_rate: float, minimum: int) -> dict:
-    """The ``thresholds`` record of model.json from the held-out goods' image scores (n,) and anomaly maps (any
+                         pixel_rate: float, minimum: int, global_scores: np.ndarray | None = None) -> dict:
+    """The ``thresholds`` record of model.json from the held-out goods' STPM image scores (n,) and anomaly maps (any
     shapes), in their unit: ``image`` by :func:`calibrate_image_threshold` (its evidence under ``calibration``,
     ``status``), ``pixel`` by :func:`threshold_at_rate` of all their map pixels at ``pixel_rate``, the two targets
-    and ``calibrated_on``. Training and the reduced-precision exports (:mod:`.runtimes.reduced_precision`) both
-    call this, so a threshold is set by one rule whatever precision scored the goods.
+    and ``calibrated_on``. With the goods' global-branch distances (n,) (:mod:`.global_branch`), ``global`` too, by
+    the image rule at the same target (its evidence under ``global_calibration``; ``status`` is the worse of the
+    two). Training, ``linewatch fit-global`` and the reduced-precision exports (:mod:`.runtimes.reduced_precision`)
+    all call this, so a threshold is set by one rule whatever precision scored the goods.
 
     Raises:
         ValueError: no scores or map pixels, or a rate outside (0, 1).
     """
     calibration = calibrate_image_threshold(good_scores, target_rate, minimum)
     n = int(np.asarray(good_scores).size)
+    branch = None if global_scores is None else calibrate_image_threshold(global_scores, target_rate, minimum)
+    status = calibration.status if branch is None or branch.status == "calibrated" else branch.status
     return {
         "image": calibration.threshold,
         "pixel": threshold_at_rate(np.concatenate([np.asarray(m).ravel() for m in good_maps]), pixel_rate),
         "target_false_reject_rate": target_rate,
         "pixel_false_positive_rate": pixel_rate,
         "calibrated_on": f"{n} held-out good image{'s' if n != 1 else ''}",
-        "status": calibration.status,
+        "status": status,
         "calibration": calibration.as_dict(),
+        **({} if branch is None else {"global": branch.threshold, "global_calibration": branch.as_dict()}),
     }
 
 

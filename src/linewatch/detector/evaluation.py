@@ -5,7 +5,9 @@ is the maximum of its smoothed anomaly map there (:mod:`.stpm`). For the pixel m
 bilinearly to the image's original size, and compared with the mask at that size (the authors' code compares at
 256x256 instead). Reported overall and per defect type (that type's images plus all good test images), with the
 false-reject rate on good images and the miss rate on defective ones at the stored image threshold
-(defective = score above it).
+(defective = score above it). For a model with a global branch (:mod:`.global_branch`) the image score is the
+fused one, and the image AUROC, false-reject and miss rates of STPM alone (``*_stpm``, at STPM's threshold) and
+the global branch alone (``*_global``, at its own) are reported beside it; the pixel metrics are STPM's map's.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ from .scoring import Scorer
 
 @dataclass
 class ScoredSample:
-    """A test image after scoring: its image score (map units), its full-resolution map and its ground-truth mask
-    (all False for a good image or a defect image without a mask)."""
+    """A test image after scoring: its image score (map units; fused with a global branch), its full-resolution map
+    and its ground-truth mask (all False for a good image or a defect image without a mask); with a global branch
+    also STPM's own score (``local_score``) and the Mahalanobis distance (``global_score``), else None."""
 
     sample: Sample
     score: float
     anomaly_map: np.ndarray  # float32 (H, W)
     mask: np.ndarray  # bool (H, W)
+    local_score: float | None = None
+    global_score: float | None = None
 
 
 def score_test_set(
@@ -72,7 +77,9 @@ def score_test_set(
                                                                                                   strict=True)])
             for i, (sample, (rgb, mask)) in enumerate(zip(chunk, loaded, strict=True)):
                 full = scorer.full_resolution_map(scores.maps[i], rgb.shape[:2])
-                item = ScoredSample(sample, float(scores.image_scores[i]), full, mask)
+                item = ScoredSample(sample, float(scores.image_scores[i]), full, mask,
+                                    *((None, None) if scores.global_scores is None else
+                                      (float(scores.local_scores[i]), float(scores.global_scores[i]))))
                 out.append(item)
                 if on_scored is not None:
                     on_scored(item, rgb)
@@ -89,6 +96,9 @@ def metrics_of(items: list[ScoredSample], pixels: PixelSet, indices: list[int]) 
     out: dict[str, float | None] = {"image_auroc": None, "pixel_auroc": None, "au_pro": None}
     if any(labels) and not all(labels):
         out["image_auroc"] = image_auroc(labels, [it.score for it in subset])
+        if subset[0].global_score is not None:  # the branches alone, beside the fused score
+            out["image_auroc_stpm"] = image_auroc(labels, [it.local_score for it in subset])
+            out["image_auroc_global"] = image_auroc(labels, [it.global_score for it in subset])
     known = _pixels_known(items, indices)
     if any(items[i].mask.any() for i in known):
         out["pixel_auroc"] = pixels.auroc(known)
@@ -126,11 +136,17 @@ def evaluate(
     good = [i for i, it in enumerate(items) if not it.sample.is_defect]
     defect = [i for i, it in enumerate(items) if it.sample.is_defect]
 
-    def flagged(indices: list[int]) -> float | None:
-        return None if not indices else float(np.mean([items[i].score > image_threshold for i in indices]))
+    def flagged(indices: list[int], key: str = "score", threshold: float = image_threshold) -> float | None:
+        return None if not indices else float(np.mean([getattr(items[i], key) > threshold for i in indices]))
 
     overall = {**metrics_of(items, pixels, list(range(len(items)))), "false_reject_rate": flagged(good),
                "miss_rate": None if not defect else 1.0 - flagged(defect), "images": len(items)}
+    branch = scorer.model.stpm.global_branch
+    if items and items[0].global_score is not None and branch is not None:
+        global_threshold = image_threshold / branch.scale  # the scorer's runtime's thresholds.global
+        for key, name, t in (("local_score", "stpm", image_threshold), ("global_score", "global", global_threshold)):
+            overall[f"false_reject_rate_{name}"] = flagged(good, key, t)
+            overall[f"miss_rate_{name}"] = None if not defect else 1.0 - flagged(defect, key, t)
     f1: dict[str, Any] = {}  # computed right after the overall metrics, which share its cumulative counts
     known = _pixels_known(items, list(range(len(items))))
     if any(items[i].mask.any() for i in known):

@@ -8,6 +8,8 @@
                             validation statistics, the good images' frame statistics (the lighting drift
                             reference, :mod:`.frame_stats`; absent in older models), versions;
                             ``exports``: the runtime graphs below
+      global.safetensors    optional: the global branch's Gaussian (mean, precision), recorded under ``global``
+                            with its SHA-256 (:mod:`.global_branch`); absent in older models, which score as before
       model.onnx            optional: the whole scoring graph for ONNX Runtime (``linewatch export``,
                             :mod:`.runtimes.onnx_export`), recorded under ``exports.onnx`` with its SHA-256
                             and the weights it was exported from
@@ -37,6 +39,7 @@ from linewatch.contracts.files import sha256_file
 
 from .backbones import backbone_spec, build_student, build_teacher
 from .geometry import InputGeometry
+from .global_branch import GLOBAL_FIELD, GLOBAL_FILE, GlobalBranchError, load_branch, save_branch
 from .stpm import STPM
 
 FORMAT = "linewatch-stpm/1"
@@ -47,7 +50,7 @@ ONNX_FILE = "model.onnx"
 OPENVINO_FILES = {"fp32": ("model.xml", "model.bin"), "bf16": ("model-bf16.xml", "model-bf16.bin"),
                   "int8": ("model-int8.xml", "model-int8.bin")}
 OPENVINO_EXPORTS = {"fp32": "openvino", "bf16": "openvino-bf16", "int8": "openvino-int8"}
-MODEL_FILES = frozenset({WEIGHTS_FILE, METADATA_FILE, ONNX_FILE,
+MODEL_FILES = frozenset({WEIGHTS_FILE, METADATA_FILE, ONNX_FILE, GLOBAL_FILE,
                          *(name for pair in OPENVINO_FILES.values() for name in pair)})
 EXPORTS_FIELD = "exports"  # model.json: {format: record}, see export_path
 # Fields every model.json has; read_metadata refuses a model without one of them.
@@ -116,10 +119,13 @@ def check_output_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def save_model(out_dir: Path, student_state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+def save_model(out_dir: Path, student_state: dict[str, torch.Tensor], metadata: dict[str, Any],
+               global_gaussian: tuple[Any, Any] | None = None) -> Path:
     """Write a model directory atomically (a temporary sibling renamed into place).
 
-    ``metadata`` gets ``format`` and ``weights_sha256`` added. A previous model at ``out_dir`` is replaced.
+    ``metadata`` gets ``format`` and ``weights_sha256`` added. ``global_gaussian`` (mean, precision) is written to
+    ``global.safetensors`` and its SHA-256 to ``metadata["global"]["sha256"]`` (which must then exist). A previous
+    model at ``out_dir`` is replaced.
 
     Raises:
         ModelFileError: see :func:`check_output_dir`; nothing that is not a model is ever deleted.
@@ -134,8 +140,12 @@ def save_model(out_dir: Path, student_state: dict[str, torch.Tensor], metadata: 
         weights = tmp / WEIGHTS_FILE
         save_file({k: v.detach().contiguous().cpu() for k, v in student_state.items()}, str(weights))
         meta = {"format": FORMAT, **metadata, "weights_sha256": sha256_file(weights)}
+        written = [weights, tmp / METADATA_FILE]
+        if global_gaussian is not None:
+            meta[GLOBAL_FIELD] = {**meta[GLOBAL_FIELD], "sha256": save_branch(tmp / GLOBAL_FILE, *global_gaussian)}
+            written.append(tmp / GLOBAL_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        for f in (weights, tmp / METADATA_FILE):
+        for f in written:
             f.chmod(0o666 & ~umask)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
@@ -199,10 +209,11 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
     """Load a model directory onto ``device`` in eval mode.
 
     Checks that the weights file is the one the metadata describes (SHA-256) and that the local
-    teacher weights are those the student was trained against.
+    teacher weights are those the student was trained against; so is the global branch's file, where the model
+    has one (:mod:`.global_branch`).
 
     Raises:
-        ModelFileError: inconsistent or corrupt model files, or a different teacher.
+        ModelFileError: inconsistent or corrupt model files (the global branch's too), or a different teacher.
         WeightsNotFoundError: the teacher weights file is absent.
         ValueError: the teacher weights do not fit the backbone.
     """
@@ -227,7 +238,11 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
         student.load_state_dict(load_file(str(weights)), strict=True)
     except (RuntimeError, OSError) as exc:
         raise ModelFileError(f"{weights}: does not fit a {name} student ({exc})") from None
-    stpm = STPM(backbone_spec(name), teacher, student, float(meta["map_smoothing_sigma"]))
+    try:
+        branch = load_branch(model_dir, meta)
+    except GlobalBranchError as exc:
+        raise ModelFileError(str(exc)) from None
+    stpm = STPM(backbone_spec(name), teacher, student, float(meta["map_smoothing_sigma"]), branch)
     return LoadedModel(stpm=stpm.to(device).eval(), metadata=meta, path=model_dir)
 
 
@@ -238,10 +253,12 @@ def export_path(model_dir: Path, meta: dict[str, Any], fmt: str) -> Path | None:
     A record is ``{"file", "sha256", "weights_sha256", ...}`` (:mod:`.runtimes.onnx_export`,
     :mod:`.runtimes.openvino_export` write them), with ``data_file`` and ``data_sha256`` where the graph keeps its
     weights in a second file (OpenVINO's ``.bin``). Every file must hold the SHA-256 recorded and have been exported
-    from the weights this ``model.json`` describes, so an export never scores with other weights than the model's.
+    from the weights and the global branch (``global_sha256``, absent on both sides without one) this ``model.json``
+    describes, so an export never scores with other weights or another branch than the model's.
 
     Raises:
-        ModelFileError: a recorded file is missing, its content differs, or it was exported from other weights.
+        ModelFileError: a recorded file is missing, its content differs, or it was exported from other weights or
+            another global branch.
     """
     record = meta.get(EXPORTS_FIELD, {}).get(fmt)
     if not record:
@@ -249,6 +266,8 @@ def export_path(model_dir: Path, meta: dict[str, Any], fmt: str) -> Path | None:
     path = Path(model_dir) / record["file"]
     if record.get("weights_sha256") != meta["weights_sha256"]:
         raise ModelFileError(f"{path}: exported from other weights than {WEIGHTS_FILE}; export the model again")
+    if record.get("global_sha256") != (meta.get(GLOBAL_FIELD) or {}).get("sha256"):
+        raise ModelFileError(f"{path}: exported with another global branch than {GLOBAL_FILE}; export the model again")
     files = [(record["file"], record["sha256"])]
     if record.get("data_file"):
         files.append((record["data_file"], record.get("data_sha256")))

@@ -11,7 +11,8 @@ precision never decides a verdict near the threshold; far from it, its score shi
 Frames: :meth:`Scorer.prepare` turns a frame into its model inputs under the model's input geometry
 (:mod:`.geometry`, model.json ``input``) and :meth:`Scorer.score_frames` scores frames: their windows' maps
 stitched into one map per frame at model scale (``plan.scaled``, the frame's aspect ratio), whose maximum is the
-image score. :func:`frame_scores` is that computation for the training's calibration too.
+image score (fused with the global branch's score where the model has one, :mod:`.global_branch`).
+:func:`frame_scores` is that computation for the training's calibration too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -28,8 +30,9 @@ from linewatch.contracts.messages import DefectRegion
 
 from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .geometry import FrameInput, InputGeometry, model_inputs, stitch_batch
+from .global_branch import GlobalBranchError, fusion_scale
 from .imaging import resize_map
-from .model_files import LoadedModel, load_model
+from .model_files import LoadedModel, ModelFileError, load_model
 from .runtimes.selection import runtime_thresholds, select_forward
 from .runtimes.threads import intra_op_threads
 from .stpm import STPM
@@ -49,13 +52,15 @@ class BatchScores:
     ``image_scores`` float32 (B,): the maximum of the smoothed anomaly map. ``normalized`` float32 (B,):
     image score divided by the image threshold, so 1.0 is the decision boundary. ``is_defect`` bool (B,):
     score strictly above the threshold. ``anomaly_maps`` float32 (B, 1, S, S): Eq. 5's product of
-    stage maps, Gaussian-smoothed (:mod:`.stpm`).
+    stage maps, Gaussian-smoothed (:mod:`.stpm`). With a global branch (:mod:`.global_branch`) the image scores
+    are each window's fused score and ``global_scores`` float32 (B,) its Mahalanobis distances; else None.
     """
 
     image_scores: np.ndarray
     normalized: np.ndarray
     is_defect: np.ndarray
     anomaly_maps: np.ndarray
+    global_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -63,19 +68,24 @@ class FrameScores:
     """Scores of B frames. ``image_scores`` float32 (B,): the maximum of each frame's map; ``normalized`` float32
     (B,): divided by the image threshold; ``is_defect`` bool (B,): strictly above it; ``maps``: per frame, float32
     anomaly map at model scale, shape ``plan.scaled`` (rows, columns: the frame's aspect ratio; (S, S) for a
-    ``resize`` model); :meth:`Scorer.full_resolution_map` brings one to the frame's own size."""
+    ``resize`` model); :meth:`Scorer.full_resolution_map` brings one to the frame's own size. With a global branch
+    (:mod:`.global_branch`) the image scores are fused and ``local_scores`` (STPM's, float32 (B,)) and
+    ``global_scores`` (Mahalanobis distances, float32 (B,)) say what they were fused from; else both None."""
 
     image_scores: np.ndarray
     normalized: np.ndarray
     is_defect: np.ndarray
     maps: list[np.ndarray]
+    local_scores: np.ndarray | None = None
+    global_scores: np.ndarray | None = None
 
 
 @torch.inference_mode()
 def forward_scores(stpm: STPM, batch: torch.Tensor, device: torch.device,
-                   precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                   precision: str = "auto") -> tuple[np.ndarray, ...]:
     """The one scoring computation of serving and calibration: uint8 (B, 3, S, S) model inputs ->
-    (image scores float32 (B,), smoothed anomaly maps float32 (B, 1, S, S)).
+    (image scores float32 (B,), smoothed anomaly maps float32 (B, 1, S, S)), and with a global branch its
+    Mahalanobis distances float32 (B,) third (the image scores are then fused, :mod:`.global_branch`).
 
     :class:`Scorer` and the training's threshold calibration (:func:`.training.calibration_scores`) both
     call this, so a threshold is set on exactly the scores the workers and ``linewatch score`` compute
@@ -84,30 +94,51 @@ def forward_scores(stpm: STPM, batch: torch.Tensor, device: torch.device,
     """
     x = to_model_layout(batch, device)
     with autocast(device, precision):
-        scores, maps = stpm(x)
-    return scores.float().cpu().numpy(), maps.float().cpu().numpy()
+        out = stpm(x)
+    return tuple(o.float().cpu().numpy() for o in out)
+
+
+class FrameOutputs(NamedTuple):
+    """:func:`frame_scores` of B frames. ``scores`` float32 (B,): the image scores (fused with the global branch
+    where the model has one, else ``local_scores``); ``maps``: float32 per frame, ``plan.scaled``; ``local_scores``
+    float32 (B,): STPM's, the maximum of each map; ``global_scores``: float32 (B,) Mahalanobis distances, the
+    largest of each frame's windows, or None without a global branch."""
+
+    scores: np.ndarray
+    maps: list[np.ndarray]
+    local_scores: np.ndarray
+    global_scores: np.ndarray | None
 
 
 def frame_scores(stpm: STPM, frames: Sequence[FrameInput], device: torch.device, precision: str = "float32",
                  per_pass: int = WINDOWS_PER_PASS,
-                 forward: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
-                 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Frames' model inputs (:func:`.geometry.model_inputs`) -> (image scores float32 (B,), maps at model scale,
-    float32 ``plan.scaled`` each): :func:`forward_scores` on their windows (or ``forward``, an export runtime's
-    equivalent, :mod:`.runtimes`), ``per_pass`` at a time, then :func:`.geometry.stitch` per frame and the maximum
-    of each map. Serving (:meth:`Scorer.score_frames`) and the training's threshold calibration both call this."""
+                 forward: Callable[[torch.Tensor], tuple[np.ndarray, ...]] | None = None,
+                 ) -> FrameOutputs:
+    """Frames' model inputs (:func:`.geometry.model_inputs`) -> :class:`FrameOutputs`: :func:`forward_scores` on
+    their windows (or ``forward``, an export runtime's equivalent, :mod:`.runtimes`), ``per_pass`` at a time, then
+    :func:`.geometry.stitch` per frame and the maximum of each map; with a global branch (``stpm.global_branch``)
+    the largest window distance of each frame, fused with it (:meth:`.global_branch.GlobalGaussian.fused`). Serving
+    (:meth:`Scorer.score_frames`) and the training's threshold calibration both call this."""
     if not frames:
-        return np.zeros(0, dtype=np.float32), []
+        empty = np.zeros(0, dtype=np.float32)
+        return FrameOutputs(empty, [], empty, None if stpm.global_branch is None else empty)
     if all(isinstance(f.tiles, np.ndarray) for f in frames):
         tiles = torch.from_numpy(np.concatenate([f.tiles for f in frames]))
     else:  # decoded on the device
         tiles = torch.cat([torch.as_tensor(f.tiles).to(device) for f in frames])
     if forward is None:
-        def forward(windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        def forward(windows: torch.Tensor) -> tuple[np.ndarray, ...]:
             return forward_scores(stpm, windows, device, precision)
-    maps = np.concatenate([forward(tiles[i : i + per_pass])[1] for i in range(0, len(tiles), per_pass)])
-    stitched = stitch_batch(maps, [f.plan for f in frames])
-    return np.array([m.max() for m in stitched], dtype=np.float32), stitched
+    outs = [forward(tiles[i : i + per_pass]) for i in range(0, len(tiles), per_pass)]
+    stitched = stitch_batch(np.concatenate([o[1] for o in outs]), [f.plan for f in frames])
+    local = np.array([m.max() for m in stitched], dtype=np.float32)
+    if stpm.global_branch is None:
+        return FrameOutputs(local, stitched, local, None)
+    distances = np.concatenate([o[2] for o in outs])
+    starts = np.cumsum([0] + [len(f.plan.windows) for f in frames[:-1]])
+    distances = np.maximum.reduceat(distances, starts).astype(np.float32)
+    fused = stpm.global_branch.fused(torch.from_numpy(local), torch.from_numpy(distances)).numpy()
+    return FrameOutputs(fused, stitched, local, distances)
 
 
 class Scorer:
@@ -146,6 +177,11 @@ class Scorer:
         thresholds = runtime_thresholds(self.model.metadata, self.runtime)
         self.image_threshold = float(thresholds["image"])
         self.pixel_threshold = float(thresholds["pixel"])
+        if self.model.stpm.global_branch is not None:  # fused by the same thresholds it is compared with
+            try:
+                self.model.stpm.global_branch.scale = fusion_scale(thresholds, f"{model_dir} {self.runtime}")
+            except GlobalBranchError as exc:
+                raise ModelFileError(str(exc)) from None
 
     @property
     def version(self) -> str:
@@ -178,21 +214,24 @@ class Scorer:
         for f in frames:
             if f.plan.geometry != self.geometry:
                 raise ValueError(f"frame prepared for {f.plan.geometry}, this model takes {self.geometry}")
-        scores, maps = frame_scores(self.model.stpm, frames, self.device, self.precision, forward=self._forward)
+        out = frame_scores(self.model.stpm, frames, self.device, self.precision, forward=self._forward)
+        scores, maps, local, distances = out
         if self.precision != "float32":
             for i in np.flatnonzero(np.abs(scores / self.image_threshold - 1) <= self.guard_band):
                 exact = frame_scores(self.model.stpm, [frames[i]], self.device, "float32")
-                scores[i], maps[i] = exact[0][0], exact[1][0]
+                scores[i], maps[i], local[i] = exact.scores[0], exact.maps[0], exact.local_scores[0]
+                if distances is not None:
+                    distances[i] = exact.global_scores[0]
         return FrameScores(scores, (scores / self.image_threshold).astype(np.float32), scores > self.image_threshold,
-                           maps)
+                           maps, None if distances is None else local, distances)
 
     def score_images(self, images: Sequence[np.ndarray]) -> FrameScores:
         """:meth:`score_frames` of uint8 (H, W, 3) RGB images (any sizes). Raises: see :meth:`prepare`."""
         return self.score_frames([self.prepare(rgb) for rgb in images])
 
-    def torch_forward(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def torch_forward(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, ...]:
         """Eager PyTorch's :func:`forward_scores` of uint8 (B, 3, S, S) inputs at this scorer's precision (the
-        reference every other runtime is checked against)."""
+        reference every other runtime is checked against): scores, maps and, with a global branch, distances."""
         return forward_scores(self.model.stpm, torch.as_tensor(batch), self.device, self.precision)
 
     @torch.inference_mode()
@@ -207,18 +246,24 @@ class Scorer:
             raise ValueError(
                 f"expected uint8 (B, 3, {self.image_size}, {self.image_size}), got {x.dtype} {tuple(x.shape)}"
             )
-        scores, maps = self._forward(x)
+        out = [np.array(o) for o in self._forward(x)]
         if self.precision != "float32":
-            near = np.flatnonzero(np.abs(scores / self.image_threshold - 1) <= self.guard_band)
+            near = np.flatnonzero(np.abs(out[0] / self.image_threshold - 1) <= self.guard_band)
             if near.size:
                 exact = forward_scores(self.model.stpm, x[torch.as_tensor(near, device=x.device)], self.device,
                                        "float32")
-                scores[near], maps[near] = exact
+                for o, e in zip(out, exact, strict=True):
+                    o[near] = e
+        if len(out) > 2:  # fused here: a reduced-precision graph holds model.json's scale, not its own thresholds'
+            out[0] = self.model.stpm.global_branch.fused(torch.from_numpy(out[1].max(axis=(1, 2, 3))),
+                                                         torch.from_numpy(out[2])).numpy()
+        scores = out[0]
         return BatchScores(
             image_scores=scores,
             normalized=(scores / self.image_threshold).astype(np.float32),
             is_defect=scores > self.image_threshold,
-            anomaly_maps=maps,
+            anomaly_maps=out[1],
+            global_scores=out[2] if len(out) > 2 else None,
         )
 
     def regions(self, anomaly_map: np.ndarray, original_shape: tuple[int, int]) -> list[DefectRegion]:

@@ -19,6 +19,9 @@ Formulas (paper Sec. 3):
 * Then, in neither the paper nor the authors' code: Gaussian smoothing of the map with a sigma of
   ``smoothing_sigma`` model pixels (``training.map_smoothing_sigma``, 4 by default; 0 turns it off).
 * Sec. 3.3 image score: the maximum of the smoothed anomaly map.
+* With a global branch (:mod:`.global_branch`; models with ``global`` in model.json), the raw teacher stages of
+  the same pass also give a Mahalanobis distance per input, and the image score is fused with it there; the map is
+  unchanged.
 """
 
 from __future__ import annotations
@@ -118,11 +121,13 @@ class STPM(nn.Module):
         teacher: the ImageNet pyramid; frozen here and kept in eval mode.
         student: a pyramid of the same stage channels.
         smoothing_sigma: Gaussian sigma in model pixels applied to every anomaly map (0 = none).
+        global_branch: the model's :class:`.global_branch.GlobalGaussian`, or None (STPM alone).
     Raises:
         ValueError: teacher and student stages differ in channels.
     """
 
-    def __init__(self, spec: BackboneSpec, teacher: FeaturePyramid, student: FeaturePyramid, smoothing_sigma: float):
+    def __init__(self, spec: BackboneSpec, teacher: FeaturePyramid, student: FeaturePyramid, smoothing_sigma: float,
+                 global_branch: nn.Module | None = None):
         super().__init__()
         if teacher.channels != student.channels:
             raise ValueError(f"teacher stages {teacher.channels} differ from student stages {student.channels}")
@@ -130,6 +135,7 @@ class STPM(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)
         self.student = student
         self.smoothing_sigma = smoothing_sigma
+        self.global_branch = global_branch
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
@@ -157,13 +163,19 @@ class STPM(nn.Module):
         return smooth_map(combine_maps(stage_maps(teacher_hat, student_hat), size), self.smoothing_sigma)
 
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score uint8 (B, 3, H, W) images -> (image scores float (B,), anomaly maps float (B, 1, H, W)).
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Score uint8 (B, 3, H, W) images -> (image scores float (B,), anomaly maps float (B, 1, H, W)), and with a
+        global branch a third output, its Mahalanobis distances float32 (B,).
 
-        The map is Eq. 5's product at the input size, smoothed; the score is its maximum (Sec. 3.3).
+        The map is Eq. 5's product at the input size, smoothed; the score is its maximum (Sec. 3.3), fused with the
+        global branch's distance where there is one (:meth:`.global_branch.GlobalGaussian.fused`).
         """
         x = self.normalize_input(images)
-        t_hat = normalize_features(self.teacher(x))
+        t_raw = self.teacher(x)
+        t_hat = normalize_features(t_raw)
         s_hat = normalize_features(self.student(x))
         amap = self.anomaly_map_from(t_hat, s_hat, tuple(images.shape[-2:]))
-        return image_scores(amap), amap
+        if self.global_branch is None:
+            return image_scores(amap), amap
+        distances = self.global_branch(t_raw)
+        return self.global_branch.fused(image_scores(amap), distances), amap, distances

@@ -17,7 +17,8 @@ Images become model inputs under the input geometry (:mod:`.geometry`; ``input_m
 letterboxed, or tiled beyond ``max_aspect``); a tiled image trains on each of its windows. Thresholds are then
 set on the held-out good images (:mod:`.calibration`), each scored whole by :func:`.scoring.frame_scores`, the
 computation the workers and ``linewatch score`` run: the float16 cache shifted scores by up to 1.7e-4 relative,
-and a threshold set on shifted scores is not the one served.
+and a threshold set on shifted scores is not the one served. Then the global branch (``global_branch``, on by
+default) is fit on the training goods and calibrated on the held-out ones (:mod:`.global_fit`).
 On the CPU the same seed gives the same weights (a test checks it); on CUDA nothing forces deterministic kernels.
 """
 
@@ -42,10 +43,12 @@ from linewatch.contracts.files import sha256_file
 from linewatch.contracts.settings import Settings
 
 from .backbones import backbone_spec, build_student, build_teacher
-from .calibration import calibrate_thresholds, score_statistics
+from .calibration import score_statistics
 from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .frame_stats import reference_statistics
 from .geometry import DEFAULT_MAX_ASPECT, DEFAULT_MODE, DEFAULT_TILE_OVERLAP, InputGeometry
+from .global_branch import fusion_scale
+from .global_fit import calibrate_model, fit_branch_or_skip
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
 from .recipe import augment_batch, augmentation, epoch_budget, record, teacher_cache, teacher_targets
@@ -67,7 +70,8 @@ class TrainConfig:
     than 1/target) refuse the model unless ``allow_under_calibrated``; larger images than ``max_pixels``
     pixels are refused. ``input_mode``, ``max_aspect``, ``tile_scale`` (None: measured on the images) and
     ``tile_overlap`` are the input geometry (:meth:`geometry`). ``augment`` (with ``augment_flips``,
-    ``augment_rot90``) and ``min_steps`` are the few-shot recipe, off by default (:mod:`.recipe`).
+    ``augment_rot90``) and ``min_steps`` are the few-shot recipe, off by default (:mod:`.recipe`);
+    ``global_branch``: fit the image-level branch (:mod:`.global_fit`).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -95,6 +99,7 @@ class TrainConfig:
     augment_flips: bool = False
     augment_rot90: bool = False
     min_steps: int = 0
+    global_branch: bool = True
 
     def geometry(self) -> InputGeometry:
         """The input geometry this recipe asks for. Raises ValueError: see :class:`.geometry.InputGeometry`."""
@@ -289,15 +294,18 @@ def train(
     model.student.load_state_dict(best_state)
     model.eval()
     val_frames = [images.frames[i] for i in val_idx]
-    val_scores, val_maps = frame_scores(model, val_frames, device, "float32", config.batch_size)
-    # Reduced precision is measured, not calibrated on: on a GPU its shift on the held-out goods widens the guard
-    # band within which a bfloat16/float16 scorer re-scores in float32 (scoring module docstring). The CPU serves
-    # float32, and its emulated bfloat16 is slow, so there the default band stands.
+    branch = fit_branch_or_skip(model, train_images, device, config.batch_size) if config.global_branch else None
+    thresholds, held_out = calibrate_model(model, val_frames, device, config.target_false_reject_rate, config.
+                                           pixel_false_positive_rate, config.min_held_out_goods, config.batch_size)
+    val_scores = held_out.local_scores  # STPM's: what thresholds.image was set on (the manifest's scores)
+    if branch is not None:
+        model.global_branch.scale = fusion_scale(thresholds)
+    # Reduced precision is measured, not calibrated on: on a GPU its shift on the held-out goods' image scores widens
+    # the guard band within which a bfloat16/float16 scorer re-scores in float32 (scoring module docstring). The CPU
+    # serves float32, and its emulated bfloat16 is slow, so there the default band stands.
     reduced = precision_of(device)
     shift = None if reduced == "float32" else float(np.max(np.abs(
-        frame_scores(model, val_frames, device, reduced, config.batch_size)[0] / val_scores - 1)))
-    thresholds = calibrate_thresholds(val_scores, val_maps, config.target_false_reject_rate,
-                                      config.pixel_false_positive_rate, config.min_held_out_goods)
+        frame_scores(model, val_frames, device, reduced, config.batch_size).scores / held_out.scores - 1)))
     role = np.full(len(paths), "train", dtype=object)
     role[val_idx] = "val"
     score = np.full(len(paths), np.nan)
@@ -315,7 +323,7 @@ def train(
         "precision": {"calibrated": "float32", "reduced": reduced, "max_relative_shift": shift,
                       "guard_band": max(DEFAULT_GUARD_BAND, 4 * (shift or 0.0)),
                       "serving": "float32 within guard_band of the image threshold, else the device's autocast"},
-        "validation": {"loss": best_val, "image_score": score_statistics(val_scores)},
+        "validation": {"loss": best_val, "image_score": score_statistics(held_out.scores)},  # fused; drift reference
         "frame_statistics": reference_statistics(images.frames),  # of every good image: the drift reference (drift.py)
         "training": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
@@ -333,8 +341,8 @@ def train(
         ],
         "linewatch_version": linewatch.__version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        **(extra_metadata or {}),
+        **({"global": branch.metadata(model, held_out)} if branch else {}), **(extra_metadata or {}),
     }
-    model_dir = save_model(out_dir, model.student.state_dict(), metadata)
+    model_dir = save_model(out_dir, model.student.state_dict(), metadata, branch and (branch.mean, branch.precision))
     return TrainResult(model_dir=model_dir, metadata=read_metadata(model_dir), history=history)
 

@@ -81,11 +81,10 @@ def _compiled(stpm: torch.nn.Module, device: torch.device) -> Forward:
     compiled = torch.compile(stpm, mode="reduce-overhead", dynamic=False)
 
     @torch.inference_mode()
-    def forward(batch) -> tuple[np.ndarray, np.ndarray]:
+    def forward(batch) -> tuple[np.ndarray, ...]:
         x = batch if torch.is_tensor(batch) else torch.from_numpy(np.ascontiguousarray(batch))
-        scores, maps = compiled(to_model_layout(x, device))
-        # a CUDA graph's outputs are overwritten by its next replay: copy them out now
-        return scores.float().cpu().numpy().copy(), maps.float().cpu().numpy().copy()
+        # scores, maps[, global scores]; a CUDA graph's outputs are overwritten by its next replay: copy them out now
+        return tuple(o.float().cpu().numpy().copy() for o in compiled(to_model_layout(x, device)))
 
     return forward
 
@@ -94,7 +93,7 @@ def _onnxruntime_gpu(runtime: str, path: Path, device: torch.device, size: int) 
     """An ONNX Runtime session on ``runtime``'s execution provider (CPU provider for what it cannot place)."""
     import onnxruntime as ort
 
-    from .onnx_runtime import INPUT, OUTPUTS
+    from .onnx_runtime import INPUT
 
     wanted = PROVIDERS[runtime]
     if wanted not in ort.get_available_providers():
@@ -118,9 +117,10 @@ def _onnxruntime_gpu(runtime: str, path: Path, device: torch.device, size: int) 
         raise RuntimeChoiceError(f"runtime {runtime}: ONNX Runtime could not start {wanted} (it runs "
                                  f"{session.get_providers()}); check the CUDA/TensorRT libraries")
 
-    def forward(batch) -> tuple[np.ndarray, np.ndarray]:
+    outputs = [o.name for o in session.get_outputs()]  # scores, maps[, global scores of a model with the branch]
+
+    def forward(batch) -> tuple[np.ndarray, ...]:
         x = np.ascontiguousarray(np.asarray(batch.cpu() if torch.is_tensor(batch) else batch), dtype=np.uint8)
-        scores, maps = session.run(list(OUTPUTS), {INPUT: x})
-        return scores, maps
+        return tuple(session.run(outputs, {INPUT: x}))
 
     return forward

@@ -3,9 +3,11 @@
 What is exported is :meth:`linewatch.detector.stpm.STPM.forward` itself, traced by torch's TorchScript-based ONNX
 exporter (``torch.onnx.export(..., dynamo=False)``; it needs neither network nor the ``onnxscript`` package): the
 input normalisation, the teacher and student pyramids, the channel-L2 normalisation (Eq. 1), the stage maps
-(Eq. 4), their bilinear upsampling and product (Eq. 5), the Gaussian smoothing and the image score (its maximum).
-So no step of the scoring is done twice or differently in Python. Opset 18; the batch axis is dynamic, the image
-size is the model's (``image_size`` of model.json), float32 throughout.
+(Eq. 4), their bilinear upsampling and product (Eq. 5), the Gaussian smoothing and the image score (its maximum);
+and, for a model with a global branch (:mod:`..global_branch`), the pooled teacher features' Mahalanobis distance
+(output ``global_scores``) and the fused image score (``image_scores``). So no step of the scoring is done twice
+or differently in Python. Opset 18; the batch axis is dynamic, the image size is the model's (``image_size`` of
+model.json), float32 throughout.
 
 Before the export is recorded, ONNX Runtime must reproduce eager PyTorch on the model's own held-out goods to
 ``PARITY_TOLERANCE`` (:mod:`.parity`); otherwise nothing is recorded and :class:`ExportError` says by how much it
@@ -13,9 +15,10 @@ differed. OpenVINO, which scores from the same file, is measured too where it is
 openvino`` refuses an export on which it did not match. The record, ``exports.onnx`` in model.json::
 
     {"file": "model.onnx", "sha256": ..., "weights_sha256": <the student weights it was exported from>,
+     "global_sha256": <the global branch it was exported with, absent without one>,
      "format": "onnx", "opset": 18, "precision": "float32", "input": {"name": "images", "dtype": "uint8",
      "shape": ["batch", 3, S, S]}, "outputs": {...}, "exporter": ..., "torch": ..., "onnxruntime": ...,
-     "parity": {"onnxruntime": {"images", "score_rel", "map_rel", "on", "tolerance", "passed"},
+     "parity": {"onnxruntime": {"images", "score_rel", "map_rel", "global_rel", "on", "tolerance", "passed"},
                 "openvino": {...}}, "created_at": ...}
 """
 
@@ -34,7 +37,7 @@ import torch
 from linewatch.contracts.files import sha256_file
 
 from ..model_files import EXPORTS_FIELD, ONNX_FILE, read_metadata, write_metadata
-from .onnx_runtime import INPUT, OUTPUTS, OnnxRuntimeForward
+from .onnx_runtime import GLOBAL_OUTPUT, INPUT, OUTPUTS, OnnxRuntimeForward
 from .parity import compare, parity_inputs
 from .threads import intra_op_threads
 
@@ -63,6 +66,7 @@ def export_onnx(model_dir: Path, teacher_weights: Path | None = None) -> dict[st
     model_dir = Path(model_dir)
     scorer = Scorer(model_dir, "cpu", teacher_weights, precision="float32", runtime="torch")
     size = scorer.image_size
+    outputs = graph_outputs(scorer.model.stpm)
     target = model_dir / ONNX_FILE
     tmp = model_dir / f".{ONNX_FILE}.tmp"
     try:
@@ -82,12 +86,13 @@ def export_onnx(model_dir: Path, teacher_weights: Path | None = None) -> dict[st
     import onnxruntime
 
     meta = read_metadata(model_dir)
+    shapes = {OUTPUTS[0]: ["batch"], OUTPUTS[1]: ["batch", 1, size, size], GLOBAL_OUTPUT: ["batch"]}
     record = {
         "file": ONNX_FILE, "sha256": sha256_file(target), "weights_sha256": meta["weights_sha256"],
+        **({"global_sha256": meta["global"]["sha256"]} if GLOBAL_OUTPUT in outputs else {}),
         "format": "onnx", "opset": OPSET, "precision": "float32",
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", 3, size, size]},
-        "outputs": {OUTPUTS[0]: {"dtype": "float32", "shape": ["batch"]},
-                    OUTPUTS[1]: {"dtype": "float32", "shape": ["batch", 1, size, size]}},
+        "outputs": {name: {"dtype": "float32", "shape": shapes[name]} for name in outputs},
         "exporter": "torch.onnx.export (TorchScript)", "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__, "parity": by_runtime,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -97,7 +102,7 @@ def export_onnx(model_dir: Path, teacher_weights: Path | None = None) -> dict[st
     return record
 
 
-def _other_runtimes(path: Path, reference: tuple[np.ndarray, np.ndarray], inputs: np.ndarray,
+def _other_runtimes(path: Path, reference: tuple[np.ndarray, ...], inputs: np.ndarray,
                     on: str) -> dict[str, dict[str, Any]]:
     """The parity records of the export's other runtimes installed here (OpenVINO), for ``--runtime`` to check."""
     from .openvino_runtime import OpenVinoForward
@@ -124,16 +129,21 @@ def export_or_warn(model_dir: Path, teacher_weights: Path | None = None) -> dict
     return record
 
 
+def graph_outputs(stpm: torch.nn.Module) -> tuple[str, ...]:
+    """The graph's output names, in :meth:`..stpm.STPM.forward`'s order (``global_scores`` third with a branch)."""
+    return (*OUTPUTS, GLOBAL_OUTPUT) if getattr(stpm, "global_branch", None) is not None else OUTPUTS
+
+
 def trace_onnx(stpm: torch.nn.Module, size: int, path: Path) -> None:
-    """Write ``stpm``'s forward as ONNX to ``path`` (dynamic batch axis), traced on a seeded uint8 batch of 2 (the
-    OpenVINO IR, :mod:`.openvino_export`, is converted from this graph too)."""
+    """Write ``stpm``'s forward as ONNX to ``path`` (dynamic batch axis, outputs :func:`graph_outputs`), traced on a
+    seeded uint8 batch of 2 (the OpenVINO IR, :mod:`.openvino_export`, is converted from this graph too)."""
     example = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, size, size), dtype=np.uint8))
-    batch = {0: "batch"}
+    batch, outputs = {0: "batch"}, graph_outputs(stpm)
     with warnings.catch_warnings():
         # The TorchScript exporter announces its deprecation and that it leaves strided slices unfolded; neither
         # changes the graph's values (the parity check measures them).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-        torch.onnx.export(stpm.eval(), (example,), str(path), input_names=[INPUT], output_names=list(OUTPUTS),
+        torch.onnx.export(stpm.eval(), (example,), str(path), input_names=[INPUT], output_names=list(outputs),
                           opset_version=OPSET, dynamo=False, do_constant_folding=True,
-                          dynamic_axes={INPUT: batch, OUTPUTS[0]: batch, OUTPUTS[1]: batch})
+                          dynamic_axes={INPUT: batch, **{name: batch for name in outputs}})

@@ -1,7 +1,9 @@
 """Scoring with ONNX Runtime on the CPU, from the graph :mod:`.onnx_export` wrote (``model.onnx``).
 
 The graph is the whole of :meth:`linewatch.detector.stpm.STPM.forward`: uint8 (B, 3, S, S) model inputs in,
-image scores float32 (B,) and smoothed anomaly maps float32 (B, 1, S, S) out, at float32.
+image scores float32 (B,) and smoothed anomaly maps float32 (B, 1, S, S) out, at float32; a model with a global
+branch (:mod:`linewatch.detector.global_branch`) has fused image scores and a third output, its Mahalanobis
+distances float32 (B,).
 
 The session runs ``threads`` intra-op threads (:mod:`.threads` decides how many) and one inter-op thread, and its
 threads do not spin-wait between operators: spinning keeps a core busy for a while after each operator, which a
@@ -16,6 +18,7 @@ import numpy as np
 
 INPUT = "images"
 OUTPUTS = ("image_scores", "anomaly_maps")
+GLOBAL_OUTPUT = "global_scores"  # the third output of a model with a global branch
 
 
 class OnnxRuntimeForward:
@@ -42,8 +45,9 @@ class OnnxRuntimeForward:
         options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
         self.threads = options.intra_op_num_threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (B, 3, S, S) -> (image scores float32 (B,), anomaly maps float32 (B, 1, S, S))."""
-        scores, maps = self.session.run(list(OUTPUTS), {INPUT: np.ascontiguousarray(batch, dtype=np.uint8)})
-        return scores, maps
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """uint8 (B, 3, S, S) -> (image scores float32 (B,), anomaly maps float32 (B, 1, S, S)[, global scores
+        float32 (B,)])."""
+        return tuple(self.session.run(self.outputs, {INPUT: np.ascontiguousarray(batch, dtype=np.uint8)}))

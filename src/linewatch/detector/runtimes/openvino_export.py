@@ -5,6 +5,8 @@ The IR is converted (``openvino.convert_model``) from the same traced ONNX graph
 (:func:`.onnx_export.trace_onnx`: :meth:`linewatch.detector.stpm.STPM.forward`, input normalisation to image
 score), and saved with its weights at float32 (``compress_to_fp16=False``; OpenVINO's default would halve them).
 What a worker gains over reading ``model.onnx``: no ONNX import at each load, and the reduced-precision variants.
+A model with a global branch (:mod:`..global_branch`) is exported with it (its ``global_scores`` output, the record's
+``global_sha256``), and a reduced precision recalibrates the global threshold with the others.
 
 * ``fp32`` -> ``model.xml``/``model.bin``, ``exports.openvino``: must reproduce eager PyTorch on the model's own
   held-out goods to :data:`.parity.PARITY_TOLERANCE`, or nothing is recorded (:class:`.onnx_export.ExportError`).
@@ -19,9 +21,9 @@ Reduced precision is opt-in (``--runtime openvino-bf16|openvino-int8``; ``auto``
 its own thresholds, recalibrated on the held-out goods scored at that precision by the training's rule
 (:func:`.reduced_precision.recalibrate`). The record (``exports.<runtime>`` in model.json)::
 
-    {"file": "model.xml", "sha256", "data_file": "model.bin", "data_sha256", "weights_sha256", "format":
-     "openvino-ir", "precision", "inference_precision_hint", "executes", "cpu", "input", "outputs", "converted_from",
-     "openvino", "torch", "created_at",
+    {"file": "model.xml", "sha256", "data_file": "model.bin", "data_sha256", "weights_sha256", ["global_sha256",]
+     "format": "openvino-ir", "precision", "inference_precision_hint", "executes", "cpu", "input", "outputs",
+     "converted_from", "openvino", "torch", "created_at",
      fp32: "parity": {"openvino": {"images", "score_rel", "map_rel", "on", "tolerance", "passed"}},
      bf16/int8: "thresholds": {as model.json's}, "against_float32": {...}, int8: "quantisation": {...}}
 """
@@ -41,8 +43,8 @@ import torch
 from linewatch.contracts.files import sha256_file
 
 from ..model_files import EXPORTS_FIELD, OPENVINO_EXPORTS, OPENVINO_FILES, read_metadata, write_metadata
-from .onnx_export import OPSET, ExportError, trace_onnx
-from .onnx_runtime import INPUT, OUTPUTS
+from .onnx_export import OPSET, ExportError, graph_outputs, trace_onnx
+from .onnx_runtime import GLOBAL_OUTPUT, INPUT, OUTPUTS
 from .openvino_runtime import HINTS, OpenVinoForward
 from .parity import compare, parity_inputs
 from .threads import intra_op_threads
@@ -99,15 +101,17 @@ def export_openvino(model_dir: Path, precision: str = "fp32", teacher_weights: P
             os.replace(work / name, model_dir / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    meta = read_metadata(model_dir)
+    meta, outputs = read_metadata(model_dir), graph_outputs(scorer.model.stpm)
+    shapes = {OUTPUTS[0]: ["batch"], OUTPUTS[1]: ["batch", 1, size, size], GLOBAL_OUTPUT: ["batch"]}
     record = {
         "file": names[0], "sha256": sha256_file(model_dir / names[0]),
         "data_file": names[1], "data_sha256": sha256_file(model_dir / names[1]),
-        "weights_sha256": meta["weights_sha256"], "format": "openvino-ir", "precision": precision,
+        "weights_sha256": meta["weights_sha256"],
+        **({"global_sha256": scorer.model.metadata["global"]["sha256"]} if GLOBAL_OUTPUT in outputs else {}),
+        "format": "openvino-ir", "precision": precision,
         "inference_precision_hint": HINTS[precision], "executes": forward.executes, "cpu": cpu_description(),
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", 3, size, size]},
-        "outputs": {OUTPUTS[0]: {"dtype": "float32", "shape": ["batch"]},
-                    OUTPUTS[1]: {"dtype": "float32", "shape": ["batch", 1, size, size]}},
+        "outputs": {name: {"dtype": "float32", "shape": shapes[name]} for name in outputs},
         "converted_from": f"ONNX opset {OPSET} (torch.onnx.export, TorchScript)", "openvino": ov.__version__,
         "torch": torch.__version__, **extra, "created_at": dt.datetime.now(dt.UTC).isoformat(),
     }

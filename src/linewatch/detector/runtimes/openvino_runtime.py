@@ -48,10 +48,10 @@ class OpenVinoForward:
         self._request = self.model.create_infer_request()
         self._lock = threading.Lock()  # one infer request: calls from two threads take turns
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (B, 3, S, S) -> (image scores float32 (B,), anomaly maps float32 (B, 1, S, S))."""
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """uint8 (B, 3, S, S) -> (image scores float32 (B,), anomaly maps float32 (B, 1, S, S)[, global scores
+        float32 (B,) of a model with a global branch]), in the graph's output order."""
         with self._lock:
             result = self._request.infer({0: np.ascontiguousarray(np.asarray(batch), dtype=np.uint8)})
             # the request's output tensors are reused by its next inference: copy them out
-            return (np.array(result[self.model.output(0)], dtype=np.float32, copy=True),
-                    np.array(result[self.model.output(1)], dtype=np.float32, copy=True))
+            return tuple(np.array(result[out], dtype=np.float32, copy=True) for out in self.model.outputs)

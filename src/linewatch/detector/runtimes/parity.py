@@ -5,7 +5,8 @@ Relative differences (float32 at both ends):
 * image scores: ``max_i |s_i - r_i| / |r_i|``;
 * anomaly maps: per image ``max |m - r| / max |r|`` over its pixels (relative to the map's own scale: a map is
   near 0 over most of a good part, where an element-wise ratio would only measure float32 noise), the largest
-  over the images.
+  over the images;
+* global scores (models with a global branch, :mod:`..global_branch`): as image scores.
 
 ``PARITY_TOLERANCE`` is 1e-5 relative: float32 holds about 7 significant digits and an other runtime's different
 order of additions moves a score by a few 1e-7 (ONNX Runtime measured 3.4e-7 on scores and 1.5e-6 on maps of the
@@ -33,39 +34,52 @@ PARITY_IMAGES = 8  # held-out goods compared at most: enough to cover the model'
 
 @dataclass(frozen=True)
 class Parity:
-    """The outcome of one comparison: ``images`` compared, ``score_rel`` and ``map_rel`` (module docstring),
-    ``on`` what (``held-out goods`` or ``seeded noise images``), ``passed`` = both within ``tolerance``."""
+    """The outcome of one comparison: ``images`` compared, ``score_rel``, ``map_rel`` and ``global_rel`` (None
+    without a global branch; module docstring), ``on`` what (``held-out goods`` or ``seeded noise images``),
+    ``passed`` = all within ``tolerance``."""
 
     images: int
     score_rel: float
     map_rel: float
     on: str
     tolerance: float = PARITY_TOLERANCE
+    global_rel: float | None = None
 
     @property
     def passed(self) -> bool:
-        return self.score_rel <= self.tolerance and self.map_rel <= self.tolerance
+        return (self.score_rel <= self.tolerance and self.map_rel <= self.tolerance
+                and (self.global_rel is None or self.global_rel <= self.tolerance))
 
     def record(self) -> dict[str, Any]:
         """JSON-ready, with ``passed``."""
         return {**asdict(self), "passed": self.passed}
 
 
-def compare(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray], on: str) -> Parity:
-    """:class:`Parity` of ``candidate`` (scores (B,), maps (B, 1, S, S)) against ``reference`` (the same shapes).
+def compare(reference: tuple[np.ndarray, ...], candidate: tuple[np.ndarray, ...], on: str) -> Parity:
+    """:class:`Parity` of ``candidate`` (scores (B,), maps (B, 1, S, S)[, global scores (B,)]) against
+    ``reference`` (the same outputs and shapes).
 
     Raises:
-        ValueError: the shapes differ.
+        ValueError: the shapes or the number of outputs differ.
     """
-    (rs, rm), (cs, cm) = reference, candidate
+    if len(reference) != len(candidate):
+        raise ValueError(f"{len(candidate)} outputs, the reference has {len(reference)}: export the model again")
+    (rs, rm), (cs, cm) = reference[:2], candidate[:2]
     if rs.shape != cs.shape or rm.shape != cm.shape:
         raise ValueError(f"shapes differ: scores {rs.shape} vs {cs.shape}, maps {rm.shape} vs {cm.shape}")
-    rs64, cs64 = rs.astype(np.float64), cs.astype(np.float64)
-    score_rel = float(np.max(np.abs(cs64 - rs64) / np.maximum(np.abs(rs64), np.finfo(np.float32).tiny)))
     flat_r, flat_c = rm.reshape(len(rm), -1).astype(np.float64), cm.reshape(len(cm), -1).astype(np.float64)
     scale = np.maximum(np.abs(flat_r).max(axis=1), np.finfo(np.float32).tiny)
     map_rel = float(np.max(np.abs(flat_c - flat_r).max(axis=1) / scale))
-    return Parity(images=len(rs), score_rel=score_rel, map_rel=map_rel, on=on)
+    global_rel = _relative(reference[2], candidate[2]) if len(reference) > 2 else None
+    return Parity(images=len(rs), score_rel=_relative(rs, cs), map_rel=map_rel, on=on, global_rel=global_rel)
+
+
+def _relative(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """``max_i |c_i - r_i| / |r_i|`` in float64. Raises ValueError: the shapes differ."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
+    r, c = reference.astype(np.float64), candidate.astype(np.float64)
+    return float(np.max(np.abs(c - r) / np.maximum(np.abs(r), np.finfo(np.float32).tiny)))
 
 
 def readable_goods(meta: dict[str, Any], role: str = "val") -> Iterator[tuple[str, np.ndarray]]:

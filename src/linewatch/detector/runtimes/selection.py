@@ -33,7 +33,7 @@ from .parity import PARITY_TOLERANCE, compare, parity_inputs
 
 log = logging.getLogger(__name__)
 
-Forward = Callable[[Any], tuple[np.ndarray, np.ndarray]]
+Forward = Callable[[Any], tuple[np.ndarray, ...]]  # scores, maps[, global scores]
 EXPORT_RUNTIMES = ("onnxruntime", "openvino")  # the runtimes of the ONNX export, in the order auto tries them
 
 
@@ -76,7 +76,8 @@ def runtime_thresholds(metadata: dict[str, Any], runtime: str) -> dict[str, Any]
 
 def select_forward(runtime: str, *, model, device: torch.device, precision: str, torch_forward: Forward,
                    prepare: Callable[[np.ndarray], np.ndarray], threads: int) -> tuple[str, Forward]:
-    """The runtime's name and its forward (uint8 (B, 3, S, S) -> (scores float32 (B,), maps float32 (B, 1, S, S))).
+    """The runtime's name and its forward (uint8 (B, 3, S, S) -> (scores float32 (B,), maps float32 (B, 1, S, S)),
+    with a global branch its distances float32 (B,) third).
 
     Args:
         runtime: one of ``RUNTIMES``.
@@ -166,7 +167,7 @@ def _auto(model, cpu_fp32: bool, device: torch.device, precision: str, torch_for
     return chosen, forwards[chosen]
 
 
-def _timed(forward: Forward, inputs: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+def _timed(forward: Forward, inputs: np.ndarray) -> tuple[tuple[np.ndarray, ...], float]:
     """``forward(inputs)`` after one warm-up run, and the seconds the second run took."""
     forward(inputs)
     started = time.perf_counter()
