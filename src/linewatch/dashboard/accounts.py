@@ -12,12 +12,16 @@ This module has no Streamlit dependency, so the CLI can use it.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
 import re
 import secrets
+import tempfile
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,18 +172,45 @@ def save_accounts(path: Path, accounts: dict[str, Account]) -> None:
         AccountsError: a name is invalid. OSError: the file cannot be written.
     """
     path = Path(path)
+    os.replace(_written(path, _toml(accounts)), path)
+
+
+def _toml(accounts: dict[str, Account]) -> str:
     lines = ["# linewatch operator accounts, written by `linewatch operator add`. Only scrypt hashes are stored.", ""]
     for name in sorted(accounts):
         validate_name(name)
         account = accounts[name]
         lines += [f'[operators."{name}"]', f'password_hash = "{account.password_hash}"',
                   f'role = "{validate_role(account.role)}"', ""]
+    return "\n".join(lines)
+
+
+def _written(path: Path, text: str) -> Path:
+    """A new temporary file beside ``path`` (mode 0600, a name of its own: the dashboard's threads and the CLI
+    may write at once) holding ``text``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("\n".join(lines))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def _updating(path: Path) -> Iterator[None]:
+    """Hold the accounts file's lock (``<file>.lock``, ``flock``) for one read-modify-write, so two changes at once
+    (two browsers, or a browser and ``linewatch operator``) cannot drop one of them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def set_password(path: Path, name: str, password: str, role: str | None = None) -> bool:
@@ -194,10 +225,12 @@ def set_password(path: Path, name: str, password: str, role: str | None = None) 
     check_new_password(password)
     if role is not None:
         validate_role(role)
-    accounts = load_accounts(path) if Path(path).exists() else {}
-    old = accounts.get(name)
-    accounts[name] = Account(hash_password(password), role or (old.role if old else DEFAULT_ROLE))
-    save_accounts(path, accounts)
+    password_hash = hash_password(password)
+    with _updating(path):
+        accounts = load_accounts(path) if Path(path).exists() else {}
+        old = accounts.get(name)
+        accounts[name] = Account(password_hash, role or (old.role if old else DEFAULT_ROLE))
+        save_accounts(path, accounts)
     return old is None
 
 
@@ -209,31 +242,35 @@ def set_role(path: Path, name: str, role: str) -> None:
         AccountsError: unknown role or operator, or a missing or malformed file. OSError.
     """
     validate_role(role)
-    accounts = load_accounts(path)
-    if name not in accounts:
-        raise AccountsError(f"no operator {name!r} in {path}")
-    accounts[name] = Account(accounts[name].password_hash, role)  # type: ignore[arg-type]
-    save_accounts(path, accounts)
+    with _updating(path):
+        accounts = load_accounts(path)
+        if name not in accounts:
+            raise AccountsError(f"no operator {name!r} in {path}")
+        accounts[name] = Account(accounts[name].password_hash, role)  # type: ignore[arg-type]
+        save_accounts(path, accounts)
 
 
 def init_accounts(path: Path) -> str | None:
     """Create the accounts file with one engineer, :data:`FIRST_ENGINEER`, and a random password (20 characters
     from ``secrets``), returned to be shown once; None (nothing written) when the file already exists.
 
-    The file is created exclusively (``O_EXCL``), so two processes starting at once cannot both create it.
+    The whole file is written under a temporary name, then linked into place, which fails when the file exists:
+    two processes starting at once cannot both create it, and a start that fails half-way leaves no empty file.
 
     Raises:
         OSError: the file cannot be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        return None
+    password = secrets.token_urlsafe(15)  # 20 characters, 120 random bits
+    draft = _written(path, _toml({FIRST_ENGINEER: Account(hash_password(password), "engineer")}))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.link(draft, path)
     except FileExistsError:
         return None
-    os.close(fd)
-    password = secrets.token_urlsafe(15)  # 20 characters, 120 random bits
-    save_accounts(path, {FIRST_ENGINEER: Account(hash_password(password), "engineer")})
+    finally:
+        draft.unlink(missing_ok=True)
     return password
 
 
@@ -243,8 +280,9 @@ def remove_account(path: Path, name: str) -> bool:
     Raises:
         AccountsError: the file is missing or malformed. OSError.
     """
-    accounts = load_accounts(path)
-    if accounts.pop(name, None) is None:
-        return False
-    save_accounts(path, accounts)
+    with _updating(path):
+        accounts = load_accounts(path)
+        if accounts.pop(name, None) is None:
+            return False
+        save_accounts(path, accounts)
     return True
