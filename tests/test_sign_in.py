@@ -163,8 +163,12 @@ def test_a_sign_in_survives_a_reload_and_a_tampered_or_expired_cookie_signs_nobo
             assert session_cookies(other) == []
             other.context.close()
 
-        # Alice changes her password: a wrong current one changes nothing; then the old cookie signs nobody in
-        # and this browser holds a new one.
+        # Alice changes her password: a wrong current one changes nothing; then the old cookie signs nobody in,
+        # her page open in a second browser is signed out at its next run, and this browser holds a new cookie.
+        second = ui.open_page(browser)
+        second.context.add_cookies([{"name": session_cookie.COOKIE, "value": cookie["value"], "url": dash.url}])
+        ui.goto(second, f"{dash.url}/review", "Review")
+        expect(second.get_by_test_id("stSidebar").get_by_text("Signed in as alice (operator)")).to_be_visible()
         sidebar = page.get_by_test_id("stSidebar")
         new_password = "alice's new long password"
         for current in ("not alice's password", PASSWORDS["alice"]):
@@ -179,6 +183,11 @@ def test_a_sign_in_survives_a_reload_and_a_tampered_or_expired_cookie_signs_nobo
                 expect(sidebar.get_by_text("Password not changed: the current password is wrong")).to_be_visible()
                 session_cookie.verify(cookie["value"], load_accounts(accounts), SECRET.encode(), 12 * 3600)
         expect(sidebar.get_by_text("Password changed.", exact=False)).to_be_visible()
+        ui.settled(second)
+        second.get_by_text("Most uncertain first").click()  # any full run of her open page
+        expect(second.get_by_text("Your password was changed since you signed in: sign in again.")).to_be_visible()
+        expect(second.get_by_test_id("stSidebar").get_by_role("button", name="Sign in")).to_be_visible()
+        second.context.close()
         with pytest.raises(session_cookie.CookieRefused, match="the password of 'alice' changed since"):
             session_cookie.verify(cookie["value"], load_accounts(accounts), SECRET.encode(), 12 * 3600)
         deadline = time.monotonic() + 10

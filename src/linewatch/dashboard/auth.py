@@ -14,12 +14,14 @@ Three modes, chosen by the settings:
 
 In the first two modes anonymous viewers can look at every page but cannot label. Signing out gives the
 operator's open review frames back to the queue at once; in ``name`` mode, changing or clearing the typed name
-does the same for the old name. In ``accounts`` mode a signed-in person can change their own password (sidebar),
-which ends their sign-ins in other browsers.
+does the same for the old name. In ``accounts`` mode a signed-in person can change their own password (sidebar);
+a new password (there or by ``linewatch operator add``) signs out every other session of that account on its
+next page run, and voids the cookies issued before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,14 +33,15 @@ from linewatch.contracts.dashboard_settings import ROLES, Role
 from linewatch.contracts.settings import Settings
 
 from . import data, session_cookie
-from .accounts import AccountsError, check_login, load_accounts, set_password
+from .accounts import Account, AccountsError, check_login, load_accounts, set_password
 from .review_queue import release
 
 __all__ = ["ROLES", "Mode", "Operator", "Role", "current_operator", "may", "mode", "sidebar"]
 
 Mode = Literal["oidc", "accounts", "name"]
 
-_SESSION_KEY = "lw_operator"  # accounts mode: (name, signed in at, Unix seconds)
+# accounts mode: (name, signed in at in Unix seconds, digest of the password hash it was signed in with)
+_SESSION_KEY = "lw_operator"
 _SIGNED_OUT = "lw_signed_out"  # accounts mode: signed out in this session; the cookie sent with the page is void
 _COOKIE_CHECKED = "lw_cookie_checked"
 _COOKIE_WRITE = "lw_cookie_write"  # token to store in the browser on the next run ("" = delete the cookie)
@@ -113,20 +116,32 @@ def _account_operator(settings: Settings) -> Operator | None:
         token = st.context.cookies.get(session_cookie.COOKIE)
         if token:
             try:
-                st.session_state[_SESSION_KEY] = session_cookie.verify(
-                    token, accounts, session_cookie.signing_key(settings), max_age_s)
+                name, issued = session_cookie.verify(token, accounts, session_cookie.signing_key(settings), max_age_s)
+                st.session_state[_SESSION_KEY] = (name, issued, _password_digest(accounts[name]))
             except ValueError as exc:  # CookieRefused, or an unusable key file
                 st.session_state[_NOTICE] = f"Your earlier sign-in was not accepted ({exc}): sign in again."
                 st.session_state[_COOKIE_WRITE] = ""
     held = st.session_state.get(_SESSION_KEY)
     if held is None:
         return None
-    name, since = held
+    name, since, digest = held
     if time.time() - since > max_age_s:
         _sign_out(settings, f"Your sign-in expired after {settings.dashboard.session_hours:g} h: sign in again.")
         return None
     account = accounts.get(name)
-    return Operator(name, True, account.role) if account else None
+    if account is None:
+        _sign_out(settings, f"The account {name!r} was removed: you are signed out.")
+        return None
+    if _password_digest(account) != digest:  # changed in another browser or by `linewatch operator add`
+        _sign_out(settings, "Your password was changed since you signed in: sign in again.")
+        return None
+    return Operator(name, True, account.role)
+
+
+def _password_digest(account: Account) -> str:
+    """Which password a session signed in with, kept in the session instead of the hash itself: a session whose
+    account has a new password since is signed out on its next run."""
+    return hashlib.sha256(account.password_hash.encode()).hexdigest()
 
 
 def _release(settings: Settings, name: str) -> None:
@@ -228,7 +243,7 @@ def _accounts_controls(settings: Settings) -> None:
     name = name.strip()
     if check_login(accounts, name, password):
         now = time.time()
-        st.session_state[_SESSION_KEY] = (name, now)
+        st.session_state[_SESSION_KEY] = (name, now, _password_digest(accounts[name]))
         st.session_state[_SIGNED_OUT] = False
         st.session_state[_COOKIE_WRITE] = session_cookie.issue(name, accounts[name], key, now)
         st.rerun()
@@ -259,12 +274,14 @@ def _password_change(settings: Settings) -> None:
                 raise AccountsError("the two new passwords differ")
             set_password(path, held[0], new)
             now = time.time()
-            token = session_cookie.issue(held[0], load_accounts(path)[held[0]], session_cookie.signing_key(settings),
-                                         now)
+            account = load_accounts(path)[held[0]]
+            if not check_login({held[0]: account}, held[0], new):
+                raise AccountsError("the accounts file was changed by someone else at the same moment: try again")
+            token = session_cookie.issue(held[0], account, session_cookie.signing_key(settings), now)
         except (AccountsError, ValueError, OSError) as exc:
             st.error(f"Password not changed: {exc}")
             return
-    st.session_state[_SESSION_KEY] = (held[0], now)
+    st.session_state[_SESSION_KEY] = (held[0], now, _password_digest(account))
     st.session_state[_COOKIE_WRITE] = token
     st.session_state[_NOTICE] = "Password changed. Other browsers signed in as you must sign in again."
     st.rerun()
