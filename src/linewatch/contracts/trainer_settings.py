@@ -56,5 +56,5 @@ class TrainerSettings(BaseModel):
                                    "registry never names a version the workers were not told about")
     announce_backoff_s: float = Field(2.0, ge=0, description="wait before the second announcing try, seconds; "
                                       "doubled before each further one")
-    announce_timeout_s: float = Field(20.0, gt=0, description="longest one announcing try waits for the broker "
-                                      "(the topic's metadata, then its acknowledgement), seconds")
+    announce_timeout_s: float = Field(20.0, gt=0, description="longest one announcing try waits for the broker, once "
+                                      "for the topic's metadata and once for its acknowledgement, seconds")

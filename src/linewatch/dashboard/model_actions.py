@@ -56,7 +56,7 @@ def _run(action: str, version: str) -> None:
             row = registry.activate(version, operator.name, notes=f"activated from the dashboard by {operator.name}")
             done = f"{row.version} is active (activated by {operator.name}) and announced to the workers."
         elif action == "roll_back":
-            row = registry.rollback(operator.name)
+            row = registry.rollback(operator.name, to=version)
             done = f"Rolled back: {row.version} is active again (by {operator.name}) and announced to the workers."
         else:
             row = registry.reannounce(operator.name)

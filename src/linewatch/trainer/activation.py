@@ -99,6 +99,11 @@ def undo_failed_activation(engine: Engine, before: Before, by: str, exc: Excepti
     """
     topic = kafka.models_topic if kafka is not None else "the models topic"
     why = f"announcing {before.version} on {topic} failed after {retry.attempts} tries ({type(exc).__name__}: {exc})"
+    if before.status != "active" and before.previous is None:
+        # Nothing to go back to: SQL keeps the version active, so the Models page and the model_rollout alarm show
+        # that the workers were not told until it is re-announced (with no active version they would show nothing).
+        raise AnnouncementError(f"{why}; no version was active before, so {before.version} stays active in the "
+                                "registry: re-announce it once the broker answers", False) from exc
     try:
         reverted = revert_activation(engine, before, by, why)
     except Exception as sql_exc:  # noqa: BLE001 -- both stores failing: say so; the rollout check shows the rest
@@ -108,12 +113,16 @@ def undo_failed_activation(engine: Engine, before: Before, by: str, exc: Excepti
     if not reverted:
         raise AnnouncementError(f"{why}; another activation came in between, so it was not rolled back",
                                 False) from exc
+    told = ""
     if before.previous is not None and kafka is not None:
         try:
             with Session(engine, expire_on_commit=False) as s:
                 previous = s.get(ModelVersion, before.previous)
             announce(kafka, announcement(previous), timeout_s=retry.timeout_s)
-        except Exception as again:  # noqa: BLE001 -- the broker still away: the topic names it already
+        except Exception as again:  # noqa: BLE001 -- the broker still away: say so; the rollout check shows it
             log.warning("re-announcing %s after the rollback failed too (%s)", before.previous, again)
-    raise AnnouncementError(f"{why}: the activation was rolled back, {before.active_again} is active again",
+            told = (f" (re-announcing {before.previous} failed too: should the failed send have reached the topic "
+                    f"after all, the Models page shows the workers on {before.version} until {before.previous} is "
+                    "re-announced)")
+    raise AnnouncementError(f"{why}: the activation was rolled back, {before.active_again} is active again{told}",
                             True) from exc

@@ -301,11 +301,13 @@ class ModelRegistry:
         log.info("model %s re-announced by %s", row.version, by)
         return self.get(row.version)
 
-    def rollback(self, by: str) -> ModelVersion:
-        """Re-activate the version that was active before the current one.
+    def rollback(self, by: str, to: str | None = None) -> ModelVersion:
+        """Re-activate the version that was active before the current one. ``to``: the version the person
+        confirmed (the Models page); refused when the registry has changed since and another one would be
+        re-activated.
 
         Raises:
-            RegistryError: there is no earlier active version.
+            RegistryError: there is no earlier active version, or it is not ``to``.
         """
         current = self.active()
         with Session(self.engine, expire_on_commit=False) as s:
@@ -316,6 +318,9 @@ class ModelRegistry:
             previous = s.scalars(query.order_by(ModelVersion.activated_at.desc())).first()
         if previous is None:
             raise RegistryError("no earlier active version to roll back to")
+        if to is not None and previous.version != to:
+            raise RegistryError(f"the registry changed since: rolling back now would re-activate {previous.version}, "
+                                f"not {to}; look again and confirm")
         return self.activate(previous.version, by, notes=f"rollback from {current.version if current else 'none'}")
 
     def ensure_active(self, model_dir: Path, by: str) -> ModelVersion:
