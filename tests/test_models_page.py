@@ -24,7 +24,7 @@ from test_label_noise import T0, sqlite_line  # noqa: F401 -- the fixture
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.schema import ModelVersion
 from linewatch.dashboard import data
-from linewatch.dashboard.accounts import hash_password
+from linewatch.dashboard.accounts import hash_password, set_role
 from linewatch.trainer import job_queue as jobs
 from linewatch.trainer.dataset import TrainingSet
 from linewatch.trainer.job import run_job
@@ -230,7 +230,7 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
         sign_in(page, "erin")
         ui.click(ui.button(page, "lw_model_activate"))
         expect(page.get_by_role("button", name="Yes, activate v2")).to_be_visible()
-        write_accounts(accounts, {"erin": "operator", "oscar": "operator"})  # erin is no longer an engineer
+        set_role(accounts, "erin", "operator")  # erin is no longer an engineer (`linewatch operator role`)
         ui.click(page.get_by_role("button", name="Yes, activate v2"))
         expect(page.get_by_text("Refused: only an engineer may activate a model (erin is operator). Nothing was "
                                 "changed.")).to_be_visible()
