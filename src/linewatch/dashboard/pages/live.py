@@ -26,6 +26,10 @@ from ..data import Bucket
 from ..windows import Window, ago, fmt
 
 CAMERAS_PER_ROW = 3
+# The Live page is watched, not clicked: while a refresh runs (a slow store, a loaded machine) Streamlit fades the
+# elements it is about to replace, and the whole panel would blink every dashboard.refresh_s. They stay as they
+# are until the new ones arrive (the banner does the same for the alarms).
+_STEADY = "<style>[data-stale], [data-stale] * {opacity: 1 !important; transition: none !important}</style>"
 
 
 @st.cache_data(ttl=10, show_spinner=False)
@@ -42,6 +46,7 @@ def _sql_history(url: str, lines: tuple[str, ...], start: dt.datetime, end: dt.d
 def render() -> None:
     """The Live page."""
     s = data.settings()
+    st.html(_STEADY)
     st.title("Live")
     left, right = st.columns([3, 2])
     with left:
