@@ -4,6 +4,7 @@ bit for bit as before, the same fused score from the Scorer, `linewatch score` a
 its ONNX export matching eager PyTorch."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -229,3 +230,18 @@ def test_training_fits_the_branch_by_default(tmp_path):
     off = train(open_dataset(bottle()).train[::10][:16], tmp_path / "off",
                 TrainConfig(**{**config.__dict__, "global_branch": False}), progress=False)
     assert "global" not in off.metadata and not (tmp_path / "off" / GLOBAL_FILE).exists()
+
+
+def test_fit_global_refuses_a_registered_version_in_the_artifact_store(tmp_path):
+    """A registered version's files are what the workers load: fit-global must not change them in place."""
+    state = tmp_path / "state"
+    registered = state / "models" / "v3"
+    registered.mkdir(parents=True)
+    (registered / METADATA_FILE).write_text("{}")
+    env = {**os.environ, "LINEWATCH_STATE_DIR": str(state)}
+    done = subprocess.run([sys.executable, "-m", "linewatch", "fit-global", "--model", str(registered)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"error: {registered} is a registered model version (under the artifact store {state / 'models'})" \
+        in " ".join(done.stderr.split())
+    assert (registered / METADATA_FILE).read_text() == "{}" and not (registered / GLOBAL_FILE).exists()

@@ -240,6 +240,12 @@ def fit_global(
     from linewatch.detector.runtimes.openvino_export import export_openvino
 
     s = load_settings()
+    store = Path(s.artifact_store_root).resolve()
+    if Path(model).resolve().is_relative_to(store):
+        # a registered version's files are what the workers load: changing them in place would change its scores
+        # under the same version name, unannounced
+        fail(f"{model} is a registered model version (under the artifact store {store}): copy it elsewhere, run "
+             "fit-global there, and register the result as a new version")
     with user_errors():
         had = set(read_metadata(model).get("exports", {}))
         record = add_global_branch(model, device_name(device) or s.detector.device, s.backbone.weights)
