@@ -10,11 +10,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_runtimes import registered_after_a_broken_copy
 
 from linewatch.contracts.files import sha256_file
 from linewatch.detector.calibration import calibrate_thresholds
 from linewatch.detector.imaging import read_image
-from linewatch.detector.model_files import ModelFileError, read_metadata
+from linewatch.detector.model_files import read_metadata
 from linewatch.detector.runtimes import RuntimeChoiceError
 from linewatch.detector.runtimes.openvino_export import export_openvino
 from linewatch.detector.runtimes.parity import compare, held_out_inputs, readable_goods
@@ -125,25 +126,13 @@ def test_reduced_precision_is_opt_in_and_refused_when_this_cpu_would_run_it_othe
 
 
 def test_the_registry_ships_the_ir_and_refuses_a_broken_one(ir_model, sqlite_url, tmp_path):
-    from linewatch.contracts.database import make_engine, migrate
     from linewatch.detector.model_files import export_paths
-    from linewatch.trainer.registry import ModelRegistry, artifact_path
 
-    engine = make_engine(sqlite_url)
-    migrate(engine)
-    registry = ModelRegistry(engine, tmp_path / "models", None)
-    broken = tmp_path / "broken"
-    shutil.copytree(ir_model, broken)
-    (broken / "model-int8.bin").write_bytes(b"not the weights")
-    with pytest.raises(ModelFileError, match="model-int8.bin: content does not match"):
-        registry.register(broken)
-    row = registry.register(ir_model)
-    folder = artifact_path(row)
+    row, folder = registered_after_a_broken_copy(ir_model, "model-int8.bin", sqlite_url, tmp_path)
     assert set(export_paths(folder, read_metadata(folder))) == {"openvino", "openvino-bf16", "openvino-int8"}
     shipped = Scorer(folder, "cpu", runtime="openvino-int8")
     assert shipped.version == row.version
     assert shipped.image_threshold == read_metadata(ir_model)["exports"]["openvino-int8"]["thresholds"]["image"]
-    engine.dispose()
 
 
 def test_export_command_for_openvino(ir_model, tmp_path):

@@ -111,24 +111,31 @@ def test_an_export_that_does_not_fit_its_model_is_never_used(exported, quick_mod
         Scorer(quick_model.model_dir, "cpu", runtime="onnxruntime")
 
 
-def test_the_registry_ships_the_export_and_refuses_a_broken_one(exported, sqlite_url, tmp_path):
+def registered_after_a_broken_copy(model_dir, damaged: str, sqlite_url: str, tmp_path):
+    """Register a copy of ``model_dir`` whose export file ``damaged`` holds other bytes (refused, naming the file),
+    then ``model_dir`` itself; returns the registered row and its artifact folder. For every export format."""
     from linewatch.contracts.database import make_engine, migrate
-    from linewatch.detector.model_files import export_path
     from linewatch.trainer.registry import ModelRegistry, artifact_path
 
     engine = make_engine(sqlite_url)
     migrate(engine)
     registry = ModelRegistry(engine, tmp_path / "models", None)
     broken = tmp_path / "broken"
-    shutil.copytree(exported, broken)
-    (broken / "model.onnx").write_bytes(b"not the export")
-    with pytest.raises(ModelFileError, match="model.onnx: content does not match"):
+    shutil.copytree(model_dir, broken)
+    (broken / damaged).write_bytes(b"not the export")
+    with pytest.raises(ModelFileError, match=f"{damaged}: content does not match"):
         registry.register(broken)
-    row = registry.register(exported)
-    folder = artifact_path(row)
+    row = registry.register(model_dir)
+    engine.dispose()
+    return row, artifact_path(row)
+
+
+def test_the_registry_ships_the_export_and_refuses_a_broken_one(exported, sqlite_url, tmp_path):
+    from linewatch.detector.model_files import export_path
+
+    row, folder = registered_after_a_broken_copy(exported, "model.onnx", sqlite_url, tmp_path)
     assert export_path(folder, read_metadata(folder), "onnx") == folder / "model.onnx"
     assert Scorer(folder, "cpu", runtime="onnxruntime").version == row.version
-    engine.dispose()
 
 
 def test_export_and_score_commands(exported, tmp_path):

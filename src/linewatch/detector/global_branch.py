@@ -116,6 +116,12 @@ class GlobalGaussian(nn.Module):
         return torch.maximum(local_scores.float(), distances * self.scale)
 
 
+def fuse_scores(local_scores: np.ndarray, distances: np.ndarray, scale: float) -> np.ndarray:
+    """:meth:`GlobalGaussian.fused` on scores already on the host: ``max(local, distance * scale)``, float32 (N,)
+    from STPM's image scores and the Mahalanobis distances, both (N,)."""
+    return np.maximum(local_scores, distances * np.float32(scale)).astype(np.float32)
+
+
 def save_branch(path: Path, mean: np.ndarray, precision: np.ndarray) -> str:
     """Write mean and precision (float64) to the safetensors file ``path``; returns its SHA-256."""
     save_file({"mean": torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float64)),

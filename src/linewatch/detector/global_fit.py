@@ -38,6 +38,7 @@ from .global_branch import (
     GlobalGaussian,
     branch_metadata,
     fit_gaussian,
+    fuse_scores,
     fusion_scale,
     pooled_features,
     save_branch,
@@ -122,8 +123,7 @@ def calibrate_model(model: STPM, val_frames: Sequence[FrameInput], device: torch
                                       out.global_scores)
     if out.global_scores is None:
         return thresholds, out
-    fused = np.maximum(out.local_scores, out.global_scores * np.float32(fusion_scale(thresholds)))
-    return thresholds, out._replace(scores=fused.astype(np.float32))
+    return thresholds, out._replace(scores=fuse_scores(out.local_scores, out.global_scores, fusion_scale(thresholds)))
 
 
 def add_global_branch(model_dir: Path, device: str = "auto", teacher_weights: Path | None = None,
@@ -170,8 +170,8 @@ def add_global_branch(model_dir: Path, device: str = "auto", teacher_weights: Pa
         tmp.unlink(missing_ok=True)
     # STPM's thresholds stay as trained (maybe on another device); the global one joins them, and the image score
     # (the fused one) of the held-out goods becomes the drift reference
-    held_out = held_out._replace(scores=np.maximum(held_out.local_scores, held_out.global_scores * np.float32(
-        fusion_scale({**thresholds, "image": old["image"]}))))
+    held_out = held_out._replace(scores=fuse_scores(held_out.local_scores, held_out.global_scores,
+                                                    fusion_scale({**thresholds, "image": old["image"]})))
     worse = old.get("status", "calibrated") if thresholds["status"] == "calibrated" else thresholds["status"]
     meta["thresholds"] = {**old, "global": thresholds["global"], "global_calibration": thresholds["global_calibration"],
                           "status": worse}

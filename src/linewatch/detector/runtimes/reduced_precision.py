@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration import held_out_goods_needed
+from ..global_branch import fuse_scores
 from .onnx_export import ExportError
 from .parity import readable_goods
 
@@ -126,8 +127,8 @@ def recalibrate(scorer, forward) -> dict[str, Any]:
                                       int(recorded or held_out_goods_needed(target, 0)), forward=forward)
     scores, maps = out.scores, out.maps  # fused at the recalibrated thresholds where there is a branch
     # the same scores fused as float32 fuses them (model.json's thresholds): what is compared with float32's
-    at_float32 = scores if out.global_scores is None else np.maximum(
-        out.local_scores, out.global_scores * np.float32(stpm.global_branch.scale))
+    at_float32 = scores if out.global_scores is None else fuse_scores(out.local_scores, out.global_scores,
+                                                                        stpm.global_branch.scale)
     exact_verdicts, verdicts = exact_scores > float(old["image"]), scores > thresholds["image"]
     map_shift = max(float(np.max(np.abs(m.astype(np.float64) - r)) / max(float(np.max(np.abs(r))), 1e-30))
                     for m, r in zip(maps, exact_maps, strict=True))
