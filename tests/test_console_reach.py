@@ -1,9 +1,12 @@
 """The console as a phone and an offline plant see it (issue 15, "Done means"), in a real browser: ``/live``
 opens Live; no request leaves the machine (the favicon, icons and fonts ship with the app); at phone width
-(390 px) no control is clipped, the sidebar closes after navigation, and Good/Defect come before the images."""
+(390 px) no control is clipped, the sidebar closes after navigation, and Good/Defect come before the images;
+open pages cost the server a fraction of a core."""
 
 from __future__ import annotations
 
+import os
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -101,3 +104,29 @@ def test_at_phone_width_nothing_is_clipped_the_sidebar_closes_and_good_comes_bef
         ui.no_errors(page)
         ui.screenshot(page, "review-phone")
         context.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (s), from /proc."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_open_pages_cost_the_server_a_fraction_of_a_core(browser, scorer, quick_model, sqlite_stores):
+    """Each open page reruns its alarm banner every ``refresh_s`` (1 s here). Streamlit's default full garbage
+    collection after every run cost ~0.3 s of CPU each over the heap torch leaves: four open pages kept the
+    server's core busy and a click waited 40 s. Measured as the server's own CPU time, so a loaded machine
+    changes little."""
+    stores = sqlite_stores
+    stores.seed(scorer, quick_model.model_dir)
+    with ui.Dashboard(stores) as dash:
+        pages = [ui.open_page(browser) for _ in range(4)]
+        for page in pages:
+            ui.goto(page, f"{dash.url}/review", "Review")
+        for page in pages:
+            ui.settled(page)
+        before, started = cpu_seconds(dash.proc.pid), time.monotonic()
+        pages[0].wait_for_timeout(20_000)
+        share = (cpu_seconds(dash.proc.pid) - before) / (time.monotonic() - started)
+        print(f"dashboard server CPU with 4 open pages: {share:.2f} of a core")
+        assert share < 0.5

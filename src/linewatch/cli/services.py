@@ -61,12 +61,15 @@ def dashboard(
             fail("--init-accounts needs an accounts file: set LINEWATCH_DASHBOARD__ACCOUNTS_FILE")
         init_accounts_file(s.dashboard.accounts_file)
     _refuse_a_newer_record(s.database_url)
-    # `streamlit run dashboard/app.py` with these options (see linewatch.dashboard.launch for why a launcher)
+    # `streamlit run dashboard/app.py` with these options (see linewatch.dashboard.launch for why a launcher).
+    # runner.postScriptGC off: Streamlit would run a full gc.collect() after every run, and each open page's
+    # alarm banner reruns every refresh_s. Over the heap torch and the model code leave, that held the GIL
+    # ~0.3 s a run: with three pages open the server used a whole core and answered a click 40 s late.
     argv = [sys.executable, "-m", "linewatch.dashboard.launch",
             "--server.port", str(s.dashboard.port), "--server.address", s.dashboard.address,
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none", "--server.runOnSave", "false",
-            "--client.toolbarMode", "minimal"]
+            "--client.toolbarMode", "minimal", "--runner.postScriptGC", "false"]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
