@@ -22,6 +22,7 @@ from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.kafka import client_config, ensure_topics
 from linewatch.contracts.settings import Settings
 from linewatch.trainer import job_queue as jobs
+from linewatch.trainer.activation import Before, revert_activation
 from linewatch.trainer.job import conclude
 from linewatch.trainer.registry import AnnouncementError, ModelRegistry
 from linewatch.trainer.rollout import current_announcement
@@ -123,3 +124,26 @@ def test_a_transient_failure_is_retried_and_the_new_version_stays_active_and_ann
                                                "KafkaTimeoutError")
     assert any("succeeded at attempt" in r.getMessage() for r in caplog.records)
     assert "rolled back" not in (reg.get("v2").notes or "")
+
+
+def test_a_rollback_undoes_only_its_own_activation_not_a_later_one_by_the_same_person(registry):
+    """erin activates v2 (its announcement, say, still being retried), then v1 and v2 again: the late rollback of
+    the first activation finds v2 active by erin, but activated at another time, so it changes nothing."""
+    reg = registry
+    first = reg.activate("v2", "erin").activated_at
+    reg.activate("v1", "erin")
+    second = reg.activate("v2", "erin").activated_at
+    assert second > first
+
+    undo_first = Before("v2", "candidate", None, None, "v1")
+    assert not revert_activation(reg.engine, undo_first, "erin", first, "announcing v2 failed")
+    v1, v2 = reg.get("v1"), reg.get("v2")
+    assert (v2.status, v2.activated_by, v2.activated_at) == ("active", "erin", second)
+    assert v1.status == "retired" and "rolled back" not in (v2.notes or "")
+
+    # The rollback of the second activation matches it exactly: v2 gets back its record from after the first one.
+    undo_second = Before("v2", "retired", "erin", first, "v1")
+    assert revert_activation(reg.engine, undo_second, "erin", second, "announcing v2 failed")
+    v1, v2 = reg.get("v1"), reg.get("v2")
+    assert (v2.status, v2.activated_by, v2.activated_at) == ("retired", "erin", first)
+    assert reg.active().version == "v1" and "activation by erin rolled back" in v2.notes

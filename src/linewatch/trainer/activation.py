@@ -59,11 +59,12 @@ class Before:
         return self.version if self.status == "active" else self.previous or "no version"
 
 
-def revert_activation(engine: Engine, before: Before, by: str, reason: str) -> bool:
-    """Undo the activation of ``before.version`` by ``by`` (one transaction): that version gets back its status and
-    activation record, the previously active version is active again, and the version's notes say why
-    (``reason``). Nothing is changed when another activation came in between (the version is no longer active, or
-    not by ``by``): returns False then, True when reverted.
+def revert_activation(engine: Engine, before: Before, by: str, at: dt.datetime, reason: str) -> bool:
+    """Undo the activation of ``before.version`` by ``by`` at ``at`` (its ``activated_at``, UTC-aware; one
+    transaction): that version gets back its status and activation record, the previously active version is active
+    again, and the version's notes say why (``reason``). Nothing is changed when another activation came in between
+    (the version is no longer active, or was activated again since, by someone else or by ``by`` themselves, which
+    only ``at`` tells apart): returns False then, True when reverted.
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: SQL cannot be written (the caller reports both failures).
@@ -73,7 +74,8 @@ def revert_activation(engine: Engine, before: Before, by: str, reason: str) -> b
     with Session(engine) as s, s.begin():
         undone = s.execute(update(ModelVersion).where(ModelVersion.version == before.version,
                                                       ModelVersion.status == "active",
-                                                      ModelVersion.activated_by == by)
+                                                      ModelVersion.activated_by == by,
+                                                      ModelVersion.activated_at == at)
                            .values(status=before.status, activated_by=before.activated_by,
                                    activated_at=before.activated_at,
                                    notes=func.coalesce(ModelVersion.notes + "\n", "") + note))
@@ -87,12 +89,12 @@ def revert_activation(engine: Engine, before: Before, by: str, reason: str) -> b
     return True
 
 
-def undo_failed_activation(engine: Engine, before: Before, by: str, exc: Exception, retry: AnnounceRetry,
-                           kafka: KafkaSettings | None, announcement: Callable[[ModelVersion], ModelAnnouncement]
-                           ) -> NoReturn:
-    """After the last announcing try failed with ``exc``: put SQL back as it was ``before`` (:func:`revert_activation`),
-    announce the version active again once (the failed send may have reached the topic after all, its
-    acknowledgement lost), and raise.
+def undo_failed_activation(engine: Engine, before: Before, by: str, at: dt.datetime, exc: Exception,
+                           retry: AnnounceRetry, kafka: KafkaSettings | None,
+                           announcement: Callable[[ModelVersion], ModelAnnouncement]) -> NoReturn:
+    """After the last announcing try of the activation by ``by`` at ``at`` failed with ``exc``: put SQL back as it
+    was ``before`` (:func:`revert_activation`), announce the version active again once (the failed send may have
+    reached the topic after all, its acknowledgement lost), and raise.
 
     Raises:
         AnnouncementError: always; ``reverted`` says whether SQL was put back.
@@ -105,7 +107,7 @@ def undo_failed_activation(engine: Engine, before: Before, by: str, exc: Excepti
         raise AnnouncementError(f"{why}; no version was active before, so {before.version} stays active in the "
                                 "registry: re-announce it once the broker answers", False) from exc
     try:
-        reverted = revert_activation(engine, before, by, why)
+        reverted = revert_activation(engine, before, by, at, why)
     except Exception as sql_exc:  # noqa: BLE001 -- both stores failing: say so; the rollout check shows the rest
         log.error("%s, and rolling the activation back failed too (%s)", why, sql_exc)
         raise AnnouncementError(f"{why}; rolling the activation back in SQL failed too ({sql_exc}): the registry "

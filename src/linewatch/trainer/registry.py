@@ -265,7 +265,7 @@ class ModelRegistry:
         try:
             self.announce(row)
         except Exception as exc:  # noqa: BLE001 -- KafkaError after the retries, or anything else: SQL goes back
-            undo_failed_activation(self.engine, before, by, exc, self.retry, self.kafka, self._announcement)
+            undo_failed_activation(self.engine, before, by, now, exc, self.retry, self.kafka, self._announcement)
         return row
 
     @staticmethod
