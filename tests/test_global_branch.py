@@ -16,8 +16,19 @@ import torch
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import LedoitWolf
 
+from linewatch.contracts.files import sha256_file
 from linewatch.contracts.messages import FrameMeta
-from linewatch.detector.global_branch import GLOBAL_FILE, GlobalGaussian, fit_gaussian, pooled_features
+from linewatch.detector import model_files
+from linewatch.detector.global_branch import (
+    GLOBAL_FILE,
+    GlobalGaussian,
+    branch_file_name,
+    fit_gaussian,
+    is_branch_file,
+    pooled_features,
+    read_branch,
+    save_branch,
+)
 from linewatch.detector.global_fit import add_global_branch
 from linewatch.detector.imaging import read_image
 from linewatch.detector.model_files import METADATA_FILE, ModelFileError, load_model
@@ -124,7 +135,7 @@ def test_the_branch_is_fit_on_training_goods_and_fuses_image_scores_only(quick_m
     # a changed branch file is refused like changed weights
     broken = global_model.parent / "broken"
     shutil.copytree(global_model, broken)
-    with open(broken / GLOBAL_FILE, "r+b") as fh:
+    with open(broken / record["file"], "r+b") as fh:
         fh.seek(-4, 2)
         fh.write(b"\x00\x00\x00\x00")
     with pytest.raises(ModelFileError, match="SHA-256"):
@@ -245,3 +256,80 @@ def test_fit_global_refuses_a_registered_version_in_the_artifact_store(tmp_path)
     assert f"error: {registered} is a registered model version (under the artifact store {state / 'models'})" \
         in " ".join(done.stderr.split())
     assert (registered / METADATA_FILE).read_text() == "{}" and not (registered / GLOBAL_FILE).exists()
+
+
+def _branch_files(model_dir):
+    return sorted(p.name for p in model_dir.iterdir() if is_branch_file(p.name))
+
+
+def test_fit_global_swaps_the_branch_with_model_json_as_the_one_commit_point(global_model, tmp_path, monkeypatch):
+    """fit-global writes the new Gaussian beside the one in use and commits by replacing model.json: a model of the
+    layout before (``global.safetensors``, no ``file`` in its record) loads; a fit-global that dies before model.json
+    is replaced leaves the old model loading with its old Gaussian; a reader between the commit and the old file's
+    removal reads model.json again and gets the new one."""
+    meta = json.loads((global_model / METADATA_FILE).read_text())
+    record = meta["global"]
+    assert record["file"] == branch_file_name(record["sha256"]) == f"global-{record['sha256'][:16]}.safetensors"
+    assert _branch_files(global_model) == [record["file"]]
+    assert sha256_file(global_model / record["file"]) == record["sha256"]
+    fitted_mean, fitted_precision = read_branch(global_model, meta)
+
+    # The layout before: global.safetensors, named by no "file"; here with a Gaussian unlike the one fit-global fits.
+    old_dir = tmp_path / "old-layout"
+    shutil.copytree(global_model, old_dir)
+    (old_dir / record["file"]).unlink()
+    old_mean = fitted_mean + 0.5
+    old_meta = {**meta, "global": {k: v for k, v in record.items() if k != "file"}}
+    old_meta["global"]["sha256"] = save_branch(old_dir / GLOBAL_FILE, old_mean, fitted_precision)
+    model_files.write_metadata(old_dir, old_meta)
+    old_json = (old_dir / METADATA_FILE).read_bytes()
+    loaded = load_model(old_dir)
+    assert np.array_equal(loaded.stpm.global_branch.mean.numpy(), old_mean.astype(np.float32))
+    assert model_files.check_output_dir(global_model) == global_model.resolve()  # a model directory still
+
+    # A fit-global that dies between writing the new file and replacing model.json.
+    real_replace = os.replace
+    seen = {}
+
+    def dying_replace(src, dst):
+        if os.path.basename(dst) == METADATA_FILE:
+            seen["files"] = _branch_files(old_dir)  # the new file is there, beside the old one
+            seen["mean"] = load_model(old_dir).stpm.global_branch.mean.numpy()  # a worker loading meanwhile
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(OSError, match="No space left"):
+        add_global_branch(old_dir, "cpu")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert seen["files"] == sorted([GLOBAL_FILE, record["file"]])
+    assert np.array_equal(seen["mean"], old_mean.astype(np.float32))
+    assert (old_dir / METADATA_FILE).read_bytes() == old_json and _branch_files(old_dir) == [GLOBAL_FILE]
+    assert np.array_equal(load_model(old_dir).stpm.global_branch.mean.numpy(), old_mean.astype(np.float32))
+
+    # A reader that read model.json just before the commit and opens its branch file just after the removal.
+    reader_dir = tmp_path / "reader"
+    shutil.copytree(old_dir, reader_dir)
+    real_read = model_files.read_metadata
+
+    def read_then_commit(model_dir):
+        before = real_read(model_dir)
+        if before["global"].get("file") is None:  # the first read: fit-global commits and removes the old file
+            shutil.copy(global_model / record["file"], model_dir / record["file"])
+            model_files.write_metadata(model_dir, meta)
+            (model_dir / GLOBAL_FILE).unlink()
+        return before
+
+    monkeypatch.setattr(model_files, "read_metadata", read_then_commit)
+    again = load_model(reader_dir)
+    monkeypatch.setattr(model_files, "read_metadata", real_read)
+    assert again.metadata["global"] == record and again.metadata["thresholds"] == meta["thresholds"]
+    assert np.array_equal(again.stpm.global_branch.mean.numpy(), fitted_mean.astype(np.float32))
+
+    # The fit-global that completes: the new file named by model.json, the old one gone, the new Gaussian loaded.
+    added = add_global_branch(old_dir, "cpu")
+    assert added["file"] == branch_file_name(added["sha256"]) and _branch_files(old_dir) == [added["file"]]
+    assert sha256_file(old_dir / added["file"]) == added["sha256"]
+    assert json.loads((old_dir / METADATA_FILE).read_text())["global"] == added
+    new_mean = load_model(old_dir).stpm.global_branch.mean.numpy()
+    assert np.allclose(new_mean, fitted_mean, rtol=1e-5, atol=1e-6)  # the same goods: the same fit, not old_mean

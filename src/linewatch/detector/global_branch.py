@@ -10,8 +10,10 @@ detection", ICPR 2020, arXiv 2005.14140):
   channels (24 + 40 + 112 = 176 for ``efficientnet_lite0``). They come from the teacher pass STPM makes anyway.
 * **fit**: a multivariate Gaussian on the model-input windows of the *training* goods (never the held-out ones):
   their mean and the Ledoit-Wolf shrinkage covariance (scikit-learn's ``LedoitWolf``, as in the paper, which needs
-  no more images than dimensions), stored as the mean and the precision (inverse covariance), float64, in
-  ``global.safetensors``, whose SHA-256 ``model.json`` records under ``global``.
+  no more images than dimensions), stored as the mean and the precision (inverse covariance), float64, in a
+  safetensors file whose name (``file``; absent: ``global.safetensors``) and SHA-256 ``model.json`` records under
+  ``global``. Training writes ``global.safetensors``; ``linewatch fit-global`` writes ``global-<sha256[:16]>``,
+  beside the one in use, so that replacing ``model.json`` is its one commit point (:func:`branch_file_name`).
 * **score**: the Mahalanobis distance ``sqrt((f - mean)^T P (f - mean))``, computed as ``||(f - mean) L||`` with
   ``P = L L^T`` (Cholesky factor, in float64 at load, float32 in the scoring graph: a sum of squares, never
   negative). A frame's global score is the largest of its windows' (:func:`.scoring.frame_scores`).
@@ -34,19 +36,23 @@ exactly as before. This module holds the computation and the file; fitting it: :
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save_file
 from torch import nn
 
 from linewatch.contracts.files import sha256_file
 
 GLOBAL_FILE = "global.safetensors"
 GLOBAL_FIELD = "global"  # model.json section, see :func:`branch_metadata`
+_VERSIONED = re.compile(r"global-[0-9a-f]{16}\.safetensors")
 
 
 class GlobalBranchError(ValueError):
@@ -129,6 +135,25 @@ def save_branch(path: Path, mean: np.ndarray, precision: np.ndarray) -> str:
     return sha256_file(path)
 
 
+def branch_file_name(sha256: str) -> str:
+    """The content-addressed name of a branch file with hex ``sha256``: ``global-<first 16 hex>.safetensors``, so a
+    new Gaussian never overwrites the file the current ``model.json`` names."""
+    return f"global-{sha256[:16]}.safetensors"
+
+
+def is_branch_file(name: str) -> bool:
+    """Whether a file name in a model directory is a global branch file (``global.safetensors`` or a
+    :func:`branch_file_name`)."""
+    return name == GLOBAL_FILE or _VERSIONED.fullmatch(name) is not None
+
+
+def recorded_file(meta: dict[str, Any]) -> str | None:
+    """The branch file's name ``meta["global"]`` records (``global.safetensors`` where it names none, as models
+    trained before the versioned names did); None without a branch."""
+    record = meta.get(GLOBAL_FIELD)
+    return str(record.get("file") or GLOBAL_FILE) if record else None
+
+
 def read_branch(model_dir: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """The mean and precision (float64) recorded in ``meta["global"]``, checked against its SHA-256; None for a
     model without a global branch.
@@ -136,18 +161,22 @@ def read_branch(model_dir: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.n
     Raises:
         GlobalBranchError: the file is missing, its content differs from the record, or it lacks a tensor.
     """
-    record = meta.get(GLOBAL_FIELD)
-    if not record:
+    name = recorded_file(meta)
+    if name is None:
         return None
-    path = Path(model_dir) / record.get("file", GLOBAL_FILE)
-    if not path.is_file():
-        raise GlobalBranchError(f"{model_dir}: {path.name} recorded in model.json is missing")
-    if sha256_file(path) != record.get("sha256"):
+    path = Path(model_dir) / name
+    try:
+        data = path.read_bytes()  # read once: the SHA-256 checked is that of the bytes loaded
+    except FileNotFoundError:
+        raise GlobalBranchError(f"{model_dir}: {path.name} recorded in model.json is missing") from None
+    except OSError as exc:
+        raise GlobalBranchError(f"{path}: cannot be read ({exc})") from None
+    if hashlib.sha256(data).hexdigest() != meta[GLOBAL_FIELD].get("sha256"):
         raise GlobalBranchError(f"{path}: content does not match the SHA-256 recorded in model.json")
     try:
-        tensors = load_file(str(path))
+        tensors = load(data)
         return tensors["mean"].numpy(), tensors["precision"].numpy()
-    except (KeyError, OSError, RuntimeError) as exc:
+    except (KeyError, OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise GlobalBranchError(f"{path}: not a global branch file ({exc})") from None
 
 

@@ -9,11 +9,12 @@ the same false-reject target, which fixes the fusion's scale (:func:`.global_bra
 
 :func:`add_global_branch` gives an existing model directory the branch (``linewatch fit-global``): it re-reads the
 model's own training and held-out goods from its manifest (every file must be there with the SHA-256 recorded,
-so the branch is fit on exactly the images the student was), fits and calibrates as above, writes
-``global.safetensors``, the ``global`` section of ``model.json`` and ``thresholds.global``; the image score is now
-the fused one, so ``validation.image_score`` (the score-drift reference, :mod:`.drift`) is the held-out goods' fused
-scores. Its exports, which lack the branch, are removed from ``model.json`` (the caller exports again). Its student,
-STPM thresholds and anomaly maps are not touched.
+so the branch is fit on exactly the images the student was), fits and calibrates as above, writes the Gaussian to a
+new ``global-<sha256[:16]>.safetensors``, then the ``global`` section of ``model.json`` (naming that file) and
+``thresholds.global`` in one replacement of ``model.json``, then removes the branch file it replaced; the image
+score is now the fused one, so ``validation.image_score`` (the score-drift reference, :mod:`.drift`) is the held-out
+goods' fused scores. Its exports, which lack the branch, are removed from ``model.json`` (the caller exports again).
+Its student, STPM thresholds and anomaly maps are not touched.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ from .global_branch import (
     GLOBAL_FIELD,
     GLOBAL_FILE,
     GlobalGaussian,
+    branch_file_name,
     branch_metadata,
     fit_gaussian,
     fuse_scores,
     fusion_scale,
+    is_branch_file,
     pooled_features,
+    recorded_file,
     save_branch,
 )
 from .model_files import EXPORTS_FIELD, ModelFileError, load_model, read_metadata, write_metadata
@@ -162,12 +166,16 @@ def add_global_branch(model_dir: Path, device: str = "auto", teacher_weights: Pa
     thresholds, held_out = calibrate_model(
         loaded.stpm, val_images.frames, dev, float(old["target_false_reject_rate"]),
         float(old["pixel_false_positive_rate"]), int(meta.get("training", {}).get("min_held_out_goods", 20)), batch)
+    # The new Gaussian goes beside the one in use under its own name; replacing model.json (write_metadata) is the
+    # one commit point, so a worker loading the model meanwhile gets the old file and record or the new ones.
     tmp = model_dir / f".{GLOBAL_FILE}.tmp"
     try:
         sha = save_branch(tmp, fitted.mean, fitted.precision)
-        os.replace(tmp, model_dir / GLOBAL_FILE)
+        name = branch_file_name(sha)
+        os.replace(tmp, model_dir / name)
     finally:
         tmp.unlink(missing_ok=True)
+    in_use = recorded_file(meta)
     # STPM's thresholds stay as trained (maybe on another device); the global one joins them, and the image score
     # (the fused one) of the held-out goods becomes the drift reference
     held_out = held_out._replace(scores=fuse_scores(held_out.local_scores, held_out.global_scores,
@@ -176,7 +184,15 @@ def add_global_branch(model_dir: Path, device: str = "auto", teacher_weights: Pa
     meta["thresholds"] = {**old, "global": thresholds["global"], "global_calibration": thresholds["global_calibration"],
                           "status": worse}
     meta.setdefault("validation", {})["image_score"] = score_statistics(held_out.scores)
-    meta[GLOBAL_FIELD] = {**fitted.metadata(loaded.stpm, held_out), "sha256": sha}
+    meta[GLOBAL_FIELD] = {**fitted.metadata(loaded.stpm, held_out), "file": name, "sha256": sha}
     meta.pop(EXPORTS_FIELD, None)  # every export lacks the branch: export again
-    write_metadata(model_dir, meta)
+    try:
+        write_metadata(model_dir, meta)
+    except BaseException:
+        if name != in_use:  # model.json still names the old file (or none): the new one is nobody's
+            (model_dir / name).unlink(missing_ok=True)
+        raise
+    for stale in model_dir.iterdir():  # the replaced branch file, and any a fit-global that died left behind
+        if is_branch_file(stale.name) and stale.name != name:
+            stale.unlink(missing_ok=True)
     return meta[GLOBAL_FIELD]

@@ -9,7 +9,8 @@
                             reference, :mod:`.frame_stats`; absent in older models), versions;
                             ``exports``: the runtime graphs below
       global.safetensors    optional: the global branch's Gaussian (mean, precision), recorded under ``global``
-                            with its SHA-256 (:mod:`.global_branch`); absent in older models, which score as before
+                            with its name and SHA-256 (:mod:`.global_branch`); ``global-<sha256[:16]>.safetensors``
+                            once ``linewatch fit-global`` replaced it; absent in older models, which score as before
       model.onnx            optional: the whole scoring graph for ONNX Runtime (``linewatch export``,
                             :mod:`.runtimes.onnx_export`), recorded under ``exports.onnx`` with its SHA-256
                             and the weights it was exported from
@@ -39,7 +40,15 @@ from linewatch.contracts.files import sha256_file
 
 from .backbones import backbone_spec, build_student, build_teacher
 from .geometry import InputGeometry
-from .global_branch import GLOBAL_FIELD, GLOBAL_FILE, GlobalBranchError, load_branch, save_branch
+from .global_branch import (
+    GLOBAL_FIELD,
+    GLOBAL_FILE,
+    GlobalBranchError,
+    is_branch_file,
+    load_branch,
+    recorded_file,
+    save_branch,
+)
 from .stpm import STPM
 
 FORMAT = "linewatch-stpm/1"
@@ -111,7 +120,7 @@ def check_output_dir(out_dir: Path) -> Path:
         return out_dir
     if not out_dir.is_dir():
         raise ModelFileError(f"{out_dir}: exists and is not a directory; choose another --out")
-    others = sorted(p.name for p in out_dir.iterdir() if p.name not in MODEL_FILES)
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in MODEL_FILES and not is_branch_file(p.name))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise ModelFileError(f"{out_dir}: not empty and not a model directory ({shown}); a model replaces its "
@@ -219,6 +228,19 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
     """
     model_dir = Path(model_dir)
     meta = read_metadata(model_dir)
+    try:
+        branch = load_branch(model_dir, meta)
+    except GlobalBranchError as exc:
+        # linewatch fit-global may have committed a new model.json and removed the branch file the one read named
+        # in between: read again (no loop: a second fit-global in that moment is an error worth seeing).
+        again = read_metadata(model_dir)
+        if again.get(GLOBAL_FIELD) == meta.get(GLOBAL_FIELD):
+            raise ModelFileError(str(exc)) from None
+        meta = again
+        try:
+            branch = load_branch(model_dir, meta)
+        except GlobalBranchError as exc2:
+            raise ModelFileError(str(exc2)) from None
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelFileError(f"{model_dir}: {WEIGHTS_FILE} missing")
@@ -238,10 +260,6 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
         student.load_state_dict(load_file(str(weights)), strict=True)
     except (RuntimeError, OSError) as exc:
         raise ModelFileError(f"{weights}: does not fit a {name} student ({exc})") from None
-    try:
-        branch = load_branch(model_dir, meta)
-    except GlobalBranchError as exc:
-        raise ModelFileError(str(exc)) from None
     stpm = STPM(backbone_spec(name), teacher, student, float(meta["map_smoothing_sigma"]), branch)
     return LoadedModel(stpm=stpm.to(device).eval(), metadata=meta, path=model_dir)
 
@@ -267,7 +285,8 @@ def export_path(model_dir: Path, meta: dict[str, Any], fmt: str) -> Path | None:
     if record.get("weights_sha256") != meta["weights_sha256"]:
         raise ModelFileError(f"{path}: exported from other weights than {WEIGHTS_FILE}; export the model again")
     if record.get("global_sha256") != (meta.get(GLOBAL_FIELD) or {}).get("sha256"):
-        raise ModelFileError(f"{path}: exported with another global branch than {GLOBAL_FILE}; export the model again")
+        raise ModelFileError(f"{path}: exported with another global branch than {recorded_file(meta) or 'none'}; "
+                             "export the model again")
     files = [(record["file"], record["sha256"])]
     if record.get("data_file"):
         files.append((record["data_file"], record.get("data_sha256")))
