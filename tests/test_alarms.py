@@ -167,6 +167,18 @@ def test_the_alarm_watch_observes_real_stores_and_sets_the_gauges(redis_service,
         assert gauge("linewatch_alarm_active", alarm="worker_stalled", subject="w-1", severity="critical") == 1
         assert 11 < gauge("linewatch_worker_heartbeat_age_seconds", worker_id="w-1") < 20
         assert gauge("linewatch_camera_backlog_seconds", camera_id="cam-a", line_id="L1") is None  # lag unknown
+
+        # The worker leaves (a clean stop): its alarm's series goes with its heartbeat age, not kept at 0 forever;
+        # cam-a, still in the live state, keeps its cleared alarm at 0.
+        writer.worker_gone("w-1")
+        alarms = watch.tick()
+        assert not [a for a in alarms if a.subject == "w-1"]
+        assert gauge("linewatch_alarm_active", alarm="worker_stalled", subject="w-1", severity="critical") is None
+        assert gauge("linewatch_worker_heartbeat_age_seconds", worker_id="w-1") is None
+        assert gauge("linewatch_alarm_active", alarm="inspection_behind", subject="cam-a", severity="critical") == 0
+        exported = {s.labels["subject"] for m in REGISTRY.collect() if m.name == "linewatch_alarm_active"
+                    for s in m.samples}
+        assert "w-1" not in exported and {"cam-a", "broker"} <= exported
     finally:
         client.flushdb()
         client.close()

@@ -25,7 +25,7 @@ from linewatch.contracts.schema import ModelVersion
 from linewatch.contracts.settings import Settings
 
 from . import telemetry
-from .alarms import STORES, Alarm, CameraView, Observed, evaluate
+from .alarms import STORES, Alarm, CameraView, Observed, evaluate, subjects
 from .model_review import unix_time
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class AlarmWatch:
         self.alarms: list[Alarm] = []
         self.observed: Observed | None = None
         self.evaluated_at: float | None = None
-        self._raised: set[tuple[str, str, str]] = set()  # every alarm ever raised: cleared ones are set to 0
+        self._raised: set[tuple[str, str, str]] = set()  # alarms raised, cleared ones (at 0) until their subject goes
         self._series: dict[object, set[tuple[str, ...]]] = defaultdict(set)
         self.stop = threading.Event()
 
@@ -143,6 +143,13 @@ class AlarmWatch:
     def _publish(self, seen: Observed, alarms: list[Alarm]) -> None:
         now = {(a.kind, a.subject, a.severity) for a in alarms}
         self._raised |= now
+        known = subjects(seen)
+        # A cleared alarm reads 0 while its subject is still judged; once the subject is gone its series goes too
+        # (else every worker or camera that ever alarmed would be exported, at 0, for the dashboard's lifetime).
+        gone = set() if known is None else {labels for labels in self._raised - now if labels[1] not in known}
+        for labels in gone:
+            telemetry.ALARM_ACTIVE.remove(*labels)
+        self._raised -= gone
         for labels in self._raised:
             telemetry.ALARM_ACTIVE.labels(*labels).set(1 if labels in now else 0)
         for store in STORES:

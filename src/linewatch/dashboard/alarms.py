@@ -43,7 +43,7 @@ from linewatch.contracts.dashboard_settings import AlarmSettings
 from linewatch.contracts.live_state import WORKER_STALE_S, Counts
 from linewatch.contracts.messages import InspectionResult
 
-from .model_review import UNKNOWN, disagreements
+from .model_review import TOPIC_SUBJECT, UNKNOWN, disagreements
 from .views import skew_text
 from .windows import duration
 
@@ -131,6 +131,16 @@ def evaluate(seen: Observed, settings: AlarmSettings, clock: ClockRule) -> list[
               + rollout(seen) + clocks(seen, clock) + drift(seen))
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(alarms, key=lambda a: (a.severity != "critical", order[a.kind], a.subject))
+
+
+def subjects(seen: Observed) -> set[str] | None:
+    """Every subject ``seen`` judges (stores, ``detector``, the models topic, its cameras, workers and lines): an
+    alarm whose subject is not among them has no state any more (a worker that left, a camera whose live state
+    expired). None when Redis did not answer: its cameras, workers and lines are unknown then, not gone."""
+    if "redis" in seen.unreachable:
+        return None
+    return {*STORES, "detector", TOPIC_SUBJECT, *seen.cameras, *seen.drift, *seen.line_counts,
+            *(str(w.get("worker_id")) for w in seen.workers)}
 
 
 def stores(seen: Observed) -> list[Alarm]:

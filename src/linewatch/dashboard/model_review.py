@@ -125,6 +125,9 @@ def unix_time(t: dt.datetime | None) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
 
 
+TOPIC_SUBJECT = "models topic"  # a disagreement's subject when the topic, not a worker, names another version
+
+
 @dataclass(frozen=True)
 class Disagreement:
     """One way the line does not run the registry's active version: ``subject`` (``models topic`` or a worker
@@ -145,7 +148,7 @@ def disagreements(active: str | None, activated_at: float | None, announced: Any
         return []
     out = []
     if announced is not UNKNOWN and announced != active:
-        out.append(Disagreement("models topic", f"Registry says {active} is active, but the models topic announces "
+        out.append(Disagreement(TOPIC_SUBJECT, f"Registry says {active} is active, but the models topic announces "
                                 f"{announced or 'no model'}: the announcement failed, and workers follow the topic.",
                                 True))
     for w in workers:
