@@ -59,7 +59,8 @@ def test_c09_three_goods_are_refused_with_how_many_more_are_needed(tmp_path):
     assert _calibration(t) == "under-calibrated (2 held-out goods, 20 needed)"
 
 
-def test_c09_the_command_refuses_in_one_line_and_publishes_marked_when_forced(tmp_path):
+@pytest.mark.services
+def test_c09_the_command_refuses_in_one_line_and_publishes_marked_when_forced(tmp_path, postgres_server):
     def run(*extra):
         return subprocess.run([sys.executable, "-m", "linewatch", "train", "--data", str(C09 / "few3"), "--out",
                                str(tmp_path / "m"), "--image-size", "64", "--epochs", "1", "--device", "cpu",
@@ -76,8 +77,24 @@ def test_c09_the_command_refuses_in_one_line_and_publishes_marked_when_forced(tm
     assert "under-calibrated: 1 held-out good image" in forced.stdout
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["thresholds"]["status"] == "under-calibrated"
-    # 2 training goods give no positive definite Gaussian: the model is STPM alone (global_fit.fit_branch_or_skip)
-    assert "global" not in meta and "global" not in meta["thresholds"]
+    # 2 training goods give no positive definite Gaussian: the model is STPM alone (global_fit.fit_branch_or_skip),
+    # and model.json, `linewatch train` and `linewatch model show` (for the registered version) say so and why
+    skipped = meta["global"]["skipped"]
+    assert meta["global"] == {"skipped": skipped} and "global" not in meta["thresholds"]
+    assert skipped.startswith("no usable Gaussian from 2 training windows (") and skipped.endswith(
+        "; the model scores with STPM alone")
+    assert f"  global branch: skipped at training: {skipped}" in forced.stdout.splitlines()
+    assert load_model(tmp_path / "m").stpm.global_branch is None
+    env = {**os.environ, "LINEWATCH_STATE_DIR": str(tmp_path / "state"), "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": "",
+           "LINEWATCH_DATABASE__URL": postgres_server.fresh_database("c09_few3_show")}
+    registered = subprocess.run([sys.executable, "-m", "linewatch", "model", "register", str(tmp_path / "m")],
+                                env=env, capture_output=True, text=True, timeout=120)
+    assert registered.returncode == 0, registered.stderr
+    shown = subprocess.run([sys.executable, "-m", "linewatch", "model", "show", "v1"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["global_branch"] == f"skipped at training: {skipped}"
+    print(f"few3: {skipped}")
 
 
 def test_c09_train40_threshold_covers_every_held_out_good_and_flags_scratches(train40):

@@ -37,6 +37,7 @@ def train(
     """Train an STPM student on good images; thresholds are calibrated on held-out good images (refused when too
     few stand behind the false-reject target, unless --force)."""
     from linewatch.detector.datasets import open_dataset
+    from linewatch.detector.global_branch import branch_summary
     from linewatch.detector.model_files import check_output_dir
     from linewatch.detector.training import TrainConfig
     from linewatch.detector.training import train as run_training
@@ -66,7 +67,8 @@ def train(
         f"pixel threshold {meta['thresholds']['pixel']:.5f}\n"
         f"  {meta['thresholds']['status']}: {meta['thresholds']['calibrated_on']}, false-reject rate 95% interval "
         f"{meta['thresholds']['calibration']['false_reject_rate_ci'][0]:.3f}-"
-        f"{meta['thresholds']['calibration']['false_reject_rate_ci'][1]:.3f}"
+        f"{meta['thresholds']['calibration']['false_reject_rate_ci'][1]:.3f}\n"
+        f"  global branch: {branch_summary(meta)}"
     )
     if exported is not None:
         typer.echo(f"  ONNX export {exported['file']}: matches eager PyTorch to "

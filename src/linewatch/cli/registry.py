@@ -61,7 +61,21 @@ def model_show(version: str) -> None:
         fail(str(exc))
     typer.echo(json.dumps({c: getattr(r, c) for c in ("version", "status", "parent_version", "backbone", "created_at",
                            "artifact_uri", "thresholds", "metrics", "activated_by", "activated_at", "notes")}
-                          | {"training_images": len(r.manifest)}, indent=2, default=str))
+                          | {"training_images": len(r.manifest), "global_branch": _branch_of(r.artifact_uri)},
+                          indent=2, default=str))
+
+
+def _branch_of(artifact_uri: str) -> str:
+    """:func:`~linewatch.detector.global_branch.branch_summary` of the version's model.json (the registry's row does
+    not hold it), or why it cannot be read."""
+    from linewatch.contracts.files import path_of
+    from linewatch.detector.global_branch import branch_summary
+    from linewatch.detector.model_files import ModelFileError, read_metadata
+
+    try:
+        return branch_summary(read_metadata(path_of(artifact_uri)))
+    except (ModelFileError, OSError, ValueError) as exc:
+        return f"unknown: the model.json at {artifact_uri} cannot be read ({exc})"
 
 
 @model_app.command("register")

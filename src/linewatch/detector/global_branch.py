@@ -30,8 +30,9 @@ detection", ICPR 2020, arXiv 2005.14140):
   A frame is a defect when either score is above its own threshold. Each threshold is set for the false-reject
   target r, so the fused false-reject rate is at most 2r (union bound). The anomaly map is STPM's, unchanged.
 
-A model without ``global`` in its ``model.json`` (every model from before this branch) has no branch and scores
-exactly as before. This module holds the computation and the file; fitting it: :mod:`.global_fit`.
+A model without ``global`` in its ``model.json`` (every model from before this branch), or whose ``global`` is
+``{"skipped": why}`` (training found too few goods for a Gaussian), has no branch and scores exactly as before.
+This module holds the computation and the file; fitting it: :mod:`.global_fit`.
 """
 
 from __future__ import annotations
@@ -149,9 +150,21 @@ def is_branch_file(name: str) -> bool:
 
 def recorded_file(meta: dict[str, Any]) -> str | None:
     """The branch file's name ``meta["global"]`` records (``global.safetensors`` where it names none, as models
-    trained before the versioned names did); None without a branch."""
+    trained before the versioned names did); None without a branch (no ``global``, or training's
+    ``{"skipped": why}``: too few goods for a Gaussian, :func:`.global_fit.fit_branch_or_skip`)."""
     record = meta.get(GLOBAL_FIELD)
-    return str(record.get("file") or GLOBAL_FILE) if record else None
+    return str(record.get("file") or GLOBAL_FILE) if record and "skipped" not in record else None
+
+
+def branch_summary(meta: dict[str, Any]) -> str:
+    """One line on a model's global branch for people (``linewatch train``, ``linewatch model show``): fitted on
+    what, skipped and why, or none."""
+    record = meta.get(GLOBAL_FIELD)
+    if not record:
+        return "none: the model scores with STPM alone (trained without the global branch)"
+    if "skipped" in record:
+        return f"skipped at training: {record['skipped']}"
+    return f"fitted on {record.get('fitted_on', '?')} ({record.get('file') or GLOBAL_FILE})"
 
 
 def read_branch(model_dir: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -95,17 +95,27 @@ def fit_branch(model: STPM, train_windows: torch.Tensor, device: torch.device, b
 
 
 def fit_branch_or_skip(model: STPM, train_windows: torch.Tensor, device: torch.device,
-                       batch: int = 32) -> FittedBranch | None:
-    """:func:`fit_branch`, or None with a warning where no usable Gaussian can be fit (too few training windows for
-    a positive definite precision, as with 2 goods): the model is then STPM alone, as if trained without the
-    branch (no ``global`` in ``model.json``), rather than no model at all."""
+                       batch: int = 32) -> tuple[FittedBranch | None, str | None]:
+    """(:func:`fit_branch`, None), or (None, why) with a warning where no usable Gaussian can be fit (too few
+    training windows for a positive definite precision, as with 2 goods): the model is then STPM alone, as if
+    trained without the branch, rather than no model at all; :func:`branch_record` puts why in ``model.json``."""
     try:
-        return fit_branch(model, train_windows, device, batch)
+        return fit_branch(model, train_windows, device, batch), None
     except ValueError as exc:  # GlobalBranchError is one
         model.global_branch = None
-        log.warning("no global branch: %s (%d training windows); the model scores with STPM alone", exc,
-                    len(train_windows))
-        return None
+        why = (f"no usable Gaussian from {len(train_windows)} training windows ({exc}); the model scores with STPM "
+               "alone")
+        log.warning("no global branch: %s", why)
+        return None, why
+
+
+def branch_record(model: STPM, held_out: FrameOutputs, branch: FittedBranch | None, skipped: str | None
+                  ) -> dict[str, Any]:
+    """The ``global`` entry of a trained model's ``model.json``: the branch's section, ``{"skipped": why}`` where
+    training meant to fit one and could not (:func:`fit_branch_or_skip`), nothing where it was not asked for."""
+    if branch is not None:
+        return {GLOBAL_FIELD: branch.metadata(model, held_out)}
+    return {GLOBAL_FIELD: {"skipped": skipped}} if skipped else {}
 
 
 def calibrate_model(model: STPM, val_frames: Sequence[FrameInput], device: torch.device, target_rate: float,

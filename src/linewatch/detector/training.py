@@ -48,7 +48,7 @@ from .devices import autocast, precision_of, resolve_device, to_model_layout
 from .frame_stats import reference_statistics
 from .geometry import DEFAULT_MAX_ASPECT, DEFAULT_MODE, DEFAULT_TILE_OVERLAP, InputGeometry
 from .global_branch import fusion_scale
-from .global_fit import calibrate_model, fit_branch_or_skip
+from .global_fit import branch_record, calibrate_model, fit_branch_or_skip
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
 from .recipe import augment_batch, augmentation, epoch_budget, record, teacher_cache, teacher_targets
@@ -294,7 +294,8 @@ def train(
     model.student.load_state_dict(best_state)
     model.eval()
     val_frames = [images.frames[i] for i in val_idx]
-    branch = fit_branch_or_skip(model, train_images, device, config.batch_size) if config.global_branch else None
+    branch, skipped = (fit_branch_or_skip(model, train_images, device, config.batch_size) if config.global_branch
+                       else (None, None))
     thresholds, held_out = calibrate_model(model, val_frames, device, config.target_false_reject_rate, config.
                                            pixel_false_positive_rate, config.min_held_out_goods, config.batch_size)
     val_scores = held_out.local_scores  # STPM's: what thresholds.image was set on (the manifest's scores)
@@ -341,7 +342,7 @@ def train(
         ],
         "linewatch_version": linewatch.__version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        **({"global": branch.metadata(model, held_out)} if branch else {}), **(extra_metadata or {}),
+        **branch_record(model, held_out, branch, skipped), **(extra_metadata or {}),
     }
     model_dir = save_model(out_dir, model.student.state_dict(), metadata, branch and (branch.mean, branch.precision))
     return TrainResult(model_dir=model_dir, metadata=read_metadata(model_dir), history=history)
