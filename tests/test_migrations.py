@@ -1,14 +1,19 @@
 """The Alembic migrations build exactly the schema the code declares (contracts/schema.py), on SQLite and on
-PostgreSQL: no table, column or index that one has and the other lacks."""
+PostgreSQL: no table, column or index that one has and the other lacks; migration 0007 (products) keeps every
+existing row as the product ``default``."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import insert, inspect, select
+from sqlalchemy.exc import IntegrityError
 
-from linewatch.contracts.database import make_engine, migrate
-from linewatch.contracts.schema import Base
+from linewatch.contracts.database import downgrade, make_engine, migrate
+from linewatch.contracts.schema import Base, CameraProduct, Inspection, ModelVersion, TrainingJob
 
 
 def _differences(url: str) -> list:
@@ -28,3 +33,79 @@ def test_migrations_match_the_declared_schema_on_sqlite(tmp_path):
 @pytest.mark.services
 def test_migrations_match_the_declared_schema_on_postgresql(postgres_server):
     assert _differences(postgres_server.fresh_database("migrations")) == []
+
+
+# ---- 0007: products -------------------------------------------------------------------------------------------
+
+T0 = dt.datetime(2026, 12, 1, 6, 0, tzinfo=dt.UTC)
+
+
+def _model(version: str, number: int, **extra) -> dict:
+    return {"version": version, "number": number, "backbone": "resnet18", "created_at": T0,
+            "artifact_uri": f"file:///store/{version}", "manifest": [], "metrics": {}, "thresholds": {},
+            "status": "retired", **extra}
+
+
+def _inspection(frame_id: int) -> dict:
+    return {"camera_id": "cam-1", "line_id": "line-1", "frame_id": frame_id, "part_id": None, "captured_at": T0,
+            "processed_at": T0, "model_version": "v1", "image_score": 0.5, "normalized_score": 0.5,
+            "verdict": "good", "threshold": 1.0, "regions": [], "width": 8, "height": 8, "queue_wait_ms": 0.0,
+            "decode_ms": 0.0, "inference_ms": 0.0, "total_ms": 0.0, "worker_id": "w", "image_uri": None,
+            "heatmap_uri": None, "kafka_topic": None, "kafka_partition": None, "kafka_offset": None}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'record.db'}"
+    return request.getfixturevalue("postgres_server").fresh_database(f"mig_{abs(hash(request.node.name)) % 10**8}")
+
+
+def test_0007_existing_rows_become_the_default_product_and_numbers_are_unique_per_product(database_url):
+    engine = make_engine(database_url)
+    try:
+        migrate(engine, "0006")
+        with engine.begin() as conn:  # a record as it was before products
+            conn.execute(insert(ModelVersion), [_model("v1", 1), _model("v2", 2, status="active")])
+            conn.execute(insert(Inspection), [_inspection(1), _inspection(2)])
+            conn.execute(insert(TrainingJob), [{"status": "succeeded", "trigger": "manual", "created_at": T0}])
+        migrate(engine)
+        with engine.begin() as conn:
+            m = ModelVersion
+            assert conn.execute(select(m.version, m.product, m.number, m.status).order_by(m.number)).all() == \
+                [("v1", "default", 1, "retired"), ("v2", "default", 2, "active")]
+            assert conn.execute(select(Inspection.product)).scalars().all() == ["default", "default"]
+            assert conn.execute(select(TrainingJob.product)).scalars().all() == ["default"]
+            # another product counts its own versions from 1 ...
+            conn.execute(insert(ModelVersion), [_model("bottle/v1", 1, product="bottle"),
+                                                _model("bottle/v2", 2, product="bottle")])
+            conn.execute(insert(CameraProduct), [{"camera_id": "cam-1", "since": T0, "product": "bottle",
+                                                  "set_by": "maria"}])
+            assert conn.execute(select(CameraProduct.product, CameraProduct.since)).one() == ("bottle", T0)
+        # ... and never twice
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert(ModelVersion), [_model("bottle/v2-again", 2, product="bottle")])
+        # an older release could not tell the products apart: the downgrade refuses and changes nothing
+        with pytest.raises(RuntimeError, match="2 models rows"):
+            downgrade(database_url, "0006")
+        with engine.connect() as conn:
+            assert conn.execute(select(ModelVersion.product).where(ModelVersion.version == "bottle/v1")).scalar() == \
+                "bottle"
+    finally:
+        engine.dispose()
+
+
+def test_0007_downgrades_a_record_of_the_default_product_only(database_url):
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(ModelVersion), [_model("v1", 1)])
+        downgrade(database_url, "0006")
+        with engine.begin() as conn:
+            assert conn.execute(select(ModelVersion.__table__.c.version)).scalars().all() == ["v1"]
+            assert "product" not in [c["name"] for c in inspect(conn).get_columns("models")]
+        migrate(engine)
+        assert _differences(database_url) == []
+    finally:
+        engine.dispose()

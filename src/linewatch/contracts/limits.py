@@ -7,3 +7,4 @@ CONTENT_TYPE_MAX_CHARS = 64
 FRAME_ID_MAX = 2**63 - 1  # SQL BIGINT
 CAPTURED_AT_MIN_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z, in nanoseconds since the epoch
 CAPTURED_AT_MAX_NS = 4_102_444_800 * 10**9  # 2100-01-01T00:00:00Z (exclusive)
+PRODUCT_MAX_CHARS = 40  # a product name; "<product>/v<N>" must fit the 64 characters of a model version

@@ -2,7 +2,10 @@
 
 Tables: ``cameras``, ``inspections`` (one row per inspected frame, unique on (camera_id, frame_id)),
 ``labels`` (operator reviews, one standing label per (inspection, operator)), ``review_claims`` (which operator
-has a frame open on the Review page, until when), ``models`` (model versions) and ``training_jobs``. The schema
+has a frame open on the Review page, until when), ``models`` (model versions), ``training_jobs`` and
+``camera_products`` (changeovers: which product a camera shows from when on). ``inspections``, ``models`` and
+``training_jobs`` rows each belong to a product (``docs/products.md``); labels and claims take theirs from their
+inspection. The schema
 is created and upgraded by Alembic migrations (``linewatch.contracts.migrations``; :func:`.database.migrate`).
 An inspection result becomes its row through :func:`inspection_row`, beside the table it fills.
 """
@@ -31,7 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .limits import ID_MAX_CHARS
+from .limits import ID_MAX_CHARS, PRODUCT_MAX_CHARS
+from .products import DEFAULT_PRODUCT
 
 if TYPE_CHECKING:
     from .messages import InspectionResult
@@ -74,6 +78,12 @@ class Base(DeclarativeBase):
     pass
 
 
+def product_column() -> Mapped[str]:
+    """The ``product`` column of a table whose rows each belong to one product (migration 0007): rows from before
+    products existed, and writers that name none, get :data:`~.products.DEFAULT_PRODUCT` from the database."""
+    return mapped_column(String(PRODUCT_MAX_CHARS), nullable=False, server_default=text(f"'{DEFAULT_PRODUCT}'"))
+
+
 class Camera(Base):
     __tablename__ = "cameras"
 
@@ -93,6 +103,7 @@ class Inspection(Base):
         Index("ix_inspections_camera_time", "camera_id", "captured_at"),
         Index("ix_inspections_verdict_time", "verdict", "captured_at"),
         Index("ix_inspections_processed_at", "processed_at"),  # live counts are rebuilt by processing time
+        Index("ix_inspections_product_time", "product", "captured_at"),  # the per-product pages (migration 0007)
         # image retention walks the kept frames oldest first (migration 0003)
         Index("ix_inspections_kept_processed_at", "processed_at", "id",
               postgresql_where=text("image_uri IS NOT NULL"), sqlite_where=text("image_uri IS NOT NULL")),
@@ -125,6 +136,7 @@ class Inspection(Base):
     kafka_offset: Mapped[int | None] = mapped_column(BigInteger)
     # the result's DriftFlag as a dict (migration 0004); none before it or without a drift check
     drift: Mapped[dict | None] = mapped_column(JSON)
+    product: Mapped[str] = product_column()  # the product whose model scored the frame
 
 
 STANDING = text("revoked_at IS NULL")  # the predicate of the partial unique index of labels
@@ -167,12 +179,16 @@ class ReviewClaim(Base):
 
 
 class ModelVersion(Base):
-    """A trained model in the registry. ``status``: candidate, active, retired, rejected (one active at a time)."""
+    """A trained model of one product in the registry. ``status``: candidate, active, retired, rejected (one active
+    at a time per product). ``version`` is its name (:func:`~.products.version_name`: ``bottle/v3``, ``v3`` for the
+    default product), ``number`` its N, unique per product (migration 0007)."""
 
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("product", "number", name="uq_models_product_number"),)
 
     version: Mapped[str] = mapped_column(String(64), primary_key=True)
-    number: Mapped[int] = mapped_column(Integer, unique=True)
+    product: Mapped[str] = product_column()
+    number: Mapped[int] = mapped_column(Integer)
     parent_version: Mapped[str | None] = mapped_column(String(64))
     backbone: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
@@ -193,6 +209,7 @@ class TrainingJob(Base):
     __tablename__ = "training_jobs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    product: Mapped[str] = product_column()  # the product the job retrains (migration 0007)
     status: Mapped[str] = mapped_column(String(16), index=True)
     trigger: Mapped[str] = mapped_column(String(32))  # manual | threshold | schedule
     requested_by: Mapped[str | None] = mapped_column(String(128))
@@ -212,6 +229,20 @@ class TrainingJob(Base):
     # What the job trains on (trainer.dataset.TrainingSet.summary): confirmed goods found, used, held out, and each
     # one dropped with its reason; None until the job has collected its set (and for jobs from before 0006).
     training_set: Mapped[dict | None] = mapped_column(JSON)
+
+
+class CameraProduct(Base):
+    """A changeover: from ``since`` (UTC) on, ``camera_id`` shows ``product``, as set by ``set_by`` (migration
+    0007). The product of a camera at time t is its row with the latest ``since <= t``; rows are never updated, so
+    the table is the changeover history. No foreign key to ``cameras``: a camera may be mapped before its first
+    frame."""
+
+    __tablename__ = "camera_products"
+
+    camera_id: Mapped[str] = mapped_column(String(ID_MAX_CHARS), primary_key=True)
+    since: Mapped[dt.datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    product: Mapped[str] = mapped_column(String(PRODUCT_MAX_CHARS))
+    set_by: Mapped[str] = mapped_column(String(128))
 
 
 def inspection_row(r: InspectionResult) -> dict[str, Any]:

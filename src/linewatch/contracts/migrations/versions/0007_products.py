@@ -1,0 +1,67 @@
+"""Products: the part type a frame shows, with its own model versions and training jobs (issue 18,
+``docs/products.md``).
+
+``product`` (NOT NULL, server default ``'default'``) on ``models``, ``inspections`` and ``training_jobs``: every
+existing row becomes the product ``default``. Version numbers become unique per product (``uq_models_product_number``
+replaces the unique ``number`` of 0001, unnamed on SQLite, ``models_number_key`` on PostgreSQL). ``camera_products``
+records changeovers (which product a camera shows from when on). Downgrading refuses while any row belongs to
+another product: their version numbers would collide, and the rows would silently become the one product's.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-01 17:00:00
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+DEFAULT = sa.text("'default'")
+TABLES = ("models", "inspections", "training_jobs")
+# 0001 left the unique constraint on models.number unnamed; on SQLite the batch copy names it by this convention
+# so that it can be dropped (Alembic's documented way), PostgreSQL named it <table>_<column>_key itself.
+SQLITE_NAMES = {"uq": "uq_%(table_name)s_%(column_0_name)s"}
+
+
+def _number_constraint() -> str:
+    return "uq_models_number" if op.get_bind().dialect.name == "sqlite" else "models_number_key"
+
+
+def upgrade() -> None:
+    for table in TABLES:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column("product", sa.String(40), nullable=False, server_default=DEFAULT))
+    with op.batch_alter_table("models", schema=None, naming_convention=SQLITE_NAMES) as batch_op:
+        batch_op.drop_constraint(_number_constraint(), type_="unique")
+        batch_op.create_unique_constraint("uq_models_product_number", ["product", "number"])
+    op.create_index("ix_inspections_product_time", "inspections", ["product", "captured_at"])
+    op.create_table(
+        "camera_products",
+        sa.Column("camera_id", sa.String(128), nullable=False),
+        sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("product", sa.String(40), nullable=False),
+        sa.Column("set_by", sa.String(128), nullable=False),
+        sa.PrimaryKeyConstraint("camera_id", "since"),
+    )
+
+
+def downgrade() -> None:
+    conn = op.get_bind()
+    for table in TABLES:
+        others = conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE product <> 'default'")).scalar()  # noqa: S608 -- fixed names
+        if others:
+            raise RuntimeError(f"cannot downgrade below 0007: {others} {table} rows belong to products other than "
+                               "'default'; an older release would mix them with the default product's")
+    op.drop_table("camera_products")
+    op.drop_index("ix_inspections_product_time", table_name="inspections")
+    with op.batch_alter_table("models", schema=None) as batch_op:
+        batch_op.drop_constraint("uq_models_product_number", type_="unique")
+        batch_op.create_unique_constraint("models_number_key" if conn.dialect.name != "sqlite" else
+                                          "uq_models_number", ["number"])
+    for table in TABLES:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column("product")

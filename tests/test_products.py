@@ -1,0 +1,41 @@
+"""Product names and model version names (contracts/products.py): the rules every service shares."""
+
+from __future__ import annotations
+
+import pytest
+
+from linewatch.contracts.products import (
+    DEFAULT_PRODUCT,
+    ProductError,
+    canonical_version,
+    check_product,
+    parse_version,
+    version_name,
+)
+
+
+def test_version_names_count_per_product_and_the_default_product_keeps_its_bare_names():
+    assert version_name("bottle", 3) == "bottle/v3"
+    assert version_name(DEFAULT_PRODUCT, 3) == "v3"
+    assert parse_version("bottle/v3") == ("bottle", 3)
+    assert parse_version("magnetic_tile/v12") == ("magnetic_tile", 12)
+    assert parse_version("v3") == parse_version("default/v3") == ("default", 3)
+    assert canonical_version("default/v3") == "v3"
+    assert canonical_version("bottle/v3") == "bottle/v3"
+
+
+@pytest.mark.parametrize("name", ["", "Bottle", "-bottle", "bot tle", "bottle/v1", "a" * 41, "flasche-ü", "x\x00"])
+def test_a_product_name_that_could_not_be_a_folder_or_a_key_is_refused(name):
+    with pytest.raises(ProductError, match="not a product name"):
+        check_product(name)
+
+
+@pytest.mark.parametrize("version", ["", "3", "v0", "v03", "bottle/", "bottle/3", "Bottle/v3", "a/b/v3", "bottle/v3 "])
+def test_a_malformed_version_name_is_refused(version):
+    with pytest.raises(ProductError):
+        parse_version(version)
+
+
+def test_the_longest_product_name_still_fits_a_version_column():
+    assert len(version_name("a" * 40, 9_999_999_999)) <= 64
+    assert check_product("a" * 40) == "a" * 40
