@@ -21,9 +21,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .limits import CAPTURED_AT_MAX_NS, CAPTURED_AT_MIN_NS, CONTENT_TYPE_MAX_CHARS, FRAME_ID_MAX, ID_MAX_CHARS
+from .products import DEFAULT_PRODUCT, check_product
 
 FRAME_SCHEMA = "linewatch.frame/1"
 INSPECTION_SCHEMA = "linewatch.inspection/1"
@@ -238,16 +239,37 @@ class InspectionResult(BaseModel):
         return cls.model_validate_json(data)
 
 
-# Model rollout: the active version is announced on the compacted topic ``<prefix>.models``, key
-# ACTIVE_MODEL_KEY, value the JSON of a ModelAnnouncement (linewatch.trainer.rollout writes it,
-# linewatch.detector.stream.rollout follows it).
+# Model rollout: each product's active version is announced on the compacted topic ``<prefix>.models``, one key per
+# product (announcement_key: ACTIVE_MODEL_KEY for the default product, the key workers have always followed, and
+# ``active/<product>`` for the others), value the JSON of a ModelAnnouncement (linewatch.trainer.rollout writes it,
+# linewatch.detector.stream.rollout follows it). Compaction keeps the latest record of every key, so activating one
+# product's version never replaces another product's announcement.
 ACTIVE_MODEL_KEY = b"active"
 
 
+def announcement_key(product: str = DEFAULT_PRODUCT) -> bytes:
+    """The models-topic key of ``product``'s announcements: ``b"active"`` for the default product,
+    ``b"active/<product>"`` otherwise. Raises: ProductError, an invalid product name."""
+    check_product(product)
+    return ACTIVE_MODEL_KEY if product == DEFAULT_PRODUCT else ACTIVE_MODEL_KEY + b"/" + product.encode()
+
+
 class ModelAnnouncement(BaseModel):
-    """The model version every worker should score with, and where its files are."""
+    """The model version every worker should score ``product``'s frames with, and where its files are. Records from
+    before products name none: they are the default product's."""
 
     version: str
     artifact_uri: str
     activated_at: dt.datetime
     activated_by: str | None = None
+    product: str = DEFAULT_PRODUCT
+
+    @field_validator("product")
+    @classmethod
+    def _product_name(cls, value: str) -> str:
+        return check_product(value)  # a record naming no valid product is malformed, skipped like any other
+
+    @property
+    def key(self) -> bytes:
+        """Its models-topic key (:func:`announcement_key`)."""
+        return announcement_key(self.product)

@@ -16,6 +16,7 @@ from .limits import PRODUCT_MAX_CHARS
 DEFAULT_PRODUCT = "default"
 
 _PRODUCT = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{PRODUCT_MAX_CHARS - 1}}}")
+_LIKE_A_VERSION = re.compile(r"v[0-9]+")
 _VERSION = re.compile(r"(?:(?P<product>[^/]+)/)?v(?P<number>[1-9][0-9]{0,9})")
 
 
@@ -27,11 +28,14 @@ def check_product(name: str) -> str:
     """``name`` if it is a valid product name (see the module docstring).
 
     Raises:
-        ProductError: empty, too long, or holding a character outside ``a-z 0-9 _ -`` (upper case included).
+        ProductError: empty, too long, holding a character outside ``a-z 0-9 _ -`` (upper case included), or of
+            the form ``v<digits>`` (the name of a default product's version and its folder).
     """
     if not isinstance(name, str) or not _PRODUCT.fullmatch(name):
         raise ProductError(f"product {name!r} is not a product name: 1 to {PRODUCT_MAX_CHARS} characters of "
                            "a-z, 0-9, '_' and '-', starting with a letter or a digit")
+    if _LIKE_A_VERSION.fullmatch(name):  # its folder <root>/v3 would be the default product's version v3
+        raise ProductError(f"product {name!r} is not a product name: it reads as a version of the default product")
     return name
 
 

@@ -1,13 +1,15 @@
-"""The model registry: versions in SQL (table ``models``), their files in the artifact store.
+"""The model registry: versions in SQL (table ``models``), their files in the artifact store, per product.
 
-A version is ``v<N>``; its model directory is copied to ``<artifact store>/v<N>`` with ``version`` set
-in its ``model.json``, so every result scored with it carries that version. The database allocates N and the
-folder is renamed into place only under that allocation (:meth:`ModelRegistry.register`), so registrations
-running at once never share a number or a folder. Exactly one version is
-``active``; activating another retires it and announces the change to the workers
-(:mod:`linewatch.trainer.rollout`), retrying; an announcement that still fails rolls the activation
-back (:mod:`linewatch.trainer.activation`), so SQL never names a version the workers were not told
-about. Status: candidate, active, retired, rejected.
+A version of a product is ``<product>/v<N>`` (``v<N>`` for the default product: :mod:`linewatch.contracts.products`),
+N counting per product; its model directory is copied to ``<artifact store>/<version>`` with ``version`` set in its
+``model.json``, so every result scored with it carries that version. The database allocates N and the folder is
+renamed into place only under that allocation (:meth:`ModelRegistry.register`), so registrations running at once
+never share a number or a folder. Exactly one version of each product is ``active``; activating another retires
+that product's active version only and announces the change to the workers under that product's key
+(:mod:`linewatch.trainer.rollout`), retrying; an announcement that still fails rolls the activation back
+(:mod:`linewatch.trainer.activation`), so SQL never names a version the workers were not told about. Every method
+taking a ``product`` defaults to the default product, the one of everything recorded before products existed.
+Status: candidate, active, retired, rejected.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,20 +27,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from linewatch.contracts.files import path_of, sha256_file, uri_of
+from linewatch.contracts.files import path_of, uri_of
 from linewatch.contracts.messages import ModelAnnouncement
+from linewatch.contracts.products import DEFAULT_PRODUCT, ProductError, canonical_version, check_product, version_name
 from linewatch.contracts.schema import ModelVersion
 from linewatch.contracts.settings import KafkaSettings, Settings
-from linewatch.detector.model_files import (
-    METADATA_FILE,
-    WEIGHTS_FILE,
-    ModelFileError,
-    export_paths,
-    read_metadata,
-    write_metadata,
-)
+from linewatch.detector.model_files import ModelFileError, read_metadata
 
 from .activation import AnnouncementError, Before, RegistryError, undo_failed_activation  # noqa: F401 -- re-exported
+from .artifact_store import lost_the_number, publish, stage
 from .rollout import AnnounceRetry, announce_with_retries
 
 log = logging.getLogger(__name__)
@@ -53,13 +49,18 @@ def artifact_path(version: ModelVersion) -> Path:
     return path_of(version.artifact_uri)
 
 
-def _lost_the_number(exc: IntegrityError | OperationalError) -> bool:
-    """Whether an insert failed because another registration took the number: a unique violation, or SQLite
-    giving up on its write lock ('database is locked') while the other one held it."""
-    message = str(exc.orig).lower()
-    if isinstance(exc, IntegrityError):
-        return "unique" in message or "duplicate key" in message  # SQLite's and PostgreSQL's wording
-    return "locked" in message or "busy" in message
+def _product(product: str) -> str:
+    try:
+        return check_product(product)
+    except ProductError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def _version(version: str) -> str:
+    try:
+        return canonical_version(version)
+    except ProductError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 class ModelRegistry:
@@ -89,49 +90,61 @@ class ModelRegistry:
 
     # ---- reading --------------------------------------------------------------------------------------
 
-    def list(self) -> list[ModelVersion]:
+    def list(self, product: str | None = DEFAULT_PRODUCT) -> list[ModelVersion]:
+        """The versions of ``product`` (None: of every product, by product), oldest first."""
+        query = select(ModelVersion).order_by(ModelVersion.product, ModelVersion.number)
+        if product is not None:
+            query = query.where(ModelVersion.product == _product(product))
         with Session(self.engine, expire_on_commit=False) as s:
-            return list(s.scalars(select(ModelVersion).order_by(ModelVersion.number)))
+            return list(s.scalars(query))
 
     def get(self, version: str) -> ModelVersion:
+        """The version named ``version`` (``bottle/v3``; ``v3`` or ``default/v3`` for the default product).
+        Raises: RegistryError, no such version or not a version name."""
         with Session(self.engine, expire_on_commit=False) as s:
-            row = s.get(ModelVersion, version)
+            row = s.get(ModelVersion, _version(version))
         if row is None:
             raise RegistryError(f"no model version {version!r}")
         return row
 
-    def active(self) -> ModelVersion | None:
+    def active(self, product: str = DEFAULT_PRODUCT) -> ModelVersion | None:
+        """``product``'s active version, None when it has none. Raises: RegistryError, an invalid product name."""
         with Session(self.engine, expire_on_commit=False) as s:
-            return s.scalars(select(ModelVersion).where(ModelVersion.status == "active")).first()
+            return s.scalars(select(ModelVersion).where(ModelVersion.status == "active",
+                                                        ModelVersion.product == _product(product))).first()
 
     # ---- writing --------------------------------------------------------------------------------------
 
     def register(self, model_dir: Path, *, parent: str | None = None, status: str = "candidate",
-                 metrics: dict | None = None, notes: str | None = None) -> ModelVersion:
-        """Copy a model directory into the artifact store as the next version and record it.
+                 metrics: dict | None = None, notes: str | None = None,
+                 product: str = DEFAULT_PRODUCT) -> ModelVersion:
+        """Copy a model directory into the artifact store as the next version of ``product`` and record it.
 
         Safe when several registrations run at once (the trainer and ``linewatch model register``, on any
         machine): the database decides the number. The files are first copied to a private staging folder
         and checked; the row ``v<N>`` is inserted (``number`` is unique, so a second insert of N waits for
         the first to commit and then fails) and only while that insert holds N is the staging folder renamed
-        to ``<artifact store>/v<N>``, before the commit. A registration that lost N to another one rolls
+        to ``<artifact store>/<version>``, before the commit. A registration that lost N to another one rolls
         back, leaving the other's folder alone, and tries N+1. So the row and the folder ``v<N>`` always
         describe the same model.
 
         Raises:
             ModelFileError: ``model_dir`` is not a model directory (no or an invalid model.json), or its
                 weights do not match the SHA-256 its model.json records (incomplete, or changed while copied).
-            RegistryError: no version number could be taken in :data:`REGISTER_ATTEMPTS` attempts.
+            RegistryError: no version number could be taken in :data:`REGISTER_ATTEMPTS` attempts, or an invalid
+                product name.
         """
+        product = _product(product)
         model_dir = Path(model_dir)
         meta = read_metadata(model_dir)
-        staged = self._stage(model_dir, meta)
+        staged = stage(self.root, model_dir, meta)
         try:
             for attempt in range(1, REGISTER_ATTEMPTS + 1):
                 try:
-                    row = self._record(staged, meta, parent=parent, status=status, metrics=metrics, notes=notes)
+                    row = self._record(staged, meta, product, parent=parent, status=status, metrics=metrics,
+                                       notes=notes)
                 except (IntegrityError, OperationalError) as exc:
-                    if not _lost_the_number(exc):
+                    if not lost_the_number(exc):
                         raise
                     log.info("version number taken by another registration (attempt %d): retrying", attempt)
                     time.sleep(random.uniform(0.0, 0.02 * attempt))  # two losers do not collide again in step
@@ -143,45 +156,29 @@ class ModelRegistry:
         raise RegistryError(f"could not take a version number in {REGISTER_ATTEMPTS} attempts: "
                             "too many registrations at once; try again")
 
-    def _stage(self, model_dir: Path, meta: dict) -> Path:
-        """A private copy of ``model_dir`` in the artifact store (same file system, so renaming it is atomic),
-        its weights checked against ``weights_sha256`` and its exports (ONNX, OpenVINO IR), if any, against their
-        records."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=".staging.", dir=self.root))
-        try:
-            staged.chmod(0o755)  # mkdtemp's 0700 would hide the model from workers running as another user
-            shutil.copytree(model_dir, staged, dirs_exist_ok=True)
-            if sha256_file(staged / WEIGHTS_FILE) != meta["weights_sha256"]:
-                raise ModelFileError(f"{model_dir / WEIGHTS_FILE}: content does not match the SHA-256 recorded in "
-                                     f"{METADATA_FILE} (incomplete, or changed while being copied)")
-            export_paths(staged, meta)  # the exports travel with their version, checked like the weights
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
-        return staged
-
-    def _record(self, staged: Path, meta: dict, *, parent: str | None, status: str, metrics: dict | None,
-                notes: str | None) -> ModelVersion:
+    def _record(self, staged: Path, meta: dict, product: str, *, parent: str | None, status: str,
+                metrics: dict | None, notes: str | None) -> ModelVersion:
         """One attempt: insert the next number, rename ``staged`` to its folder, commit. Raises IntegrityError
         (or, on SQLite, OperationalError 'database is locked') when another registration took the number."""
         dest = None
         with Session(self.engine, expire_on_commit=False) as s:
             try:
                 with s.begin():
-                    number = (s.scalar(select(func.max(ModelVersion.number))) or 0) + 1
-                    version = f"v{number}"
+                    number = (s.scalar(select(func.max(ModelVersion.number))
+                                       .where(ModelVersion.product == product)) or 0) + 1
+                    version = version_name(product, number)
                     row = ModelVersion(
-                        version=version, number=number, parent_version=parent, backbone=meta["backbone"],
+                        version=version, product=product, number=number, parent_version=parent,
+                        backbone=meta["backbone"],
                         created_at=dt.datetime.now(dt.UTC), artifact_uri=uri_of(self.root / version),
-                        weights_sha256=meta["weights_sha256"],  # _stage checked the copy against it
+                        weights_sha256=meta["weights_sha256"],  # stage() checked the copy against it
                         manifest=meta.get("manifest", []),
                         metrics=metrics or {"validation": meta.get("validation")},
                         thresholds=meta["thresholds"], status=status, notes=notes,
                     )
                     s.add(row)
                     s.flush()  # from here until the commit, N is this registration's
-                    dest = self._publish(staged, version)
+                    dest = publish(self.root, staged, version)
             except Exception:
                 if dest is not None:  # the commit failed, or its answer was lost: does row vN exist?
                     mine = self._committed_anyway(row)
@@ -210,21 +207,6 @@ class ModelRegistry:
         except Exception:  # noqa: BLE001 -- the database away: nobody can tell
             return None
 
-    def _publish(self, staged: Path, version: str) -> Path:
-        """Stamp ``version`` into the staged model.json and rename the folder to ``<root>/<version>``."""
-        meta = read_metadata(staged)
-        meta["version"] = version
-        write_metadata(staged, meta)
-        dest = self.root / version
-        if dest.exists():
-            # No row has this number (the insert above just took it), so the folder is an orphan: left by a
-            # process killed between rename and commit, or by a database restored to an older state. Kept aside.
-            aside = Path(tempfile.mkdtemp(prefix=f".orphan.{version}.", dir=self.root))
-            os.replace(dest, aside / version)
-            log.warning("artifact folder %s had no registry row; moved to %s", dest, aside)
-        os.replace(staged, dest)
-        return dest
-
     def set_status(self, version: str, status: str, notes: str | None = None) -> None:
         with Session(self.engine) as s, s.begin():
             row = s.get(ModelVersion, version)
@@ -235,29 +217,31 @@ class ModelRegistry:
                 row.notes = f"{row.notes}\n{notes}" if row.notes else notes
 
     def activate(self, version: str, by: str, notes: str | None = None) -> ModelVersion:
-        """Make ``version`` the active model (the previous one is retired) and announce it to the workers.
+        """Make ``version`` the active model of its product (that product's previous one is retired; no other
+        product's version changes) and announce it to the workers under its product's key.
 
         Activating a rejected candidate is an operator's override; it is recorded in the notes. The announcement
         is tried ``retry.attempts`` times; when every try fails the activation is rolled back (the version gets
         back its status, the one active before is active again, the notes say why), since the workers still run
         what the topic last named.
         Raises:
-            RegistryError: unknown version. AnnouncementError: the announcement failed and the activation was
-            rolled back (or could not be: the message says which).
+            RegistryError: unknown version (or not a version name). AnnouncementError: the announcement failed
+            and the activation was rolled back (or could not be: the message says which).
         """
         now = dt.datetime.now(dt.UTC)
+        version = _version(version)
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             row = s.get(ModelVersion, version)
             if row is None:
                 raise RegistryError(f"no model version {version!r}")
-            current = s.scalars(select(ModelVersion.version).where(ModelVersion.status == "active",
-                                                                   ModelVersion.version != version)).first()
+            others = (ModelVersion.status == "active", ModelVersion.product == row.product,
+                      ModelVersion.version != version)  # the product's active version, the one retired here
+            current = s.scalars(select(ModelVersion.version).where(*others)).first()
             before = Before(version, row.status, row.activated_by, row.activated_at, current)
             if row.status == "rejected":
                 notes = f"override by {by}: activated although rejected by the promotion rule" + (
                     f"; {notes}" if notes else "")
-            s.execute(update(ModelVersion).where(ModelVersion.status == "active", ModelVersion.version != version)
-                      .values(status="retired"))
+            s.execute(update(ModelVersion).where(*others).values(status="retired"))
             row.status, row.activated_by, row.activated_at = "active", by, now
             if notes:
                 row.notes = f"{row.notes}\n{notes}" if row.notes else notes
@@ -272,17 +256,17 @@ class ModelRegistry:
     def _announcement(row: ModelVersion) -> ModelAnnouncement:
         return ModelAnnouncement(version=row.version, artifact_uri=row.artifact_uri,
                                  activated_at=row.activated_at or dt.datetime.now(dt.UTC),
-                                 activated_by=row.activated_by)
+                                 activated_by=row.activated_by, product=row.product)
 
     def announce(self, row: ModelVersion) -> None:
-        """Announce ``row`` on the models topic, tried ``retry.attempts`` times (nothing without Kafka).
-        Raises KafkaError when every try failed."""
+        """Announce ``row`` on the models topic under its product's key, tried ``retry.attempts`` times (nothing
+        without Kafka). Raises KafkaError when every try failed."""
         if self.kafka is not None:
             announce_with_retries(self.kafka, self._announcement(row), self.retry)
 
-    def reannounce(self, by: str) -> ModelVersion:
-        """Announce the active version again (after an announcement that failed: SQL says vN is active while the
-        models topic, and so the workers, still name another); the notes record who did it and when.
+    def reannounce(self, by: str, product: str = DEFAULT_PRODUCT) -> ModelVersion:
+        """Announce ``product``'s active version again (after an announcement that failed: SQL says vN is active
+        while the models topic, and so the workers, still name another); the notes record who did it and when.
 
         Raises:
             RegistryError: no version is active, or no Kafka cluster is configured to announce on.
@@ -290,9 +274,9 @@ class ModelRegistry:
         """
         if self.kafka is None:
             raise RegistryError("no Kafka cluster is configured (kafka.bootstrap_servers): nothing to announce on")
-        row = self.active()
+        row = self.active(product)
         if row is None:
-            raise RegistryError("no version is active: nothing to announce")
+            raise RegistryError(f"no version of {product} is active: nothing to announce")
         self.announce(row)
         note = f"re-announced by {by} at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
         with Session(self.engine) as s, s.begin():  # the notes only: the status is activate()'s to change
@@ -301,41 +285,41 @@ class ModelRegistry:
         log.info("model %s re-announced by %s", row.version, by)
         return self.get(row.version)
 
-    def rollback(self, by: str, to: str | None = None) -> ModelVersion:
-        """Re-activate the version that was active before the current one. ``to``: the version the person
+    def rollback(self, by: str, to: str | None = None, product: str = DEFAULT_PRODUCT) -> ModelVersion:
+        """Re-activate ``product``'s version that was active before its current one. ``to``: the version the person
         confirmed (the Models page); refused when the registry has changed since and another one would be
         re-activated.
 
         Raises:
-            RegistryError: there is no earlier active version, or it is not ``to``.
+            RegistryError: the product has no earlier active version, or it is not ``to``; an invalid product name.
         """
-        current = self.active()
+        current = self.active(product)
         with Session(self.engine, expire_on_commit=False) as s:
-            query = select(ModelVersion).where(ModelVersion.status == "retired",
+            query = select(ModelVersion).where(ModelVersion.status == "retired", ModelVersion.product == product,
                                                ModelVersion.activated_at.is_not(None))
             if current is not None:
                 query = query.where(ModelVersion.version != current.version)
             previous = s.scalars(query.order_by(ModelVersion.activated_at.desc())).first()
         if previous is None:
-            raise RegistryError("no earlier active version to roll back to")
-        if to is not None and previous.version != to:
+            raise RegistryError(f"no earlier active version of {product} to roll back to")
+        if to is not None and previous.version != _version(to):
             raise RegistryError(f"the registry changed since: rolling back now would re-activate {previous.version}, "
                                 f"not {to}; look again and confirm")
         return self.activate(previous.version, by, notes=f"rollback from {current.version if current else 'none'}")
 
-    def ensure_active(self, model_dir: Path, by: str) -> ModelVersion:
-        """The active version, announced again; when none is active, ``model_dir`` is used (see :meth:`use`)."""
-        current = self.active()
+    def ensure_active(self, model_dir: Path, by: str, product: str = DEFAULT_PRODUCT) -> ModelVersion:
+        """``product``'s active version, announced again; when it has none, ``model_dir`` is used (see :meth:`use`)."""
+        current = self.active(product)
         if current is None:
-            return self.use(model_dir, by)
+            return self.use(model_dir, by, product)
         self.announce(current)
         return current
 
-    def use(self, model_dir: Path, by: str) -> ModelVersion:
-        """Make the model in ``model_dir`` the active version, registering it first if the registry has no
+    def use(self, model_dir: Path, by: str, product: str = DEFAULT_PRODUCT) -> ModelVersion:
+        """Make the model in ``model_dir`` ``product``'s active version, registering it first if the product has no
         version with the same weights; announces it."""
         sha = read_metadata(Path(model_dir))["weights_sha256"]
-        for row in self.list():
+        for row in self.list(product):
             try:
                 same = read_metadata(artifact_path(row))["weights_sha256"] == sha
             except ModelFileError:
@@ -345,5 +329,5 @@ class ModelRegistry:
                     self.announce(row)
                     return row
                 return self.activate(row.version, by)
-        row = self.register(model_dir, status="candidate", notes=f"registered by {by}")
+        row = self.register(model_dir, status="candidate", notes=f"registered by {by}", product=product)
         return self.activate(row.version, by)

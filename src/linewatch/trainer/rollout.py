@@ -4,7 +4,8 @@ version on the compacted Kafka topic ``<prefix>.models``; :mod:`linewatch.detect
 Why Kafka and not Redis pub/sub: the announcement must reach every worker, including one that is
 restarting or reconnecting at that moment, and a worker that starts later must find the active
 version. Pub/sub delivers only to subscribers connected at that instant; a compacted topic keeps the
-latest announcement (key ``active``) for as long as the topic exists, in order, with the same
+latest announcement of each product (key ``active`` for the default product, ``active/<product>`` for the others:
+:func:`~linewatch.contracts.messages.announcement_key`) for as long as the topic exists, in order, with the same
 delivery guarantees as the frames. SQL (table ``models``) stays the record; the topic is the signal.
 """
 
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from kafka.errors import KafkaError
 
 from linewatch.contracts.kafka import make_consumer, make_producer
-from linewatch.contracts.messages import ACTIVE_MODEL_KEY, ModelAnnouncement
+from linewatch.contracts.messages import ModelAnnouncement, announcement_key
+from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.settings import KafkaSettings
 from linewatch.contracts.trainer_settings import TrainerSettings
 
@@ -40,8 +42,8 @@ class AnnounceRetry:
 
 
 def announce(kafka: KafkaSettings, announcement: ModelAnnouncement, timeout_s: float = 30.0) -> None:
-    """Publish the active version once, waiting up to ``timeout_s`` seconds for the topic's metadata and again for
-    the broker's acknowledgement (acks=all).
+    """Publish the active version of ``announcement.product`` once, under that product's key, waiting up to
+    ``timeout_s`` seconds for the topic's metadata and again for the broker's acknowledgement (acks=all).
 
     Raises:
         KafkaError: the broker cannot be reached (``NoBrokersAvailable``), the topic does not exist or the send was
@@ -53,15 +55,15 @@ def announce(kafka: KafkaSettings, announcement: ModelAnnouncement, timeout_s: f
                              delivery_timeout_ms=request_ms + 1000)
     try:
         value = announcement.model_dump_json().encode()
-        producer.send(kafka.models_topic, key=ACTIVE_MODEL_KEY, value=value).get(timeout=timeout_s)
+        producer.send(kafka.models_topic, key=announcement.key, value=value).get(timeout=timeout_s)
     finally:
         producer.close(timeout=min(10.0, timeout_s))
 
 
 def announce_with_retries(kafka: KafkaSettings, announcement: ModelAnnouncement, retry: AnnounceRetry) -> int:
     """:func:`announce`, tried up to ``retry.attempts`` times with a doubling backoff; returns the attempt that
-    succeeded (1 = the first). A retried announcement is harmless: the topic is compacted on one key, and a worker
-    already on the announced version ignores it.
+    succeeded (1 = the first). A retried announcement is harmless: the topic is compacted on the product's key, and
+    a worker already on the announced version ignores it.
 
     Raises:
         KafkaError: the last attempt's error, after every attempt failed (each one is logged).
@@ -84,16 +86,18 @@ def announce_with_retries(kafka: KafkaSettings, announcement: ModelAnnouncement,
     raise AssertionError("unreachable: attempts >= 1")
 
 
-def current_announcement(kafka: KafkaSettings, timeout_s: float = 10.0) -> ModelAnnouncement | None:
-    """The latest announcement on the models topic (what a worker starting now would load), or None when the
-    topic holds none. Reads partition 0 from its beginning up to its end offset as of the call (a compacted
-    topic: a handful of records). A malformed record is skipped, as the workers skip it.
+def current_announcement(kafka: KafkaSettings, timeout_s: float = 10.0,
+                         product: str = DEFAULT_PRODUCT) -> ModelAnnouncement | None:
+    """The latest announcement of ``product`` on the models topic (what a worker starting now would load for it), or
+    None when the topic holds none. Reads partition 0 from its beginning up to its end offset as of the call (a
+    compacted topic: a handful of records per product). A malformed record is skipped, as the workers skip it.
 
     Raises:
         KafkaError: the broker cannot be reached. TimeoutError: the end was not reached in ``timeout_s`` seconds.
     """
     from kafka import TopicPartition
 
+    key = announcement_key(product)
     tp = TopicPartition(kafka.models_topic, 0)
     consumer = make_consumer(kafka, None, enable_auto_commit=False)
     latest, deadline = None, time.monotonic() + timeout_s
@@ -106,7 +110,7 @@ def current_announcement(kafka: KafkaSettings, timeout_s: float = 10.0) -> Model
                 raise TimeoutError(f"the models topic was not read to its end ({end}) in {timeout_s:g} s")
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
-                    if record.key == ACTIVE_MODEL_KEY and record.value is not None:
+                    if record.key == key and record.value is not None:
                         try:
                             latest = ModelAnnouncement.model_validate_json(record.value)
                         except ValueError:
