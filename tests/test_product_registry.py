@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +130,35 @@ def test_announcements_are_keyed_per_product_on_the_models_topic(apache_kafka, p
         assert current_announcement(settings.kafka).version == "v1"
     finally:
         engine.dispose()
+
+
+def test_the_model_commands_take_a_product(tmp_path):
+    """``linewatch model register --product``, ``list --product``, ``activate P/vN``, ``rollback P`` on a SQLite
+    record (no Kafka: recorded in SQL only)."""
+    env = {**os.environ, "LINEWATCH_STATE_DIR": str(tmp_path / "state")}
+    env.pop("LINEWATCH_DATABASE__URL", None)
+    env.pop("LINEWATCH_KAFKA__BOOTSTRAP_SERVERS", None)
+
+    def linewatch(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "linewatch", "model", *args], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    for n in (1, 2):
+        assert linewatch("register", str(model_dir(tmp_path / f"b{n}", f"b{n}")), "--product", "bottle") == \
+            f"bottle/v{n} registered (candidate)\n"
+    assert linewatch("register", str(model_dir(tmp_path / "t1", "t1")), "--product", "magnetic_tile",
+                     "--activate") == "magnetic_tile/v1 registered (active)\n"
+    assert linewatch("activate", "bottle/v1", "--by", "maria") == "bottle/v1 is active\n"
+    assert linewatch("activate", "bottle/v2", "--by", "maria") == "bottle/v2 is active\n"
+    assert linewatch("rollback", "bottle", "--by", "erin") == "rolled back: bottle/v1 is active\n"
+    listed = [line.split()[:2] for line in linewatch("list", "--product", "bottle").splitlines()]
+    assert listed == [["bottle/v1", "active"], ["bottle/v2", "retired"]]
+    assert [line.split()[:2] for line in linewatch("list", "--product", "magnetic_tile").splitlines()] == \
+        [["magnetic_tile/v1", "active"]]
+    assert linewatch("list") == "no model versions registered for the product default\n"
+    assert len(linewatch("list", "--product", "all").splitlines()) == 3
+    refused = subprocess.run([sys.executable, "-m", "linewatch", "model", "rollback", "magnetic_tile"],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert refused.returncode != 0 and "no earlier active version of magnetic_tile" in refused.stderr

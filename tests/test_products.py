@@ -25,7 +25,7 @@ def test_version_names_count_per_product_and_the_default_product_keeps_its_bare_
 
 
 @pytest.mark.parametrize("name", ["", "Bottle", "-bottle", "bot tle", "bottle/v1", "a" * 41, "flasche-ü", "x\x00",
-                                  "v3", "v03"])
+                                  "v3", "v03", "all"])
 def test_a_product_name_that_could_not_be_a_folder_or_a_key_is_refused(name):
     with pytest.raises(ProductError, match="not a product name"):
         check_product(name)

@@ -12,8 +12,12 @@ import typer
 from .errors import fail
 from .options import load_settings
 
-model_app = typer.Typer(help="The model registry: versions, activation, rollback, training jobs.",
-                        no_args_is_help=True)
+model_app = typer.Typer(help="The model registry: versions, activation, rollback, training jobs; each product's "
+                        "versions apart (bottle/v3; v3 is the product 'default').", no_args_is_help=True)
+
+# The product a command acts on; "default" is the product of everything recorded before products existed.
+Product = Annotated[str, typer.Option("--product", "-p", help="the product (part type); 'all': every product "
+                                      "(list only)")]
 
 
 def open_registry():
@@ -38,14 +42,21 @@ def job_line(job) -> str:
 
 
 @model_app.command("list")
-def model_list() -> None:
-    """All versions, newest last."""
-    rows = open_registry().list()
+def model_list(product: Product = "default") -> None:
+    """The versions of a product (default: 'default'; 'all': every product), newest last."""
+    from linewatch.contracts.products import ALL_PRODUCTS
+    from linewatch.trainer.registry import RegistryError
+
+    try:
+        rows = open_registry().list(None if product == ALL_PRODUCTS else product)
+    except RegistryError as exc:
+        fail(str(exc))
     if not rows:
-        typer.echo("no model versions registered")
+        typer.echo("no model versions registered" + ("" if product == ALL_PRODUCTS else f" for the product {product}"))
+    width = max([6, *(len(r.version) for r in rows)])
     for r in rows:
         when = r.activated_at.strftime("%Y-%m-%d %H:%M") if r.activated_at else ""
-        typer.echo(f"{r.version:<6} {r.status:<10} {r.backbone:<20} parent {r.parent_version or '-':<6} "
+        typer.echo(f"{r.version:<{width}} {r.status:<10} {r.backbone:<20} parent {r.parent_version or '-':<{width}} "
                    f"created {r.created_at:%Y-%m-%d %H:%M}  "
                    f"{('activated ' + when + ' by ' + str(r.activated_by)) if when else ''}")
 
@@ -83,23 +94,30 @@ def model_register(
     model_dir: Annotated[Path, typer.Argument(help="a model directory written by linewatch train")],
     activate: Annotated[bool, typer.Option(help="make it the active version at once")] = False,
     by: Annotated[str, typer.Option(help="who registers (recorded)")] = os.environ.get("USER", "cli"),
+    product: Product = "default",
 ) -> None:
-    """Add a trained model to the registry as the next version (e.g. the first model of a new line)."""
+    """Add a trained model to the registry as the next version of its product (e.g. the first model of a new line)."""
+    from linewatch.contracts.products import ProductError, check_product
     from linewatch.detector.model_files import ModelFileError, read_metadata
 
     try:
         read_metadata(model_dir)
-    except ModelFileError as exc:
+        check_product(product)
+    except (ModelFileError, ProductError) as exc:
         fail(str(exc))
     registry = open_registry()
-    row = registry.use(model_dir, by) if activate else registry.register(model_dir, notes=f"registered by {by}")
+    row = registry.use(model_dir, by, product) if activate else registry.register(
+        model_dir, notes=f"registered by {by}", product=product)
     typer.echo(f"{row.version} registered ({row.status})")
 
 
 @model_app.command("activate")
-def model_activate(version: str, by: Annotated[str, typer.Option(help="who activates (recorded)")] =
-                   os.environ.get("USER", "cli")) -> None:
-    """Make VERSION the active model; the workers switch between two batches."""
+def model_activate(version: Annotated[str, typer.Argument(help="PRODUCT/vN (bottle/v3), or vN of the product "
+                                                            "'default'")],
+                   by: Annotated[str, typer.Option(help="who activates (recorded)")] = os.environ.get("USER", "cli"),
+                   ) -> None:
+    """Make VERSION the active model of its product (no other product's changes); the workers switch between two
+    batches."""
     from linewatch.trainer.registry import RegistryError
 
     try:
@@ -110,13 +128,14 @@ def model_activate(version: str, by: Annotated[str, typer.Option(help="who activ
 
 
 @model_app.command("rollback")
-def model_rollback(by: Annotated[str, typer.Option(help="who rolls back (recorded)")] =
-                   os.environ.get("USER", "cli")) -> None:
-    """Re-activate the version that was active before the current one."""
+def model_rollback(product: Annotated[str, typer.Argument(help="the product to roll back")] = "default",
+                   by: Annotated[str, typer.Option(help="who rolls back (recorded)")] = os.environ.get("USER", "cli"),
+                   ) -> None:
+    """Re-activate the product's version that was active before its current one (no other product's changes)."""
     from linewatch.trainer.registry import RegistryError
 
     try:
-        row = open_registry().rollback(by)
+        row = open_registry().rollback(by, product=product)
     except RegistryError as exc:
         fail(str(exc))
     typer.echo(f"rolled back: {row.version} is active")
@@ -124,12 +143,12 @@ def model_rollback(by: Annotated[str, typer.Option(help="who rolls back (recorde
 
 @model_app.command("reannounce")
 def model_reannounce(by: Annotated[str, typer.Option(help="who re-announces (recorded)")] =
-                     os.environ.get("USER", "cli")) -> None:
-    """Announce the active version to the workers again (after an announcement that failed)."""
+                     os.environ.get("USER", "cli"), product: Product = "default") -> None:
+    """Announce the product's active version to the workers again (after an announcement that failed)."""
     from linewatch.trainer.registry import RegistryError
 
     try:
-        row = open_registry().reannounce(by)
+        row = open_registry().reannounce(by, product=product)
     except RegistryError as exc:
         fail(str(exc))
     typer.echo(f"{row.version} announced again")

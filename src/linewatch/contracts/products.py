@@ -14,6 +14,7 @@ import re
 from .limits import PRODUCT_MAX_CHARS
 
 DEFAULT_PRODUCT = "default"
+ALL_PRODUCTS = "all"  # not a product: "every product" where a command or page takes one (reserved)
 
 _PRODUCT = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{PRODUCT_MAX_CHARS - 1}}}")
 _LIKE_A_VERSION = re.compile(r"v[0-9]+")
@@ -29,13 +30,17 @@ def check_product(name: str) -> str:
 
     Raises:
         ProductError: empty, too long, holding a character outside ``a-z 0-9 _ -`` (upper case included), or of
-            the form ``v<digits>`` (the name of a default product's version and its folder).
+            the form ``v<digits>`` (the name of a default product's version and its folder), or the reserved
+            :data:`ALL_PRODUCTS`.
     """
     if not isinstance(name, str) or not _PRODUCT.fullmatch(name):
         raise ProductError(f"product {name!r} is not a product name: 1 to {PRODUCT_MAX_CHARS} characters of "
                            "a-z, 0-9, '_' and '-', starting with a letter or a digit")
     if _LIKE_A_VERSION.fullmatch(name):  # its folder <root>/v3 would be the default product's version v3
         raise ProductError(f"product {name!r} is not a product name: it reads as a version of the default product")
+    if name == ALL_PRODUCTS:
+        raise ProductError(f"product {name!r} is not a product name: it stands for every product in the CLI and "
+                           "the dashboard")
     return name
 
 
