@@ -13,7 +13,7 @@ from sqlalchemy import insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from linewatch.contracts.database import downgrade, make_engine, migrate
-from linewatch.contracts.schema import Base, CameraProduct, Inspection, ModelVersion, TrainingJob
+from linewatch.contracts.schema import Base, CameraProduct, Inspection, Label, ModelVersion, TrainingJob
 
 
 def _differences(url: str) -> list:
@@ -54,6 +54,10 @@ def _inspection(frame_id: int) -> dict:
             "heatmap_uri": None, "kafka_topic": None, "kafka_partition": None, "kafka_offset": None}
 
 
+def _label(inspection_id: int) -> dict:
+    return {"inspection_id": inspection_id, "label": "good", "operator": "maria", "created_at": T0}
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
@@ -68,6 +72,7 @@ def test_0007_existing_rows_become_the_default_product_and_numbers_are_unique_pe
         with engine.begin() as conn:  # a record as it was before products
             conn.execute(insert(ModelVersion), [_model("v1", 1), _model("v2", 2, status="active")])
             conn.execute(insert(Inspection), [_inspection(1), _inspection(2)])
+            conn.execute(insert(Label), [_label(1)])
             conn.execute(insert(TrainingJob), [{"status": "succeeded", "trigger": "manual", "created_at": T0}])
         migrate(engine)
         with engine.begin() as conn:
@@ -76,6 +81,8 @@ def test_0007_existing_rows_become_the_default_product_and_numbers_are_unique_pe
                 [("v1", "default", 1, "retired"), ("v2", "default", 2, "active")]
             assert conn.execute(select(Inspection.product)).scalars().all() == ["default", "default"]
             assert conn.execute(select(TrainingJob.product)).scalars().all() == ["default"]
+            # inspections was altered in place: a copy would have taken its labels with it (ON DELETE CASCADE)
+            assert conn.execute(select(Label.inspection_id, Label.operator)).all() == [(1, "maria")]
             # another product counts its own versions from 1 ...
             conn.execute(insert(ModelVersion), [_model("bottle/v1", 1, product="bottle"),
                                                 _model("bottle/v2", 2, product="bottle")])
@@ -101,9 +108,12 @@ def test_0007_downgrades_a_record_of_the_default_product_only(database_url):
         migrate(engine)
         with engine.begin() as conn:
             conn.execute(insert(ModelVersion), [_model("v1", 1)])
+            conn.execute(insert(Inspection), [_inspection(1)])
+            conn.execute(insert(Label), [_label(1)])
         downgrade(database_url, "0006")
         with engine.begin() as conn:
             assert conn.execute(select(ModelVersion.__table__.c.version)).scalars().all() == ["v1"]
+            assert conn.execute(select(Label.inspection_id, Label.operator)).all() == [(1, "maria")]
             assert "product" not in [c["name"] for c in inspect(conn).get_columns("models")]
         migrate(engine)
         assert _differences(database_url) == []

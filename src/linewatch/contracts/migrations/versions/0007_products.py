@@ -7,6 +7,11 @@ replaces the unique ``number`` of 0001, unnamed on SQLite, ``models_number_key``
 records changeovers (which product a camera shows from when on). Downgrading refuses while any row belongs to
 another product: their version numbers would collide, and the rows would silently become the one product's.
 
+``inspections`` is never copied (Alembic's batch mode on SQLite would copy it into a new table and drop the old one,
+and with foreign keys on, as linewatch's SQLite engines have them, dropping it deletes every label and review claim
+by ON DELETE CASCADE): its column is added and dropped in place (ALTER TABLE ... DROP COLUMN: SQLite 3.35 or newer).
+Only ``models``, which nothing references, is copied, to change its unique constraint.
+
 Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-01 17:00:00
@@ -20,7 +25,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-DEFAULT = sa.text("'default'")
+DEFAULT = "default"
 TABLES = ("models", "inspections", "training_jobs")
 # 0001 left the unique constraint on models.number unnamed; on SQLite the batch copy names it by this convention
 # so that it can be dropped (Alembic's documented way), PostgreSQL named it <table>_<column>_key itself.
@@ -32,9 +37,8 @@ def _number_constraint() -> str:
 
 
 def upgrade() -> None:
-    for table in TABLES:
-        with op.batch_alter_table(table, schema=None) as batch_op:
-            batch_op.add_column(sa.Column("product", sa.String(40), nullable=False, server_default=DEFAULT))
+    for table in TABLES:  # in place on every backend (a constant default: SQLite's ALTER TABLE ADD COLUMN takes it)
+        op.add_column(table, sa.Column("product", sa.String(40), nullable=False, server_default=DEFAULT))
     with op.batch_alter_table("models", schema=None, naming_convention=SQLITE_NAMES) as batch_op:
         batch_op.drop_constraint(_number_constraint(), type_="unique")
         batch_op.create_unique_constraint("uq_models_product_number", ["product", "number"])
@@ -62,6 +66,8 @@ def downgrade() -> None:
         batch_op.drop_constraint("uq_models_product_number", type_="unique")
         batch_op.create_unique_constraint("models_number_key" if conn.dialect.name != "sqlite" else
                                           "uq_models_number", ["number"])
-    for table in TABLES:
-        with op.batch_alter_table(table, schema=None) as batch_op:
-            batch_op.drop_column("product")
+    for table in TABLES:  # in place, never a copy (see the module docstring)
+        if conn.dialect.name == "sqlite":
+            op.execute(f"ALTER TABLE {table} DROP COLUMN product")
+        else:
+            op.drop_column(table, "product")
