@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
+from linewatch.contracts.messages import ACTIVE_MODEL_KEY, ModelAnnouncement, announcement_key
 from linewatch.contracts.products import (
     DEFAULT_PRODUCT,
     ProductError,
@@ -40,3 +43,15 @@ def test_a_malformed_version_name_is_refused(version):
 def test_the_longest_product_name_still_fits_a_version_column():
     assert len(version_name("a" * 40, 9_999_999_999)) <= 64
     assert check_product("a" * 40) == "a" * 40
+
+
+def test_an_announcement_names_its_product_and_its_key_and_an_old_one_is_the_default_products():
+    old = ModelAnnouncement.model_validate_json(
+        b'{"version": "v3", "artifact_uri": "file:///m/v3", "activated_at": "2026-12-01T06:00:00Z"}')
+    assert (old.product, old.key) == ("default", b"active") and old.key == ACTIVE_MODEL_KEY
+    new = ModelAnnouncement(version="bottle/v3", artifact_uri="file:///m/bottle/v3",
+                            activated_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC), product="bottle")
+    assert new.key == announcement_key("bottle") == b"active/bottle"
+    assert ModelAnnouncement.model_validate_json(new.model_dump_json()) == new
+    with pytest.raises(ValueError, match="not a product name"):  # a worker skips it as malformed
+        ModelAnnouncement.model_validate_json(new.model_dump_json().replace('"bottle"', '"Bottle"'))
