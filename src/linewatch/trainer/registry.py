@@ -122,11 +122,11 @@ class ModelRegistry:
 
         Safe when several registrations run at once (the trainer and ``linewatch model register``, on any
         machine): the database decides the number. The files are first copied to a private staging folder
-        and checked; the row ``v<N>`` is inserted (``number`` is unique, so a second insert of N waits for
-        the first to commit and then fails) and only while that insert holds N is the staging folder renamed
-        to ``<artifact store>/<version>``, before the commit. A registration that lost N to another one rolls
-        back, leaving the other's folder alone, and tries N+1. So the row and the folder ``v<N>`` always
-        describe the same model.
+        and checked; the row ``<product>/v<N>`` is inserted (``number`` is unique per product, so a second insert
+        of N waits for the first to commit and then fails) and only while that insert holds N is the staging
+        folder renamed to ``<artifact store>/<version>``, before the commit. A registration that lost N to another
+        one rolls back, leaving the other's folder alone, and tries N+1. So the row and the folder of a version
+        always describe the same model. Registrations of different products never compete for a number.
 
         Raises:
             ModelFileError: ``model_dir`` is not a model directory (no or an invalid model.json), or its
