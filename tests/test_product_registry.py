@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from linewatch.cli import app
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.kafka import ensure_topics
-from linewatch.contracts.settings import Settings
+from linewatch.contracts.settings import Settings, get_settings
 from linewatch.detector.model_files import read_metadata
 from linewatch.trainer.registry import ModelRegistry, RegistryError
 from linewatch.trainer.rollout import AnnounceRetry, current_announcement
@@ -132,33 +131,35 @@ def test_announcements_are_keyed_per_product_on_the_models_topic(apache_kafka, p
         engine.dispose()
 
 
-def test_the_model_commands_take_a_product(tmp_path):
+def test_the_model_commands_take_a_product(tmp_path, monkeypatch):
     """``linewatch model register --product``, ``list --product``, ``activate P/vN``, ``rollback P`` on a SQLite
-    record (no Kafka: recorded in SQL only)."""
-    env = {**os.environ, "LINEWATCH_STATE_DIR": str(tmp_path / "state")}
-    env.pop("LINEWATCH_DATABASE__URL", None)
-    env.pop("LINEWATCH_KAFKA__BOOTSTRAP_SERVERS", None)
+    record (no Kafka: recorded in SQL only), run in this process (each ``python -m linewatch`` would import for
+    seconds)."""
+    monkeypatch.setenv("LINEWATCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("LINEWATCH_DATABASE__URL", raising=False)
+    monkeypatch.delenv("LINEWATCH_KAFKA__BOOTSTRAP_SERVERS", raising=False)
 
-    def linewatch(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "linewatch", "model", *args], capture_output=True, text=True,
-                              timeout=120, env=env)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+    def linewatch(*args: str, code: int = 0) -> str:
+        get_settings.cache_clear()  # the settings of this environment; none left cached for other tests (finally)
+        done = CliRunner().invoke(app, ["model", *args])
+        assert done.exit_code == code, done.output
+        return done.stdout if code == 0 else done.stderr
 
-    for n in (1, 2):
-        assert linewatch("register", str(model_dir(tmp_path / f"b{n}", f"b{n}")), "--product", "bottle") == \
-            f"bottle/v{n} registered (candidate)\n"
-    assert linewatch("register", str(model_dir(tmp_path / "t1", "t1")), "--product", "magnetic_tile",
-                     "--activate") == "magnetic_tile/v1 registered (active)\n"
-    assert linewatch("activate", "bottle/v1", "--by", "maria") == "bottle/v1 is active\n"
-    assert linewatch("activate", "bottle/v2", "--by", "maria") == "bottle/v2 is active\n"
-    assert linewatch("rollback", "bottle", "--by", "erin") == "rolled back: bottle/v1 is active\n"
-    listed = [line.split()[:2] for line in linewatch("list", "--product", "bottle").splitlines()]
-    assert listed == [["bottle/v1", "active"], ["bottle/v2", "retired"]]
-    assert [line.split()[:2] for line in linewatch("list", "--product", "magnetic_tile").splitlines()] == \
-        [["magnetic_tile/v1", "active"]]
-    assert linewatch("list") == "no model versions registered for the product default\n"
-    assert len(linewatch("list", "--product", "all").splitlines()) == 3
-    refused = subprocess.run([sys.executable, "-m", "linewatch", "model", "rollback", "magnetic_tile"],
-                             capture_output=True, text=True, timeout=120, env=env)
-    assert refused.returncode != 0 and "no earlier active version of magnetic_tile" in refused.stderr
+    try:
+        for n in (1, 2):
+            assert linewatch("register", str(model_dir(tmp_path / f"b{n}", f"b{n}")), "--product", "bottle") == \
+                f"bottle/v{n} registered (candidate)\n"
+        assert linewatch("register", str(model_dir(tmp_path / "t1", "t1")), "--product", "magnetic_tile",
+                         "--activate") == "magnetic_tile/v1 registered (active)\n"
+        assert linewatch("activate", "bottle/v1", "--by", "maria") == "bottle/v1 is active\n"
+        assert linewatch("activate", "bottle/v2", "--by", "maria") == "bottle/v2 is active\n"
+        assert linewatch("rollback", "bottle", "--by", "erin") == "rolled back: bottle/v1 is active\n"
+        listed = [line.split()[:2] for line in linewatch("list", "--product", "bottle").splitlines()]
+        assert listed == [["bottle/v1", "active"], ["bottle/v2", "retired"]]
+        assert [line.split()[:2] for line in linewatch("list", "--product", "magnetic_tile").splitlines()] == \
+            [["magnetic_tile/v1", "active"]]
+        assert linewatch("list") == "no model versions registered for the product default\n"
+        assert len(linewatch("list", "--product", "all").splitlines()) == 3
+        assert "no earlier active version of magnetic_tile" in linewatch("rollback", "magnetic_tile", code=2)
+    finally:
+        get_settings.cache_clear()
