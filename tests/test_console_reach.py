@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -108,14 +109,15 @@ def test_at_phone_width_nothing_is_clipped_the_sidebar_closes_and_good_comes_bef
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (s), from /proc."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_open_pages_cost_the_server_a_fraction_of_a_core(browser, scorer, quick_model, sqlite_stores):
     """Each open page reruns its alarm banner every ``refresh_s`` (1 s here). Streamlit's default full garbage
-    collection after every run cost ~0.3 s of CPU each over the heap torch leaves: four open pages kept the
-    server's core busy and a click waited 40 s. Measured as the server's own CPU time, so a loaded machine
+    collection after every run held the server's core for about 0.3 s each over the heap torch leaves: with three
+    pages open (test_sign_in) the core was busy all the time and a sign-in click showed 40 s late; with it back on,
+    this test's four pages did not settle in time. Measured as the server's own CPU time, so a loaded machine
     changes little."""
     stores = sqlite_stores
     stores.seed(scorer, quick_model.model_dir)

@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from linewatch.contracts.database import make_engine, migrate
+from linewatch.contracts.database import downgrade, make_engine, migrate
 from linewatch.contracts.labels import effective_labels, record_labels
 from linewatch.contracts.schema import Inspection, Label
 from linewatch.dashboard.data import undo_last
@@ -144,5 +144,23 @@ def test_migration_0005_revokes_older_duplicates_and_keeps_every_effective_label
         # superseded at the moment the newer label was made
         assert [r.replace(tzinfo=dt.UTC) if r and r.tzinfo is None else r for r in revoked] == \
             [T0 + s, None, None, T0 + 3 * s, None, T0 + 2 * s]
+    finally:
+        engine.dispose()
+
+
+def test_a_downgrade_below_0004_keeps_every_label(database_url):
+    """0004's downgrade drops a column of ``inspections``: done by copying the table, SQLite's DROP TABLE of the
+    original would delete every label through ON DELETE CASCADE."""
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        a, b = add_inspections(engine, 2)
+        with engine.begin() as conn:
+            record_labels(conn, [a], "good", "maria", T0)
+            record_labels(conn, [b], "defect", "maria", T0)
+        downgrade(database_url, "0003")
+        with engine.connect() as conn:
+            kept = conn.execute(select(Label.inspection_id, Label.label, Label.operator).order_by(Label.id)).all()
+        assert [tuple(r) for r in kept] == [(a, "good", "maria"), (b, "defect", "maria")]
     finally:
         engine.dispose()

@@ -12,14 +12,14 @@ from linewatch.contracts.settings import Settings
 
 from . import alarm_watch
 from .alarms import Alarm
+from .views import steady_style
 
 _STYLE = {"critical": "background:#b3261e;color:#fff", "warning": "background:#f2b705;color:#1c1b1f",
           "ok": "background:#1e7d32;color:#fff", "unknown": "background:#5f6368;color:#fff"}
 _WORD = {"critical": "CRITICAL", "warning": "WARNING", "ok": "OK", "unknown": "UNKNOWN"}
 # The banner redraws every refresh_s in a fragment that may wait behind the page's own run: Streamlit would fade it
 # as stale meanwhile, so an alarm would blink. It is drawn from the alarm thread's latest result, never stale.
-_STEADY = ("<style>.st-key-lw_alarms, .st-key-lw_alarms [data-stale], .st-key-lw_alarms [data-stale] * "
-           "{opacity: 1 !important; transition: none !important}</style>")
+_STEADY = steady_style(".st-key-lw_alarms", ".st-key-lw_alarms [data-stale]", ".st-key-lw_alarms [data-stale] *")
 
 
 def _line(state: str, text: str, kind: str = "", subject: str = "") -> str:

@@ -17,6 +17,12 @@ from .data import Cursor
 from .windows import ago, fmt
 
 
+def steady_style(*selectors: str) -> str:
+    """A ``<style>`` that keeps the elements ``selectors`` match as they are while a rerun replaces them (Streamlit
+    marks those it is about to replace ``data-stale`` and fades them until the new ones arrive)."""
+    return f"<style>{', '.join(selectors)} {{opacity: 1 !important; transition: none !important}}</style>"
+
+
 def score_text(normalized: float, verdict: str) -> str:
     """``1.84 × threshold · DEFECT``: the score relative to the decision boundary, and the verdict."""
     return f"{normalized:.2f} × threshold · {'DEFECT' if verdict == 'defect' else 'good'}"

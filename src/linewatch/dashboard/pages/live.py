@@ -29,7 +29,7 @@ CAMERAS_PER_ROW = 3
 # The Live page is watched, not clicked: while a refresh runs (a slow store, a loaded machine) Streamlit fades the
 # elements it is about to replace, and the whole panel would blink every dashboard.refresh_s. They stay as they
 # are until the new ones arrive (the banner does the same for the alarms).
-_STEADY = "<style>[data-stale], [data-stale] * {opacity: 1 !important; transition: none !important}</style>"
+_STEADY = views.steady_style("[data-stale]", "[data-stale] *")
 
 
 @st.cache_data(ttl=10, show_spinner=False)

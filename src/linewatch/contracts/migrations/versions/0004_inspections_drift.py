@@ -22,5 +22,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("inspections", schema=None) as batch_op:
-        batch_op.drop_column("drift")
+    # In place, never batch mode's copy: on SQLite the copy ends in DROP TABLE inspections, which with foreign keys
+    # on deletes every label and review claim (ON DELETE CASCADE). SQLite drops a column in place since 3.35.
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE inspections DROP COLUMN drift")
+    else:
+        op.drop_column("inspections", "drift")
