@@ -54,6 +54,7 @@ class FrameMeta:
     captured_at_ns: int
     content_type: str
     part_id: str | None = None
+    product: str | None = None  # the ``product`` header: the part type, when the camera names it (docs/products.md)
 
     @property
     def captured_at(self) -> dt.datetime:
@@ -71,6 +72,8 @@ class FrameMeta:
         ]
         if self.part_id:
             out.append(("part_id", self.part_id.encode()))
+        if self.product:
+            out.append(("product", self.product.encode()))
         return out
 
     @classmethod
@@ -99,6 +102,11 @@ class FrameMeta:
         for name in ("camera_id", "line_id", "part_id"):
             if values.get(name):  # part_id is optional: absent or empty means none
                 check_id(name, values[name])
+        if values.get("product"):  # optional: absent or empty means "the camera's product" (the changeovers)
+            try:
+                check_product(values["product"])
+            except ValueError as exc:
+                raise MessageError("bad_headers", f"header 'product': {exc}") from None
         check_text("content_type", values["content_type"], CONTENT_TYPE_MAX_CHARS)
         if not (_DECIMAL.fullmatch(values["frame_id"]) and _DECIMAL.fullmatch(values["captured_at"])):
             raise MessageError("bad_headers", "frame_id and captured_at must be decimal integers (ASCII digits)")
@@ -109,7 +117,7 @@ class FrameMeta:
             raise MessageError("bad_headers", f"captured_at {captured} ns is outside 2000-01-01 .. 2100-01-01 UTC "
                                               "(integer nanoseconds since the epoch expected)")
         return cls(values["camera_id"], values["line_id"], frame_id, captured, values["content_type"],
-                   values.get("part_id") or None)
+                   values.get("part_id") or None, values.get("product") or None)
 
 
 def check_text(name: str, value: str, max_chars: int) -> str:
@@ -212,6 +220,7 @@ class InspectionResult(BaseModel):
     latency: Latency
     processed_at: dt.datetime
     worker_id: str
+    product: str = Field(DEFAULT_PRODUCT, description="the product whose model scored the frame (docs/products.md)")
     image_uri: str | None = None
     heatmap_uri: str | None = None
     drift: DriftFlag | None = Field(None, description="none: the model has no reference statistics, or drift "

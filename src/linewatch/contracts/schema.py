@@ -257,5 +257,5 @@ def inspection_row(r: InspectionResult) -> dict[str, Any]:
         "inference_ms": r.latency.inference_ms, "total_ms": r.latency.total_ms, "worker_id": r.worker_id,
         "image_uri": r.image_uri, "heatmap_uri": r.heatmap_uri, "kafka_topic": f.topic,
         "kafka_partition": f.partition, "kafka_offset": f.offset,
-        "drift": r.drift.model_dump() if r.drift is not None else None,
+        "drift": r.drift.model_dump() if r.drift is not None else None, "product": r.product,
     }

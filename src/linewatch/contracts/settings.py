@@ -25,6 +25,7 @@ from pydantic_settings import PydanticBaseSettingsSource as Source
 from .dashboard_settings import DashboardSettings
 from .drift_settings import DriftSettings  # noqa: F401 -- [detector.drift], importable from here too
 from .files import path_of
+from .product_settings import ProductSettings
 from .trainer_settings import TrainerSettings
 
 CONFIG_ENV = "LINEWATCH_CONFIG"
@@ -223,6 +224,8 @@ class DetectorSettings(BaseModel):
                                   "than this is a camera clock running behind (latency then starts at arrival)")
     metrics_port: int | None = Field(None, description="Prometheus /metrics and /healthz port; none = off")
     stall_after_s: float = Field(120.0, gt=0, description="oldest batch in flight or silent loop past this: stalled, s")
+    model_memory_mb: int = Field(2048, ge=1, description="models a worker keeps loaded, one per product, least "
+                                 "recently used evicted beyond this many MB of model files (docs/products.md)")
     drift: DriftSettings = DriftSettings()
 
 
@@ -272,6 +275,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     dashboard: DashboardSettings = DashboardSettings()
     trainer: TrainerSettings = TrainerSettings()
+    products: ProductSettings = ProductSettings()
 
     @field_validator("state_dir", "data_root")
     @classmethod
