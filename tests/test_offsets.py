@@ -23,7 +23,7 @@ from linewatch.detector.stream import telemetry
 from linewatch.detector.stream.batching import BatchCollector
 from linewatch.detector.stream.consumer import FrameConsumer
 from linewatch.detector.stream.heartbeat import send_heartbeats, worker_status
-from linewatch.detector.stream.model_slot import ModelSlot
+from linewatch.detector.stream.model_shelf import ModelShelf
 from linewatch.detector.stream.offsets import OffsetTracker, Snapshot, next_offsets
 from linewatch.detector.stream.throughput import Throughput
 
@@ -308,7 +308,7 @@ def test_the_heartbeat_reads_the_snapshot_and_never_calls_the_consumer():
     member.commit_stored()
     beats: list[dict] = []
     live = SimpleNamespace(heartbeat=lambda worker_id, status: beats.append(status))
-    model = ModelSlot(SimpleNamespace(version="v7", device="cpu", runtime="onnxruntime"))  # what a heartbeat reads
+    model = _shelf(SimpleNamespace(version="v7", device="cpu", runtime="onnxruntime"))  # what a heartbeat reads
     stop = threading.Event()
     thread = threading.Thread(target=send_heartbeats, name="heartbeat", args=(
         live, "w1", lambda: worker_status(model, Throughput(), tracker.snapshot, 0.0), stop, 0.01))
@@ -326,7 +326,16 @@ def test_the_heartbeat_reads_the_snapshot_and_never_calls_the_consumer():
 
 
 def test_worker_status_of_an_empty_snapshot():
-    model = ModelSlot(SimpleNamespace(version="v1", device="cuda:0", runtime="torch"))
+    model = _shelf(SimpleNamespace(version="v1", device="cuda:0", runtime="torch"))
     status = worker_status(model, Throughput(), Snapshot(), 12.5)
     assert (status["partitions"], status["lag"], status["device"], status["started_at"]) == ([], {}, "cuda:0", 12.5)
     assert (status["registry_version"], status["model_behind"]) == (None, None)
+    assert status["models"] == {"default": {"model_version": "v1", "device": "cuda:0", "runtime": "torch",
+                                            "registry_version": None, "model_behind": None, "model_load_error": None}}
+
+
+def _shelf(scorer) -> ModelShelf:
+    """A worker's models holding ``scorer`` (what a heartbeat reads of it) as the default product's."""
+    shelf = ModelShelf(load=lambda _: scorer, budget_bytes=2**40)
+    shelf.install("default", scorer)
+    return shelf

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from linewatch.contracts.messages import FrameMeta, InspectionResult
+from linewatch.contracts.products import DEFAULT_PRODUCT
 
 from ..geometry import FrameInput
 
@@ -53,7 +55,7 @@ class PreparedFrame:
     array or a tensor on the device when decoded there, and their plan), a preview uint8 (h, w, 3) RGB for
     overlays (at most :data:`PREVIEW_SIDE` on its longer side), the original width and height, timings, and the
     frame statistics of its model input (:func:`linewatch.detector.frame_stats.input_statistics`, for the drift
-    check; None when not taken)."""
+    check; None when not taken), its product and the slot of the model that scores it."""
 
     raw: RawFrame
     meta: FrameMeta
@@ -64,6 +66,8 @@ class PreparedFrame:
     decode_started_ns: int
     decode_ms: float
     stats: dict[str, float] | None = None
+    product: str = DEFAULT_PRODUCT  # the frame's product (:mod:`.routing`)
+    slot: Any = None  # the :class:`.model_slot.ModelSlot` of that product's model (Any: this module imports none)
 
 
 @dataclass
@@ -102,13 +106,14 @@ class ScoredBatch:
     ``keep``: indices of frames to keep in the image store; ``done``: the storing steps already done
     (:class:`.result_store.ResultStore` skips them on a retry); ``overlays``: JPEG overlays by frame index.
     ``batch_id``: the offsets tracker's id of the batch (its offsets are committed once it is stored); None
-    for a batch scored outside a worker.
+    for a batch scored outside a worker. A consumed batch holding several products is scored as one model call per
+    product (a model batch never mixes products), and the parts are joined again by :meth:`join`.
     """
 
     results: list[InspectionResult]
     frames: list[PreparedFrame]
     maps: list[np.ndarray]  # per frame float32 at model scale, the frame's aspect ratio (plan.scaled)
-    pixel_threshold: float
+    pixel_thresholds: list[float]  # per frame: the pixel threshold of the model that scored it
     dead: list[DeadLetter]
     batch_id: int | None = None
     keep: set[int] = field(default_factory=set)
@@ -117,6 +122,20 @@ class ScoredBatch:
     inserted: set[tuple] = field(default_factory=set)  # (camera_id, frame_id) of the SQL rows this batch created
     new: set[int] = field(default_factory=set)  # indices of those rows' results (one per key; not redelivered)
     drift: dict[str, dict] = field(default_factory=dict)  # camera_id -> its drift state after this batch
+
+    @classmethod
+    def join(cls, parts: list[ScoredBatch], dead: list[DeadLetter], batch_id: int | None) -> ScoredBatch:
+        """One batch of ``parts`` (each scored by one model, none stored yet), in order, with ``dead``."""
+        out = cls([], [], [], [], dead, batch_id)
+        for part in parts:
+            base = len(out.results)
+            out.results += part.results
+            out.frames += part.frames
+            out.maps += part.maps
+            out.pixel_thresholds += part.pixel_thresholds
+            out.keep |= {base + i for i in part.keep}
+            out.drift.update(part.drift)  # a camera's frames go to one product at a time: its latest state
+        return out
 
     def take_out(self, details: dict[int, str], reason: str) -> None:
         """Move the frames at the indices of ``details`` from the results to the dead letters (with ``reason``
@@ -129,6 +148,7 @@ class ScoredBatch:
         self.results = [self.results[i] for i in kept]
         self.frames = [self.frames[i] for i in kept]
         self.maps = [self.maps[i] for i in kept]
+        self.pixel_thresholds = [self.pixel_thresholds[i] for i in kept]
         self.keep = {position[i] for i in self.keep if i in position}
         self.new = {position[i] for i in self.new if i in position}
         self.overlays = {position[i]: v for i, v in self.overlays.items() if i in position}

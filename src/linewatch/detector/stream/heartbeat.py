@@ -11,28 +11,34 @@ from typing import Any
 
 from linewatch.contracts.live_state import LiveStateWriter
 
-from .model_slot import ModelSlot
+from .model_shelf import ModelShelf
 from .offsets import Snapshot
 from .throughput import Throughput
 
 log = logging.getLogger(__name__)
 
 
-def worker_status(model: ModelSlot, throughput: Throughput, ownership: Snapshot, started_at: float
+def worker_status(models: ModelShelf, throughput: Throughput, ownership: Snapshot, started_at: float
                   ) -> dict[str, Any]:
     """The heartbeat's payload (the keys the dashboard's Live page and the test harness read).
 
-    Built only from values that are safe to read on any thread: ``ownership`` is the offsets tracker's
-    snapshot, recorded by the main thread, because kafka-python's consumer must not be called from here.
+    ``models``: per product, the model it scores with and its rollout fields (:meth:`.ModelShelf.status`); the
+    top-level ``model_version``, ``device``, ``runtime`` and rollout fields are those of the default product's model
+    (else of the one used last), as a single-product worker always reported them. Built only from values that are
+    safe to read on any thread: ``ownership`` is the offsets tracker's snapshot, recorded by the main thread, because
+    kafka-python's consumer must not be called from here.
     """
-    scorer = model.current
+    slot = models.first()
+    first = {"model_version": slot.current.version, "device": str(slot.current.device),
+             "runtime": slot.current.runtime, **slot.rollout_status()} if slot is not None else \
+        {"model_version": None, "device": None, "runtime": None, "registry_version": None, "model_behind": None,
+         "model_load_error": None}
     return {
-        "model_version": scorer.version, "frames_per_s": round(throughput.rate(), 2),
+        **first,  # model_version, device, runtime, registry_version, model_behind, model_load_error
+        "models": models.status(), "frames_per_s": round(throughput.rate(), 2),
         "inspected": throughput.inspected, "dead_lettered": throughput.dead_lettered,
-        "partitions": ownership.partition_names(), "lag": ownership.lag_by_name(), "device": str(scorer.device),
-        "runtime": scorer.runtime,
+        "partitions": ownership.partition_names(), "lag": ownership.lag_by_name(),
         "host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at,
-        **model.rollout_status(),  # registry_version, model_load_error: "on vN, registry says vM"
     }
 
 

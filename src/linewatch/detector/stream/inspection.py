@@ -30,7 +30,7 @@ def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, kee
     the batch carries each of its cameras' drift state after it (:meth:`.DriftMonitor.state`).
     """
     if not frames:
-        return ScoredBatch([], [], [], scorer.pixel_threshold, dead or [], batch_id, set())
+        return ScoredBatch([], [], [], [], dead or [], batch_id, set())
     t0 = time.perf_counter()
     scores = scorer.score_frames([f.model_input for f in frames])
     inference_ms = (time.perf_counter() - t0) * 1000
@@ -54,9 +54,10 @@ def score_batch(scorer: Scorer, frames: list[PreparedFrame], worker_id: str, kee
             latency=Latency(queue_wait_ms=max(0.0, (f.decode_started_ns - origin_ns) / 1e6), decode_ms=f.decode_ms,
                             inference_ms=inference_ms, total_ms=0.0,
                             clock_skew_ms=clock.skew_ms(m.captured_at_ns, f.raw.arrived_ns)),
-            processed_at=now, worker_id=worker_id, drift=flag,
+            processed_at=now, worker_id=worker_id, drift=flag, product=f.product,
         ))
         if defect or keep_good(m):
             keep.add(i)
     states = {} if drift is None else {c: drift.state(c) for c in {f.meta.camera_id for f in frames}}
-    return ScoredBatch(results, frames, maps, scorer.pixel_threshold, dead or [], batch_id, keep, drift=states)
+    return ScoredBatch(results, frames, maps, [scorer.pixel_threshold] * len(frames), dead or [], batch_id, keep,
+                       drift=states)

@@ -8,7 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
-from linewatch.contracts.files import path_of
+from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.settings import Settings
 
 from .worker import DetectorWorker
@@ -20,9 +20,9 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
                follow_registry: bool = True) -> int:
     """Entry point of ``linewatch detect``: run one worker until SIGTERM/SIGINT; returns the exit code.
 
-    With ``follow_registry`` the worker scores with the version last announced on the models topic
-    (falling back to ``model_dir`` when none was announced, or when the announced one does not load) and
-    switches on every new announcement; one that does not load is tried again with backoff
+    With ``follow_registry`` the worker scores each product's frames with the version last announced for it on the
+    models topic (the default product's falling back to ``model_dir`` when none was announced, or when the announced
+    one does not load) and switches on every new announcement; one that does not load is tried again with backoff
     (:class:`~linewatch.detector.stream.rollout.ActiveModelWatcher`) while the worker scores on.
     SIGTERM and SIGINT are handled from the start (also while waiting for a first model or loading one):
     the worker stops in order and the code is 0. ``/healthz`` and ``/readyz`` (with
@@ -36,24 +36,23 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    watcher = announced = None
+    watcher, announced = None, {}
     if follow_registry:
         from linewatch.detector.stream.rollout import ActiveModelWatcher
 
-        watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.swap_model(path_of(a.artifact_uri),
-                                                                                           a.version))
+        watcher = ActiveModelWatcher(settings.kafka, on_change=lambda a: worker.models.announce(a))
         announced = watcher.read_current()
-        while announced is None and model_dir is None:  # a fresh deployment: wait for the first model
+        while not announced and model_dir is None:  # a fresh deployment: wait for the first model
             if stop.is_set():
                 return 0
             log.warning("no model yet: waiting for a version to be activated (linewatch model register --activate)")
             announced = watcher.read_current(settle_s=5.0)
-    if announced is None and model_dir is None:
+    if not announced and model_dir is None:
         raise ValueError("no model: pass --model MODEL_DIR or activate a version in the registry")
-    worker = _start_on(settings, announced, model_dir, threads, stop)
+    worker = DetectorWorker(settings, model_dir, threads=threads, stop_event=stop)
+    for a in _start_on(worker, announced, model_dir is not None):
+        watcher.retry(a)  # not loadable at start: tried again with backoff while the worker scores on the others
     if watcher is not None:
-        if announced is not None and worker.model_version != announced.version:
-            watcher.retry(announced)  # started on --model: the announced version is tried again with backoff
         watcher.start()
     server = None
     if settings.detector.metrics_port:
@@ -75,25 +74,24 @@ def run_worker(settings: Settings, model_dir: Path | None, threads: int | None =
     return code
 
 
-def _start_on(settings: Settings, announced, model_dir: Path | None, threads: int | None,
-              stop: threading.Event) -> DetectorWorker:
-    """The worker, scoring with the announced version; with that one not loadable (yet) and a ``model_dir``
-    given, with ``model_dir`` instead (the heartbeat then says "on <model_dir's version>, registry says ...").
+def _start_on(worker: DetectorWorker, announced: dict, has_model_dir: bool) -> list:
+    """Load the announced model of every product (the default product's first, then within the memory budget;
+    the rest load on their first frame); returns the announcements that did not load, to be tried again. A
+    ``--model`` directory stays the default product's model while the registry's does not load (the heartbeat then
+    says "on <its version>, registry says ...").
 
-    Raises: ModelFileError, WeightsNotFoundError: the model it would start on cannot be loaded.
+    Raises: ModelFileError, WeightsNotFoundError: no model loaded at all, and no ``--model`` directory to start on.
     """
-    from ..model_files import ModelFileError
-
-    if announced is None:
-        return DetectorWorker(settings, model_dir, threads=threads, stop_event=stop)
-    log.info("registry: active model is %s", announced.version)
-    try:
-        worker = DetectorWorker(settings, path_of(announced.artifact_uri), threads=threads, stop_event=stop)
-    except ModelFileError as exc:
-        if model_dir is None:
-            raise
-        log.warning("could not load the registry's model %s (%s); starting on %s", announced.version, exc, model_dir)
-        worker = DetectorWorker(settings, model_dir, threads=threads, stop_event=stop)
-        worker.model.load_failed(announced.version, exc)
-    worker.model.announced(announced.version)
-    return worker
+    failed, errors = [], []
+    for product in sorted(announced, key=lambda p: p != DEFAULT_PRODUCT):
+        a = announced[product]
+        log.info("registry: active model of %s is %s", product, a.version)
+        try:
+            worker.models.announce(a)
+        except Exception as exc:  # noqa: BLE001 -- reported, retried; the worker starts on the models that load
+            log.warning("could not load the registry's model %s (%s)", a.version, exc)
+            failed.append(a)
+            errors.append(exc)
+    if errors and not has_model_dir and not worker.models.products:
+        raise errors[0]
+    return failed

@@ -1,4 +1,5 @@
-"""Model hot swap: the scorer in use, and the next one waiting to replace it between two batches."""
+"""Model hot swap: the scorer in use for one product, and the next one waiting to replace it between two batches
+(:mod:`.model_shelf` holds one slot per product)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,19 @@ class ModelSlot:
             scorer, self._next = self._next, None
         if scorer is None:
             return False
-        self.current = scorer
-        telemetry.MODEL_INFO.clear()
+        old, self.current = self.current, scorer
+        _forget(old.version)  # only this slot's series: other products' models keep theirs
         telemetry.MODEL_INFO.labels(version=scorer.version).set(1)
         log.info("now scoring with model %s", scorer.version)
         return True
+
+    def retire(self) -> None:
+        """The slot is no longer held (evicted, or replaced): its model stops being reported as in use."""
+        _forget(self.current.version)
+
+
+def _forget(version: str) -> None:
+    try:
+        telemetry.MODEL_INFO.remove(version)
+    except KeyError:
+        pass

@@ -130,7 +130,7 @@ class ResultStore:
             newest[frame.meta.camera_id] = i
         for i in b.keep | set(newest.values()):
             frame, res = b.frames[i], b.results[i]
-            overlay = render_overlay(frame.preview, b.maps[i], b.pixel_threshold, score=res.normalized_score)
+            overlay = render_overlay(frame.preview, b.maps[i], b.pixel_thresholds[i], score=res.normalized_score)
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
             if ok:
                 b.overlays[i] = jpeg.tobytes()

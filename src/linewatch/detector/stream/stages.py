@@ -27,8 +27,9 @@ from .batches import DeadLetter, PreparedBatch, PreparedFrame, RawBatch, ScoredB
 from .frames import prepare_batch, prepare_frame
 from .image_store import keep_good_sample
 from .inspection import score_batch
-from .model_slot import ModelSlot
+from .model_shelf import ModelShelf
 from .result_store import ResultStore
+from .routing import ProductRouter, Routed
 from .throughput import Throughput
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class Pipeline:
     """Decode, inference and store stages for one worker.
 
     Args:
-        model: the model slot (the inference stage switches models between batches).
+        models: the models per product (the inference stage switches models between batches).
+        router: routes each frame to its product's model (:mod:`.routing`), in the decode stage.
         det: the detector settings (``max_pixels``, ``good_sample_rate``).
         worker_id: the name written into results.
         store: writes a scored batch to every sink.
@@ -49,9 +51,10 @@ class Pipeline:
         stop: the worker's stop event; set here too when a stage crashes.
     """
 
-    def __init__(self, model: ModelSlot, det: DetectorSettings, worker_id: str, store: ResultStore,
-                 threads: tuple[int, int], stop: threading.Event):
-        self.model = model
+    def __init__(self, models: ModelShelf, router: ProductRouter, det: DetectorSettings, worker_id: str,
+                 store: ResultStore, threads: tuple[int, int], stop: threading.Event):
+        self.models = models
+        self.router = router
         self.det = det
         self.clock = ClockRule(det.clock_ahead_s, det.clock_behind_s)
         self.worker_id = worker_id
@@ -153,28 +156,45 @@ class Pipeline:
                 return
             if self._abandon.is_set():
                 continue
-            scorer = self.model.current
-            out = prepare_batch(batch.frames, scorer.geometry, self.det.max_pixels, scorer.device,
-                                self._decode_pool)
-            frames = [o for o in out if isinstance(o, PreparedFrame)]
-            dead = [o for o in out if isinstance(o, DeadLetter)]
+            frames, dead = self._prepare(batch.frames)
             for d in dead:
                 log.warning("dead-lettering %s: %s (%s)", d.raw.source, d.reason, d.detail)
             self._q_prepared.put(PreparedBatch(batch.batch_id, frames, dead))
+
+    def _prepare(self, raws: list) -> tuple[list[PreparedFrame], list[DeadLetter]]:
+        """Route each frame to its product's model and decode it under that model's input geometry (frames of
+        models with the same geometry and device are decoded together); frames keep their consumed order."""
+        routed = self.router.route(raws, self.models)
+        dead = [r for r in routed if isinstance(r, DeadLetter)]
+        groups: dict[tuple, list[tuple[int, Routed]]] = {}
+        for i, r in enumerate(routed):
+            if isinstance(r, Routed):
+                scorer = r.slot.current
+                groups.setdefault((scorer.geometry, scorer.device), []).append((i, r))
+        prepared: list[tuple[int, PreparedFrame]] = []
+        for (geometry, device), members in groups.items():
+            out = prepare_batch([r.raw for _, r in members], geometry, self.det.max_pixels, device, self._decode_pool)
+            for (i, r), o in zip(members, out, strict=True):
+                if isinstance(o, PreparedFrame):
+                    o.product, o.slot = r.product, r.slot
+                    prepared.append((i, o))
+                else:
+                    dead.append(o)
+        return [f for _, f in sorted(prepared, key=lambda p: p[0])], dead
 
     def _inference_stage(self) -> None:
         while True:
             try:
                 batch = self._q_prepared.get(timeout=0.5)
             except queue.Empty:
-                self.model.switch()  # an idle line switches at once
+                self.models.switch_all()  # an idle line switches at once
                 continue
             if batch is _STOP:
                 self._q_scored.put(_STOP)
                 return
             if self._abandon.is_set():
                 continue
-            self.model.switch()  # between two batches, so no batch is scored by two models
+            self.models.switch_all()  # between two batches, so no batch is scored by two models
             started = time.perf_counter()
             scored = self._score(batch)
             if batch.frames:
@@ -187,20 +207,29 @@ class Pipeline:
             self._q_scored.put(scored)
 
     def _score(self, batch: PreparedBatch) -> ScoredBatch:
-        scorer = self.model.current
-        frames = batch.frames
+        """One model call per product in the batch (a model batch never mixes products), joined in order."""
+        by_slot: dict[int, list[PreparedFrame]] = {}
+        for f in batch.frames:
+            by_slot.setdefault(id(f.slot), []).append(f)
+        dead = list(batch.dead)
+        parts = [self._score_one(frames[0].slot.current, frames, dead) for frames in by_slot.values()]
+        return ScoredBatch.join(parts, dead, batch.batch_id)
+
+    def _score_one(self, scorer, frames: list[PreparedFrame], dead: list[DeadLetter]) -> ScoredBatch:
+        """``frames`` (one product's) scored by ``scorer`` in one call; frames that no longer decode join ``dead``."""
         threads = self.threads[len(frames) > 1]
         if scorer.device.type == "cpu" and threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         if any(f.model_input.plan.geometry != scorer.geometry for f in frames):  # a swap changed the geometry
             redo = [prepare_frame(f.raw, scorer.geometry, self.det.max_pixels) for f in frames]
+            for old, new in zip(frames, redo, strict=True):
+                if isinstance(new, PreparedFrame):
+                    new.product, new.slot = old.product, old.slot
             frames = [f for f in redo if isinstance(f, PreparedFrame)]
-            dead = batch.dead + [d for d in redo if isinstance(d, DeadLetter)]  # never dropped unnoticed
-        else:
-            dead = batch.dead
+            dead += [d for d in redo if isinstance(d, DeadLetter)]  # never dropped unnoticed
         scored = score_batch(scorer, frames, self.worker_id,
                              lambda m: keep_good_sample(m.camera_id, m.frame_id, self.det.good_sample_rate),
-                             dead, batch.batch_id, self.clock, self.drift)
+                             None, None, self.clock, self.drift)
         if frames:
             telemetry.INFERENCE_SECONDS.observe(scored.results[0].latency.inference_ms / 1000)
             telemetry.BATCH_SIZE.observe(len(frames))

@@ -44,9 +44,9 @@ from linewatch.contracts.clock import ClockRule
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.kafka import make_consumer, make_producer
 from linewatch.contracts.live_state import LiveStateWriter, connect_settings, eviction_warning
+from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.settings import Settings
 
-from ..model_files import ModelFileError
 from ..runtimes.threads import apply_torch_threads, intra_op_threads
 from ..scoring import Scorer
 from . import telemetry
@@ -57,10 +57,12 @@ from .heartbeat import send_heartbeats, worker_status
 from .image_retention import ImageRetention, RetentionRule, keep_image_store
 from .image_store import ImageStore
 from .live_rebuild import LiveRebuilder, keep_live_state
+from .model_shelf import ModelShelf
 from .model_slot import ModelSlot
 from .offsets import OffsetTracker, next_offsets
 from .progress import progress
 from .result_store import ResultStore
+from .routing import ProductRouter
 from .stages import Pipeline
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,9 @@ class DetectorWorker:
 
     Args:
         settings: all settings (Kafka, Redis, SQL, detector section).
-        model_dir: the model to score with (a new version can be swapped in with :meth:`swap_model`).
+        model_dir: a model for the product ``default`` before (or instead of) the registry's; None: only the
+            models announced to :attr:`models` (:meth:`.model_shelf.ModelShelf.announce`) score. Frames are routed
+            to their product's model (:mod:`.routing`).
         worker_id: the name in heartbeats and results (default ``<host>-<pid>``).
         threads: CPU threads for the model. Default: this worker's share of the CPUs
             (:func:`..runtimes.threads.intra_op_threads` of ``detector.workers_on_host``) for batches of several
@@ -90,10 +94,10 @@ class DetectorWorker:
         stop_event: set to stop the worker (default: a new one; ``linewatch detect`` passes the one its
             signal handlers set, installed before the model loads).
     Raises (constructor):
-        ModelFileError, WeightsNotFoundError: the model cannot be loaded.
+        ModelFileError, WeightsNotFoundError: ``model_dir`` cannot be loaded.
     """
 
-    def __init__(self, settings: Settings, model_dir: Path, worker_id: str | None = None,
+    def __init__(self, settings: Settings, model_dir: Path | None, worker_id: str | None = None,
                  threads: int | None = None, stop_event: threading.Event | None = None):
         self.settings = settings
         self.det = settings.detector
@@ -102,7 +106,9 @@ class DetectorWorker:
         # (threads for a single frame, threads for a batch); set on the inference thread before each batch
         self._threads = (threads, threads) if threads else (max(1, cores - 1), cores)
         apply_torch_threads(cores)  # before the model loads: runtime auto times torch at this count
-        self.model = ModelSlot(self._load(model_dir))
+        self.models = ModelShelf(self._load, self.det.model_memory_mb * 2**20)
+        if model_dir is not None:
+            self.models.install(DEFAULT_PRODUCT, self._load(model_dir))
         self.stop_event = stop_event or threading.Event()
         self.started_at = time.time()
         self.offsets = OffsetTracker()
@@ -119,25 +125,6 @@ class DetectorWorker:
         """Finish the batches in flight, store and commit them, then leave the group (thread-safe)."""
         self.stop_event.set()
 
-    def swap_model(self, model_dir: Path, version: str | None = None) -> None:
-        """Load another model now and switch to it between two batches (thread-safe).
-
-        ``version``: the registry version announced for ``model_dir``; the heartbeat reports it until the
-        switch, and the files must carry it. Raises (the current model stays, the failure is recorded for the
-        heartbeat): ModelFileError (incomplete files, checksum mismatch, another version's files),
-        WeightsNotFoundError, ValueError.
-        """
-        if version is not None:
-            self.model.announced(version)
-        try:
-            scorer = self._load(model_dir)
-            if version is not None and scorer.version != version:
-                raise ModelFileError(f"{model_dir} holds model {scorer.version}, not {version}")
-        except Exception as exc:
-            self.model.load_failed(version or str(model_dir), exc)
-            raise
-        self.model.offer(scorer)
-
     def _load(self, model_dir: Path) -> Scorer:
         """A scorer of ``model_dir`` at this worker's device and runtime; an export runtime gets the threads of a
         batch (its count is fixed when it loads)."""
@@ -145,9 +132,14 @@ class DetectorWorker:
                       threads=self._threads[1])
 
     @property
-    def model_version(self) -> str:
-        """The version of the model scoring now."""
-        return self.model.current.version
+    def model(self) -> ModelSlot | None:
+        """The default product's model slot, else the one used last (a single-product worker's only one)."""
+        return self.models.first()
+
+    @property
+    def model_version(self) -> str | None:
+        """The version of :attr:`model` scoring now (None before any model is held)."""
+        return slot.current.version if (slot := self.model) is not None else None
 
     def stalled(self) -> str | None:
         """Why the worker counts as stalled (:mod:`.progress`), or None (thread-safe). A worker waiting for a
@@ -199,30 +191,35 @@ class DetectorWorker:
                             self.worker_id,
                             on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc(),
                             redis=s.redis, retention=retention)
+        router = ProductRouter(engine, s.products)
+        router.refresh()
         rebuilder = LiveRebuilder(engine, live, self.worker_id, s.redis.settle_s, s.redis.rebuild_window_s)
-        pipeline = self.pipeline = Pipeline(self.model, self.det, self.worker_id, store, self._threads,
-                                            self.stop_event)
+        pipeline = self.pipeline = Pipeline(self.models, router, self.det, self.worker_id,
+                                            store, self._threads, self.stop_event)
         consumer = FrameConsumer(make_consumer(s.kafka, self.det.group_id), self.offsets,
                                  lambda: self._record_stored(pipeline.take_stored(block=False)))
         consumer.join(s.kafka.frames_topic)
         # The heartbeat reads the offsets tracker's snapshot, never the consumer (not thread-safe).
         heartbeat = threading.Thread(target=send_heartbeats, name="heartbeat", daemon=True, args=(
             live, self.worker_id,
-            lambda: {**worker_status(self.model, pipeline.throughput, self.offsets.snapshot, self.started_at),
+            lambda: {**worker_status(self.models, pipeline.throughput, self.offsets.snapshot, self.started_at),
                      "image_store": retention.status(),
                      **progress(self.offsets.snapshot, self.loop_at).heartbeat_fields(self.det.stall_after_s),
                      "stalled": self.stalled(), "waiting_on": self.waiting_on()},
             self.stop_event))
         live_state = threading.Thread(target=keep_live_state, name="live-state", daemon=True,
                                       args=(store.live, rebuilder, self.stop_event))
+        changeovers = threading.Thread(target=router.keep_fresh, name="changeovers", daemon=True,
+                                       args=(self.stop_event,))
         images = threading.Thread(target=keep_image_store, name="image-retention", daemon=True,
                                   args=(retention, self.stop_event, s.images.check_s))
         pipeline.start()
         heartbeat.start()
         live_state.start()
         images.start()
-        log.info("worker %s consuming %s in group %s with model %s on %s", self.worker_id, s.kafka.frames_topic,
-                 self.det.group_id, self.model.current.version, self.model.current.device)
+        changeovers.start()
+        log.info("worker %s consuming %s in group %s with models %s", self.worker_id, s.kafka.frames_topic,
+                 self.det.group_id, {p: v["model_version"] for p, v in self.models.status().items()})
         try:
             self._consume(consumer, pipeline)
         finally:

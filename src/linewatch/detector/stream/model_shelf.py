@@ -1,0 +1,208 @@
+"""The models a worker holds, one per product: loaded on an announcement or on first use, hot-swapped per product,
+the least recently used evicted beyond a memory budget (docs/products.md, "Workers").
+
+Each product has its own :class:`.model_slot.ModelSlot` (the model scoring now and the one offered to replace it
+between two batches), so a rollout of one product's model swaps that slot only and the other products' frames
+keep flowing. The registry's wish per product (its announced active version) is kept beside the slots: a product
+announced but not loaded (over the budget, or evicted) is loaded on its next frame; a product never announced has
+no model, and its frames are dead-lettered (``no_model``) by the caller, never scored by another product's model.
+
+Thread use: the rollout watcher's thread calls :meth:`ModelShelf.announce`, the decode stage
+:meth:`ModelShelf.slot_for`, the inference stage :meth:`ModelShelf.switch_all`, the heartbeat
+:meth:`ModelShelf.status`; one lock guards the maps, and loads are serialised by a second one (a load takes
+seconds, and two at once would only double the memory peak).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+from linewatch.contracts.files import path_of
+from linewatch.contracts.messages import ModelAnnouncement
+from linewatch.contracts.products import DEFAULT_PRODUCT
+
+from ..model_files import ModelFileError
+from ..scoring import Scorer
+from .model_slot import ModelSlot
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 30.0  # a product whose model failed to load on first use is not tried again on every frame
+
+
+def model_bytes(scorer: Scorer) -> int:
+    """The bytes of a scorer's weights in memory (teacher, student, global branch: parameters and buffers)."""
+    module = scorer.model.stpm
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+class ModelShelf:
+    """Per-product model slots behind a least-recently-used memory budget.
+
+    Args:
+        load: a model directory -> its :class:`Scorer` (the worker's device, runtime and threads). Raises as
+            :class:`Scorer` does.
+        budget_bytes: loaded models beyond this many bytes (:func:`model_bytes`) evict the least recently used
+            product's (never the one just loaded or asked for: one model is always kept, whatever its size).
+    """
+
+    def __init__(self, load: Callable[[Path], Scorer], budget_bytes: int):
+        self.load = load
+        self.budget_bytes = budget_bytes
+        self.wanted: dict[str, ModelAnnouncement] = {}  # the registry's active version per product
+        self._slots: OrderedDict[str, ModelSlot] = OrderedDict()  # least recently used first
+        self._failed_at: dict[str, tuple[float, str]] = {}  # product -> (monotonic time, why) of a failed first load
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self.evictions = 0
+
+    # ---- filling ------------------------------------------------------------------------------------------
+
+    def install(self, product: str, scorer: Scorer) -> ModelSlot:
+        """Hold ``scorer`` as ``product``'s model now (a worker's ``--model`` directory, or a first load)."""
+        slot = ModelSlot(scorer)
+        with self._lock:
+            old = self._slots.pop(product, None)
+            self._slots[product] = slot
+            if product in self.wanted:
+                slot.announced(self.wanted[product].version)
+        if old is not None:
+            old.retire()
+        self._evict(keep=product)
+        return slot
+
+    def announce(self, a: ModelAnnouncement, preload: bool = True) -> None:
+        """The registry's active version of ``a.product`` is ``a.version``. A product already loaded gets it
+        loaded now and switched to between two batches; another one is loaded now when ``preload`` and it fits
+        the budget, else on its first frame.
+
+        Raises (the product's current model, if any, stays; the failure is recorded for the heartbeat):
+            ModelFileError (incomplete files, checksum mismatch, another version's files), WeightsNotFoundError,
+            ValueError.
+        """
+        with self._lock:
+            self.wanted[a.product] = a
+            slot = self._slots.get(a.product)
+            self._failed_at.pop(a.product, None)
+        if slot is not None:
+            slot.announced(a.version)
+            if slot.current.version == a.version:
+                return
+        elif not preload or not self._fits_another():
+            log.info("model %s announced; loaded on the first frame of %s", a.version, a.product)
+            return
+        scorer = self._load_checked(a, slot)
+        if slot is None:
+            self.install(a.product, scorer)
+        else:
+            slot.offer(scorer)
+
+    def _load_checked(self, a: ModelAnnouncement, slot: ModelSlot | None) -> Scorer:
+        try:
+            with self._load_lock:
+                scorer = self.load(path_of(a.artifact_uri))
+            if scorer.version != a.version:
+                raise ModelFileError(f"{a.artifact_uri} holds model {scorer.version}, not {a.version}")
+        except Exception as exc:
+            if slot is not None:
+                slot.load_failed(a.version, exc)
+            with self._lock:
+                self._failed_at[a.product] = (time.monotonic(), _first_line(a.version, exc))
+            raise
+        return scorer
+
+    # ---- using --------------------------------------------------------------------------------------------
+
+    def slot_for(self, product: str) -> ModelSlot | str:
+        """``product``'s slot, loading its announced model first if it is not held (blocking the caller for the
+        load); or, when it has none, a sentence saying why (the frame is dead-lettered ``no_model``)."""
+        with self._lock:
+            slot = self._slots.get(product)
+            if slot is not None:
+                self._slots.move_to_end(product)
+                return slot
+            a = self.wanted.get(product)
+            failed = self._failed_at.get(product)
+        if a is None:
+            return f"product {product!r} has no active model (activate one: linewatch model activate {product}/vN)"
+        if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
+            return f"product {product!r}: its model {failed[1]} (tried again within {RETRY_AFTER_S:.0f} s)"
+        try:
+            scorer = self._load_checked(a, None)
+        except Exception as exc:  # noqa: BLE001 -- a model that does not load must not stop the line
+            log.error("could not load %s for %s: %s", a.version, product, exc)
+            return f"product {product!r}: its model {_first_line(a.version, exc)}"
+        return self.install(product, scorer)
+
+    def switch_all(self) -> None:
+        """Switch every held product to its offered model, if any (the inference stage, between two batches)."""
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            slot.switch()
+
+    def slot(self, product: str = DEFAULT_PRODUCT) -> ModelSlot | None:
+        """``product``'s slot if held (no load, no recency change)."""
+        with self._lock:
+            return self._slots.get(product)
+
+    @property
+    def products(self) -> list[str]:
+        """The products held, least recently used first."""
+        with self._lock:
+            return list(self._slots)
+
+    def first(self) -> ModelSlot | None:
+        """The default product's slot, else the most recently used one, else None."""
+        with self._lock:
+            if DEFAULT_PRODUCT in self._slots:
+                return self._slots[DEFAULT_PRODUCT]
+            return next(reversed(self._slots.values()), None)
+
+    def status(self) -> dict[str, dict]:
+        """Per product (held or announced): ``model_version`` (None when not held), ``device``, ``runtime`` and
+        the slot's rollout fields (:meth:`.ModelSlot.rollout_status`; for a product not held, ``model_behind``
+        says "not loaded" only after its load failed)."""
+        with self._lock:
+            slots, wanted, failed = dict(self._slots), dict(self.wanted), dict(self._failed_at)
+        out: dict[str, dict] = {}
+        for product, slot in slots.items():
+            out[product] = {"model_version": slot.current.version, "device": str(slot.current.device),
+                            "runtime": slot.current.runtime, **slot.rollout_status()}
+        for product, a in wanted.items():
+            if product not in out:
+                error = failed.get(product, (0.0, None))[1]
+                out[product] = {"model_version": None, "device": None, "runtime": None, "registry_version": a.version,
+                                "model_behind": f"not loaded, registry says {a.version}" if error else None,
+                                "model_load_error": error}
+        return out
+
+    # ---- the budget ---------------------------------------------------------------------------------------
+
+    def _fits_another(self) -> bool:
+        """Whether one more model of the size of the largest held fits the budget."""
+        with self._lock:
+            sizes = [model_bytes(s.current) for s in self._slots.values()]
+        return not sizes or sum(sizes) + max(sizes) <= self.budget_bytes
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used products until the held models fit the budget (``keep`` always stays). A
+        batch in flight keeps its own reference, so eviction never interrupts scoring."""
+        with self._lock:
+            while len(self._slots) > 1 and sum(model_bytes(s.current) for s in self._slots.values()) \
+                    > self.budget_bytes:
+                product = next(p for p in self._slots if p != keep)
+                slot = self._slots.pop(product)
+                self.evictions += 1
+                log.info("model %s of %s evicted (memory budget %.0f MB); loaded again on its next frame",
+                         slot.current.version, product, self.budget_bytes / 2**20)
+                slot.retire()
+
+
+def _first_line(version: str, exc: BaseException) -> str:
+    return f"{version}: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
