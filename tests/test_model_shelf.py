@@ -1,0 +1,91 @@
+"""A worker's models per product (detector/stream/model_shelf.py) with real models: loaded on announcement or on
+first use, the least recently used evicted beyond the memory budget, a hot swap touching one product only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from linewatch.contracts.messages import ModelAnnouncement
+from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata, save_model
+from linewatch.detector.scoring import Scorer
+from linewatch.detector.stream.model_shelf import ModelShelf, model_bytes
+
+
+def _version_of(model_dir: Path, out: Path, version: str, scale: float = 1.0) -> Path:
+    """A copy of ``model_dir`` recorded as registry version ``version`` (weights scaled by ``scale``)."""
+    from safetensors.torch import load_file
+
+    state = {k: v * scale if v.is_floating_point() else v for k, v in load_file(str(model_dir / WEIGHTS_FILE)).items()}
+    return save_model(out, state, {**read_metadata(model_dir), "version": version})
+
+
+def _announcement(model_dir: Path, version: str, product: str) -> ModelAnnouncement:
+    return ModelAnnouncement(version=version, artifact_uri=str(model_dir), activated_at=dt.datetime.now(dt.UTC),
+                             product=product)
+
+
+@pytest.fixture
+def models(quick_model, tmp_path):
+    dirs = {name: _version_of(quick_model.model_dir, tmp_path / name.replace("/", "-"), name, scale)
+            for name, scale in (("bottle/v1", 1.0), ("tile/v1", 1.01), ("tile/v2", 1.02))}
+    loads: list[str] = []
+
+    def load(model_dir: Path) -> Scorer:
+        loads.append(read_metadata(model_dir)["version"])
+        return Scorer(model_dir, "cpu", runtime="torch")
+
+    return dirs, loads, load
+
+
+def test_a_budget_of_one_model_keeps_the_product_in_use_and_reloads_the_other(models):
+    dirs, loads, load = models
+    one = model_bytes(Scorer(dirs["bottle/v1"], "cpu", runtime="torch"))
+    shelf = ModelShelf(load, budget_bytes=one + one // 2)  # room for one model, not two
+    shelf.announce(_announcement(dirs["bottle/v1"], "bottle/v1", "bottle"))
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"))  # does not fit: loaded on its first frame
+    assert (loads, shelf.products) == (["bottle/v1"], ["bottle"])
+    assert shelf.status()["tile"] == {"model_version": None, "device": None, "runtime": None,
+                                      "registry_version": "tile/v1", "model_behind": None, "model_load_error": None}
+    tile = shelf.slot_for("tile")
+    assert tile.current.version == "tile/v1" and shelf.products == ["tile"] and shelf.evictions == 1
+    assert shelf.slot_for("bottle").current.version == "bottle/v1"
+    assert loads == ["bottle/v1", "tile/v1", "bottle/v1"] and shelf.products == ["bottle"]
+    assert shelf.slot_for("bottle") is shelf.slot_for("bottle")  # held: no load
+    assert len(loads) == 3
+    assert "no active model" in shelf.slot_for("other")
+
+
+def test_a_rollout_swaps_its_own_product_between_batches_only(models):
+    dirs, loads, load = models
+    shelf = ModelShelf(load, budget_bytes=2**40)
+    shelf.announce(_announcement(dirs["bottle/v1"], "bottle/v1", "bottle"))
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"))
+    bottle, tile = shelf.slot_for("bottle"), shelf.slot_for("tile")
+    assert loads == ["bottle/v1", "tile/v1"]
+    shelf.announce(_announcement(dirs["tile/v2"], "tile/v2", "tile"))
+    assert tile.current.version == "tile/v1"  # offered, not switched: the batch being scored keeps its model
+    assert shelf.status()["tile"]["model_behind"] is None  # loaded and waiting for the next batch: not behind
+    shelf.switch_all()
+    assert (tile.current.version, bottle.current.version) == ("tile/v2", "bottle/v1")
+
+
+def test_a_model_that_does_not_load_leaves_the_product_without_one_and_the_others_scoring(models, tmp_path):
+    dirs, loads, load = models
+    shelf = ModelShelf(load, budget_bytes=2**40)
+    shelf.announce(_announcement(dirs["bottle/v1"], "bottle/v1", "bottle"))
+    broken = _version_of(dirs["tile/v1"], tmp_path / "broken", "tile/v1")
+    (broken / WEIGHTS_FILE).write_bytes((broken / WEIGHTS_FILE).read_bytes()[:1000])
+    with pytest.raises(Exception, match="tile|SHA|weights"):
+        shelf.announce(_announcement(broken, "tile/v1", "tile"))
+    why = shelf.slot_for("tile")
+    assert isinstance(why, str) and why.startswith("product 'tile': its model tile/v1: ")
+    assert shelf.status()["tile"]["model_behind"] == "not loaded, registry says tile/v1"
+    assert shelf.slot_for("bottle").current.version == "bottle/v1"
+    # a version announced under another name than its files carry is refused, the product keeps its model
+    with pytest.raises(Exception, match="holds model bottle/v1, not bottle/v2"):
+        shelf.announce(_announcement(dirs["bottle/v1"], "bottle/v2", "bottle"))
+    assert shelf.slot_for("bottle").current.version == "bottle/v1"
+    assert shelf.status()["bottle"]["model_behind"] == "on bottle/v1, registry says bottle/v2"
