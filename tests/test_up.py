@@ -152,3 +152,36 @@ def test_up_without_the_kafka_jars_names_the_set_up_command(tmp_path):
     assert len(error) == 1 and error[0].startswith("error: Apache Kafka ") and "scripts/bootstrap.sh" in error[0]
     assert str(tmp_path / "empty-cache" / "linewatch") in error[0]
     assert "training the default model" not in result.stdout
+
+
+def _small_tiles(folder: Path) -> Path:
+    """A data root's magnetic_tile: 16 training goods, 4 test goods and 2 tiles of each defect type of the real set
+    (symlinks, masks beside their tiles), with its own split.json."""
+    real = data_root() / "magnetic_tile"
+    split = json.loads((real / "split.json").read_text())
+    small = {"train_good": split["train_good"][:16], "test_good": split["test_good"][:4],
+             "test_defect": {k: v[:2] for k, v in split["test_defect"].items()}}
+    tiles = folder / "magnetic_tile"
+    for rel in small["train_good"] + small["test_good"] + [p for v in small["test_defect"].values() for p in v]:
+        for path in (Path(rel), Path(rel).with_suffix(".png")):
+            if (real / path).is_file():
+                (tiles / path).parent.mkdir(parents=True, exist_ok=True)
+                (tiles / path).symlink_to(real / path)
+    (tiles / "split.json").write_text(json.dumps(small))
+    return folder
+
+
+def test_up_runs_two_products_each_frame_scored_by_its_own_model(tmp_path):
+    """`linewatch up --products bottle,magnetic_tile`: a camera and a demo model per product; the workers route each
+    frame by its product header (issue 18)."""
+    data = _small_tiles(_small_bottle(tmp_path / "data", every=10))
+    result = _up(tmp_path, "--products", "bottle,magnetic_tile", "--max-frames", "16", "--fps", "0", "--epochs", "1",
+                 "--no-trainer", data=data)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training the default model of magnetic_tile" in result.stdout
+    summary = _summary(result.stdout)
+    assert summary["published"] == 16 and summary["dead_lettered"] == 0
+    assert summary["inspected_per_product"] == {"bottle": 8, "magnetic_tile": 8}
+    assert summary["model_versions"] == ["bottle/v1", "magnetic_tile/v1"]
+    refused = _up(tmp_path, "--products", "bottle,widgets", timeout=120, data=data)
+    assert refused.returncode == 2 and "no demo data set for 'widgets'" in refused.stderr

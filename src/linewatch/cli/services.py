@@ -30,13 +30,17 @@ def up(
         help="interface the dashboard listens on: this machine only unless you choose one (0.0.0.0: every "
              "interface, where anyone on the network can open it)")] = "127.0.0.1",
     epochs: Annotated[int | None, typer.Option(min=1, help="epochs when the default model is trained")] = None,
+    products: Annotated[str | None, typer.Option(
+        help="run several products: bottle,magnetic_tile starts a camera and a demo model per product (each trained "
+             "once on its shared data set), and every worker scores each frame with its product's model")] = None,
 ) -> None:
     """Run everything on this machine with embedded defaults: broker, Redis, SQLite, model, camera, workers."""
     from .up import UpOptions, run_up
 
     options = UpOptions(max_frames=max_frames, workers=workers, fps=fps, model=model, source=source,
                         dashboard=dashboard, dashboard_port=dashboard_port, dashboard_address=dashboard_address,
-                        trainer=trainer, epochs=epochs)
+                        trainer=trainer, epochs=epochs,
+                        products=[p.strip() for p in products.split(",") if p.strip()] if products else [])
     with user_errors():
         code = run_up(load_settings(), options)
     raise typer.Exit(code)

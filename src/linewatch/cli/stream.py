@@ -22,12 +22,17 @@ def ingest(
     loop: Annotated[bool, typer.Option(help="replay a folder or video file forever")] = False,
     max_frames: Annotated[int | None, typer.Option(min=1, help="stop after this many frames")] = None,
     jpeg_quality: Annotated[int | None, typer.Option(min=10, max=100, help="JPEG quality of captured frames")] = None,
+    product: Annotated[str | None, typer.Option(
+        help="the product every frame shows (its 'product' header); default: none, the workers take the camera's "
+             "product from the changeovers (linewatch camera product)")] = None,
+    glob: Annotated[str | None, typer.Option(help="of an image folder, replay only files matching this")] = None,
 ) -> None:
     """Run a camera service: capture frames and publish them to Kafka. Prints its counters as JSON at the end."""
     from dataclasses import asdict
 
     from linewatch.contracts.kafka import ensure_topics
     from linewatch.contracts.messages import MessageError, check_id
+    from linewatch.contracts.products import ProductError, check_product
     from linewatch.ingest.camera import CameraService
     from linewatch.ingest.sources import SourceError, open_source
 
@@ -35,8 +40,10 @@ def ingest(
     try:
         check_id("--camera-id", camera_id)  # every frame of an id no store can hold would be dead-lettered
         check_id("--line-id", line_id)
-        src = open_source(source, loop=loop, jpeg_quality=s.ingest.jpeg_quality)
-    except (SourceError, MessageError) as exc:
+        if product:
+            check_product(product)
+        src = open_source(source, loop=loop, jpeg_quality=s.ingest.jpeg_quality, glob=glob)
+    except (SourceError, MessageError, ProductError) as exc:
         fail(str(exc))
     ensure_topics(s.kafka)
     server = None
@@ -44,7 +51,7 @@ def ingest(
         from linewatch.observability import serve_metrics
 
         server = serve_metrics(s.ingest.metrics_port)
-    counters = CameraService(s, camera_id, line_id, src, fps=fps, max_frames=max_frames).run()
+    counters = CameraService(s, camera_id, line_id, src, fps=fps, max_frames=max_frames, product=product).run()
     if server is not None:
         server.shutdown()
     typer.echo(json.dumps({"camera_id": camera_id, **asdict(counters)}))

@@ -25,20 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from sqlalchemy import select
 
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.files import path_of
 from linewatch.contracts.kafka import ensure_topics
 from linewatch.contracts.live_state import LiveStateReader, connect_settings
-from linewatch.contracts.schema import Inspection
+from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.settings import Settings
 from linewatch.detector.training import TrainingStopped
 
 from .demo_model import default_model_dir, ensure_default_model
 from .embedded import EmbeddedServiceError, ManagedProcess, die_with_parent, redis_server
 from .embedded_kafka import ApacheKafka
-from .up_status import last_json, ms, percentiles, this_run
+from .up_cameras import camera_commands, check_products, missing_data
+from .up_status import last_json, ms, percentiles, run_summary, this_run
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class UpOptions:
     dashboard_address: str = "127.0.0.1"  # the demo's dashboard is for this machine unless asked
     trainer: bool = True
     epochs: int | None = None
+    products: list[str] = field(default_factory=list)  # --products: a demo camera and model per product
 
 
 @dataclass
@@ -94,18 +95,27 @@ class Up:
         try:
             self._check_inputs()
             env = self._start_infrastructure()
-            model = o.model or ensure_default_model(self.settings, o.epochs, stop=self.stop_event)
+            models = {p: ensure_default_model(self.settings, o.epochs, stop=self.stop_event, product=p)
+                      for p in o.products}
+            model = o.model or (None if o.products else ensure_default_model(self.settings, o.epochs,
+                                                                             stop=self.stop_event))
             self._check_children()  # the broker or Redis may have died during the training
             self.settings = Settings()  # re-read: the environment now points at the embedded services
             migrate(self.settings.database_url)
             ensure_topics(self.settings.kafka)
-            active = self._activate(model, explicit=o.model is not None)
-            print(f"active model: {active.version} ({active.artifact_uri})", flush=True)
+            detect = ["detect"]  # with products: every worker follows every product's active version
+            for product, product_model in models.items():
+                active = self._activate(product_model, explicit=False, product=product)
+                print(f"active model of {product}: {active.version} ({active.artifact_uri})", flush=True)
+            if model is not None:
+                active = self._activate(model, explicit=o.model is not None)
+                print(f"active model: {active.version} ({active.artifact_uri})", flush=True)
+                detect += ["--model", str(path_of(active.artifact_uri))]
             started = dt.datetime.now(dt.UTC)
             # the workers and the trainer split this host's CPUs (detector/runtimes/threads.py)
             env = {**env, "LINEWATCH_DETECTOR__WORKERS_ON_HOST": str(o.workers)}
             for i in range(o.workers):
-                self._spawn(f"worker-{i + 1}", ["detect", "--model", str(path_of(active.artifact_uri))], env)
+                self._spawn(f"worker-{i + 1}", detect, env)
             if o.trainer:  # retrains of the demo model are published like it, marked under-calibrated (README)
                 self._spawn("trainer", ["trainer"], {"LINEWATCH_TRAINING__ALLOW_UNDER_CALIBRATED": os.environ.get(
                     "LINEWATCH_TRAINING__ALLOW_UNDER_CALIBRATED", "true"), **env})
@@ -114,12 +124,9 @@ class Up:
                 self._spawn("dashboard", ["dashboard", "--port", str(o.dashboard_port),
                                           "--address", o.dashboard_address], env)
                 print(f"dashboard: http://{_host(o.dashboard_address)}:{o.dashboard_port}", flush=True)
-            source = o.source or (self.settings.data_root / "mvtec_ad" / "bottle" / "test")
-            camera = ["ingest", "--camera-id", o.camera_id, "--line-id", o.line_id, "--source", str(source),
-                      "--fps", str(o.fps), "--loop"]
-            if o.max_frames:
-                camera += ["--max-frames", str(o.max_frames)]
-            self._spawn("camera", camera, env, capture_stdout=True)
+            for name, camera in camera_commands(self.settings.data_root, o.products, o.source, o.camera_id, o.line_id,
+                                                o.fps, o.max_frames).items():
+                self._spawn(name, camera, env, capture_stdout=True)
             summary = self._watch(started)
         except (EmbeddedServiceError, FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -136,15 +143,16 @@ class Up:
             print(json.dumps(summary, indent=2))
         return 0
 
-    def _activate(self, model: Path, explicit: bool):
-        """The registry's active version: ``model`` when given explicitly, else whatever is active (a retrained
-        version survives restarts), else the default model as v1."""
+    def _activate(self, model: Path, explicit: bool, product: str = DEFAULT_PRODUCT):
+        """``product``'s active version: ``model`` when given explicitly, else whatever is active (a retrained
+        version survives restarts), else ``model`` as its v1."""
         from linewatch.trainer.registry import ModelRegistry
 
         engine = make_engine(self.settings.database_url)
         try:
             registry = ModelRegistry(engine, self.settings.artifact_store_root, self.settings.kafka)
-            return registry.use(model, "linewatch up") if explicit else registry.ensure_active(model, "linewatch up")
+            return registry.use(model, "linewatch up", product) if explicit else \
+                registry.ensure_active(model, "linewatch up", product)
         finally:
             engine.dispose()
 
@@ -201,6 +209,15 @@ class Up:
         from linewatch.detector.model_files import METADATA_FILE
 
         o, root = self.options, self.settings.data_root
+        if o.products:
+            if o.model is not None or o.source is not None:
+                raise ValueError("--products runs each product's demo model and data set: leave out --model and "
+                                 "--source")
+            check_products(o.products)
+            if missing := missing_data(root, o.products):
+                raise FileNotFoundError(f"{missing[0]}: no such directory. --products replays and trains on the "
+                                        "shared data sets: set LINEWATCH_DATA_ROOT to the folder holding them")
+            return
         cached = (default_model_dir(self.settings) / METADATA_FILE).is_file()
         needs_data = o.source is None or (o.model is None and not cached)
         if needs_data and not (root / "mvtec_ad" / "bottle").is_dir():
@@ -226,9 +243,8 @@ class Up:
         try:
             while not self.stop_event.wait(1.0):
                 self._check_children()
-                camera = self.children.processes["camera"]
-                if camera.poll() is not None and published is None:
-                    published = last_json(camera)
+                if published is None and all(c.poll() is not None for c in self._cameras()):
+                    published = self._published()
                 n, defects, latency = this_run(engine, started)
                 dead_now = self._dead_letters(reader, started)
                 dead = None if dead_now is None or dead_before is None else dead_now - dead_before
@@ -244,9 +260,10 @@ class Up:
                     break
             print(flush=True)
             if published is None and not self.stop_event.is_set():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.children.processes["camera"].wait(30)
-                published = last_json(self.children.processes["camera"])
+                for camera in self._cameras():
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        camera.wait(30)
+                published = self._published()
             dead_now = self._dead_letters(reader, started)
             dead = None if dead_now is None or dead_before is None else dead_now - dead_before
             return self._summary(engine, started, published, dead, t0)
@@ -254,10 +271,18 @@ class Up:
             print(flush=True)
             engine.dispose()
 
+    def _cameras(self) -> list[subprocess.Popen]:
+        return [p for name, p in self.children.processes.items() if name.startswith("camera")]
+
+    def _published(self) -> dict:
+        """The cameras' own count of frames published (each prints its counters as JSON when it ends)."""
+        counts = [last_json(c).get("published") for c in self._cameras()]
+        return {"published": sum(counts) if None not in counts else None}
+
     def _check_children(self) -> None:
-        """Raise ServiceExited for the first child that ended on its own (the camera may end with code 0)."""
+        """Raise ServiceExited for the first child that ended on its own (a camera may end with code 0)."""
         for name, proc in self.children.processes.items():
-            if proc.poll() is not None and (name != "camera" or proc.returncode != 0):
+            if proc.poll() is not None and (not name.startswith("camera") or proc.returncode != 0):
                 raise ServiceExited(name, proc.returncode, self.logs / f"{name}.log")
         for service in self.children.services:
             if service.process is not None and service.process.poll() is not None:
@@ -272,23 +297,9 @@ class Up:
             return None
 
     def _summary(self, engine, started: dt.datetime, published: dict | None, dead: int | None, t0: float) -> dict:
-        with engine.connect() as conn:
-            rows = conn.execute(select(Inspection.total_ms, Inspection.verdict, Inspection.model_version)
-                                .where(Inspection.processed_at >= started)).all()
-        p50, p99 = percentiles([r.total_ms for r in rows])
-        elapsed = time.monotonic() - t0
-        return {
-            "published": (published or {}).get("published"),
-            "inspected": len(rows),
-            "defects": sum(r.verdict == "defect" for r in rows),
-            "dead_lettered": dead,
-            "latency_ms": {"p50": p50, "p99": p99},
-            "frames_per_s": round(len(rows) / elapsed, 2) if elapsed else None,
-            "model_versions": sorted({r.model_version for r in rows}),
-            "workers": self.options.workers,
-            "state_dir": str(self.state),
-            "stopped_by_signal": self.stop_event.is_set(),
-        }
+        return {**run_summary(engine, started, published, dead, time.monotonic() - t0),
+                "workers": self.options.workers, "state_dir": str(self.state),
+                "stopped_by_signal": self.stop_event.is_set()}
 
     # ---- stopping -----------------------------------------------------------------------------------
 
@@ -297,7 +308,8 @@ class Up:
 
     def _stop_all(self) -> None:
         """SIGTERM the services (camera first, so workers get its last frames), then the infrastructure."""
-        order = ["camera"] + [n for n in self.children.processes if n != "camera"]
+        cameras = [n for n in self.children.processes if n.startswith("camera")]
+        order = cameras + [n for n in self.children.processes if n not in cameras]
         for name in order:
             proc = self.children.processes.get(name)
             if proc is not None and proc.poll() is None:

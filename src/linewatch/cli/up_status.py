@@ -38,3 +38,21 @@ def last_json(camera: subprocess.Popen) -> dict:
         return {}
     out = camera.stdout.read().decode()
     return json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+
+
+def run_summary(engine, started: dt.datetime, published: dict | None, dead: int | None, elapsed_s: float) -> dict:
+    """The JSON summary's figures of this run: rows processed since ``started``, per product too."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(Inspection.total_ms, Inspection.verdict, Inspection.model_version,
+                                   Inspection.product).where(Inspection.processed_at >= started)).all()
+    p50, p99 = percentiles([r.total_ms for r in rows])
+    return {
+        "published": (published or {}).get("published"),
+        "inspected": len(rows),
+        "defects": sum(r.verdict == "defect" for r in rows),
+        "dead_lettered": dead,
+        "latency_ms": {"p50": p50, "p99": p99},
+        "frames_per_s": round(len(rows) / elapsed_s, 2) if elapsed_s else None,
+        "model_versions": sorted({r.model_version for r in rows}),
+        "inspected_per_product": {p: sum(r.product == p for r in rows) for p in sorted({r.product for r in rows})},
+    }

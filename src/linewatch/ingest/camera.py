@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from prometheus_client import Counter, Gauge
 
 from linewatch.contracts.messages import FrameMeta, check_id
+from linewatch.contracts.products import check_product
 from linewatch.contracts.settings import Settings
 
 from .publisher import DROPPED, FramePublisher
@@ -74,13 +75,18 @@ class CameraService:
     """Runs one camera until its source ends, ``max_frames`` are published, or :meth:`stop` is called."""
 
     def __init__(self, settings: Settings, camera_id: str, line_id: str, source, fps: float = 0.0,
-                 max_frames: int | None = None, producer=None):
-        """Raises:
+                 max_frames: int | None = None, producer=None, product: str | None = None):
+        """``product``: the ``product`` header of every frame (docs/products.md); None: none (the workers take the
+        camera's product from the changeover history).
+
+        Raises:
             MessageError: (a ValueError) ``camera_id`` or ``line_id`` that no store could hold (too long, a
                 NUL or another control character): every frame of it would be dead-lettered.
+            ProductError: (a ValueError) ``product`` is not a product name.
         """
         check_id("camera_id", camera_id)
         check_id("line_id", line_id)
+        self.product = check_product(product) if product else None
         self.settings = settings
         self.camera_id, self.line_id = camera_id, line_id
         self.source = source
@@ -206,7 +212,7 @@ class CameraService:
 
     def _enqueue(self, capture: Capture, taken_at_ns: int) -> None:
         meta = FrameMeta(self.camera_id, self.line_id, self.ids.next(), taken_at_ns, capture.content_type,
-                         capture.part_id)
+                         capture.part_id, self.product)
         with self.cond:
             cap = self.settings.ingest.buffer_frames
             if not self.source.live:

@@ -185,11 +185,13 @@ class VideoCaptureSource:
             self.reader = None
 
 
-def open_source(spec: str, loop: bool = False, jpeg_quality: int = 92) -> ImageFolderSource | VideoCaptureSource:
+def open_source(spec: str, loop: bool = False, jpeg_quality: int = 92, glob: str | None = None
+                ) -> ImageFolderSource | VideoCaptureSource:
     """Interpret SOURCE: a device index (``0``), a URL (``rtsp://``, ``http(s)://``), a folder or a video file.
+    ``glob``: of a folder, replay only the images whose file name matches it (``*.jpg``).
 
     Raises:
-        SourceError: a path that does not exist.
+        SourceError: a path that does not exist; a folder with no image matching ``glob``.
     """
     if spec.isdigit():
         return VideoCaptureSource(int(spec), jpeg_quality)
@@ -197,6 +199,11 @@ def open_source(spec: str, loop: bool = False, jpeg_quality: int = 92) -> ImageF
         return VideoCaptureSource(spec, jpeg_quality)
     path = Path(spec).expanduser()
     if path.is_dir():
+        if glob:
+            files = sorted(p for p in path.rglob(glob) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not files:
+                raise SourceError(f"{path}: no images named {glob}")
+            return ImageFolderSource(path, loop, files=files)
         return ImageFolderSource(path, loop)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
