@@ -59,29 +59,34 @@ def test_two_products_two_workers_routed_rolled_out_and_changed_over(line, tmp_p
     bottle_v1 = p.registry.use(p.model_dir, "test", product="bottle").version
     tile_v1 = p.registry.use(other_model(p.model_dir, tmp_path / "tile-1"), "test", product="tile").version
     assert (bottle_v1, tile_v1) == ("bottle/v1", "tile/v1")
-    # cam-b: bottle by its frames' header; cam-t: tile by a changeover; cam-c: bottle, then tile from T0 + 30 s
+    # cam-b: bottle by its frames' header; cam-t: tile by a changeover; cam-c: bottle, then (mid-stream) tile
     record_changeover(p.engine, "cam-t", "tile", "test", since=T0)
     record_changeover(p.engine, "cam-c", "bottle", "test", since=T0)
-    switch_at = T0 + dt.timedelta(seconds=30)
-    record_changeover(p.engine, "cam-c", "tile", "test", since=switch_at)
     for name in ("w1", "w2"):
         p.start(name, "detect", "--threads", "1")
     p.wait_for_workers(2)
 
-    frames = []
-    for i in range(12):
-        at = T0 + dt.timedelta(seconds=5 * i)  # cam-c's frames 0-5 before the changeover, 6-11 at or after it
-        frames += [("cam-b", i, at, "bottle"), ("cam-t", i, at, None), ("cam-c", i, at, None)]
-    frames.append(("cam-x", 0, T0, "nomodel"))  # a product with no model
-    _publish(p, frames)
-    p.wait_for_rows(36, timeout_s=240)
+    def wave(ids: range) -> list:
+        """cam-b, cam-t and cam-c frames ``ids``, captured 5 s apart from T0."""
+        at = [T0 + dt.timedelta(seconds=5 * i) for i in ids]
+        return [(c, i, t, h) for i, t in zip(ids, at, strict=True)
+                for c, h in (("cam-b", "bottle"), ("cam-t", None), ("cam-c", None))]
+
+    _publish(p, wave(range(6)) + [("cam-x", 0, T0, "nomodel")])  # cam-x: a product with no model
+    p.wait_for_rows(18, timeout_s=240)
+    switch_at = T0 + dt.timedelta(seconds=30)  # between cam-c's frame 5 (T0 + 25 s) and frame 6 (T0 + 30 s)
+    record_changeover(p.engine, "cam-c", "tile", "test", since=switch_at)
+    time.sleep(2 * p.settings.products.changeover_refresh_s + 0.5)  # the workers reread the history
+    late = ("cam-c", 99, switch_at - dt.timedelta(milliseconds=1), None)  # captured just before: still bottle
+    _publish(p, wave(range(6, 12)) + [late])
+    p.wait_for_rows(37, timeout_s=240)
     rows = p.rows()
-    assert len(rows) == 36 and len({r.worker_id for r in rows}) == 2  # both workers scored, each both products
+    assert len(rows) == 37 and len({r.worker_id for r in rows}) == 2  # both workers scored, each both products
     by_camera = {c: sorted((r for r in rows if r.camera_id == c), key=lambda r: r.frame_id)
                  for c in ("cam-b", "cam-t", "cam-c")}
     assert {(r.product, r.model_version) for r in by_camera["cam-b"]} == {("bottle", "bottle/v1")}
     assert {(r.product, r.model_version) for r in by_camera["cam-t"]} == {("tile", "tile/v1")}
-    assert [r.product for r in by_camera["cam-c"]] == ["bottle"] * 6 + ["tile"] * 6
+    assert [r.product for r in by_camera["cam-c"]] == ["bottle"] * 6 + ["tile"] * 6 + ["bottle"]  # 99: the late one
     assert all((r.captured_at >= switch_at) == (r.product == "tile") for r in by_camera["cam-c"])
     for w in rows:
         assert w.model_version.startswith(w.product + "/")
@@ -99,7 +104,7 @@ def test_two_products_two_workers_routed_rolled_out_and_changed_over(line, tmp_p
                  "both workers on tile/v2", poll_s=0.5)
     later = T0 + dt.timedelta(minutes=5)
     _publish(p, [(c, 100 + i, later, h) for i in range(6) for c, h in (("cam-b", "bottle"), ("cam-t", None))])
-    p.wait_for_rows(48, timeout_s=180)
+    p.wait_for_rows(49, timeout_s=180)
     new = [r for r in p.rows() if r.frame_id >= 100]
     assert {(r.camera_id, r.model_version) for r in new} == {("cam-b", "bottle/v1"), ("cam-t", tile_v2)}
     for w in _workers(p):
