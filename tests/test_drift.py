@@ -102,6 +102,19 @@ def test_one_odd_frame_never_alarms_a_weak_lamp_does_within_alarm_frames(quick_m
     assert monitor.state("cam-b")["frames"] == 1 and not monitor.state("cam-b")["drifting"]
 
 
+def test_a_camera_alternating_two_products_keeps_a_window_per_products_model(quick_model):
+    """Frames of one camera naming two products by header (issue 18): each product's model keeps its own window,
+    so a weak lamp still raises the alarm instead of the windows emptying at every switch."""
+    meta = quick_model.metadata
+    weak = frame_statistics(c29_input("vignette_one_lamp_weak", 128))
+    monitor = DriftMonitor(RULE)
+    for _ in range(RULE.alarm_frames):
+        monitor.observe("cam-a", "bottle/v1", meta, weak)
+        monitor.observe("cam-a", "tile/v1", meta, weak)
+    state = monitor.state("cam-a")
+    assert (state["model_version"], state["frames"], state["drifting"]) == ("tile/v1", RULE.alarm_frames, True)
+
+
 def test_the_drift_rule_is_checked_where_it_is_read():
     with pytest.raises(ValueError, match="alarm_frames 6 is more than window 5"):
         Settings(detector={"drift": {"window": 5, "alarm_frames": 6}})

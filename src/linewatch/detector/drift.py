@@ -54,6 +54,7 @@ from linewatch.contracts.settings import DriftSettings
 from .frame_stats import REFERENCE_FORMAT, STAT_NAMES
 
 FORGET_CAMERA_S = 24 * 3600.0  # a camera silent this long loses its window (as its live state expires)
+MAX_REFERENCES = 16  # drift references kept, one per model version (a worker holds a model per product)
 
 
 def reference_of(metadata: dict[str, Any]) -> dict[str, tuple[float, float]] | None:
@@ -122,12 +123,16 @@ class DriftMonitor:
     """Per-camera drift windows of one worker; fed by the inference stage only (not thread-safe).
 
     A camera's frames arrive in order on one partition, so one worker holds its window; after a rebalance the
-    new owner starts an empty one. A model version change empties the camera's window (the reference changed).
+    new owner starts an empty one. Windows are kept per camera and model version: a new version starts an empty one
+    (the reference changed), and a camera whose frames alternate between products (by their header) keeps one
+    window per product's model instead of emptying it at every switch; :attr:`cameras` holds each camera's window
+    of the version it was last seen with.
     """
 
     def __init__(self, settings: DriftSettings):
         self.settings = settings
         self.cameras: dict[str, _Camera] = {}
+        self._windows: dict[tuple[str, str], _Camera] = {}  # (camera, model version) -> its windows
         self._references: dict[str, tuple[dict[str, tuple[float, float]] | None, float | None]] = {}
 
     def reference(self, version: str, metadata: dict[str, Any]) -> dict[str, tuple[float, float]] | None:
@@ -139,8 +144,10 @@ class DriftMonitor:
                        ) -> tuple[dict[str, tuple[float, float]] | None, float | None]:
         if version not in self._references:
             on = self.settings.enabled
-            self._references = {version: (reference_of(metadata) if on else None,
-                                          score_reference(metadata) if on else None)}
+            if len(self._references) >= MAX_REFERENCES:  # one per model held; a long-lived worker sees many
+                self._references.clear()
+            self._references[version] = (reference_of(metadata) if on else None,
+                                         score_reference(metadata) if on else None)
         return self._references[version]
 
     def observe(self, camera_id: str, version: str, metadata: dict[str, Any], stats: dict[str, float] | None,
@@ -150,11 +157,11 @@ class DriftMonitor:
         frame's drift flag (of its statistics), or None when they are not checked."""
         now = time.time()
         ref, p95 = self._references_of(version, metadata)
-        cam = self.cameras.get(camera_id)
-        if cam is None or cam.version != version:
-            if cam is None:
-                self._forget(now)
-            cam = self.cameras[camera_id] = _Camera(version)
+        cam = self._windows.get((camera_id, version))
+        if cam is None:
+            self._forget(now)
+            cam = self._windows[(camera_id, version)] = _Camera(version)
+        self.cameras[camera_id] = cam
         cam.seen = now
         was = cam.drifting
         rule = self.settings
@@ -243,3 +250,5 @@ class DriftMonitor:
     def _forget(self, now: float) -> None:
         for camera_id in [c for c, cam in self.cameras.items() if now - cam.seen > FORGET_CAMERA_S]:
             del self.cameras[camera_id]
+        for key in [k for k, cam in self._windows.items() if now - cam.seen > FORGET_CAMERA_S]:
+            del self._windows[key]
