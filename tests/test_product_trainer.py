@@ -101,10 +101,16 @@ def test_a_bottle_job_trains_registers_and_announces_bottle_only(apache_kafka, t
         assert v2.metrics["evidence"]["confirmed_defects"] == 2
         assert v2.metrics["evidence"]["goods"] == job.training_set["held_out"]
 
-        # bottle's announcement names whatever bottle now runs; mt's version and announcement are as they were.
-        bottle_now = registry.active("bottle").version
-        assert bottle_now == ("bottle/v2" if job.stage == "activated" else "bottle/v1")
-        assert current_announcement(settings.kafka, product="bottle").version == bottle_now
+        # The promotion rule may refuse a 2-epoch fine-tune of the quick model (its threshold moves, say): then an
+        # engineer activates it, as `linewatch model activate bottle/v2` does. Either way bottle/v2 goes live on
+        # bottle's key, and mt's version and announcement stay as they were.
+        print(f"decision: {v2.metrics['decision']}")
+        assert job.stage in ("activated", "rejected")
+        if job.stage == "rejected":
+            registry.activate("bottle/v2", "bob")
+        assert [(r.version, r.status) for r in registry.list("bottle")] == [("bottle/v1", "retired"),
+                                                                           ("bottle/v2", "active")]
+        assert current_announcement(settings.kafka, product="bottle").version == "bottle/v2"
         tile_now = registry.list(TILE)
         assert [(r.version, r.status, r.activated_by, r.activated_at) for r in tile_now] == \
             [("mt/v1", "active", "olek", tile_v1.activated_at)]
