@@ -245,3 +245,42 @@ def test_a_setting_folder_serves_its_product():
     assert product_path(Path("/data/good"), "default") == Path("/data/good")
     assert product_path(Path("/data/good"), "bottle") is None  # one product's images never stand for another's
     assert product_path(None, "bottle") is None
+
+
+def test_a_failing_job_of_one_product_does_not_stop_the_others(tmp_path, monkeypatch, quick_model):
+    """The service loop (its own child processes, ``linewatch trainer --run-job``) on a SQLite record: mt's job fails
+    (its active version's weights are no model), then bottle's job is claimed and trains."""
+    env = {"LINEWATCH_STATE_DIR": str(tmp_path / "state"), "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": "",
+           "LINEWATCH_DETECTOR__DEVICE": "cpu", "LINEWATCH_TRAINER__EXPORT_ONNX": "false",
+           "LINEWATCH_TRAINER__FINE_TUNE_EPOCHS": "2", "LINEWATCH_TRAINING__BATCH_SIZE": "4",
+           "LINEWATCH_TRAINING__ALLOW_UNDER_CALIBRATED": "true"}  # the quick model's few goods
+    for name, value in env.items():  # the job processes read the same settings from the environment
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LINEWATCH_DATABASE__URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        service = TrainerService(get_settings())
+    finally:
+        get_settings.cache_clear()
+    engine = service.engine
+    try:
+        service.registry.use(model_dir(tmp_path / "tile-model", "no weights"), "test", TILE)
+        service.registry.use(quick_model.model_dir, "test", "bottle")
+        tile = jobs.request_job(engine, "manual", "olek", product=TILE)
+        bottle_job = jobs.request_job(engine, "manual", "alice", product="bottle")
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)
+        while (job := jobs.get_job(engine, bottle_job)).status in ("queued", "running") and job.stage != "training":
+            assert dt.datetime.now(dt.UTC) < deadline, job
+            service.tick()
+            service.stop_event.wait(0.5)
+        failed = jobs.get_job(engine, tile)
+        assert (failed.product, failed.status) == (TILE, "failed") and failed.error
+        running = jobs.get_job(engine, bottle_job)
+        assert (running.product, running.status, running.stage) == ("bottle", "running", "training")
+        assert service.registry.active(TILE).version == "mt/v1"  # the failed job changed nothing of mt
+        print(f"mt's job failed ({failed.error.splitlines()[0]}); bottle's job trains ({running.epochs} epochs)")
+    finally:
+        if service.child is not None:
+            service.child.terminate()
+            service.child.wait(60)
+        engine.dispose()
