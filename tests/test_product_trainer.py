@@ -52,7 +52,7 @@ def _keep(lw: Line, path: Path, product: str, camera_id: str, at: dt.datetime) -
 def test_a_bottle_job_trains_registers_and_announces_bottle_only(apache_kafka, tmp_path, quick_model):
     settings = Settings(state_dir=tmp_path / "state", database={"url": f"sqlite:///{tmp_path / 'record.db'}"},
                         detector={"device": "cpu"}, training={"batch_size": 4, "allow_under_calibrated": True},
-                        trainer={"fine_tune_epochs": 2, "export_onnx": False, "announce_attempts": 2},
+                        trainer={"fine_tune_epochs": 1, "export_onnx": False, "announce_attempts": 2},
                         kafka={"bootstrap_servers": apache_kafka.bootstrap_servers,
                                "topic_prefix": f"t{uuid.uuid4().hex[:8]}"})
     engine = make_engine(settings.database_url)
@@ -66,15 +66,16 @@ def test_a_bottle_job_trains_registers_and_announces_bottle_only(apache_kafka, t
         lw = Line(engine, settings, Scorer(quick_model.model_dir, "cpu"))
         # Both products' frames in one record, from one camera each, interleaved in time; all labelled by alice.
         bottles = sorted((bottle() / "test" / "good").glob("*.png"))[:8]  # none is a base image (train/good)
-        tiles = sorted((magnetic_tile() / "MT_Free" / "Imgs").glob("*.jpg"))[:8]
+        tiles = sorted((magnetic_tile() / "MT_Free" / "Imgs").glob("*.jpg"))[:5]
         goods = {"bottle": [], TILE: []}
-        for i, (b, t) in enumerate(zip(bottles, tiles, strict=True)):
+        for i, b in enumerate(bottles):
             goods["bottle"].append(_keep(lw, b, "bottle", "cam-1", T0 + dt.timedelta(minutes=20 * i)))
-            goods[TILE].append(_keep(lw, t, TILE, "cam-2", T0 + dt.timedelta(minutes=20 * i + 1)))
+            if i < len(tiles):
+                goods[TILE].append(_keep(lw, tiles[i], TILE, "cam-2", T0 + dt.timedelta(minutes=20 * i + 1)))
         defects = {"bottle": [_keep(lw, p, "bottle", "cam-1", T0) for p in
                               sorted((bottle() / "test" / "broken_small").glob("*.png"))[:2]],
                    TILE: [_keep(lw, p, TILE, "cam-2", T0) for p in
-                          sorted((magnetic_tile() / "MT_Blowhole" / "Imgs").glob("*.jpg"))[:3]]}
+                          sorted((magnetic_tile() / "MT_Blowhole" / "Imgs").glob("*.jpg"))[:1]]}
         data.add_labels(engine, goods["bottle"] + goods[TILE], "good", "alice")
         data.add_labels(engine, defects["bottle"] + defects[TILE], "defect", "alice")
         with engine.connect() as conn:
@@ -97,11 +98,11 @@ def test_a_bottle_job_trains_registers_and_announces_bottle_only(apache_kafka, t
         assert (v2.product, v2.parent_version) == ("bottle", "bottle/v1")
         manifest = {m["sha256"] for m in v2.manifest}
         assert sha["bottle"] <= manifest and not sha[TILE] & manifest  # no tile frame trained, held out or dropped
-        # Its review judged it against bottle/v1 on bottle evidence: the 2 bottle defects, not the 3 tile ones.
+        # Its review judged it against bottle/v1 on bottle evidence: the 2 bottle defects, not the tile one.
         assert v2.metrics["evidence"]["confirmed_defects"] == 2
         assert v2.metrics["evidence"]["goods"] == job.training_set["held_out"]
 
-        # The promotion rule may refuse a 2-epoch fine-tune of the quick model (its threshold moves, say): then an
+        # The promotion rule may refuse a 1-epoch fine-tune of the quick model (its threshold moves, say): then an
         # engineer activates it, as `linewatch model activate bottle/v2` does. Either way bottle/v2 goes live on
         # bottle's key, and mt's version and announcement stay as they were.
         print(f"decision: {v2.metrics['decision']}")
