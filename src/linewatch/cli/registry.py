@@ -17,7 +17,7 @@ model_app = typer.Typer(help="The model registry: versions, activation, rollback
 
 # The product a command acts on; "default" is the product of everything recorded before products existed.
 Product = Annotated[str, typer.Option("--product", "-p", help="the product (part type); 'all': every product "
-                                      "(list only)")]
+                                      "(list and jobs only)")]
 
 
 def open_registry():
@@ -32,13 +32,13 @@ def open_registry():
 
 
 def job_line(job) -> str:
-    """One line of a training job's progress (``model jobs``, ``retrain --wait``)."""
+    """One line of a training job's product and progress (``model jobs``, ``retrain --wait``)."""
     epoch = f" epoch {job.epoch}/{job.epochs}" if job.epoch is not None and job.epochs else ""
     loss = f" loss {job.loss:.4f}" if job.loss is not None else ""
     eta = f" {job.eta_s:.0f} s left" if job.eta_s else ""
     outcome = f" -> {job.candidate_version}" if job.candidate_version else ""
     error = f" error: {job.error.splitlines()[0]}" if job.error else ""
-    return f"job {job.id} [{job.status}] {job.stage or ''}{epoch}{loss}{eta}{outcome}{error}"
+    return f"job {job.id} {job.product} [{job.status}] {job.stage or ''}{epoch}{loss}{eta}{outcome}{error}"
 
 
 @model_app.command("list")
@@ -155,12 +155,17 @@ def model_reannounce(by: Annotated[str, typer.Option(help="who re-announces (rec
 
 
 @model_app.command("jobs")
-def model_jobs(limit: Annotated[int, typer.Option(min=1)] = 10) -> None:
-    """Recent training jobs with their progress."""
+def model_jobs(limit: Annotated[int, typer.Option(min=1)] = 10, product: Product = "all") -> None:
+    """Recent training jobs with their product and progress (default: of every product)."""
+    from linewatch.contracts.products import ALL_PRODUCTS, ProductError, check_product
     from linewatch.trainer import job_queue as jobs
 
-    rows = jobs.recent_jobs(open_registry().engine, limit)
+    try:
+        only = None if product == ALL_PRODUCTS else check_product(product)
+    except ProductError as exc:
+        fail(str(exc))
+    rows = jobs.recent_jobs(open_registry().engine, limit, only)
     if not rows:
-        typer.echo("no training jobs yet")
+        typer.echo("no training jobs yet" + ("" if only is None else f" for the product {only}"))
     for job in rows:
         typer.echo(job_line(job))

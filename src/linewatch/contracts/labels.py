@@ -118,7 +118,7 @@ def _good(second_opinion_above: float | None, confirmed: bool) -> tuple[Any, Any
 
 
 def _good_query(columns: list[Any], second_opinion_above: float | None, confirmed: bool,
-                since: dt.datetime | None) -> Any:
+                since: dt.datetime | None, product: str | None = None) -> Any:
     eff, ops, conditions = _good(second_opinion_above, confirmed)
     query = (select(*columns, eff.c.operator, eff.c.created_at.label("labelled_at"),
                     func.coalesce(ops.c.operators, 0).label("good_operators"))
@@ -127,6 +127,8 @@ def _good_query(columns: list[Any], second_opinion_above: float | None, confirme
              .where(*conditions))
     if since is not None:
         query = query.where(eff.c.created_at > since)
+    if product is not None:
+        query = query.where(Inspection.product == product)
     return query.order_by(eff.c.created_at, Inspection.id)
 
 
@@ -135,7 +137,7 @@ _FRAME_COLUMNS = (Inspection.id, Inspection.camera_id, Inspection.frame_id, Insp
 
 
 def confirmed_good_frames(conn: Connection, since: dt.datetime | None = None, *,
-                          second_opinion_above: float | None) -> list[Any]:
+                          second_opinion_above: float | None, product: str | None = None) -> list[Any]:
     """Kept frames whose effective label is ``good`` and that pass the second-opinion rule (module docstring),
     oldest label first: the frames the trainer may learn from. A frame whose effective label is ``defect``
     is never among them.
@@ -143,27 +145,29 @@ def confirmed_good_frames(conn: Connection, since: dt.datetime | None = None, *,
     Args:
         since: only frames whose effective label was made after this moment.
         second_opinion_above: ``trainer.second_opinion_above``; None turns the rule off.
+        product: only frames of this product (``inspections.product``); None: of every product.
     Rows: ``Inspection`` columns ``id``, ``camera_id``, ``frame_id``, ``captured_at``, ``normalized_score``,
     ``image_uri``, plus the label's ``operator``, ``labelled_at`` and ``good_operators`` (distinct operators).
     """
-    return list(conn.execute(_good_query(list(_FRAME_COLUMNS), second_opinion_above, True, since)).all())
+    return list(conn.execute(_good_query(list(_FRAME_COLUMNS), second_opinion_above, True, since, product)).all())
 
 
 def count_confirmed_good_frames(conn: Connection, since: dt.datetime | None = None, *,
-                                second_opinion_above: float | None) -> int:
+                                second_opinion_above: float | None, product: str | None = None) -> int:
     """How many frames :func:`confirmed_good_frames` would return (the frames ready for retraining)."""
-    inner = _good_query([Inspection.id], second_opinion_above, True, since).subquery()
+    inner = _good_query([Inspection.id], second_opinion_above, True, since, product).subquery()
     return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
 
 
 def awaiting_second_opinion(conn: Connection, *, second_opinion_above: float | None,
-                            inspection_ids: list[int] | None = None) -> list[Any]:
+                            inspection_ids: list[int] | None = None, product: str | None = None) -> list[Any]:
     """Kept frames labelled good that still need a different operator's good label (module docstring).
 
     Rows as :func:`confirmed_good_frames`; ``operator`` is who labelled it good last. ``inspection_ids``:
-    only these frames. Empty when ``second_opinion_above`` is None.
+    only these frames; ``product``: only this product's (None: every product's). Empty when
+    ``second_opinion_above`` is None.
     """
-    query = _good_query(list(_FRAME_COLUMNS), second_opinion_above, False, None)
+    query = _good_query(list(_FRAME_COLUMNS), second_opinion_above, False, None, product)
     if inspection_ids is not None:
         query = query.where(Inspection.id.in_(inspection_ids))
     return list(conn.execute(query).all())

@@ -8,6 +8,22 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from .products import DEFAULT_PRODUCT
+
+PRODUCT_PLACEHOLDER = "{product}"  # in base_data / defect_reference: the product whose job reads the folder
+
+
+def product_path(path: Path | None, product: str) -> Path | None:
+    """The folder a setting names for ``product``'s training jobs: ``path`` with every ``{product}`` replaced by
+    the product's name (``/data/{product}/good`` -> ``/data/bottle/good``); a path without the placeholder is the
+    default product's only (None for any other product), since one product's images are no evidence for another's.
+    None stays None."""
+    if path is None:
+        return None
+    if PRODUCT_PLACEHOLDER in str(path):
+        return Path(str(path).replace(PRODUCT_PLACEHOLDER, product))
+    return path if product == DEFAULT_PRODUCT else None
+
 
 class TrainerSettings(BaseModel):
     """The retraining service.
@@ -31,7 +47,9 @@ class TrainerSettings(BaseModel):
         [], description="also export each new version to OpenVINO IR at these precisions before it is registered "
         "(bf16/int8 with thresholds recalibrated on them), so workers on runtime openvino-bf16 / openvino-int8 can "
         "load every new version; [] = none")
-    base_data: Path | None = Field(None, description="good images the first model was trained on")
+    base_data: Path | None = Field(None, description="good images the first model was trained on; '{product}' in "
+                                   "the path stands for the job's product; a path without it serves the product "
+                                   "default only (product_path)")
     metrics_port: int | None = None
     second_opinion_above: float | None = Field(
         2.0, gt=1, description="normalised score (x threshold) above which a good label needs a second, different "
@@ -48,7 +66,8 @@ class TrainerSettings(BaseModel):
                                 "stable) never trained on: the promotion review's false-reject evidence")
     defect_reference: Path | None = Field(None, description="folder of known defect images of this line's product "
                                           "(searched recursively): the promotion review's miss evidence, "
-                                          "with the operator-confirmed defects")
+                                          "with the operator-confirmed defects; '{product}' in the path stands for "
+                                          "the job's product; a path without it serves the product default only")
     max_threshold_change: float = Field(1.5, gt=1, description="a candidate whose image threshold moved by more "
                                         "than this factor (up or down) is never activated automatically")
     announce_attempts: int = Field(3, ge=1, description="tries at announcing a newly activated version on the "

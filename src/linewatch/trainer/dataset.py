@@ -1,5 +1,6 @@
-"""The retraining set: the base good images plus the operator-confirmed good frames, de-duplicated by
-content hash, never including a frame labelled defect (nor any image with the same bytes as one).
+"""The retraining set of one product: the base good images plus the operator-confirmed good frames of that
+product's inspections (``inspections.product``), de-duplicated by content hash, never including a frame labelled
+defect (nor any image with the same bytes as one, whatever product that frame was inspected as).
 
 Guards against label noise (``trainer.*`` settings): only confirmed goods count (``contracts.labels``: a frame
 scored far above the threshold needs two operators); a kept image that is missing or cannot be decoded is left
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from linewatch.contracts.files import path_of, sha256_file
 from linewatch.contracts.labels import awaiting_second_opinion, confirmed_good_frames, effective_labels
+from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.schema import Inspection, ModelVersion
 from linewatch.contracts.trainer_settings import TrainerSettings
 from linewatch.detector.imaging import ImageError, read_image
@@ -96,7 +98,8 @@ def held_out_for_review(sha256: str, share: float) -> bool:
 
 
 def defect_frame_hashes(engine: Engine) -> set[str]:
-    """Content hashes of kept frames whose effective label is ``defect``."""
+    """Content hashes of kept frames whose effective label is ``defect``, of every product (bytes an operator
+    called a defect never train a model, even one of a product the frame was not routed to)."""
     eff = effective_labels()
     with engine.connect() as conn:
         uris = conn.execute(select(Inspection.image_uri).join(eff, eff.c.inspection_id == Inspection.id)
@@ -105,8 +108,10 @@ def defect_frame_hashes(engine: Engine) -> set[str]:
 
 
 def base_images(active: ModelVersion | None, base_data: Path | None) -> list[Path]:
-    """The base good images: ``base_data`` (a folder or dataset layout) if set, else the images the active model
-    was trained and calibrated on (its manifest's ``train``/``val`` entries, not what it left out)."""
+    """The base good images: ``base_data`` (a folder or dataset layout; the job's product's, see
+    :func:`linewatch.contracts.trainer_settings.product_path`) if set, else the images the active model (of the
+    job's product) was trained and calibrated on (its manifest's ``train``/``val`` entries, not what it left
+    out)."""
     if base_data is not None:
         from linewatch.detector.datasets import open_dataset
 
@@ -118,8 +123,10 @@ def base_images(active: ModelVersion | None, base_data: Path | None) -> list[Pat
 
 
 def build_training_set(engine: Engine, active: ModelVersion | None, base_data: Path | None, *,
-                       guards: TrainerSettings) -> TrainingSet:
-    """Collect the retraining set (see the module docstring); ``guards``: the ``[trainer]`` settings."""
+                       guards: TrainerSettings, product: str = DEFAULT_PRODUCT) -> TrainingSet:
+    """Collect ``product``'s retraining set (see the module docstring); ``active``: that product's active version
+    (None: none), ``base_data``: that product's base folder (None: the active version's images), ``guards``: the
+    ``[trainer]`` settings."""
     out = TrainingSet()
     forbidden = defect_frame_hashes(engine)
     seen: dict[str, Path] = {}
@@ -152,8 +159,8 @@ def build_training_set(engine: Engine, active: ModelVersion | None, base_data: P
             out.paths.append(path)
             out.base += 1
     with engine.connect() as conn:
-        frames = confirmed_good_frames(conn, second_opinion_above=guards.second_opinion_above)
-        waiting = awaiting_second_opinion(conn, second_opinion_above=guards.second_opinion_above)
+        frames = confirmed_good_frames(conn, second_opinion_above=guards.second_opinion_above, product=product)
+        waiting = awaiting_second_opinion(conn, second_opinion_above=guards.second_opinion_above, product=product)
     out.confirmed_found, out.awaiting = len(frames), len(waiting)
     for frame in waiting:
         path = path_of(frame.image_uri)

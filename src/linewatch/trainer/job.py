@@ -1,6 +1,10 @@
 """One training job, run in its own process (``linewatch trainer --run-job ID``) so that a crash or a
 kill leaves the service, and the active model, untouched.
 
+A job retrains its product (``training_jobs.product``): it collects that product's confirmed goods, fine-tunes
+that product's active version, registers the candidate as that product's next version (``bottle/v3``) and
+compares it with that product's active version; no other product's versions or announcements change.
+
 Stages: collecting -> training -> evaluating -> registering (-> activated | rejected | candidate). A promoted
 candidate whose announcement fails on every try ends the job failed at stage ``activation rolled back``: the
 activation is undone in SQL (:mod:`.activation`) and the job's error says why.
@@ -19,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from linewatch.contracts.database import make_engine
 from linewatch.contracts.settings import Settings
+from linewatch.contracts.trainer_settings import product_path
 from linewatch.detector.geometry import InputGeometry
 from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
 from linewatch.detector.runtimes.onnx_export import export_or_warn
@@ -45,11 +50,13 @@ def run_job(settings: Settings, job_id: int) -> int:
         job = jobs.get_job(engine, job_id)
         if job is None or job.status != "running":
             raise RuntimeError(f"job {job_id} is not a running job")
-        active = registry.active()
+        product = job.product
+        active = registry.active(product)
         jobs.progress(engine, job_id, stage="collecting")
-        data = build_training_set(engine, active, settings.trainer.base_data, guards=settings.trainer)
-        log.info("job %d: %d base + %d confirmed-good images (%d duplicates, %d excluded as defect, %d more left "
-                 "out, %d held out as promotion evidence)", job_id, data.base, data.confirmed, data.duplicates,
+        data = build_training_set(engine, active, product_path(settings.trainer.base_data, product),
+                                  guards=settings.trainer, product=product)
+        log.info("job %d (%s): %d base + %d confirmed-good images (%d duplicates, %d excluded as defect, %d more left "
+                 "out, %d held out as promotion evidence)", job_id, product, data.base, data.confirmed, data.duplicates,
                  data.excluded_defect, len(data.dropped), len(data.held_out))
         jobs.progress(engine, job_id, training_set=data.summary())
         config, init = _recipe(settings, active, job.from_scratch)
@@ -69,14 +76,14 @@ def run_job(settings: Settings, job_id: int) -> int:
         promote, reason, review = review_candidate(
             engine, settings.trainer, Scorer(result.model_dir, settings.detector.device, settings.backbone.weights),
             manifest, Scorer(artifact_path(active), settings.detector.device, settings.backbone.weights)
-            if active is not None else None)
+            if active is not None else None, product)
         if settings.trainer.export_onnx:  # before registering: the registry copies the export with the version
             export_or_warn(result.model_dir, settings.backbone.weights)
         for precision in settings.trainer.export_openvino:
             openvino_export_or_warn(result.model_dir, precision, settings.backbone.weights)
         jobs.progress(engine, job_id, stage="registering")
         row = registry.register(result.model_dir, parent=active.version if active else None, metrics={
-            "validation": result.metadata["validation"], **review}, notes=reason)
+            "validation": result.metadata["validation"], **review}, notes=reason, product=product)
         return conclude(engine, registry, job_id, row.version, promote and settings.trainer.auto_promote,
                         promote, reason)
     except Exception as exc:  # noqa: BLE001 -- any failure ends the job as failed, with its error

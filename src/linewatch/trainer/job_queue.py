@@ -1,5 +1,11 @@
 """The training-job queue, in SQL (table ``training_jobs``): requests (CLI, dashboard, trainer triggers),
-one job at a time, progress. Shared by the trainer, which runs the jobs, and whoever asks for one or shows them.
+progress. Shared by the trainer, which runs the jobs, and whoever asks for one or shows them.
+
+A job retrains one product (``training_jobs.product``). Each product has at most one unfinished (queued or
+running) job: asking again for the same product returns that job, while another product's unfinished job never
+stands in the way. The trainer runs one job at a time, the oldest queued first, whatever its product (a job takes
+the host's cores; the products take turns, and since each has at most one job waiting, none waits behind more
+than one job of each other product).
 
 Status: queued -> running -> succeeded | failed. A running job whose progress heartbeat
 (``updated_at``) is older than ``STALE_AFTER`` belonged to a process that died and is marked failed.
@@ -14,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from linewatch.contracts.products import DEFAULT_PRODUCT, check_product
 from linewatch.contracts.schema import TrainingJob
 
 STALE_AFTER = dt.timedelta(minutes=3)
@@ -23,22 +30,30 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def request_job(engine: Engine, trigger: str, requested_by: str | None = None, from_scratch: bool = False) -> int:
-    """Queue a training job; returns its id. A job already queued or running is returned instead of a new one."""
+def request_job(engine: Engine, trigger: str, requested_by: str | None = None, from_scratch: bool = False,
+                product: str = DEFAULT_PRODUCT) -> int:
+    """Queue a training job of ``product``; returns its id. A job of that product already queued or running is
+    returned instead of a new one (other products' jobs do not count).
+
+    Raises:
+        linewatch.contracts.products.ProductError: ``product`` is not a product name.
+    """
+    check_product(product)
     with Session(engine) as s, s.begin():
-        pending = s.scalars(select(TrainingJob).where(TrainingJob.status.in_(("queued", "running")))
+        pending = s.scalars(select(TrainingJob).where(TrainingJob.status.in_(("queued", "running")),
+                                                      TrainingJob.product == product)
                             .order_by(TrainingJob.id)).first()
         if pending is not None:
             return pending.id
         job = TrainingJob(status="queued", trigger=trigger, requested_by=requested_by, from_scratch=from_scratch,
-                          created_at=_now(), updated_at=_now())
+                          product=product, created_at=_now(), updated_at=_now())
         s.add(job)
         s.flush()
         return job.id
 
 
 def claim_next(engine: Engine, pid: int) -> TrainingJob | None:
-    """Mark the oldest queued job running (only if none is running) and return it."""
+    """Mark the oldest queued job, of any product, running (only if no job is running) and return it."""
     with Session(engine, expire_on_commit=False) as s, s.begin():
         if s.scalars(select(TrainingJob.id).where(TrainingJob.status == "running")).first() is not None:
             return None
@@ -89,13 +104,24 @@ def get_job(engine: Engine, job_id: int) -> TrainingJob | None:
         return s.get(TrainingJob, job_id)
 
 
-def recent_jobs(engine: Engine, limit: int = 20) -> list[TrainingJob]:
+def running_job(engine: Engine) -> TrainingJob | None:
+    """The job running now, of any product (None: none is)."""
     with Session(engine, expire_on_commit=False) as s:
-        return list(s.scalars(select(TrainingJob).order_by(TrainingJob.id.desc()).limit(limit)))
+        return s.scalars(select(TrainingJob).where(TrainingJob.status == "running").order_by(TrainingJob.id)).first()
 
 
-def last_finished(engine: Engine) -> TrainingJob | None:
-    """The newest job that ended (succeeded or failed)."""
+def recent_jobs(engine: Engine, limit: int = 20, product: str | None = None) -> list[TrainingJob]:
+    """The newest ``limit`` jobs, newest first: of ``product``, or of every product (None)."""
+    query = select(TrainingJob).order_by(TrainingJob.id.desc()).limit(limit)
+    if product is not None:
+        query = query.where(TrainingJob.product == product)
     with Session(engine, expire_on_commit=False) as s:
-        return s.scalars(select(TrainingJob).where(TrainingJob.status.in_(("succeeded", "failed")))
+        return list(s.scalars(query))
+
+
+def last_finished(engine: Engine, product: str = DEFAULT_PRODUCT) -> TrainingJob | None:
+    """``product``'s newest job that ended (succeeded or failed)."""
+    with Session(engine, expire_on_commit=False) as s:
+        return s.scalars(select(TrainingJob).where(TrainingJob.status.in_(("succeeded", "failed")),
+                                                   TrainingJob.product == product)
                          .order_by(TrainingJob.id.desc())).first()

@@ -1,13 +1,16 @@
 """Candidate against active model, on evidence neither trained on, and the promotion rule.
 
+A candidate of a product is compared with that product's active version, on that product's evidence only.
 Evidence (:func:`review_set`), on both sides:
 
-* goods: confirmed goods (``contracts.labels``, second-opinion rule included) that are not in the candidate's
+* goods: confirmed goods of the product's inspections (``contracts.labels``, second-opinion rule included) that
+  are not in the candidate's
   manifest as trained, calibrated or dropped (by content hash): in practice the share held out of training
   (``trainer.review_share``) and goods confirmed after the job collected its set. A candidate's own training
   frames are never evidence;
-* defects: kept frames whose effective label is defect, plus the reference defect images of the product
-  (``trainer.defect_reference``, optional), again minus anything in the candidate's manifest.
+* defects: the product's kept frames whose effective label is defect, plus the reference defect images of the
+  product (``trainer.defect_reference``, optional, :func:`~linewatch.contracts.trainer_settings.product_path`),
+  again minus anything in the candidate's manifest.
 
 The rule (:func:`promotion_decision`): a candidate is activated automatically only when
 
@@ -32,8 +35,9 @@ from sqlalchemy.engine import Engine
 
 from linewatch.contracts.files import IMAGE_SUFFIXES, path_of, sha256_file
 from linewatch.contracts.labels import confirmed_good_frames, effective_labels
+from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.schema import Inspection
-from linewatch.contracts.trainer_settings import TrainerSettings
+from linewatch.contracts.trainer_settings import TrainerSettings, product_path
 from linewatch.detector.imaging import ImageError, read_image
 from linewatch.detector.metrics import image_auroc
 from linewatch.detector.scoring import Scorer
@@ -85,17 +89,20 @@ def reference_defects(folder: Path | None) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def review_set(engine: Engine, guards: TrainerSettings, candidate_manifest: list[dict]) -> Evidence:
-    """The evidence of the module docstring; ``candidate_manifest``: the candidate's ``model.json`` manifest."""
+def review_set(engine: Engine, guards: TrainerSettings, candidate_manifest: list[dict],
+               product: str = DEFAULT_PRODUCT) -> Evidence:
+    """The evidence of the module docstring, of ``product``; ``candidate_manifest``: the candidate's
+    ``model.json`` manifest. Raises FileNotFoundError as :func:`reference_defects`."""
     own = {m["sha256"] for m in candidate_manifest if m.get("sha256") and m.get("role") != "held_out"}
     eff = effective_labels()
     with engine.connect() as conn:
         goods = [path_of(r.image_uri) for r in
-                 confirmed_good_frames(conn, second_opinion_above=guards.second_opinion_above)]
+                 confirmed_good_frames(conn, second_opinion_above=guards.second_opinion_above, product=product)]
         defects = [path_of(u) for u in conn.execute(
             select(Inspection.image_uri).join(eff, eff.c.inspection_id == Inspection.id)
-            .where(eff.c.label == "defect", Inspection.image_uri.is_not(None)).order_by(Inspection.id)).scalars()]
-    reference = reference_defects(guards.defect_reference)
+            .where(eff.c.label == "defect", Inspection.image_uri.is_not(None), Inspection.product == product)
+            .order_by(Inspection.id)).scalars()]
+    reference = reference_defects(product_path(guards.defect_reference, product))
     frames, excluded, counts, seen = [], 0, [0, 0, 0], set()
     for kind, (paths, is_defect) in enumerate(((goods, False), (defects, True), (reference, True))):
         for path in paths:
@@ -169,14 +176,15 @@ def promotion_decision(candidate: dict, active: dict | None, max_threshold_chang
 
 
 def review_candidate(engine: Engine, guards: TrainerSettings, candidate: Scorer, candidate_manifest: list[dict],
-                     active: Scorer | None) -> tuple[bool, str, dict]:
-    """Gather the evidence, judge both models on it and decide -> (promote, reason, metrics for the registry:
-    ``evidence``, ``review_set`` (candidate), ``active_on_review_set``, ``decision``).
+                     active: Scorer | None, product: str = DEFAULT_PRODUCT) -> tuple[bool, str, dict]:
+    """Gather ``product``'s evidence, judge both models on it (``active``: that product's active version) and
+    decide -> (promote, reason, metrics for the registry: ``evidence``, ``review_set`` (candidate),
+    ``active_on_review_set``, ``decision``).
 
     Raises:
-        FileNotFoundError: ``trainer.defect_reference`` is set but missing.
+        FileNotFoundError: ``trainer.defect_reference`` is set but the product's folder is missing.
     """
-    evidence = review_set(engine, guards, candidate_manifest)
+    evidence = review_set(engine, guards, candidate_manifest, product)
     candidate_scores = judge(candidate, evidence.frames)
     active_scores = judge(active, evidence.frames) if active is not None else None
     promote, reason = promotion_decision(candidate_scores, active_scores, guards.max_threshold_change)

@@ -2,10 +2,14 @@
 
 Every ``trainer.poll_s`` seconds it
 1. marks failed the jobs whose process died,
-2. queues a job when a trigger fires: ``trainer.min_new_good`` frames confirmed good since the active
-   model was made, or ``trainer.schedule_hours`` since the last job (manual requests come from
-   ``linewatch retrain`` and the dashboard),
-3. runs the next queued job in a child process, one at a time, and records how it ended.
+2. for each product with an active version, queues a job of that product when one of its triggers fires:
+   ``trainer.min_new_good`` frames of that product confirmed good since its active version was made (or its
+   last job ended), or ``trainer.schedule_hours`` since then (manual requests come from ``linewatch retrain``
+   and the dashboard); a product whose check fails is logged and skipped, the others are still checked,
+3. runs the next queued job, of any product, in a child process, one at a time, and records how it ended.
+
+A product without an active version has nothing to fine-tune and no trigger: its first version is registered by
+hand (``linewatch model register DIR --product P --activate``) or trained from scratch on request.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import subprocess
 import sys
 import threading
 
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.labels import count_confirmed_good_frames
+from linewatch.contracts.schema import ModelVersion
 from linewatch.contracts.settings import Settings
 from linewatch.trainer import job_queue as jobs
 
@@ -77,7 +84,7 @@ class TrainerService:
         self._check_triggers()
         job = jobs.claim_next(self.engine, os.getpid())
         if job is not None:
-            self._start(job.id)
+            self._start(job.id, job.product)
 
     def _report(self) -> None:
         """Training progress and the active version, as Prometheus metrics."""
@@ -88,29 +95,40 @@ class TrainerService:
             telemetry.EPOCHS.set(job.epochs or 0)
             telemetry.LOSS.set(job.loss or 0.0)
             telemetry.ETA_SECONDS.set(job.eta_s or 0.0)
-        active = self.registry.active()
         telemetry.ACTIVE_MODEL.clear()
-        if active is not None:
+        for active in self._active_versions():  # version names carry the product (bottle/v3)
             telemetry.ACTIVE_MODEL.labels(version=active.version).set(1)
 
+    def _active_versions(self) -> list[ModelVersion]:
+        """The active version of each product that has one, by product."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(ModelVersion).where(ModelVersion.status == "active")
+                                  .order_by(ModelVersion.product)))
+
     def _check_triggers(self) -> None:
-        t = self.settings.trainer
-        active = self.registry.active()
-        if active is None:
-            return
-        last = jobs.last_finished(self.engine)
+        """Each product's triggers (module docstring); one product's failure never skips another's check."""
+        for active in self._active_versions():
+            try:
+                self._check_product(active)
+            except Exception:  # noqa: BLE001 -- one product's trouble must not stop the others' retraining
+                log.exception("checking the triggers of %s failed; the other products go on", active.product)
+
+    def _check_product(self, active: ModelVersion) -> None:
+        t, product = self.settings.trainer, active.product
+        last = jobs.last_finished(self.engine, product)
         since = max(active.created_at, last.finished_at) if last is not None and last.finished_at else active.created_at
         with self.engine.connect() as conn:
-            new_good = count_confirmed_good_frames(conn, since=since,
-                                                   second_opinion_above=t.second_opinion_above)
+            new_good = count_confirmed_good_frames(conn, since=since, second_opinion_above=t.second_opinion_above,
+                                                   product=product)
         if new_good >= t.min_new_good:
-            job_id = jobs.request_job(self.engine, "threshold", requested_by="trainer")
-            log.info("%d frames confirmed good since %s: job %d queued", new_good, since.isoformat(), job_id)
+            job_id = jobs.request_job(self.engine, "threshold", requested_by="trainer", product=product)
+            log.info("%d frames of %s confirmed good since %s: job %d queued", new_good, product, since.isoformat(),
+                     job_id)
         elif t.schedule_hours and dt.datetime.now(dt.UTC) - since > dt.timedelta(hours=t.schedule_hours):
-            job_id = jobs.request_job(self.engine, "schedule", requested_by="trainer")
-            log.info("scheduled retraining: job %d queued", job_id)
+            job_id = jobs.request_job(self.engine, "schedule", requested_by="trainer", product=product)
+            log.info("scheduled retraining of %s: job %d queued", product, job_id)
 
-    def _start(self, job_id: int) -> None:
+    def _start(self, job_id: int, job_product: str) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"training-job-{job_id}.log"
         with open(log_path, "ab") as logfile:
@@ -118,7 +136,7 @@ class TrainerService:
                                           stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.child_job = job_id
         jobs.progress(self.engine, job_id, worker_pid=self.child.pid)
-        log.info("job %d started (pid %d, log %s)", job_id, self.child.pid, log_path)
+        log.info("job %d (%s) started (pid %d, log %s)", job_id, job_product, self.child.pid, log_path)
 
     def _reap(self, code: int) -> None:
         """Record how the job process ended (a job that did not record its own end failed)."""
