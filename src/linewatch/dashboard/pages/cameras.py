@@ -95,7 +95,7 @@ def _form(cams: list[str], history: list[Changeover]) -> None:
     except SQLAlchemyError:
         known = []
     known = sorted({*known, *(c.product for c in history)})
-    with st.form("lw_changeover_form", clear_on_submit=True, border=True):
+    with st.container(key="lw_changeover"), st.form("lw_changeover_form", clear_on_submit=True, border=True):
         left, right = st.columns(2)
         cam = left.selectbox("Camera", cams, index=None, key="lw_changeover_camera", accept_new_options=True,
                              placeholder="choose or type a camera id")
