@@ -73,7 +73,7 @@ def test_the_product_selector_narrows_counts_and_models_and_an_engineer_records_
         # The choice travels with the page switch.
         ui.click(sidebar.get_by_test_id("stSidebarNavLink").filter(has_text="Models"))
         expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
-        expect(page.get_by_text("Active model of bottle: bottle/v2", exact=False)).to_be_visible()
+        expect(page.get_by_text("Active model: bottle/v2", exact=False)).to_be_visible()
         versions = page.get_by_test_id("stTable").filter(has_text="bottle/v1")
         expect(versions).to_contain_text("bottle/v2")
         expect(page.get_by_text("magnetic_tile/v1")).to_have_count(0)

@@ -57,13 +57,13 @@ def _one_product(product: str, versions: list[ModelVersion], in_use, zone: str) 
     the versions with their metrics and thresholds."""
     active = next((v for v in versions if v.status == "active"), None)
     if active is not None:
-        st.success(f"Active model of {product}: **{active.version}** ({active.backbone}), activated "
+        st.success(f"Active model: **{active.version}** ({active.backbone}), activated "
                    f"{fmt(active.activated_at, zone)} by {active.activated_by or 'unknown'}")
     model_actions.rollout_check(product)
     st.subheader("Decide")
     model_actions.actions(versions, active)
     if not versions:
-        st.info(f"No model version of {product} is registered yet. Versions are registered by the trainer service "
+        st.info(f"No model version is registered yet. Versions of {product} are registered by the trainer service "
                 "(and by `linewatch up`, `linewatch model register --product`); until then, this page shows the "
                 "models the workers report.")
         return
