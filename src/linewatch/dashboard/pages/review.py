@@ -77,7 +77,7 @@ def render() -> None:
                    (f"one in {rule.sample_every} of the confident ones, " if rule.sample_every else "") +
                    "and good labels waiting for a second operator; less those open on another operator's page.")
     c2.metric("Ready for retraining", f"{ready:,}",
-              help=f"Confirmed-good images the trainer may learn from; it retrains after "
+              help=f"Confirmed-good images (of every product) the trainer may learn from; it retrains after "
                    f"{s.trainer.min_new_good} new ones.")
     with c3:
         _operator_bar(person, s)
