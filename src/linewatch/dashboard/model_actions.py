@@ -95,6 +95,9 @@ def actions(versions: list[ModelVersion], active: ModelVersion | None) -> None:
         return
     with st.container(key="lw_model_actions"):
         pending = st.session_state.get(_CONFIRM)
+        if pending is not None and pending[1] not in {v.version for v in versions}:
+            st.session_state.pop(_CONFIRM)  # asked on another product's page: not this page's question
+            pending = None
         if pending is not None:
             _confirmation(*pending, active)
             return
