@@ -9,6 +9,7 @@ lists them. Each family of commands has its module:
 * :mod:`.services` -- ``up`` (run by :mod:`.up` on the services of :mod:`.embedded`), ``dashboard``
 * :mod:`.setup` -- ``setup``, ``topics``, ``db upgrade|downgrade``
 * :mod:`.registry` -- ``model list|show|register|activate|rollback|jobs``
+* :mod:`.cameras` -- ``camera product|history`` (changeovers: which product a camera shows)
 * :mod:`.accounts` -- ``operator add|remove|list``
 
 beside :mod:`.errors` (the one-line error reports) and :mod:`.options` (options and settings helpers the
@@ -27,7 +28,7 @@ import typer
 from linewatch.contracts.settings import CONFIG_ENV, get_settings
 from linewatch.contracts.settings_check import unknown_settings
 
-from . import accounts, modelling, registry, retraining, services, setup, stream
+from . import accounts, cameras, modelling, registry, retraining, services, setup, stream
 from .errors import service_errors
 from .options import load_settings
 
@@ -49,7 +50,7 @@ def run() -> None:
 
 
 # Commands that open the record (the SQL store): the embedded SQLite file is created on first use.
-RECORD_COMMANDS = {"detect", "trainer", "retrain", "up", "dashboard", "setup", "model", "db"}
+RECORD_COMMANDS = {"detect", "trainer", "retrain", "up", "dashboard", "setup", "model", "camera", "db"}
 
 
 @app.callback()
@@ -98,5 +99,6 @@ app.command()(services.dashboard)
 app.command()(setup.setup)
 app.command()(setup.topics)
 app.add_typer(registry.model_app, name="model")
+app.add_typer(cameras.camera_app, name="camera")
 app.add_typer(accounts.operator_app, name="operator")
 app.add_typer(setup.db_app, name="db")

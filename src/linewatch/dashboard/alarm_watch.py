@@ -103,10 +103,7 @@ class AlarmWatch:
         except Exception as exc:  # noqa: BLE001 -- any failure is the alarm's reason
             seen.unreachable["sql"] = _reason(exc)
         try:  # a record without the registry's table yet (not migrated) is no SQL outage: no rollout check
-            with self.engine.connect() as conn:
-                active = conn.execute(select(ModelVersion.version, ModelVersion.activated_at)
-                                      .where(ModelVersion.status == "active")).first()
-            seen.registry = (active.version, unix_time(active.activated_at)) if active is not None else None
+            seen.registry = active_versions(self.engine)
         except Exception:  # noqa: BLE001, S110 -- unreachable is judged above
             pass
         if self.reader is None:
@@ -180,6 +177,15 @@ class AlarmWatch:
         for labels, value in known.items():
             gauge.labels(*labels).set(value)
         self._series[gauge] = set(known)
+
+
+def active_versions(engine) -> dict[str, tuple[str, float | None]]:
+    """product -> (its active version, activation time in Unix s) from the registry's table (one active version per
+    product; should a race have left two, the one activated last counts)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(ModelVersion.product, ModelVersion.version, ModelVersion.activated_at)
+                            .where(ModelVersion.status == "active").order_by(ModelVersion.activated_at)).all()
+    return {r.product: (r.version, unix_time(r.activated_at)) for r in rows}
 
 
 def _reason(exc: BaseException) -> str:

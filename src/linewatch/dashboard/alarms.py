@@ -17,8 +17,9 @@ kind                   subject   severity  raised when
                                            worker waits for it
 ``defect_rate``        line      critical  defects / inspected over ``defect_rate_window_s`` (processing time)
                                            above the line's limit, with at least ``defect_rate_min_frames``
-``model_rollout``      worker    critical  a live worker does not run the registry's active version (or has not
-                                           heard it announced) 60 s after the activation (:mod:`.model_review`)
+``model_rollout``      worker    critical  a live worker does not run a product's active version (or has not
+                                           heard it announced) 60 s after the activation, each product compared
+                                           on its own (:mod:`.model_review`)
 ``image_store_full``   worker    warning   kept frames cannot be written (inspected and recorded without them)
 ``clock_skew``         camera    warning   the camera's clock disagrees with the frames' arrival
                                            (:mod:`linewatch.contracts.clock`)
@@ -113,8 +114,8 @@ class Observed:
     """One snapshot of the line at ``at`` (Unix s). ``unreachable``: store -> why it did not answer;
     ``cameras``/``workers``/``line_counts`` are empty when Redis did not answer; ``line_counts``: per line over
     the defect-rate window; ``drift``: camera_id -> the drift monitor's state (see :func:`drift`); ``registry``:
-    the registry's active version and its activation time (Unix s), None when none is active or SQL did not
-    answer."""
+    product -> the registry's active version of that product and its activation time (Unix s); empty when none is
+    active or SQL did not answer."""
 
     at: float
     cameras: dict[str, CameraView] = field(default_factory=dict)
@@ -122,7 +123,7 @@ class Observed:
     line_counts: dict[str, Counts] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
     drift: dict[str, dict] = field(default_factory=dict)
-    registry: tuple[str, float | None] | None = None
+    registry: dict[str, tuple[str, float | None]] = field(default_factory=dict)
 
 
 def evaluate(seen: Observed, settings: AlarmSettings, clock: ClockRule) -> list[Alarm]:
@@ -210,12 +211,13 @@ def defect_rates(seen: Observed, settings: AlarmSettings) -> list[Alarm]:
 
 
 def rollout(seen: Observed) -> list[Alarm]:
-    """``model_rollout`` for each live worker not on the registry's active version once the rollout window is
-    over (:func:`.model_review.disagreements`; the models topic itself is checked by the Models page)."""
-    if seen.registry is None:
-        return []
-    found = disagreements(*seen.registry, UNKNOWN, seen.workers, seen.at)
-    return [Alarm("model_rollout", d.subject, "critical", d.text) for d in found]
+    """``model_rollout`` for each live worker not on a product's active version once that activation's rollout
+    window is over, product by product (:func:`.model_review.disagreements`: a worker is compared with the active
+    version of each product it reports; the models topic itself is checked by the Models page). A worker behind on
+    two products raises one alarm per product, under its id."""
+    return [Alarm("model_rollout", d.subject, "critical", d.text)
+            for product in sorted(seen.registry)
+            for d in disagreements(*seen.registry[product], UNKNOWN, seen.workers, seen.at)]
 
 
 def clocks(seen: Observed, clock: ClockRule) -> list[Alarm]:

@@ -140,8 +140,9 @@ class Bucket:
 
 
 def history(db: Engine, line_ids: Sequence[str], start: dt.datetime, end: dt.datetime,
-            bucket_s: int) -> list[Bucket]:
-    """Per-camera inspection counts in ``bucket_s`` buckets of processing time over [start, end), from SQL.
+            bucket_s: int, product: str | None = None) -> list[Bucket]:
+    """Per-camera inspection counts in ``bucket_s`` buckets of processing time over [start, end), from SQL, of
+    ``product``'s frames only (None: every product's).
 
     Counted by ``processed_at`` (the worker's clock), as the live counts in Redis are: a backlog shows frames
     inspected now, not an empty window, and a camera whose clock is off neither hides nor freezes its frames.
@@ -162,7 +163,8 @@ def history(db: Engine, line_ids: Sequence[str], start: dt.datetime, end: dt.dat
             select(bucket, Inspection.line_id, Inspection.camera_id, func.count().label("inspected"),
                    func.count().filter(Inspection.verdict == "defect").label("defects"))
             .where(Inspection.processed_at >= start, Inspection.processed_at < end,
-                   Inspection.line_id.in_(list(line_ids)))
+                   Inspection.line_id.in_(list(line_ids)),
+                   *([Inspection.product == product] if product is not None else []))
             .group_by(bucket, Inspection.line_id, Inspection.camera_id)
             .order_by(bucket, Inspection.line_id, Inspection.camera_id)
             .limit(HISTORY_ROW_LIMIT)
@@ -212,14 +214,15 @@ def _page(db: Engine, query: Any, cursor: Cursor | None, limit: int) -> FramePag
 
 @dataclass(frozen=True)
 class GalleryFilter:
-    """What the defect gallery shows: defects in [start, end), optionally of one line or camera, with a
-    normalised score of at least ``min_score``."""
+    """What the defect gallery shows: defects in [start, end), optionally of one line or camera and of one product
+    (None: every product), with a normalised score of at least ``min_score``."""
 
     start: dt.datetime
     end: dt.datetime
     line_id: str | None = None
     camera_id: str | None = None
     min_score: float = 0.0
+    product: str | None = None
 
 
 def _columns() -> Any:
@@ -236,6 +239,8 @@ def defect_gallery(db: Engine, f: GalleryFilter, cursor: Cursor | None, limit: i
         query = query.where(Inspection.line_id == f.line_id)
     if f.min_score > 0:
         query = query.where(Inspection.normalized_score >= f.min_score)
+    if f.product is not None:
+        query = query.where(Inspection.product == f.product)
     return _page(db, query, cursor, limit)
 
 
@@ -305,9 +310,11 @@ def undo_last(db: Engine, operator: str, now: dt.datetime | None = None) -> list
 # ---- models ---------------------------------------------------------------------------------------------
 
 
-def model_versions(db: Engine, limit: int = 200) -> list[ModelVersion]:
-    """Registered model versions, newest first."""
+def model_versions(db: Engine, limit: int = 200, product: str | None = None) -> list[ModelVersion]:
+    """Registered model versions of ``product`` (None: of every product, by product), newest first."""
+    query = select(*ModelVersion.__table__.columns)
+    if product is not None:
+        query = query.where(ModelVersion.product == product)
     with db.connect() as conn:
-        rows = conn.execute(select(*ModelVersion.__table__.columns).order_by(ModelVersion.number.desc())
-                            .limit(limit))
+        rows = conn.execute(query.order_by(ModelVersion.product, ModelVersion.number.desc()).limit(limit))
         return [ModelVersion(**r._mapping) for r in rows]

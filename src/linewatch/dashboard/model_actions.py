@@ -5,7 +5,8 @@ Only an engineer (``auth.may(operator, "engineer")``) sees the buttons. Each ask
 runs in the confirmation's callback, which asks ``auth.may`` again with the operator of that moment (a callback
 runs for a click on a button the page no longer draws, so the check there is the one that counts). The actions
 are the registry's own (:class:`linewatch.trainer.registry.ModelRegistry`, the same as ``linewatch model
-activate`` / ``rollback``), recording the operator's name as who did it: an activation or rollback whose
+activate`` / ``rollback``), each acting on the product of the version it names and on no other (the page shows one
+product's versions), recording the operator's name as who did it: an activation or rollback whose
 announcement fails on every try is rolled back in SQL and shown as "Not done", with why.
 """
 
@@ -17,12 +18,13 @@ import streamlit as st
 from kafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 
+from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.schema import ModelVersion
 from linewatch.trainer.registry import ModelRegistry, RegistryError
 from linewatch.trainer.rollout import current_announcement
 
 from . import auth, data, views
-from .model_review import ROLLOUT_WINDOW_S, UNKNOWN, disagreements, unix_time
+from .model_review import ROLLOUT_WINDOW_S, UNKNOWN, disagreements, product_of, unix_time
 
 _CONFIRM = "lw_model_confirm"  # (action, version) waiting for "Yes"
 _RESULT = "lw_model_result"  # (ok, message) of the last action, shown once
@@ -51,15 +53,16 @@ def _run(action: str, version: str) -> None:
                                             f"({who}). Nothing was changed.")
         return
     registry = _registry()
+    product = product_of(version)  # every action is on the product of the version it names, and on no other
     try:
         if action == "activate":
             row = registry.activate(version, operator.name, notes=f"activated from the dashboard by {operator.name}")
             done = f"{row.version} is active (activated by {operator.name}) and announced to the workers."
         elif action == "roll_back":
-            row = registry.rollback(operator.name, to=version)
+            row = registry.rollback(operator.name, to=version, product=product)
             done = f"Rolled back: {row.version} is active again (by {operator.name}) and announced to the workers."
         else:
-            row = registry.reannounce(operator.name)
+            row = registry.reannounce(operator.name, product=product)
             done = f"{row.version} announced again by {operator.name}; workers switch between two batches."
     except RegistryError as exc:
         st.session_state[_RESULT] = (False, f"Not done: {exc}")
@@ -92,6 +95,9 @@ def actions(versions: list[ModelVersion], active: ModelVersion | None) -> None:
         return
     with st.container(key="lw_model_actions"):
         pending = st.session_state.get(_CONFIRM)
+        if pending is not None and pending[1] not in {v.version for v in versions}:
+            st.session_state.pop(_CONFIRM)  # asked on another product's page: not this page's question
+            pending = None
         if pending is not None:
             _confirmation(*pending, active)
             return
@@ -126,26 +132,27 @@ def _confirmation(action: str, version: str, active: ModelVersion | None) -> Non
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def _announced(bootstrap: str, topic: str) -> str | None:
-    ann = current_announcement(data.settings().kafka, timeout_s=TOPIC_READ_S)
+def _announced(bootstrap: str, topic: str, product: str) -> str | None:
+    ann = current_announcement(data.settings().kafka, timeout_s=TOPIC_READ_S, product=product)
     return ann.version if ann is not None else None
 
 
 @st.fragment(run_every=5)
-def rollout_check() -> None:
-    """Registry, models topic and workers: an alarm-coloured line per disagreement (after the rollout window),
-    with "Re-announce vN" for an engineer where announcing again is the remedy (it opens the confirmation of
-    :func:`actions`). Refreshes itself every 5 s."""
+def rollout_check(product: str = DEFAULT_PRODUCT) -> None:
+    """Registry, models topic and workers on ``product``'s active version (its key on the topic, what the workers
+    report of that product): an alarm-coloured line per disagreement (after the rollout window), with "Re-announce
+    vN" for an engineer where announcing again is the remedy (it opens the confirmation of :func:`actions`).
+    Refreshes itself every 5 s."""
     s = data.settings()
     try:
-        active = next((v for v in data.model_versions(data.engine()) if v.status == "active"), None)
+        active = next((v for v in data.model_versions(data.engine(), product=product) if v.status == "active"), None)
     except SQLAlchemyError as exc:
         st.caption(f"The registry cannot be read: {views.explain(exc)}")
         return
     announced = UNKNOWN
     if s.kafka.bootstrap_servers:
         try:
-            announced = _announced(s.kafka.bootstrap_servers, s.kafka.models_topic)
+            announced = _announced(s.kafka.bootstrap_servers, s.kafka.models_topic, product)
         except Exception as exc:  # noqa: BLE001 -- KafkaError, TimeoutError: the check says what it could not read
             st.caption(f"The models topic cannot be read ({type(exc).__name__}); the workers' heartbeats are checked.")
     reader = data.live()

@@ -19,6 +19,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from linewatch.contracts.products import DEFAULT_PRODUCT, ProductError, parse_version
+
 # Seconds after an activation during which workers may still be switching (see the module docstring).
 ROLLOUT_WINDOW_S = 60.0
 UNKNOWN = object()  # the models topic could not be read: no claim about it
@@ -139,22 +141,55 @@ class Disagreement:
     reannounce_fixes: bool
 
 
+ROLLOUT_FIELDS = ("model_version", "registry_version", "model_behind", "model_load_error")
+
+
+def worker_view(heartbeat: dict, product: str = DEFAULT_PRODUCT) -> dict | None:
+    """What a worker's heartbeat says of ``product``'s model: a dict of :data:`ROLLOUT_FIELDS`, or None when it says
+    nothing of that product.
+
+    Two shapes are read: a heartbeat with a ``products`` map (product -> those fields; a worker holding several
+    products' models) gives that product's entry (None when absent: the worker has not met the product); a heartbeat
+    with the fields at its top level (a worker of one model) speaks of the product its version names
+    (``bottle/v3``: ``bottle``; ``v3``, or a name that is no registry version: the default product).
+    """
+    per_product = heartbeat.get("products")
+    if isinstance(per_product, dict):
+        entry = per_product.get(product)
+        return {f: entry.get(f) for f in ROLLOUT_FIELDS} if isinstance(entry, dict) else None
+    own = product_of(heartbeat.get("model_version") or heartbeat.get("registry_version"))
+    return {f: heartbeat.get(f) for f in ROLLOUT_FIELDS} if own == product else None
+
+
+def models_run(heartbeat: dict) -> list[str]:
+    """The model versions a worker's heartbeat says it scores with (both shapes of :func:`worker_view`)."""
+    per_product = heartbeat.get("products")
+    if isinstance(per_product, dict):
+        return [str(e["model_version"]) for e in per_product.values() if isinstance(e, dict) and e.get("model_version")]
+    return [str(heartbeat["model_version"])] if heartbeat.get("model_version") else []
+
+
 def disagreements(active: str | None, activated_at: float | None, announced: Any, workers: list[dict],
                   now: float, window_s: float = ROLLOUT_WINDOW_S) -> list[Disagreement]:
-    """Where the registry's ``active`` version (activated at ``activated_at``, Unix s) is not what the models topic
-    announces (``announced``: its version, None for no announcement, :data:`UNKNOWN` when it could not be read) or
-    what the live workers (heartbeats with ``alive``) run; empty within ``window_s`` of the activation."""
+    """Where the registry's ``active`` version of a product (activated at ``activated_at``, Unix s) is not what the
+    models topic announces for that product (``announced``: its version, None for no announcement,
+    :data:`UNKNOWN` when it could not be read) or what the live workers (heartbeats with ``alive``) run for it
+    (:func:`worker_view`: a worker that says nothing of the product is not compared); empty within ``window_s`` of
+    the activation. The product is the one ``active`` names."""
     if active is None or (activated_at is not None and now - activated_at <= window_s):
         return []
+    product = product_of(active)
     out = []
     if announced is not UNKNOWN and announced != active:
         out.append(Disagreement(TOPIC_SUBJECT, f"Registry says {active} is active, but the models topic announces "
                                 f"{announced or 'no model'}: the announcement failed, and workers follow the topic.",
                                 True))
     for w in workers:
-        if not w.get("alive"):
+        view = worker_view(w, product) if w.get("alive") else None
+        if view is None:
             continue
-        wid, on, heard = str(w.get("worker_id")), w.get("model_version"), w.get("registry_version")
+        wid, heard = str(w.get("worker_id")), view["registry_version"]
+        on = view["model_version"] or "no model yet"
         if heard is None:
             if on != active:
                 out.append(Disagreement(wid, f"Registry says {active}, worker {wid} runs {on} and does not follow "
@@ -162,8 +197,17 @@ def disagreements(active: str | None, activated_at: float | None, announced: Any
         elif heard != active:
             out.append(Disagreement(wid, f"Registry says {active}, worker {wid} runs {on}: the last announcement it "
                                          f"heard names {heard}.", True))
-        elif w.get("model_behind"):
-            why = w.get("model_load_error") or "it has not loaded it yet"
+        elif view["model_behind"]:
+            why = view["model_load_error"] or "it has not loaded it yet"
             out.append(Disagreement(wid, f"Registry says {active}, worker {wid} runs {on}: {why}. Announcing again "
                                          "does not help; the model's files must load.", False))
     return out
+
+
+def product_of(version: object) -> str:
+    """The product a version name belongs to (``bottle/v3``: ``bottle``); the default product for ``v3``, for None
+    and for a name that is no registry version (a model run from a folder by hand)."""
+    try:
+        return parse_version(str(version))[0] if version else DEFAULT_PRODUCT
+    except ProductError:
+        return DEFAULT_PRODUCT

@@ -51,7 +51,8 @@ class QueueRule:
         return cls(tuple(s.dashboard.review_band), s.dashboard.review_sample_every, s.trainer.second_opinion_above)
 
 
-def _conditions(rule: QueueRule, kind: Kind, operator: str | None, now: dt.datetime) -> list[Any]:
+def _conditions(rule: QueueRule, kind: Kind, operator: str | None, now: dt.datetime,
+                product: str | None = None) -> list[Any]:
     standing = exists().where(Label.inspection_id == Inspection.id, Label.revoked_at.is_(None))
     waiting = awaiting_second_opinion_condition(rule.second_opinion_above)
     low, high = rule.band
@@ -61,6 +62,8 @@ def _conditions(rule: QueueRule, kind: Kind, operator: str | None, now: dt.datet
     conditions = [Inspection.image_uri.is_not(None), or_(~standing, waiting), or_(*needs_person)]
     if kind in LABELS:
         conditions.append(Inspection.verdict == kind)
+    if product is not None:
+        conditions.append(Inspection.product == product)
     claimed = exists().where(ReviewClaim.inspection_id == Inspection.id, ReviewClaim.expires_at > now)
     if operator is None:
         conditions.append(~claimed)
@@ -102,11 +105,12 @@ def _ordered(query: Any, order: Order, operator: str | None, now: dt.datetime) -
 
 
 def waiting(db: Engine | Connection, rule: QueueRule, operator: str | None, kind: Kind = "all",
-            order: Order = "oldest", limit: int = 24, now: dt.datetime | None = None) -> list[Inspection]:
+            order: Order = "oldest", limit: int = 24, now: dt.datetime | None = None,
+            product: str | None = None) -> list[Inspection]:
     """Up to ``limit`` queued frames (``Inspection`` objects, detached) for ``operator`` (None: a viewer, who sees
-    the frames nobody has open), in ``order``; claims nothing."""
+    the frames nobody has open), in ``order``, of ``product`` only (None: every product's); claims nothing."""
     now = now or dt.datetime.now(dt.UTC)
-    query = _ordered(select(*Inspection.__table__.columns).where(*_conditions(rule, kind, operator, now)),
+    query = _ordered(select(*Inspection.__table__.columns).where(*_conditions(rule, kind, operator, now, product)),
                      order, operator, now).limit(limit)
     if isinstance(db, Connection):
         return [Inspection(**r._mapping) for r in db.execute(query)]
@@ -115,19 +119,21 @@ def waiting(db: Engine | Connection, rule: QueueRule, operator: str | None, kind
 
 
 def waiting_count(db: Engine, rule: QueueRule, operator: str | None, kind: Kind = "all", cap: int = 100_000,
-                  now: dt.datetime | None = None) -> int:
+                  now: dt.datetime | None = None, product: str | None = None) -> int:
     """How many frames :func:`waiting` could offer ``operator`` (counted up to ``cap``)."""
     now = now or dt.datetime.now(dt.UTC)
-    inner = select(Inspection.id).where(*_conditions(rule, kind, operator, now)).limit(cap).subquery()
+    inner = select(Inspection.id).where(*_conditions(rule, kind, operator, now, product)).limit(cap).subquery()
     with db.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
 
 
 def claim(db: Engine, rule: QueueRule, operator: str, kind: Kind = "all", order: Order = "oldest",
-          limit: int = 24, claim_s: float = 300.0, now: dt.datetime | None = None) -> list[Inspection]:
-    """Open the next ``limit`` frames for ``operator``: claim them until ``now + claim_s`` and return those this
-    operator now holds, in ``order``. The frames the operator already holds stay on the page (new frames only
-    fill the free places), and the page is shown in ``order``, so a frame taken back by undo is where it was.
+          limit: int = 24, claim_s: float = 300.0, now: dt.datetime | None = None,
+          product: str | None = None) -> list[Inspection]:
+    """Open the next ``limit`` frames (of ``product`` only; None: every product's) for ``operator``: claim them
+    until ``now + claim_s`` and return those this operator now holds, in ``order``. The frames the operator already
+    holds stay on the page (new frames only fill the free places), and the page is shown in ``order``, so a frame
+    taken back by undo is where it was.
     The operator's claims on other frames are released; expired claims are removed. A frame another operator
     claimed between the read and the write is left out (not returned).
 
@@ -137,7 +143,7 @@ def claim(db: Engine, rule: QueueRule, operator: str, kind: Kind = "all", order:
     now = now or dt.datetime.now(dt.UTC)
     until = now + dt.timedelta(seconds=claim_s)
     with db.begin() as conn:
-        rows = waiting(conn, rule, operator, kind, order, limit, now)
+        rows = waiting(conn, rule, operator, kind, order, limit, now, product)
         held = _take(conn, [r.id for r in rows], operator, now, until)
         conn.execute(delete(ReviewClaim).where(or_(ReviewClaim.expires_at <= now, and_(
             ReviewClaim.operator == operator, ReviewClaim.inspection_id.not_in(held or [-1])))))

@@ -1,4 +1,5 @@
-"""Defects: a gallery of recent defect frames, filtered by line, camera, time and score, with a detail view."""
+"""Defects: a gallery of recent defect frames of the product chosen in the sidebar, filtered by line, camera, time and
+score, with a detail view."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from zoneinfo import ZoneInfo
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import data, views
+from .. import data, products, views
 from ..data import Cursor, GalleryFilter
 from ..windows import fmt
 
@@ -27,6 +28,7 @@ def render() -> None:
     s = data.settings()
     zone = s.dashboard.timezone
     st.title("Defects")
+    st.caption(f"Defects of {products.label(products.selected())} (product: sidebar).")
     try:
         cameras = _cameras(s.database_url)
     except SQLAlchemyError as exc:
@@ -35,8 +37,8 @@ def render() -> None:
     f = _filters(cameras, zone)
     if f is None:
         return
-    chosen = tuple(str(st.session_state.get(k)) for k in
-                   ("lw_defects_line", "lw_defects_camera", "lw_defects_period", "lw_defects_score", "lw_defects_days"))
+    chosen = tuple(str(st.session_state.get(k)) for k in ("lw_defects_line", "lw_defects_camera", "lw_defects_period",
+                                                          "lw_defects_score", "lw_defects_days", products.KEY))
     if st.session_state.get("lw_defects_filter") != chosen:  # new filters start at the newest page
         st.session_state["lw_defects_filter"] = chosen
         st.session_state["lw_defects_pages"] = []
@@ -81,7 +83,8 @@ def _filters(cameras: dict[str, str], zone: str) -> GalleryFilter | None:
         end = now.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
         start = end - PERIODS[period or "Last 24 h"]
     return GalleryFilter(start=start, end=end, line_id=None if line == "All lines" else line,
-                         camera_id=None if camera == "All cameras" else camera, min_score=float(min_score))
+                         camera_id=None if camera == "All cameras" else camera, min_score=float(min_score),
+                         product=products.selected())
 
 
 def _gallery(rows: list, zone: str) -> None:

@@ -1,5 +1,6 @@
-"""Live: per line and camera, throughput and defect rate over a window with a trend chart; per camera an OK/NG
-lamp for the latest part with its age, the rate, end-to-end latency p50/p99 and the backlog (consumer lag, age of
+"""Live: per line and camera, throughput and defect rate over a window with a trend chart, of the product chosen in
+the sidebar (counted from SQL when the record knows several: Redis counts every product); per camera an OK/NG lamp
+for the latest part with its age, the rate, end-to-end latency p50/p99 and the backlog (consumer lag, age of
 the oldest unprocessed frame), and the latest frame with its heatmap; worker health. Windows count frames by
 processing time (a backlog shows what is inspected now; capture times are shown beside). The alarms are in the
 banner above every page (:mod:`..banner`). The panel refreshes itself (a Streamlit fragment), so the rest of the
@@ -20,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.messages import InspectionResult
 
-from .. import alarm_watch, charts, data, views, windows
+from .. import alarm_watch, charts, data, products, views, windows
 from ..alarms import CameraView
 from ..data import Bucket
 from ..windows import Window, ago, fmt
@@ -39,8 +40,8 @@ def _sql_cameras(url: str) -> dict[str, str]:
 
 @st.cache_data(ttl=15, show_spinner=False)
 def _sql_history(url: str, lines: tuple[str, ...], start: dt.datetime, end: dt.datetime,
-                 bucket_s: int) -> list[Bucket]:
-    return data.history(data.engine(), lines, start, end, bucket_s)
+                 bucket_s: int, product: str | None) -> list[Bucket]:
+    return data.history(data.engine(), lines, start, end, bucket_s, product)
 
 
 def render() -> None:
@@ -60,7 +61,7 @@ def render() -> None:
     with right:
         wanted = st.multiselect("Lines", _known_lines(), key="lw_live_lines", placeholder="all lines")
     panel = st.fragment(run_every=s.dashboard.refresh_s)(_panel)
-    panel(choice or "Last 1 h", custom, frozenset(wanted))
+    panel(choice or "Last 1 h", custom, frozenset(wanted), products.selected())
 
 
 def _known_lines() -> list[str]:
@@ -92,7 +93,7 @@ def _custom_range(zone: str) -> Window | None:
         return None
 
 
-def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
+def _panel(choice: str, custom: Window | None, wanted: frozenset[str], product: str | None) -> None:
     s = data.settings()
     zone = s.dashboard.timezone
     now = dt.datetime.now(dt.UTC)
@@ -116,8 +117,11 @@ def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
                    "need Redis.")
     if wanted:
         cameras = {c: line for c, line in cameras.items() if line in wanted}
-    source = "live counts (Redis)" if live_ok and custom is None else "counts from the SQL record"
-    st.caption(f"{window.label}: {fmt(window.start, zone, seconds=False)} to {fmt(window.end, zone, seconds=False)} "
+    # Redis counts every product's frames of a camera: a product chosen among several is counted from SQL.
+    live_counts = live_ok and custom is None and not products.narrows(product)
+    source = "live counts (Redis)" if live_counts else "counts from the SQL record"
+    st.caption(f"{products.label(product).capitalize()} · "
+               f"{window.label}: {fmt(window.start, zone, seconds=False)} to {fmt(window.end, zone, seconds=False)} "
                f"({zone}), frames counted when inspected · {source} · updated {fmt(now, zone)} · refreshes every "
                f"{s.dashboard.refresh_s:g} s")
     if not cameras:
@@ -125,13 +129,13 @@ def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
                 " Start a camera (`linewatch ingest`) and a detector worker (`linewatch detect`); "
                 "their results appear here within seconds."))
     else:
-        buckets = _buckets(reader if live_ok and custom is None else None, cameras, window)
+        buckets = _buckets(reader if live_counts else None, cameras, window, product)
         _, observed, _ = alarm_watch.watch(s).current()
         views_now = observed.cameras if observed is not None else {}
         if buckets is not None:
             for line in sorted(set(cameras.values())):
                 _line_section(line, sorted(c for c, l_ in cameras.items() if l_ == line), buckets, window,
-                              reader if live_ok else None, zone, views_now)
+                              reader if live_ok else None, zone, views_now, product)
     st.subheader("Workers")
     if live_ok:
         _workers(reader, window)
@@ -139,8 +143,10 @@ def _panel(choice: str, custom: Window | None, wanted: frozenset[str]) -> None:
         st.caption("Worker health needs the live state (Redis).")
 
 
-def _buckets(reader: LiveStateReader | None, cameras: dict[str, str], window: Window) -> list[Bucket] | None:
-    """Per-camera counts in the window's buckets: from Redis for the live windows, else from SQL."""
+def _buckets(reader: LiveStateReader | None, cameras: dict[str, str], window: Window,
+             product: str | None) -> list[Bucket] | None:
+    """Per-camera counts in the window's buckets: from Redis for the live windows (``reader``), else from SQL, of
+    ``product``'s frames (None: every product's)."""
     s = data.settings()
     if reader is not None:
         try:
@@ -154,7 +160,7 @@ def _buckets(reader: LiveStateReader | None, cameras: dict[str, str], window: Wi
             st.warning(views.explain(exc) + " Counts come from the SQL record instead.")
     try:
         return _sql_history(s.database_url, tuple(sorted(set(cameras.values()))), window.start, window.end,
-                            window.bucket_s)
+                            window.bucket_s, product)
     except SQLAlchemyError as exc:
         st.error(f"History: {views.explain(exc)}")
         return None
@@ -165,7 +171,8 @@ def _rate(inspected: int, defects: int) -> str:
 
 
 def _line_section(line: str, cams: list[str], buckets: list[Bucket], window: Window,
-                  reader: LiveStateReader | None, zone: str, views_now: dict[str, CameraView]) -> None:
+                  reader: LiveStateReader | None, zone: str, views_now: dict[str, CameraView],
+                  product: str | None) -> None:
     mine = [b for b in buckets if b.line_id == line]
     inspected, defects = sum(b.inspected for b in mine), sum(b.defects for b in mine)
     with st.container(border=True, key=f"lw_line_{line}"):
@@ -185,11 +192,11 @@ def _line_section(line: str, cams: list[str], buckets: list[Bucket], window: Win
             for col, cam in zip(columns, cams[start:start + CAMERAS_PER_ROW], strict=False):
                 with col:
                     _camera_tile(cam, [b for b in mine if b.camera_id == cam], window, reader, zone,
-                                 views_now.get(cam))
+                                 views_now.get(cam), product)
 
 
 def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveStateReader | None,
-                 zone: str, view: CameraView | None) -> None:
+                 zone: str, view: CameraView | None, product: str | None) -> None:
     inspected, defects = sum(b.inspected for b in buckets), sum(b.defects for b in buckets)
     result, overlay = None, None
     with st.container(border=True, key=f"lw_camera_{cam}"):
@@ -205,6 +212,8 @@ def _camera_tile(cam: str, buckets: list[Bucket], window: Window, reader: LiveSt
                 st.caption("No recent frame (the latest is kept for a day).")
             else:
                 _lamp(cam, result, zone)
+                if product is not None and result.product != product:
+                    st.caption(f"The latest frame is of product {result.product}.")
         a, b = st.columns(2)
         a.metric(f"{cam} defect rate", _rate(inspected, defects))
         b.metric(f"{cam} inspected", f"{inspected:,}", help=f"{inspected / window.minutes:.1f} frames/min")

@@ -1,4 +1,5 @@
-"""Models: where a person decides about models. Whether the registry, the models topic and the workers agree (with
+"""Models: where a person decides about models, those of the product chosen in the sidebar ("all": a table per
+product; the actions need one product). Whether the registry, the models topic and the workers agree (with
 "Re-announce" when they do not), the engineer's actions (activate, roll back, re-announce: :mod:`..model_actions`),
 the promotion evidence of a version beside the model it was judged against (:mod:`..model_review`), the registered
 versions with their metrics and thresholds, which ones workers run, and retraining: a "Retrain now" button (for a
@@ -13,67 +14,95 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
+from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.schema import ModelVersion
 from linewatch.trainer import job_queue as training_jobs
 
-from .. import auth, data, model_actions, model_review, telemetry, views
+from .. import auth, data, model_actions, model_review, products, telemetry, views
 from ..windows import fmt
 
 MAX_METRICS = 40
 
 
 def render() -> None:
-    """The Models page."""
+    """The Models page, of the product chosen in the sidebar ("all": a table per product, actions after choosing
+    one)."""
     s = data.settings()
     zone = s.dashboard.timezone
+    product = products.selected()
     st.title("Models")
-    in_use = _in_use()
+    in_use = _in_use(product)
     try:
-        versions = data.model_versions(data.engine())
+        versions = data.model_versions(data.engine(), product=product)
     except SQLAlchemyError as exc:
         st.error(f"The model registry cannot be read: {views.explain(exc)}")
         versions = []
-    active = next((v for v in versions if v.status == "active"), None)
-    if active is not None:
-        st.success(f"Active model: **{active.version}** ({active.backbone}), activated "
-                   f"{fmt(active.activated_at, zone)} by {active.activated_by or 'unknown'}")
-    model_actions.rollout_check()
-    st.subheader("Decide")
-    model_actions.actions(versions, active)
-    if versions:
-        _evidence(versions, active)
-        st.subheader("Versions")
-        st.table([_summary(v, in_use, zone) for v in versions], hide_index=True)
-        for v in versions:
-            with st.expander(f"{v.version}: metrics, thresholds and notes", expanded=v is active):
-                metrics = _flatten(v.metrics or {})
-                thresholds = _flatten(v.thresholds or {})
-                left, right = st.columns(2)
-                with left:
-                    st.markdown("**Metrics**")
-                    if metrics:
-                        st.table({"metric": list(metrics), "value": list(metrics.values())}, hide_index=True)
-                    else:
-                        st.caption("No metrics recorded.")
-                with right:
-                    st.markdown("**Thresholds**")
-                    if thresholds:
-                        st.table({"threshold": list(thresholds), "value": list(thresholds.values())},
-                                 hide_index=True)
-                    st.caption(f"{len(v.manifest or [])} training images · files at {v.artifact_uri}")
-                if v.notes:
-                    st.caption(v.notes)
+    if product is None:
+        _every_product(versions, in_use, zone)
     else:
-        st.info("No model version is registered yet. Versions are registered by the trainer service "
-                "(and by `linewatch up`); until then, this page shows the models the workers report.")
+        _one_product(product, versions, in_use, zone)
     st.subheader("Models in use")
     if in_use is None:
         st.caption("Needs the live state (Redis).")
     elif not in_use:
-        st.caption("No worker is running and no recent result names a model.")
+        st.caption("No worker is running and no recent result names a model" +
+                   ("." if product is None else f" of {products.label(product)}."))
     else:
         st.table([{"model": version, **info} for version, info in sorted(in_use.items())], hide_index=True)
-    _retraining()
+    _retraining(product)
+
+
+def _one_product(product: str, versions: list[ModelVersion], in_use, zone: str) -> None:
+    """One product's models: its active version, the rollout check, the engineer's actions, the promotion evidence,
+    the versions with their metrics and thresholds."""
+    active = next((v for v in versions if v.status == "active"), None)
+    if active is not None:
+        st.success(f"Active model: **{active.version}** ({active.backbone}), activated "
+                   f"{fmt(active.activated_at, zone)} by {active.activated_by or 'unknown'}")
+    model_actions.rollout_check(product)
+    st.subheader("Decide")
+    model_actions.actions(versions, active)
+    if not versions:
+        st.info(f"No model version is registered yet. Versions of {product} are registered by the trainer service "
+                "(and by `linewatch up`, `linewatch model register --product`); until then, this page shows the "
+                "models the workers report.")
+        return
+    _evidence(versions, active)
+    st.subheader("Versions")
+    st.table([_summary(v, in_use, zone) for v in versions], hide_index=True)
+    for v in versions:
+        with st.expander(f"{v.version}: metrics, thresholds and notes", expanded=v is active):
+            metrics = _flatten(v.metrics or {})
+            thresholds = _flatten(v.thresholds or {})
+            left, right = st.columns(2)
+            with left:
+                st.markdown("**Metrics**")
+                if metrics:
+                    st.table({"metric": list(metrics), "value": list(metrics.values())}, hide_index=True)
+                else:
+                    st.caption("No metrics recorded.")
+            with right:
+                st.markdown("**Thresholds**")
+                if thresholds:
+                    st.table({"threshold": list(thresholds), "value": list(thresholds.values())}, hide_index=True)
+                st.caption(f"{len(v.manifest or [])} training images · files at {v.artifact_uri}")
+            if v.notes:
+                st.caption(v.notes)
+
+
+def _every_product(versions: list[ModelVersion], in_use, zone: str) -> None:
+    """Every product's versions, a table each under its active version; actions need one product chosen."""
+    st.info("All products: choose one product in the sidebar to activate, roll back or re-announce its models.")
+    if not versions:
+        st.info("No model version is registered yet.")
+    for product in sorted({v.product for v in versions}):
+        mine = [v for v in versions if v.product == product]
+        active = next((v for v in mine if v.status == "active"), None)
+        with st.container(border=True, key=f"lw_models_of_{product}"):
+            st.subheader(f"Product {product}")
+            st.caption(f"Active: **{active.version}**, activated {fmt(active.activated_at, zone)}" if active
+                       else "No active version: its frames go to the dead-letter topic (no_model).")
+            st.table([_summary(v, in_use, zone) for v in mine], hide_index=True)
 
 
 def _evidence(versions: list[ModelVersion], active: ModelVersion | None) -> None:
@@ -99,16 +128,18 @@ def _evidence(versions: list[ModelVersion], active: ModelVersion | None) -> None
         st.table([{"version": x.version, **model_review.calibration(x.thresholds)} for x in shown], hide_index=True)
 
 
-def _retraining() -> None:
+def _retraining(product: str | None) -> None:
     """Ask for a retraining (one job at a time: the trainer service runs it) and follow the jobs."""
     st.subheader("Retraining")
     s = data.settings()
     operator = auth.current_operator(s)
+    # The job queue of this release retrains the product 'default' only (docs/products.md, step 7: per product).
+    why_not = ("Needs a named operator (sidebar)." if operator is None else None if product == DEFAULT_PRODUCT
+               else f"Retraining from the dashboard trains the product {DEFAULT_PRODUCT}: choose it in the sidebar.")
     left, right = st.columns([1, 3])
     with left:
         from_scratch = st.checkbox("From scratch", help="train a new student instead of fine-tuning the active one")
-        if st.button("Retrain now", type="primary", disabled=operator is None,
-                     help=None if operator else "Needs a named operator (sidebar)."):
+        if st.button("Retrain now", type="primary", disabled=why_not is not None, help=why_not):
             try:
                 job_id = training_jobs.request_job(data.engine(), "manual", requested_by=operator.name,
                                                    from_scratch=from_scratch)
@@ -119,13 +150,14 @@ def _retraining() -> None:
     with right:
         st.caption(f"The trainer also retrains by itself after {s.trainer.min_new_good} frames confirmed good. "
                    "Engineers activate and roll back above (or with `linewatch model activate` / `rollback`).")
-    _jobs_table()
+    _jobs_table(product)
 
 
 @st.fragment(run_every=5)
-def _jobs_table() -> None:
+def _jobs_table(product: str | None) -> None:
     try:
-        jobs = training_jobs.recent_jobs(data.engine(), limit=10)
+        jobs = [j for j in training_jobs.recent_jobs(data.engine(), limit=50)
+                if product is None or j.product == product][:10]
     except SQLAlchemyError as exc:
         st.warning(f"Training jobs cannot be read: {views.explain(exc)}")
         return
@@ -188,8 +220,9 @@ def _training_set(job) -> None:
                            "why": d.get("reason")} for d in dropped], hide_index=True)
 
 
-def _in_use() -> dict[str, dict[str, str]] | None:
-    """Model version -> who runs it (live workers) and the threshold in its recent results; None without Redis."""
+def _in_use(product: str | None) -> dict[str, dict[str, str]] | None:
+    """Model version (of ``product``; None: of every product) -> who runs it (live workers) and the threshold in its
+    recent results; None without Redis."""
     reader = data.live()
     if reader is None:
         return None
@@ -201,13 +234,16 @@ def _in_use() -> dict[str, dict[str, str]] | None:
         return None
     out: dict[str, dict[str, str]] = {}
     for w in workers:
-        version = w.get("model_version")
-        if version:
+        for version in model_review.models_run(w):
+            if product is not None and model_review.product_of(version) != product:
+                continue
             entry = out.setdefault(version, {"workers": "", "image threshold": "—", "recent results": "0"})
             state = "" if w["alive"] else " (silent)"
             entry["workers"] = ", ".join(x for x in (entry["workers"], w["worker_id"] + state) if x)
     counts: dict[str, int] = {}
     for r in recent:
+        if product is not None and r.product != product:
+            continue
         counts[r.model_version] = counts.get(r.model_version, 0) + 1
         entry = out.setdefault(r.model_version, {"workers": "", "image threshold": "—", "recent results": "0"})
         entry["image threshold"] = f"{r.threshold:.5g}"

@@ -1,7 +1,8 @@
 """Review: the frames that need a person (``dashboard/review_queue.py``), opened for the operator who looks.
 
-The queue holds kept frames scored in the uncertain band around the threshold, a sample of confident ones, and
-good labels waiting for a second operator; oldest first or most uncertain first. The frames on an operator's page
+The queue holds kept frames of the product chosen in the sidebar (``dashboard/products.py``) scored in the
+uncertain band around the threshold, a sample of confident ones, and good labels waiting for a second operator;
+oldest first or most uncertain first. The frames on an operator's page
 are claimed by them (nobody else is offered them) and stay in place until labelled. Marking a frame good (a false
 alarm, or a confirmed good part) makes it training material; defect confirms the model. A frame the model scored
 more than ``trainer.second_opinion_above`` x its threshold needs "good" from a second, different operator
@@ -18,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from linewatch.contracts.labels import good_operator_names
 
-from .. import auth, data, images, review_actions, views
+from .. import auth, data, images, products, review_actions, views
 from ..review_queue import QueueRule, claim, waiting, waiting_count
 from ..windows import fmt
 
@@ -48,6 +49,7 @@ def render() -> None:
     operator = person if auth.may(person, "operator") else None
     st.html(_STYLE)
     st.title("Review")
+    product = products.selected()
     left, right = st.columns(2)
     kind = KINDS[left.segmented_control("Show", list(KINDS), default="All", key="lw_review_kind",
                                         required=True) or "All"]
@@ -57,10 +59,11 @@ def render() -> None:
     name = operator.name if operator else None
     try:
         if name is None:
-            rows = waiting(db, rule, None, kind, order, s.dashboard.page_size)
+            rows = waiting(db, rule, None, kind, order, s.dashboard.page_size, product=product)
         else:
-            rows = claim(db, rule, name, kind, order, s.dashboard.page_size, s.dashboard.review_claim_s)
-        waiting_n = waiting_count(db, rule, name, kind)
+            rows = claim(db, rule, name, kind, order, s.dashboard.page_size, s.dashboard.review_claim_s,
+                         product=product)
+        waiting_n = waiting_count(db, rule, name, kind, product=product)
         ready = data.ready_for_retraining(db)
         with db.connect() as conn:
             confirmed_by = good_operator_names(conn, [r.id for r in rows]) if rows else {}
@@ -69,12 +72,12 @@ def render() -> None:
         return
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.metric("Awaiting review", f"{waiting_n:,}",
-              help=f"Kept frames that need a person: scored between {rule.band[0]:g} and {rule.band[1]:g} × "
-                   "threshold, " + (f"one in {rule.sample_every} of the confident ones, " if rule.sample_every
-                                    else "") +
+              help=f"Kept frames of {products.label(product)} that need a person: scored between "
+                   f"{rule.band[0]:g} and {rule.band[1]:g} × threshold, " +
+                   (f"one in {rule.sample_every} of the confident ones, " if rule.sample_every else "") +
                    "and good labels waiting for a second operator; less those open on another operator's page.")
     c2.metric("Ready for retraining", f"{ready:,}",
-              help=f"Confirmed-good images the trainer may learn from; it retrains after "
+              help=f"Confirmed-good images (of every product) the trainer may learn from; it retrains after "
                    f"{s.trainer.min_new_good} new ones.")
     with c3:
         _operator_bar(person, s)
