@@ -330,7 +330,7 @@ def test_worker_status_of_an_empty_snapshot():
     status = worker_status(model, Throughput(), Snapshot(), 12.5)
     assert (status["partitions"], status["lag"], status["device"], status["started_at"]) == ([], {}, "cuda:0", 12.5)
     assert (status["registry_version"], status["model_behind"]) == (None, None)
-    assert status["models"] == {"default": {"model_version": "v1", "device": "cuda:0", "runtime": "torch",
+    assert status["products"] == {"default": {"model_version": "v1", "device": "cuda:0", "runtime": "torch",
                                             "registry_version": None, "model_behind": None, "model_load_error": None}}
 
 

@@ -95,12 +95,12 @@ def test_two_products_two_workers_routed_rolled_out_and_changed_over(line, tmp_p
     assert (headers["camera_id"], headers["dlq.reason"]) == ("cam-x", "no_model")
     assert "no active model" in headers["dlq.detail"]
     for w in _workers(p):
-        assert {k: v["model_version"] for k, v in w["models"].items()} == {"bottle": "bottle/v1", "tile": "tile/v1"}
+        assert {k: v["model_version"] for k, v in w["products"].items()} == {"bottle": "bottle/v1", "tile": "tile/v1"}
 
     # a rollout of tile: bottle's frames and model stay as they were
     tile_v2 = p.registry.register(other_model(tmp_path / "tile-1", tmp_path / "tile-2"), product="tile").version
     p.registry.activate(tile_v2, "test")
-    p.wait_until(lambda: all(w["models"]["tile"]["model_version"] == tile_v2 for w in _workers(p)), 60,
+    p.wait_until(lambda: all(w["products"]["tile"]["model_version"] == tile_v2 for w in _workers(p)), 60,
                  "both workers on tile/v2", poll_s=0.5)
     later = T0 + dt.timedelta(minutes=5)
     _publish(p, [(c, 100 + i, later, h) for i in range(6) for c, h in (("cam-b", "bottle"), ("cam-t", None))])
@@ -108,7 +108,7 @@ def test_two_products_two_workers_routed_rolled_out_and_changed_over(line, tmp_p
     new = [r for r in p.rows() if r.frame_id >= 100]
     assert {(r.camera_id, r.model_version) for r in new} == {("cam-b", "bottle/v1"), ("cam-t", tile_v2)}
     for w in _workers(p):
-        assert w["models"]["bottle"]["model_version"] == "bottle/v1"
+        assert w["products"]["bottle"]["model_version"] == "bottle/v1"
     assert p.stop_workers() == {"w1": 0, "w2": 0}
     for name in ("w1", "w2"):
         assert "Traceback" not in (p.logs / f"{name}.log").read_text()

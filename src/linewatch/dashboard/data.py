@@ -244,10 +244,12 @@ def defect_gallery(db: Engine, f: GalleryFilter, cursor: Cursor | None, limit: i
     return _page(db, query, cursor, limit)
 
 
-def ready_for_retraining(db: Engine) -> int:
-    """Confirmed goods (``contracts.labels``, with the second-opinion rule): what the trainer may learn from."""
+def ready_for_retraining(db: Engine, product: str | None = None) -> int:
+    """Confirmed goods (``contracts.labels``, with the second-opinion rule) of ``product`` (None: of every product):
+    what the trainer may learn from."""
     with db.connect() as conn:
-        return count_confirmed_good_frames(conn, second_opinion_above=settings().trainer.second_opinion_above)
+        return count_confirmed_good_frames(conn, second_opinion_above=settings().trainer.second_opinion_above,
+                                           product=product)
 
 
 def frame(db: Engine, inspection_id: int) -> Inspection | None:

@@ -14,7 +14,6 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.schema import ModelVersion
 from linewatch.trainer import job_queue as training_jobs
 
@@ -133,16 +132,16 @@ def _retraining(product: str | None) -> None:
     st.subheader("Retraining")
     s = data.settings()
     operator = auth.current_operator(s)
-    # The job queue of this release retrains the product 'default' only (docs/products.md, step 7: per product).
-    why_not = ("Needs a named operator (sidebar)." if operator is None else None if product == DEFAULT_PRODUCT
-               else f"Retraining from the dashboard trains the product {DEFAULT_PRODUCT}: choose it in the sidebar.")
+    # a job retrains one product (docs/products.md, step 7): "all" names none
+    why_not = ("Needs a named operator (sidebar)." if operator is None else None if product is not None
+               else "A retraining trains one product: choose it in the sidebar.")
     left, right = st.columns([1, 3])
     with left:
         from_scratch = st.checkbox("From scratch", help="train a new student instead of fine-tuning the active one")
         if st.button("Retrain now", type="primary", disabled=why_not is not None, help=why_not):
             try:
                 job_id = training_jobs.request_job(data.engine(), "manual", requested_by=operator.name,
-                                                   from_scratch=from_scratch)
+                                                   from_scratch=from_scratch, product=product)
                 telemetry.RETRAIN_REQUESTS.inc()
                 st.toast(f"Training job {job_id} queued for the trainer service")
             except SQLAlchemyError as exc:
@@ -156,8 +155,7 @@ def _retraining(product: str | None) -> None:
 @st.fragment(run_every=5)
 def _jobs_table(product: str | None) -> None:
     try:
-        jobs = [j for j in training_jobs.recent_jobs(data.engine(), limit=50)
-                if product is None or j.product == product][:10]
+        jobs = training_jobs.recent_jobs(data.engine(), limit=10, product=product)
     except SQLAlchemyError as exc:
         st.warning(f"Training jobs cannot be read: {views.explain(exc)}")
         return

@@ -64,7 +64,7 @@ def render() -> None:
             rows = claim(db, rule, name, kind, order, s.dashboard.page_size, s.dashboard.review_claim_s,
                          product=product)
         waiting_n = waiting_count(db, rule, name, kind, product=product)
-        ready = data.ready_for_retraining(db)
+        ready = data.ready_for_retraining(db, product)
         with db.connect() as conn:
             confirmed_by = good_operator_names(conn, [r.id for r in rows]) if rows else {}
     except SQLAlchemyError as exc:
@@ -77,8 +77,8 @@ def render() -> None:
                    (f"one in {rule.sample_every} of the confident ones, " if rule.sample_every else "") +
                    "and good labels waiting for a second operator; less those open on another operator's page.")
     c2.metric("Ready for retraining", f"{ready:,}",
-              help=f"Confirmed-good images (of every product) the trainer may learn from; it retrains after "
-                   f"{s.trainer.min_new_good} new ones.")
+              help=f"Confirmed-good images of {products.label(product)} the trainer may learn from; it retrains a "
+                   f"product after {s.trainer.min_new_good} new ones of it.")
     with c3:
         _operator_bar(person, s)
     flash = review_actions.take_flash()

@@ -22,7 +22,7 @@ def worker_status(models: ModelShelf, throughput: Throughput, ownership: Snapsho
                   ) -> dict[str, Any]:
     """The heartbeat's payload (the keys the dashboard's Live page and the test harness read).
 
-    ``models``: per product, the model it scores with and its rollout fields (:meth:`.ModelShelf.status`); the
+    ``products``: per product, the model it scores with and its rollout fields (:meth:`.ModelShelf.status`); the
     top-level ``model_version``, ``device``, ``runtime`` and rollout fields are those of the default product's model
     (else of the one used last), as a single-product worker always reported them. Built only from values that are
     safe to read on any thread: ``ownership`` is the offsets tracker's snapshot, recorded by the main thread, because
@@ -35,7 +35,7 @@ def worker_status(models: ModelShelf, throughput: Throughput, ownership: Snapsho
          "model_load_error": None}
     return {
         **first,  # model_version, device, runtime, registry_version, model_behind, model_load_error
-        "models": models.status(), "frames_per_s": round(throughput.rate(), 2),
+        "products": models.status(), "frames_per_s": round(throughput.rate(), 2),
         "inspected": throughput.inspected, "dead_lettered": throughput.dead_lettered,
         "partitions": ownership.partition_names(), "lag": ownership.lag_by_name(),
         "host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at,
