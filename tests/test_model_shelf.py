@@ -89,3 +89,41 @@ def test_a_model_that_does_not_load_leaves_the_product_without_one_and_the_other
         shelf.announce(_announcement(dirs["bottle/v1"], "bottle/v2", "bottle"))
     assert shelf.slot_for("bottle").current.version == "bottle/v1"
     assert shelf.status()["bottle"]["model_behind"] == "on bottle/v1, registry says bottle/v2"
+
+
+def test_a_rollback_before_the_next_batch_drops_the_model_offered(models):
+    dirs, loads, load = models
+    shelf = ModelShelf(load, budget_bytes=2**40)
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"))
+    tile = shelf.slot_for("tile")
+    shelf.announce(_announcement(dirs["tile/v2"], "tile/v2", "tile"))  # loaded, offered (an idle line)
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"))  # rolled back before any batch
+    shelf.switch_all()
+    assert tile.current.version == "tile/v1" and shelf.status()["tile"]["model_behind"] is None
+
+
+def test_a_model_no_frame_would_load_again_is_never_evicted(models):
+    dirs, loads, load = models
+    one = model_bytes(Scorer(dirs["bottle/v1"], "cpu", runtime="torch"))
+    shelf = ModelShelf(load, budget_bytes=one + one // 2)
+    shelf.install("default", load(dirs["bottle/v1"]))  # a --model directory: announced nowhere
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
+    assert shelf.slot_for("tile").current.version == "tile/v1"
+    assert shelf.products == ["default", "tile"] and shelf.evictions == 0  # over the budget, not unloaded
+    assert shelf.slot_for("default").current.version == "bottle/v1"
+
+
+def test_a_first_frame_load_overtaken_by_an_announcement_installs_the_newer_version(models):
+    dirs, loads, load = models
+    shelf = ModelShelf(lambda d: None, budget_bytes=2**40)
+
+    def load_then_announce(model_dir):  # tile/v2 is activated while tile/v1 loads for a first frame
+        scorer = load(model_dir)
+        if scorer.version == "tile/v1":
+            shelf.announce(_announcement(dirs["tile/v2"], "tile/v2", "tile"), preload=False)
+        return scorer
+
+    shelf.load = load_then_announce
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
+    assert shelf.slot_for("tile").current.version == "tile/v2"
+    assert loads == ["tile/v1", "tile/v2"]

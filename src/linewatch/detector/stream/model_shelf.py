@@ -48,7 +48,9 @@ class ModelShelf:
         load: a model directory -> its :class:`Scorer` (the worker's device, runtime and threads). Raises as
             :class:`Scorer` does.
         budget_bytes: loaded models beyond this many bytes (:func:`model_bytes`) evict the least recently used
-            product's (never the one just loaded or asked for: one model is always kept, whatever its size).
+            product's (never the one just loaded or asked for: one model is always kept, whatever its size; nor a
+            ``--model`` directory's or one kept while its registry version does not load, which no frame would load
+            again).
     """
 
     def __init__(self, load: Callable[[Path], Scorer], budget_bytes: int):
@@ -71,7 +73,7 @@ class ModelShelf:
             self._slots[product] = slot
             if product in self.wanted:
                 slot.announced(self.wanted[product].version)
-        if old is not None:
+        if old is not None and old.current.version != scorer.version:  # the same version keeps its series
             old.retire()
         self._evict(keep=product)
         return slot
@@ -91,7 +93,7 @@ class ModelShelf:
             self._failed_at.pop(a.product, None)
         if slot is not None:
             slot.announced(a.version)
-            if slot.current.version == a.version:
+            if slot.keep(a.version):  # held already; a model offered meanwhile (then rolled back) is dropped
                 return
         elif not preload or not self._fits_another():
             log.info("model %s announced; loaded on the first frame of %s", a.version, a.product)
@@ -121,23 +123,29 @@ class ModelShelf:
     def slot_for(self, product: str) -> ModelSlot | str:
         """``product``'s slot, loading its announced model first if it is not held (blocking the caller for the
         load); or, when it has none, a sentence saying why (the frame is dead-lettered ``no_model``)."""
-        with self._lock:
-            slot = self._slots.get(product)
-            if slot is not None:
-                self._slots.move_to_end(product)
-                return slot
-            a = self.wanted.get(product)
-            failed = self._failed_at.get(product)
-        if a is None:
-            return f"product {product!r} has no active model (activate one: linewatch model activate {product}/vN)"
-        if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
-            return f"product {product!r}: its model {failed[1]} (tried again within {RETRY_AFTER_S:.0f} s)"
-        try:
-            scorer = self._load_checked(a, None)
-        except Exception as exc:  # noqa: BLE001 -- a model that does not load must not stop the line
-            log.error("could not load %s for %s: %s", a.version, product, exc)
-            return f"product {product!r}: its model {_first_line(a.version, exc)}"
-        return self.install(product, scorer)
+        while True:
+            with self._lock:
+                slot = self._slots.get(product)
+                if slot is not None:
+                    self._slots.move_to_end(product)
+                    return slot
+                a = self.wanted.get(product)
+                failed = self._failed_at.get(product)
+            if a is None:
+                return f"product {product!r} has no active model (activate one: linewatch model activate {product}/vN)"
+            if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
+                return f"product {product!r}: its model {failed[1]} (tried again within {RETRY_AFTER_S:.0f} s)"
+            try:
+                scorer = self._load_checked(a, None)
+            except Exception as exc:  # noqa: BLE001 -- a model that does not load must not stop the line
+                log.error("could not load %s for %s: %s", a.version, product, exc)
+                return f"product {product!r}: its model {_first_line(a.version, exc)}"
+            with self._lock:
+                # Announced anew during the load (the watcher may leave that version to this first frame), or
+                # installed meanwhile by the watcher: installing this one would keep an older version unnoticed.
+                stale = self.wanted[product].version != a.version or product in self._slots
+            if not stale:
+                return self.install(product, scorer)
 
     def switch_all(self) -> None:
         """Switch every held product to its offered model, if any (the inference stage, between two batches)."""
@@ -191,17 +199,30 @@ class ModelShelf:
         return not sizes or sum(sizes) + max(sizes) <= self.budget_bytes
 
     def _evict(self, keep: str) -> None:
-        """Drop least recently used products until the held models fit the budget (``keep`` always stays). A
-        batch in flight keeps its own reference, so eviction never interrupts scoring."""
+        """Drop least recently used products until the held models fit the budget (``keep`` always stays, and so
+        does a model its product's next frame would not load again: :meth:`_reloadable`). A batch in flight keeps
+        its own reference, so eviction never interrupts scoring."""
         with self._lock:
             while len(self._slots) > 1 and sum(model_bytes(s.current) for s in self._slots.values()) \
                     > self.budget_bytes:
-                product = next(p for p in self._slots if p != keep)
+                product = next((p for p, s in self._slots.items() if p != keep and self._reloadable(p, s)), None)
+                if product is None:
+                    log.warning("models held exceed the memory budget (%.0f MB), none can be loaded again",
+                                self.budget_bytes / 2**20)
+                    return
                 slot = self._slots.pop(product)
                 self.evictions += 1
                 log.info("model %s of %s evicted (memory budget %.0f MB); loaded again on its next frame",
                          slot.current.version, product, self.budget_bytes / 2**20)
                 slot.retire()
+
+
+    def _reloadable(self, product: str, slot: ModelSlot) -> bool:
+        """Whether ``product``'s next frame would load ``slot``'s model (or the one offered to it) again: never a
+        ``--model`` directory (not announced) or a model kept while the registry's version does not load (its
+        frames would be dead-lettered). Call with ``_lock`` held."""
+        a = self.wanted.get(product)
+        return a is not None and a.version in (slot.current.version, slot.offered_version)
 
 
 def _first_line(version: str, exc: BaseException) -> str:

@@ -57,14 +57,31 @@ class ModelSlot:
             self.load_error = None
         log.info("model %s loaded; switching after the current batch", scorer.version)
 
+    @property
+    def offered_version(self) -> str | None:
+        """The version of the model offered and not switched to yet, or None."""
+        scorer = self._next
+        return scorer.version if scorer is not None else None
+
+    def keep(self, version: str) -> bool:
+        """If the model scoring now is ``version``, drop any model offered and not switched to yet (the registry went
+        back to it before the next batch: a rollback right after an activation) and return True; else False."""
+        with self._lock:
+            if self.current.version != version:
+                return False
+            self._next = None
+            self.load_error = None
+            return True
+
     def switch(self) -> bool:
         """Switch to the offered model, if any; returns whether it did. Call only between batches."""
-        with self._lock:
+        with self._lock:  # taken and switched to under the lock: keep() sees one model or the other
             scorer, self._next = self._next, None
-        if scorer is None:
-            return False
-        old, self.current = self.current, scorer
-        _forget(old.version)  # only this slot's series: other products' models keep theirs
+            if scorer is None:
+                return False
+            old, self.current = self.current, scorer
+        if old.version != scorer.version:  # the same version loaded again keeps its series
+            _forget(old.version)  # only this slot's series: other products' models keep theirs
         telemetry.MODEL_INFO.labels(version=scorer.version).set(1)
         log.info("now scoring with model %s", scorer.version)
         return True
