@@ -127,3 +127,23 @@ def test_a_first_frame_load_overtaken_by_an_announcement_installs_the_newer_vers
     shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
     assert shelf.slot_for("tile").current.version == "tile/v2"
     assert loads == ["tile/v1", "tile/v2"]
+
+
+def test_a_batch_interleaving_products_over_the_budget_loads_each_model_once(models):
+    from linewatch.contracts.messages import FrameMeta
+    from linewatch.contracts.product_settings import ProductSettings
+    from linewatch.detector.stream.batches import RawFrame
+    from linewatch.detector.stream.routing import ProductRouter, Routed
+
+    dirs, loads, load = models
+    one = model_bytes(Scorer(dirs["bottle/v1"], "cpu", runtime="torch"))
+    shelf = ModelShelf(load, budget_bytes=one + one // 2)  # room for one model, not two
+    shelf.announce(_announcement(dirs["bottle/v1"], "bottle/v1", "bottle"), preload=False)
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
+    now = dt.datetime.now(dt.UTC)
+    raws = [RawFrame("t.frames", 0, i, b"cam-1", b"", FrameMeta("cam-1", "line-1", i, int(now.timestamp() * 1e9),
+                                                                "image/png", None, product).headers())
+            for i, product in enumerate(["tile", "bottle"] * 3)]
+    routed = ProductRouter(None, ProductSettings()).route(raws, shelf)
+    assert [r.slot.current.version for r in routed if isinstance(r, Routed)] == ["tile/v1", "bottle/v1"] * 3
+    assert loads == ["tile/v1", "bottle/v1"] and shelf.evictions == 1

@@ -77,9 +77,13 @@ class ProductRouter:
 
     def route(self, raws: list[RawFrame], models: ModelShelf) -> list[Routed | DeadLetter]:
         """Each frame's product and model slot, in order; a frame with bad headers is dead-lettered with their
-        reason, one whose product has no model with ``no_model`` (loading a product's model on its first frame)."""
+        reason, one whose product has no model with ``no_model`` (loading a product's model on its first frame).
+        Each product's slot is looked up once per batch: with a budget below the products a batch interleaves, a
+        model is then loaded at most once per batch, not at every switch between products (the slots evicted
+        meanwhile stay referenced by their frames until scored)."""
         cameras = self.cameras
         out: list[Routed | DeadLetter] = []
+        slots: dict[str, ModelSlot | str] = {}
         for raw in raws:
             try:
                 meta = FrameMeta.from_headers(raw.headers)
@@ -87,7 +91,9 @@ class ProductRouter:
                 out.append(DeadLetter(raw, exc.reason, exc.detail))
                 continue
             product = cameras.product_at(meta.camera_id, meta.captured_at, meta.product)
-            slot = models.slot_for(product)
+            if product not in slots:
+                slots[product] = models.slot_for(product)
+            slot = slots[product]
             out.append(Routed(raw, product, slot) if isinstance(slot, ModelSlot)
                        else DeadLetter(raw, NO_MODEL, slot))
         return out
