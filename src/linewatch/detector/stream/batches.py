@@ -124,8 +124,12 @@ class ScoredBatch:
     drift: dict[str, dict] = field(default_factory=dict)  # camera_id -> its drift state after this batch
 
     @classmethod
-    def join(cls, parts: list[ScoredBatch], dead: list[DeadLetter], batch_id: int | None) -> ScoredBatch:
-        """One batch of ``parts`` (each scored by one model, none stored yet), in order, with ``dead``."""
+    def join(cls, parts: list[ScoredBatch], dead: list[DeadLetter], batch_id: int | None,
+             order: dict[int, int] | None = None) -> ScoredBatch:
+        """One batch of ``parts`` (each scored by one model, none stored yet) with ``dead``; its frames in the order
+        ``order`` gives (``id(frame.raw)`` -> position in the consumed batch; None: part after part). The consumed
+        order matters downstream: a camera's newest frame of the batch is the last of its frames (its overlay,
+        Redis's latest result)."""
         out = cls([], [], [], [], dead, batch_id)
         for part in parts:
             base = len(out.results)
@@ -134,7 +138,15 @@ class ScoredBatch:
             out.maps += part.maps
             out.pixel_thresholds += part.pixel_thresholds
             out.keep |= {base + i for i in part.keep}
-            out.drift.update(part.drift)  # a camera's frames go to one product at a time: its latest state
+            out.drift.update(part.drift)  # states taken after each part: the last part's is the camera's latest
+        if order is not None:
+            perm = sorted(range(len(out.frames)), key=lambda i: order[id(out.frames[i].raw)])
+            position = {old: new for new, old in enumerate(perm)}
+            out.results = [out.results[i] for i in perm]
+            out.frames = [out.frames[i] for i in perm]
+            out.maps = [out.maps[i] for i in perm]
+            out.pixel_thresholds = [out.pixel_thresholds[i] for i in perm]
+            out.keep = {position[i] for i in out.keep}
         return out
 
     def take_out(self, details: dict[int, str], reason: str) -> None:

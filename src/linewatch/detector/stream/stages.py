@@ -207,13 +207,14 @@ class Pipeline:
             self._q_scored.put(scored)
 
     def _score(self, batch: PreparedBatch) -> ScoredBatch:
-        """One model call per product in the batch (a model batch never mixes products), joined in order."""
+        """One model call per product in the batch (a model batch never mixes products), joined in consumed order."""
         by_slot: dict[int, list[PreparedFrame]] = {}
         for f in batch.frames:
             by_slot.setdefault(id(f.slot), []).append(f)
         dead = list(batch.dead)
         parts = [self._score_one(frames[0].slot.current, frames, dead) for frames in by_slot.values()]
-        return ScoredBatch.join(parts, dead, batch.batch_id)
+        order = {id(f.raw): i for i, f in enumerate(batch.frames)}  # a frame decoded again keeps its raw
+        return ScoredBatch.join(parts, dead, batch.batch_id, order)
 
     def _score_one(self, scorer, frames: list[PreparedFrame], dead: list[DeadLetter]) -> ScoredBatch:
         """``frames`` (one product's) scored by ``scorer`` in one call; frames that no longer decode join ``dead``."""
