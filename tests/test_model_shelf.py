@@ -147,3 +147,26 @@ def test_a_batch_interleaving_products_over_the_budget_loads_each_model_once(mod
     routed = ProductRouter(None, ProductSettings()).route(raws, shelf)
     assert [r.slot.current.version for r in routed if isinstance(r, Routed)] == ["tile/v1", "bottle/v1"] * 3
     assert loads == ["tile/v1", "bottle/v1"] and shelf.evictions == 1
+
+
+def test_a_product_evicted_after_a_failed_then_good_load_reports_no_error(models, monkeypatch):
+    from linewatch.detector.stream import model_shelf
+
+    dirs, loads, load = models
+    one = model_bytes(Scorer(dirs["bottle/v1"], "cpu", runtime="torch"))
+    failures = [OSError("files still being copied")]
+
+    def flaky(model_dir):
+        if failures:
+            raise failures.pop()
+        return load(model_dir)
+
+    monkeypatch.setattr(model_shelf, "RETRY_AFTER_S", 0.0)
+    shelf = ModelShelf(flaky, budget_bytes=one + one // 2)
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
+    shelf.announce(_announcement(dirs["bottle/v1"], "bottle/v1", "bottle"), preload=False)
+    assert "files still being copied" in shelf.slot_for("tile")  # dead-lettered no_model
+    assert shelf.slot_for("tile").current.version == "tile/v1"  # the next frame loads it
+    assert shelf.slot_for("bottle").current.version == "bottle/v1" and shelf.evictions == 1  # tile evicted
+    assert shelf.status()["tile"] == {"model_version": None, "device": None, "runtime": None,
+                                      "registry_version": "tile/v1", "model_behind": None, "model_load_error": None}

@@ -73,6 +73,8 @@ class ModelShelf:
             self._slots[product] = slot
             if product in self.wanted:
                 slot.announced(self.wanted[product].version)
+                if self.wanted[product].version == scorer.version:  # an earlier failure is over
+                    self._failed_at.pop(product, None)
         if old is not None and old.current.version != scorer.version:  # the same version keeps its series
             old.retire()
         self._evict(keep=product)
