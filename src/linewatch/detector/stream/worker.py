@@ -192,7 +192,10 @@ class DetectorWorker:
                             on_retry=lambda sink, _e: telemetry.STORE_RETRIES.labels(sink=sink).inc(),
                             redis=s.redis, retention=retention)
         router = ProductRouter(engine, s.products)
-        router.refresh()
+        # Without the changeover history a changed-over camera's frames would be scored by the settings' product's
+        # model and recorded as that product: no frame is consumed before it has been read once.
+        while not router.refresh() and not self.stop_event.wait(1.0):
+            pass
         rebuilder = LiveRebuilder(engine, live, self.worker_id, s.redis.settle_s, s.redis.rebuild_window_s)
         pipeline = self.pipeline = Pipeline(self.models, router, self.det, self.worker_id,
                                             store, self._threads, self.stop_event)
