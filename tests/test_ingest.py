@@ -246,3 +246,15 @@ def test_an_image_folder_removed_and_restored_is_one_outage_and_an_unreadable_fi
     published = [dict(r.headers)["part_id"].decode() for r in _published(settings, 5)]
     assert published == [names[0]] + names[2:]  # none lost to the outage, in order
     print(f"\nfolder outage: gap_s {counters.gap_s:.2f}, {counters}")
+
+
+def test_a_folder_glob_picks_its_files_and_is_refused_for_another_source(tmp_path):
+    """``ingest --glob '*.jpg'`` replays only the folder's files matching it (the Magnetic Tile folders hold masks
+    beside the tiles); with a source that is not a folder it is an error, not silently ignored."""
+    (tmp_path / "a.jpg").write_bytes((bottle() / "test" / "good" / "000.png").read_bytes())
+    (tmp_path / "a.png").write_bytes((bottle() / "test" / "good" / "000.png").read_bytes())
+    assert [p.name for p in open_source(str(tmp_path), glob="*.jpg").files] == ["a.jpg"]
+    with pytest.raises(SourceError, match="no images named"):
+        open_source(str(tmp_path), glob="*.bmp")
+    with pytest.raises(SourceError, match="is not one"):
+        open_source(str(tmp_path / "a.png"), glob="*.jpg")

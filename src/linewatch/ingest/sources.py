@@ -191,8 +191,11 @@ def open_source(spec: str, loop: bool = False, jpeg_quality: int = 92, glob: str
     ``glob``: of a folder, replay only the images whose file name matches it (``*.jpg``).
 
     Raises:
-        SourceError: a path that does not exist; a folder with no image matching ``glob``.
+        SourceError: a path that does not exist; a folder with no image matching ``glob``; ``glob`` with a source
+            that is not a folder.
     """
+    if glob and not Path(spec).expanduser().is_dir():
+        raise SourceError(f"--glob {glob!r} picks files of an image folder; source {spec!r} is not one")
     if spec.isdigit():
         return VideoCaptureSource(int(spec), jpeg_quality)
     if spec.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https", "rtmp"):
