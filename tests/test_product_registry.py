@@ -163,3 +163,32 @@ def test_the_model_commands_take_a_product(tmp_path, monkeypatch):
         assert "no earlier active version of magnetic_tile" in linewatch("rollback", "magnetic_tile", code=2)
     finally:
         get_settings.cache_clear()
+
+
+def test_train_with_a_product_registers_the_model_as_its_next_candidate(tmp_path, monkeypatch):
+    """``linewatch train --product P`` trains a folder as before and registers it as P's next version (a candidate);
+    an invalid product name is refused before any training (nothing written)."""
+    from datasets import bottle
+
+    goods = tmp_path / "goods"
+    goods.mkdir()
+    for image in sorted((bottle() / "train" / "good").glob("*.png"))[:12]:
+        (goods / image.name).symlink_to(image)
+    monkeypatch.setenv("LINEWATCH_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("LINEWATCH_DATABASE__URL", raising=False)
+    monkeypatch.delenv("LINEWATCH_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    quick = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--force", "--no-export", "--no-progress"]
+    try:
+        get_settings.cache_clear()
+        refused = CliRunner().invoke(app, ["train", "--data", str(goods), "--out", str(tmp_path / "bad"), *quick,
+                                           "--product", "Bottle!"])
+        assert refused.exit_code == 2 and "not a product name" in refused.stderr
+        assert not (tmp_path / "bad").exists()
+        done = CliRunner().invoke(app, ["train", "--data", str(goods), "--out", str(tmp_path / "m"), *quick,
+                                        "--product", "bottle"])
+        assert done.exit_code == 0, done.output
+        assert "registered as bottle/v1 (candidate)" in done.stdout
+        listed = CliRunner().invoke(app, ["model", "list", "--product", "bottle"])
+        assert [line.split()[:2] for line in listed.stdout.splitlines()] == [["bottle/v1", "candidate"]]
+    finally:
+        get_settings.cache_clear()

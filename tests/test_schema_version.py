@@ -88,4 +88,5 @@ def test_c24_a_newer_record_stops_every_command_with_one_line(record_url, apache
     engine.dispose()
     _stamp(record_url, newest)
     result = _linewatch(env, "model", "list")
-    assert (result.returncode, result.stdout.strip()) == (0, "no model versions registered"), result.stderr
+    assert (result.returncode, result.stdout.strip()) == \
+        (0, "no model versions registered for the product default"), result.stderr

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import fail, user_errors
+from .errors import fail, service_errors, user_errors
 from .options import DeviceOpt, RuntimeOpt, device_name, load_settings, runtime_name, with_values
 
 
@@ -33,9 +33,13 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="publish even with too few held-out good images for the "
                                         "false-reject target, marked under-calibrated")] = False,
     export: Annotated[bool, typer.Option(help="also write the ONNX export (as `linewatch export` does)")] = True,
+    product: Annotated[str | None, typer.Option(
+        help="also register the model as the next version of this product (a candidate: `linewatch model "
+             "activate P/vN` makes it live); default: write the folder only")] = None,
 ) -> None:
     """Train an STPM student on good images; thresholds are calibrated on held-out good images (refused when too
-    few stand behind the false-reject target, unless --force)."""
+    few stand behind the false-reject target, unless --force). With --product, the model is registered as that
+    product's next version."""
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.global_branch import branch_summary
     from linewatch.detector.model_files import check_output_dir
@@ -48,6 +52,13 @@ def train(
                     device=device_name(device))
     s = with_values(s, "training", allow_under_calibrated=True if force else None)
     config = TrainConfig.from_settings(s)
+    if product is not None:
+        from linewatch.contracts.products import ProductError, check_product
+
+        try:
+            check_product(product)  # before the training, not after it
+        except ProductError as exc:
+            fail(str(exc))
     with user_errors():
         check_output_dir(out)  # before the training, not after it
         dataset = open_dataset(data)
@@ -73,6 +84,13 @@ def train(
     if exported is not None:
         typer.echo(f"  ONNX export {exported['file']}: matches eager PyTorch to "
                    f"{exported['parity']['onnxruntime']['score_rel']:.1e} relative on the held-out goods")
+    if product is not None:
+        from .registry import open_registry
+
+        with user_errors(), service_errors():
+            row = open_registry().register(result.model_dir, notes="trained by linewatch train", product=product)
+        typer.echo(f"registered as {row.version} ({row.status}): `linewatch model activate {row.version}` makes it "
+                   "live")
 
 
 def evaluate(
