@@ -29,8 +29,7 @@ def worker_status(models: ModelShelf, throughput: Throughput, ownership: Snapsho
     kafka-python's consumer must not be called from here.
     """
     slot = models.first()
-    first = {"model_version": slot.current.version, "device": str(slot.current.device),
-             "runtime": slot.current.runtime, **slot.rollout_status()} if slot is not None else \
+    first = slot.status() if slot is not None else \
         {"model_version": None, "device": None, "runtime": None, "registry_version": None, "model_behind": None,
          "model_load_error": None}
     return {

@@ -28,7 +28,7 @@ from linewatch.contracts.products import DEFAULT_PRODUCT
 
 from ..model_files import ModelFileError
 from ..scoring import Scorer
-from .model_slot import ModelSlot
+from .model_slot import ModelSlot, load_error_line
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ModelShelf:
             if slot is not None:
                 slot.load_failed(a.version, exc)
             with self._lock:
-                self._failed_at[a.product] = (time.monotonic(), _first_line(a.version, exc))
+                self._failed_at[a.product] = (time.monotonic(), load_error_line(a.version, exc))
             raise
         return scorer
 
@@ -141,7 +141,7 @@ class ModelShelf:
                 scorer = self._load_checked(a, None)
             except Exception as exc:  # noqa: BLE001 -- a model that does not load must not stop the line
                 log.error("could not load %s for %s: %s", a.version, product, exc)
-                return f"product {product!r}: its model {_first_line(a.version, exc)}"
+                return f"product {product!r}: its model {load_error_line(a.version, exc)}"
             with self._lock:
                 # Announced anew during the load (the watcher may leave that version to this first frame), or
                 # installed meanwhile by the watcher: installing this one would keep an older version unnoticed.
@@ -182,8 +182,7 @@ class ModelShelf:
             slots, wanted, failed = dict(self._slots), dict(self.wanted), dict(self._failed_at)
         out: dict[str, dict] = {}
         for product, slot in slots.items():
-            out[product] = {"model_version": slot.current.version, "device": str(slot.current.device),
-                            "runtime": slot.current.runtime, **slot.rollout_status()}
+            out[product] = slot.status()
         for product, a in wanted.items():
             if product not in out:
                 error = failed.get(product, (0.0, None))[1]
@@ -218,14 +217,9 @@ class ModelShelf:
                          slot.current.version, product, self.budget_bytes / 2**20)
                 slot.retire()
 
-
     def _reloadable(self, product: str, slot: ModelSlot) -> bool:
         """Whether ``product``'s next frame would load ``slot``'s model (or the one offered to it) again: never a
         ``--model`` directory (not announced) or a model kept while the registry's version does not load (its
         frames would be dead-lettered). Call with ``_lock`` held."""
         a = self.wanted.get(product)
         return a is not None and a.version in (slot.current.version, slot.offered_version)
-
-
-def _first_line(version: str, exc: BaseException) -> str:
-    return f"{version}: {(str(exc).splitlines() or [type(exc).__name__])[0]}"

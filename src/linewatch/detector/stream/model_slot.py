@@ -38,7 +38,14 @@ class ModelSlot:
 
     def load_failed(self, version: str, error: BaseException) -> None:
         """Loading ``version`` failed with ``error``; the current model stays (one line kept for the heartbeat)."""
-        self.load_error = f"{version}: {(str(error).splitlines() or [type(error).__name__])[0]}"
+        self.load_error = load_error_line(version, error)
+
+    def status(self) -> dict[str, str | None]:
+        """What the heartbeat says of this slot: ``model_version``, ``device`` and ``runtime`` of the model scoring
+        now, and the rollout fields (:meth:`rollout_status`)."""
+        scorer = self.current
+        return {"model_version": scorer.version, "device": str(scorer.device), "runtime": scorer.runtime,
+                **self.rollout_status()}
 
     def rollout_status(self) -> dict[str, str | None]:
         """The heartbeat's rollout fields, each None when there is nothing to say: ``registry_version``,
@@ -89,6 +96,11 @@ class ModelSlot:
     def retire(self) -> None:
         """The slot is no longer held (evicted, or replaced): its model stops being reported as in use."""
         _forget(self.current.version)
+
+
+def load_error_line(version: str, error: BaseException) -> str:
+    """``"v2: <the error's first line>"`` (its type's name when it has no message): a failed load in one line."""
+    return f"{version}: {(str(error).splitlines() or [type(error).__name__])[0]}"
 
 
 def _forget(version: str) -> None:
