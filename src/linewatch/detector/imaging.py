@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+import zlib
 from pathlib import Path
 
 import cv2
@@ -114,10 +115,69 @@ def exif_orientation(data: bytes) -> int:
     with contextlib.suppress(Exception):  # any header Pillow cannot read: no orientation to apply
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                value = im.getexif().get(0x0112, 1)
-                return value if isinstance(value, int) and 1 <= value <= 8 else 1
+            metadata = png_metadata(data)
+            if metadata is not None:
+                # every chunk an orientation can come from (eXIf, XMP, text), moved ahead of the pixels, where
+                # Pillow reads them with the header: its PNG getexif() would decode every pixel first to reach
+                # those that follow the pixels, which doubled a PNG frame's decode time
+                with Image.open(io.BytesIO(metadata)) as im:
+                    value = Image.Image.getexif(im).get(0x0112, 1)
+            else:
+                with Image.open(io.BytesIO(data)) as im:
+                    value = im.getexif().get(0x0112, 1)
+            return value if isinstance(value, int) and 1 <= value <= 8 else 1
     return 1
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PIXEL_CHUNKS = (b"IDAT", b"fdAT")
+
+
+def _png_chunk(kind: bytes, body: bytes = b"") -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
+    """The chunks of PNG bytes in file order, as (type, start, end) byte offsets of each whole chunk (length,
+    type, data, CRC), read from the chunk headers alone (no pixel decoded); None when ``data`` is not a PNG or its
+    chunk list does not reach ``IEND`` within it."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    chunks, pos = [], len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        kind, end = data[pos + 4 : pos + 8], pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
+        if end > len(data):
+            return None
+        chunks.append((kind, pos, end))
+        if kind == b"IEND":
+            return chunks
+        pos = end
+    return None
+
+
+def png_metadata(data: bytes) -> bytes | None:
+    """A PNG holding every chunk of ``data`` but its pixel data, in their order, then an empty ``IDAT``: what
+    Pillow reads with the header is then all of the file's metadata, wherever it stood (text and EXIF chunks may
+    follow the pixels). None when ``data`` is not a PNG whose chunks can be read."""
+    chunks = png_chunks(data)
+    if chunks is None:
+        return None
+    kept = b"".join(data[start:end] for kind, start, end in chunks if kind not in (*_PIXEL_CHUNKS, b"IEND"))
+    return PNG_SIGNATURE + kept + _png_chunk(b"IDAT") + _png_chunk(b"IEND")
+
+
+def _kept_as_is(data: bytes, fmt: str) -> bool:
+    """Whether encoded bytes decode, in any viewer, to the pixels :func:`decode_image` gives (so they are kept
+    byte for byte): a JPEG of 3 or 1 components, or an 8-bit RGB or gray PNG without a transparent colour
+    (``tRNS``); either without an EXIF orientation other than 1. Colour profiles and gamma are not applied by
+    :func:`decode_image`, and not considered here."""
+    if exif_orientation(data) != 1:
+        return False
+    if fmt == "JPEG":
+        return True
+    chunks = png_chunks(data)
+    # IHDR's bit depth and colour type (0 gray, 2 RGB) are bytes 24 and 25 of the file
+    return chunks is not None and data[24] == 8 and data[25] in (0, 2) and all(c[0] != b"tRNS" for c in chunks)
 
 
 def upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
@@ -186,10 +246,11 @@ def scored_pixels_file(data: bytes, source: str = "<bytes>", max_pixels: int = D
     """The file to keep for review and training, holding exactly the pixels :func:`decode_image` gives the model
     -> (bytes, suffix ``.jpg`` or ``.png``).
 
-    A JPEG of 3 or 1 components without an EXIF orientation other than 1 decodes to those pixels in any viewer
-    and is kept byte for byte. Anything else (alpha, which the model ignores: it scores the RGB values under
-    it; palette, 16-bit, CMYK, an orientation tag, applied by the decoder; other formats) is re-encoded as a
-    lossless PNG of the decoded, upright RGB, so an operator never labels an image other than the one inspected.
+    A JPEG of 3 or 1 components, or an 8-bit RGB or gray PNG without a transparent colour, either without an EXIF
+    orientation other than 1, decodes to those pixels in any viewer and is kept byte for byte. Anything else
+    (alpha, which the model ignores: it scores the RGB values under it; palette, CMYK, an orientation tag, applied
+    by the decoder; other formats) is re-encoded as a lossless PNG of the decoded, upright RGB, so an operator
+    never labels an image other than the one inspected.
 
     Raises:
         ImageError: see :func:`decode_image`.
@@ -198,8 +259,9 @@ def scored_pixels_file(data: bytes, source: str = "<bytes>", max_pixels: int = D
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                if im.format == "JPEG" and im.mode in ("RGB", "L") and exif_orientation(data) == 1:
-                    return data, ".jpg"
+                fmt, mode = im.format, im.mode
+            if fmt in ("JPEG", "PNG") and mode in ("RGB", "L") and _kept_as_is(data, fmt):
+                return data, ".jpg" if fmt == "JPEG" else ".png"
     ok, png = cv2.imencode(".png", cv2.cvtColor(decode_image(data, source, max_pixels), cv2.COLOR_RGB2BGR))
     if not ok:
         raise ImageError("undecodable", source, "could not re-encode the decoded pixels as PNG")

@@ -1,0 +1,120 @@
+"""What a worker keeps of a PNG frame, and the PNG's EXIF orientation read from its chunks: the kept file holds
+exactly the pixels scored, and reading the orientation never decodes the pixels when no metadata follows them
+(the bottle frames' case: before, it decoded every PNG frame twice)."""
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from linewatch.detector.imaging import decode_image, exif_orientation, png_chunks, png_metadata, scored_pixels_file
+
+from datasets import bottle
+
+PIXELS = (np.random.default_rng(3).random((40, 56, 3)) * 255).astype(np.uint8)
+
+
+def _png(image: Image.Image, **params) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG", **params)
+    return out.getvalue()
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def _before_iend(png: bytes, chunk: bytes) -> bytes:
+    at = png.rindex(b"IEND") - 4
+    return png[:at] + chunk + png[at:]
+
+
+def _pillows_own(data: bytes) -> int:
+    """The reference: Pillow's PNG getexif(), which decodes the pixels first."""
+    with Image.open(io.BytesIO(data)) as im:
+        return im.getexif().get(0x0112, 1)
+
+
+@pytest.fixture(scope="module")
+def bottle_png() -> bytes:
+    return (bottle() / "test" / "broken_large" / "000.png").read_bytes()
+
+
+def test_an_8_bit_rgb_or_gray_png_is_kept_byte_for_byte(bottle_png):
+    gray = _png(Image.fromarray(PIXELS[:, :, 0]))
+    for data in (bottle_png, _png(Image.fromarray(PIXELS)), gray):
+        assert scored_pixels_file(data) == (data, ".png")
+    assert decode_image(gray).shape == (40, 56, 3)
+
+
+@pytest.mark.parametrize("kind", ["rgba", "palette", "transparent_colour", "gray_alpha", "orientation_6",
+                                  "orientation_8_after_pixels"])
+def test_any_other_png_is_kept_as_a_png_of_the_scored_pixels(kind):
+    rgb = Image.fromarray(PIXELS)
+    data = {
+        "rgba": lambda: _png(rgb.convert("RGBA")),
+        "palette": lambda: _png(rgb.convert("P")),
+        "transparent_colour": lambda: _png(rgb, transparency=tuple(int(v) for v in PIXELS[0, 0])),
+        "gray_alpha": lambda: _png(rgb.convert("LA")),
+        "orientation_6": lambda: _png(rgb, exif=_exif(6)),
+        "orientation_8_after_pixels": lambda: _before_iend(_png(rgb), _chunk(b"eXIf", _exif(8))),
+    }[kind]()
+    kept, suffix = scored_pixels_file(data)
+    assert suffix == ".png" and kept != data
+    assert np.array_equal(decode_image(kept), decode_image(data)) and exif_orientation(kept) == 1
+
+
+@pytest.mark.parametrize(("where", "orientation"), [("none", 1), ("before", 6), ("after", 6), ("after", 3),
+                                                    ("xmp_before", 8), ("xmp_after", 5), ("text_after", 1)])
+def test_a_pngs_orientation_is_pillows_own_reading(where, orientation):
+    rgb = Image.fromarray(PIXELS)
+    xmp = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           f'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="{orientation}"/>'
+           f'</rdf:RDF></x:xmpmeta>')
+    data = {
+        "none": lambda: _png(rgb),
+        "before": lambda: _png(rgb, exif=_exif(orientation)),
+        "after": lambda: _before_iend(_png(rgb), _chunk(b"eXIf", _exif(orientation))),
+        "xmp_before": lambda: _png(rgb, pnginfo=_text("XML:com.adobe.xmp", xmp)),
+        "xmp_after": lambda: _before_iend(_png(rgb), _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00"
+                                                            + xmp.encode())),
+        "text_after": lambda: _before_iend(_png(rgb), _chunk(b"tEXt", b"Comment\x00after the pixels")),
+    }[where]()
+    assert exif_orientation(data) == _pillows_own(data) == orientation
+
+
+def _text(key: str, value: str):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt(key, value)
+    return info
+
+
+def test_a_png_frames_orientation_is_read_without_decoding_its_pixels(bottle_png, monkeypatch):
+    """The bottle frames carry their text and XMP chunks after the pixels, where Pillow looks only after decoding."""
+    kinds = [kind for kind, _, _ in png_chunks(bottle_png)]
+    assert kinds[0] == b"IHDR" and kinds[-3:] == [b"tEXt", b"iTXt", b"IEND"] and b"IDAT" in kinds
+    metadata = png_metadata(bottle_png)
+    assert len(metadata) < 2000 < len(bottle_png)  # the metadata alone, not the pixels
+
+    def no_decode(self):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    assert exif_orientation(bottle_png) == 1
+    assert scored_pixels_file(bottle_png) == (bottle_png, ".png")
+
+
+def test_a_png_whose_chunks_cannot_be_read_is_read_the_slow_way():
+    data = _png(Image.fromarray(PIXELS), exif=_exif(6))
+    assert png_chunks(data[:-12]) is None and png_chunks(data[:-3]) is None and png_chunks(b"GIF89a") is None
+    assert exif_orientation(data) == 6
