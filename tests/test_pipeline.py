@@ -66,14 +66,15 @@ def test_every_bottle_frame_is_inspected_once_and_matches_offline_scoring(pipeli
         for r, score, defect in zip(chunk, offline.image_scores, offline.is_defect, strict=True):
             assert r.image_score == pytest.approx(float(score), rel=1e-4, abs=1e-6), r.part_id
             assert r.verdict == ("defect" if defect else "good"), r.part_id
-    # Kept frames (defects and sampled good ones) are on disk: the scored pixels of the original (a PNG frame is
-    # kept as a PNG of its decoded RGB, see imaging.scored_pixels_file).
+    # Kept frames (defects and sampled good ones) are on disk: the scored pixels of the original (the bottle's
+    # 8-bit RGB PNG frames are kept byte for byte, see imaging.scored_pixels_file).
     kept = [r for r in rows if r.image_uri]
     assert {r.frame_id for r in rows if r.verdict == "defect"} <= {r.frame_id for r in kept}
     for r in kept[:5]:
-        original = decode_image((bottle() / "test" / r.part_id).read_bytes())
-        stored = decode_image(path_of(r.image_uri).read_bytes())
-        assert stored.shape == original.shape and bool(np.array_equal(stored, original)), r.part_id
+        original = (bottle() / "test" / r.part_id).read_bytes()
+        stored = path_of(r.image_uri).read_bytes()
+        assert stored == original and path_of(r.image_uri).suffix == ".png", r.part_id
+        assert bool(np.array_equal(decode_image(stored), decode_image(original))), r.part_id
     # Every result was also published for line integration.
     published = pipeline.consume(pipeline.settings.kafka.inspections_topic, 83)
     assert len({m.value for m in published}) == 83

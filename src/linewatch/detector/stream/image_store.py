@@ -1,7 +1,8 @@
 """Kept frames for operator review and retraining: the pixels the model scored and a heatmap overlay, on disk.
 
-The image is the frame's original bytes when they are a JPEG that decodes to exactly the scored pixels,
-else a lossless PNG of the decoded RGB (alpha ignored, gray expanded: :func:`..imaging.scored_pixels_file`).
+The image is the frame's original bytes when they are a JPEG or an 8-bit RGB/gray PNG that decodes to exactly the
+scored pixels, else a lossless PNG of the decoded RGB (alpha ignored, gray expanded:
+:func:`..imaging.scored_pixels_file`).
 
 Layout: ``<root>/<line_id>/<camera_id>/<YYYY-MM-DD>/<frame_id>.<jpg|png>`` and ``<frame_id>.heatmap.jpg``.
 Rewriting a frame (a redelivery) writes the same bytes to the same paths. URIs are ``file://`` URIs.
