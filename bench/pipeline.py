@@ -132,7 +132,8 @@ def main() -> int:
         while time.monotonic() < deadline:
             with engine.connect() as conn:
                 rows = conn.execute(select(Inspection.processed_at, Inspection.total_ms, Inspection.inference_ms,
-                                           Inspection.captured_at)).all()
+                                           Inspection.captured_at, Inspection.queue_wait_ms,
+                                           Inspection.decode_ms)).all()
             if len(rows) >= target:
                 break
             time.sleep(1.0)
@@ -189,6 +190,14 @@ def main() -> int:
         print(f"latency at {args.fps:g} frames/s: p50 {results['latency_p50_ms']:.0f} ms, "
               f"p99 {results['latency_p99_ms']:.0f} ms; one batch's inference {inference:.0f} ms "
               f"(p99 = {results['p99_over_batch_inference']:.1f}x)", flush=True)
+        # where a frame's time went (Inspection's latency columns; storing = the rest, to the SQL commit)
+        parts = {"waiting (Kafka, batch)": [r.queue_wait_ms for r in rows], "decoding": [r.decode_ms for r in rows],
+                 "model": [r.inference_ms for r in rows],
+                 "storing": [r.total_ms - r.queue_wait_ms - r.decode_ms - r.inference_ms for r in rows]}
+        results["latency_parts_p50_p99_ms"] = {k: [float(np.percentile(v, 50)), float(np.percentile(v, 99))]
+                                               for k, v in parts.items()}
+        print("  per frame, p50 / p99 ms: " + ", ".join(f"{k} {a:.0f} / {b:.0f}" for k, (a, b) in
+                                                        results["latency_parts_p50_p99_ms"].items()), flush=True)
     except _Done:
         pass
     finally:
