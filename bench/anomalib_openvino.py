@@ -36,7 +36,8 @@ What it does:
    graph and its result batch) and linewatch's ``Scorer.score_images([rgb])`` (its prepare, the graph, the
    stitch and the maximum); then linewatch's ``score_images`` of all 8 at once (batch 8), and each side's compiled
    graph alone on its own prepared input (batch 1). images/s are from the median turn; ratio = linewatch /
-   anomalib.
+   anomalib; the last column is the batch-1 ratio within each turn, lowest to highest (paired, so a load that
+   came and went in one turn moves both sides).
 
 Before the timed part it waits up to ``--max-wait`` seconds for the 1-minute load average to fall under
 ``--max-load``, and prints the load at the start and the end. Writes ``bench/results/anomalib_openvino.json``.
@@ -218,7 +219,11 @@ def _measure(threads: int, model_dir: Path, weights: Path, ano_xml: Path, inputs
         row = {"threads": threads, "input": name, **{f"{k} images/s": v for k, v in ips.items()},
                "ratio b1": ips["linewatch score_images b1"] / ips["anomalib predict"],
                "ratio b8": ips["linewatch score_images b8"] / ips["anomalib predict"],
-               "ratio graph only": ips["linewatch graph only"] / ips["anomalib graph only"]}
+               "ratio graph only": ips["linewatch graph only"] / ips["anomalib graph only"],
+               # paired within a turn: how far the load that came and went moved the b1 ratio
+               "ratio b1 per turn": [a / b for a, b in zip(turns["anomalib predict"],
+                                                           turns["linewatch score_images b1"], strict=True)],
+               "turn seconds": turns}
         rows.append(row)
         print(_line(row), flush=True)
     return rows
@@ -265,13 +270,16 @@ COLUMNS = [("anomalib predict images/s", "anomalib b1"), ("linewatch score_image
 
 
 def _line(r: dict) -> str:
-    return f"{r['threads']:>7}  {r['input']:<16}" + "".join(f"{r[k]:>13.2f}" for k, _ in COLUMNS)
+    spread = r["ratio b1 per turn"]
+    return (f"{r['threads']:>7}  {r['input']:<16}" + "".join(f"{r[k]:>13.2f}" for k, _ in COLUMNS)
+            + f"{min(spread):>9.2f}-{max(spread):.2f}")
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'threads':>7}  {'input':<16}" + "".join(f"{h:>13}" for _, h in COLUMNS)
+    head = f"{'threads':>7}  {'input':<16}" + "".join(f"{h:>13}" for _, h in COLUMNS) + "  b1 ratio per turn"
     return "\n".join([head, *(_line(r) for r in rows),
-                      "(images/s; ratio = linewatch / anomalib; anomalib predicts one image per call)"])
+                      "(images/s; ratio = linewatch / anomalib; anomalib predicts one image per call; the last column: "
+                      "the b1 ratio within each turn, lowest-highest)"])
 
 
 def _describe(info: dict, load_start, load_end) -> list[str]:
