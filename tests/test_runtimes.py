@@ -178,6 +178,7 @@ def test_a_worker_scores_with_the_export_as_eager_pytorch_would(exported, apache
         p.start("w1", "detect", "--model", str(exported), "--runtime", "onnxruntime")
         n = counters.published
         assert p.wait_for_rows(n) == n
+        p.wait_for_workers(1)  # the first heartbeat comes 2 s after the loop starts, which can be after the rows
         (beat,) = [w for w in LiveStateReader(p.redis).workers() if w["alive"]]
         assert beat["runtime"] == "onnxruntime"
         rows = p.rows()

@@ -73,6 +73,20 @@ def test_smoothing_keeps_constant_maps_and_spreads_peaks():
     assert smooth_map(peak, 0.0) is peak
 
 
+@pytest.mark.parametrize("sigma", [1.0, 4.0, 8.0])
+def test_smoothing_is_torchvisions_gaussian_blur(sigma):
+    """Two 1D passes (separable) against torchvision's one 2D convolution, on an anomaly-map-like input."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    amap = torch.rand(3, 1, 96, 128, generator=torch.Generator().manual_seed(0)) ** 4 * 0.2
+    size = 2 * math.ceil(3 * sigma) + 1
+    reference = gaussian_blur(amap, [size, size], [sigma, sigma])
+    ours = smooth_map(amap, sigma)
+    assert ours.shape == amap.shape
+    assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-7)
+    assert torch.equal(image_scores(ours).argsort(), image_scores(reference).argsort())
+
+
 @pytest.mark.parametrize(("name", "channels"), [("efficientnet_lite0", (24, 40, 112)), ("resnet18", (64, 128, 256))])
 def test_student_pyramid_has_three_stages_at_strides_4_8_16(name, channels):
     student = build_student(name)
