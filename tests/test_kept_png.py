@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from linewatch.detector.imaging import decode_image, exif_orientation, png_chunks, png_metadata, scored_pixels_file
+from linewatch.detector.imaging import (
+    decode_image,
+    exif_orientation,
+    png_chunks,
+    png_metadata,
+    scored_pixels_file,
+)
 
 from datasets import bottle
 
@@ -118,3 +124,50 @@ def test_a_png_whose_chunks_cannot_be_read_is_read_the_slow_way():
     data = _png(Image.fromarray(PIXELS), exif=_exif(6))
     assert png_chunks(data[:-12]) is None and png_chunks(data[:-3]) is None and png_chunks(b"GIF89a") is None
     assert exif_orientation(data) == 6
+
+
+def _apng(exif: bytes = b"", default_image: bool = False) -> bytes:
+    """Three frames (the pixels rolled), frame 0 the IDAT one (or, ``default_image``, the IDAT a still image
+    hidden from the animation)."""
+    frames = [Image.fromarray(np.roll(PIXELS, 7 * i, axis=1)) for i in range(3)]
+    out = io.BytesIO()
+    frames[0].save(out, "PNG", save_all=True, append_images=frames[1:], exif=exif, default_image=default_image)
+    return out.getvalue()
+
+
+def _before_pixels(png: bytes, chunk: bytes) -> bytes:
+    at = png.index(b"IDAT") - 4
+    return png[:at] + chunk + png[at:]
+
+
+def _bad_crc(kind: bytes, body: bytes) -> bytes:
+    return _chunk(kind, body)[:-4] + (zlib.crc32(kind + body) ^ 1).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize(("case", "orientation"), [
+    ("eXIf 6 ahead of the pixels, eXIf 1 after them", 6),  # Pillow reads no further than the first
+    ("eXIf 1 ahead of the pixels, eXIf 6 after them", 1),
+    ("eXIf 6 ahead of the pixels, a text chunk with a bad CRC after them", 6),
+    ("eXIf 6 after the pixels with a bad CRC", 6),  # Pillow checks no CRC after the pixels
+    ("eXIf without orientation ahead of the pixels, XMP orientation 6 after them", 1),
+    ("APNG of 3 frames with eXIf 6", 6),
+])
+def test_a_pngs_orientation_is_pillows_own_reading_on_odd_files(case, orientation):
+    rgb = Image.fromarray(PIXELS)
+    xmp = b'XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta tiff:Orientation="6"/>'
+    data = {
+        "eXIf 6 ahead of the pixels, eXIf 1 after them": lambda: _before_iend(_png(rgb, exif=_exif(6)),
+                                                                            _chunk(b"eXIf", _exif(1))),
+        "eXIf 1 ahead of the pixels, eXIf 6 after them": lambda: _before_iend(_png(rgb, exif=_exif(1)),
+                                                                            _chunk(b"eXIf", _exif(6))),
+        "eXIf 6 ahead of the pixels, a text chunk with a bad CRC after them": lambda: _before_iend(
+            _png(rgb, exif=_exif(6)), _bad_crc(b"tEXt", b"Comment\x00after the pixels")),
+        "eXIf 6 after the pixels with a bad CRC": lambda: _before_iend(_png(rgb), _bad_crc(b"eXIf", _exif(6))),
+        "eXIf without orientation ahead of the pixels, XMP orientation 6 after them": lambda: _before_iend(
+            _png(rgb, exif=Image.Exif().tobytes()), _chunk(b"iTXt", xmp)),
+        "APNG of 3 frames with eXIf 6": lambda: _apng(_exif(6)),
+    }[case]()
+    assert exif_orientation(data) == _pillows_own(data) == orientation
+    kept, _ = scored_pixels_file(data)
+    assert np.array_equal(decode_image(kept), decode_image(data)) and exif_orientation(kept) == 1
+    assert kept != data or orientation == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 import zlib
 from pathlib import Path
@@ -111,26 +112,27 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation tag (0x0112) of encoded image bytes: 1 (upright) to 8; 1 when there is none or it
-    cannot be read."""
+    cannot be read. Pillow's ``getexif()`` reading, without its decoding of a PNG's pixels (:func:`png_metadata`)."""
     with contextlib.suppress(Exception):  # any header Pillow cannot read: no orientation to apply
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            metadata = png_metadata(data)
+            with Image.open(io.BytesIO(data)) as im:
+                # Pillow's PNG getexif() decodes every pixel to reach the chunks that follow them, unless an EXIF
+                # came ahead of the pixels (then it reads no further); which doubled a PNG frame's decode time
+                metadata = png_metadata(data) if im.format == "PNG" and "exif" not in im.info else None
+                if metadata is None:
+                    value = im.getexif().get(0x0112, 1)
             if metadata is not None:
-                # every chunk an orientation can come from (eXIf, XMP, text), moved ahead of the pixels, where
-                # Pillow reads them with the header: its PNG getexif() would decode every pixel first to reach
-                # those that follow the pixels, which doubled a PNG frame's decode time
                 with Image.open(io.BytesIO(metadata)) as im:
                     value = Image.Image.getexif(im).get(0x0112, 1)
-            else:
-                with Image.open(io.BytesIO(data)) as im:
-                    value = im.getexif().get(0x0112, 1)
             return value if isinstance(value, int) and 1 <= value <= 8 else 1
     return 1
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PIXEL_CHUNKS = (b"IDAT", b"fdAT")
+_ANIMATION_CHUNKS = (b"acTL", b"fcTL", b"fdAT")
+_CHUNK_TYPE = re.compile(rb"\w{4}")  # Pillow's test of a chunk type: it stops reading at the first that fails
 
 
 def _png_chunk(kind: bytes, body: bytes = b"") -> bytes:
@@ -156,14 +158,26 @@ def png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
 
 
 def png_metadata(data: bytes) -> bytes | None:
-    """A PNG holding every chunk of ``data`` but its pixel data, in their order, then an empty ``IDAT``: what
-    Pillow reads with the header is then all of the file's metadata, wherever it stood (text and EXIF chunks may
-    follow the pixels). None when ``data`` is not a PNG whose chunks can be read."""
+    """A PNG holding the chunks of ``data`` that Pillow reads when it decodes the still image, but not its pixel
+    data, in their order, then an empty ``IDAT``: what Pillow reads with the header is then the metadata its PNG
+    ``getexif()`` reads after decoding (text and EXIF chunks may follow the pixels). As Pillow does after the
+    pixels, the CRCs of the chunks there are not checked (they are recomputed) and reading stops at a chunk type
+    that is not 4 letters or digits. None when ``data`` is not a PNG whose chunks can be read, or is an APNG (Pillow
+    stops at the next frame)."""
     chunks = png_chunks(data)
-    if chunks is None:
+    if chunks is None or any(kind in _ANIMATION_CHUNKS for kind, _, _ in chunks):
         return None
-    kept = b"".join(data[start:end] for kind, start, end in chunks if kind not in (*_PIXEL_CHUNKS, b"IEND"))
-    return PNG_SIGNATURE + kept + _png_chunk(b"IDAT") + _png_chunk(b"IEND")
+    kept, after_pixels = [], False
+    for kind, start, end in chunks:
+        if kind == b"IEND" or (after_pixels and not _CHUNK_TYPE.fullmatch(kind)):
+            break
+        if kind in _PIXEL_CHUNKS:
+            after_pixels = True
+        elif after_pixels:
+            kept.append(_png_chunk(kind, data[start + 8 : end - 4]))
+        else:
+            kept.append(data[start:end])
+    return PNG_SIGNATURE + b"".join(kept) + _png_chunk(b"IDAT") + _png_chunk(b"IEND")
 
 
 def _kept_as_is(data: bytes, fmt: str) -> bool:
