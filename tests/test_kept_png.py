@@ -10,12 +10,12 @@ import pytest
 from PIL import Image, ImageFile
 
 from linewatch.detector.imaging import (
+    ImageError,
     decode_image,
     exif_orientation,
-    png_chunks,
-    png_metadata,
     scored_pixels_file,
 )
+from linewatch.detector.png_chunks import png_chunks, png_metadata
 
 from datasets import bottle
 
@@ -171,3 +171,61 @@ def test_a_pngs_orientation_is_pillows_own_reading_on_odd_files(case, orientatio
     kept, _ = scored_pixels_file(data)
     assert np.array_equal(decode_image(kept), decode_image(data)) and exif_orientation(kept) == 1
     assert kept != data or orientation == 1
+
+
+def _rgb16_behind_another_first_chunk() -> bytes:
+    """A 16-bit RGB PNG whose first chunk is not IHDR and holds 8 and 2 where IHDR's bit depth and colour type
+    would be (bytes 24, 25): Pillow opens it as mode RGB, libpng refuses it (IHDR must come first)."""
+    rows = b"".join(b"\x00" + (PIXELS[y].astype(">u2") * 257).tobytes() for y in range(PIXELS.shape[0]))
+    ihdr = PIXELS.shape[1].to_bytes(4, "big") + PIXELS.shape[0].to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"prVt", bytes(8) + b"\x08\x02") + _chunk(b"IHDR", ihdr)
+            + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind", ["APNG", "APNG with a hidden default image", "ICC profile", "gamma 1.0",
+                                  "chromaticities of another colour space", "cICP", "two eXIf, 6 then 1"])
+def test_a_png_a_viewer_shows_otherwise_is_kept_as_a_png_of_the_scored_pixels(kind):
+    """A browser (the dashboard shows the kept bytes) animates an APNG, applies a colour profile, a gamma
+    other than sRGB's or a colour space's chromaticities, and takes the first of two eXIf chunks (libpng: the
+    second is a 'duplicate'), while decode_image gives the IDAT image's stored values and Pillow's last eXIf."""
+    rgb = Image.fromarray(PIXELS)
+    srgb_primaries = [31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000]
+    data = {
+        "APNG": _apng,
+        "APNG with a hidden default image": lambda: _apng(default_image=True),
+        "ICC profile": lambda: _png(rgb, icc_profile=ImageCms_profile()),
+        "gamma 1.0": lambda: _before_pixels(_png(rgb), _chunk(b"gAMA", (100000).to_bytes(4, "big"))),
+        "chromaticities of another colour space": lambda: _before_pixels(_png(rgb), _chunk(b"cHRM", b"".join(
+            (v + 900).to_bytes(4, "big") for v in srgb_primaries))),
+        "cICP": lambda: _before_pixels(_png(rgb), _chunk(b"cICP", bytes([9, 16, 0, 1]))),
+        "two eXIf, 6 then 1": lambda: _before_pixels(_png(rgb, exif=_exif(6)), _chunk(b"eXIf", _exif(1))),
+    }[kind]()
+    kept, suffix = scored_pixels_file(data)
+    assert suffix == ".png" and kept != data
+    assert np.array_equal(decode_image(kept), decode_image(data)) and exif_orientation(kept) == 1
+
+
+def ImageCms_profile() -> bytes:  # noqa: N802
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+
+
+def test_srgb_tagged_pngs_are_still_kept_byte_for_byte(bottle_png):
+    """The bottle frames carry gAMA 1/2.2 (45455, sRGB's own per the PNG spec); sRGB and its chromaticities
+    render as untagged values do."""
+    rgb = Image.fromarray(PIXELS)
+    srgb = _before_pixels(_before_pixels(_png(rgb), _chunk(b"sRGB", b"\x00")), _chunk(b"cHRM", b"".join(
+        v.to_bytes(4, "big") for v in [31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000])))
+    for data in (bottle_png, srgb):
+        assert b"gAMA" in bottle_png and scored_pixels_file(data) == (data, ".png")
+
+
+def test_a_png_libpng_refuses_is_refused_not_kept():
+    data = _rgb16_behind_another_first_chunk()
+    with Image.open(io.BytesIO(data)) as im:
+        assert (im.format, im.mode) == ("PNG", "RGB")
+    with pytest.raises(ImageError):
+        decode_image(data)
+    with pytest.raises(ImageError):
+        scored_pixels_file(data)

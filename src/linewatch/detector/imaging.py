@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import warnings
-import zlib
 from pathlib import Path
 
 import cv2
@@ -23,6 +21,8 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from linewatch.contracts.files import IMAGE_SUFFIXES
+
+from .png_chunks import png_metadata, renders_as_stored
 
 MIN_SIDE = 16
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -129,69 +129,13 @@ def exif_orientation(data: bytes) -> int:
     return 1
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PIXEL_CHUNKS = (b"IDAT", b"fdAT")
-_ANIMATION_CHUNKS = (b"acTL", b"fcTL", b"fdAT")
-_CHUNK_TYPE = re.compile(rb"\w{4}")  # Pillow's test of a chunk type: it stops reading at the first that fails
-
-
-def _png_chunk(kind: bytes, body: bytes = b"") -> bytes:
-    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
-
-
-def png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
-    """The chunks of PNG bytes in file order, as (type, start, end) byte offsets of each whole chunk (length,
-    type, data, CRC), read from the chunk headers alone (no pixel decoded); None when ``data`` is not a PNG or its
-    chunk list does not reach ``IEND`` within it."""
-    if not data.startswith(PNG_SIGNATURE):
-        return None
-    chunks, pos = [], len(PNG_SIGNATURE)
-    while pos + 12 <= len(data):
-        kind, end = data[pos + 4 : pos + 8], pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
-        if end > len(data):
-            return None
-        chunks.append((kind, pos, end))
-        if kind == b"IEND":
-            return chunks
-        pos = end
-    return None
-
-
-def png_metadata(data: bytes) -> bytes | None:
-    """A PNG holding the chunks of ``data`` that Pillow reads when it decodes the still image, but not its pixel
-    data, in their order, then an empty ``IDAT``: what Pillow reads with the header is then the metadata its PNG
-    ``getexif()`` reads after decoding (text and EXIF chunks may follow the pixels). As Pillow does after the
-    pixels, the CRCs of the chunks there are not checked (they are recomputed) and reading stops at a chunk type
-    that is not 4 letters or digits. None when ``data`` is not a PNG whose chunks can be read, or is an APNG (Pillow
-    stops at the next frame)."""
-    chunks = png_chunks(data)
-    if chunks is None or any(kind in _ANIMATION_CHUNKS for kind, _, _ in chunks):
-        return None
-    kept, after_pixels = [], False
-    for kind, start, end in chunks:
-        if kind == b"IEND" or (after_pixels and not _CHUNK_TYPE.fullmatch(kind)):
-            break
-        if kind in _PIXEL_CHUNKS:
-            after_pixels = True
-        elif after_pixels:
-            kept.append(_png_chunk(kind, data[start + 8 : end - 4]))
-        else:
-            kept.append(data[start:end])
-    return PNG_SIGNATURE + b"".join(kept) + _png_chunk(b"IDAT") + _png_chunk(b"IEND")
-
-
 def _kept_as_is(data: bytes, fmt: str) -> bool:
     """Whether encoded bytes decode, in any viewer, to the pixels :func:`decode_image` gives (so they are kept
-    byte for byte): a JPEG of 3 or 1 components, or an 8-bit RGB or gray PNG without a transparent colour
-    (``tRNS``); either without an EXIF orientation other than 1. Colour profiles and gamma are not applied by
-    :func:`decode_image`, and not considered here."""
+    byte for byte): a JPEG of 3 or 1 components or a PNG :func:`.png_chunks.renders_as_stored`, either without an
+    EXIF orientation other than 1. A JPEG's colour profile is not considered."""
     if exif_orientation(data) != 1:
         return False
-    if fmt == "JPEG":
-        return True
-    chunks = png_chunks(data)
-    # IHDR's bit depth and colour type (0 gray, 2 RGB) are bytes 24 and 25 of the file
-    return chunks is not None and data[24] == 8 and data[25] in (0, 2) and all(c[0] != b"tRNS" for c in chunks)
+    return fmt == "JPEG" or renders_as_stored(data)
 
 
 def upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
@@ -260,10 +204,11 @@ def scored_pixels_file(data: bytes, source: str = "<bytes>", max_pixels: int = D
     """The file to keep for review and training, holding exactly the pixels :func:`decode_image` gives the model
     -> (bytes, suffix ``.jpg`` or ``.png``).
 
-    A JPEG of 3 or 1 components, or an 8-bit RGB or gray PNG without a transparent colour, either without an EXIF
-    orientation other than 1, decodes to those pixels in any viewer and is kept byte for byte. Anything else
-    (alpha, which the model ignores: it scores the RGB values under it; palette, CMYK, an orientation tag, applied
-    by the decoder; other formats) is re-encoded as a lossless PNG of the decoded, upright RGB, so an operator
+    A JPEG of 3 or 1 components, or an 8-bit RGB or gray PNG without a transparent colour, colour profile, colour
+    space other than sRGB or animation, either without an EXIF orientation other than 1, decodes to those pixels in
+    any viewer and is kept byte for byte. Anything else (alpha, which the model ignores: it scores the RGB values
+    under it; palette, CMYK, an orientation tag, applied by the decoder; a PNG's profile or gamma, applied by a
+    browser; other formats) is re-encoded as a lossless PNG of the decoded, upright RGB, so an operator
     never labels an image other than the one inspected.
 
     Raises:
