@@ -151,6 +151,9 @@ def _bad_crc(kind: bytes, body: bytes) -> bytes:
     ("eXIf 6 after the pixels with a bad CRC", 6),  # Pillow checks no CRC after the pixels
     ("eXIf without orientation ahead of the pixels, XMP orientation 6 after them", 1),
     ("APNG of 3 frames with eXIf 6", 6),
+    ("ImageMagick's 'Raw profile type exif' text with 6 after the pixels", 6),
+    ("XMP orientation 3 in a zTXt after the pixels", 3),
+    ("XMP orientation 7 in a compressed iTXt after the pixels", 7),
 ])
 def test_a_pngs_orientation_is_pillows_own_reading_on_odd_files(case, orientation):
     rgb = Image.fromarray(PIXELS)
@@ -166,6 +169,13 @@ def test_a_pngs_orientation_is_pillows_own_reading_on_odd_files(case, orientatio
         "eXIf without orientation ahead of the pixels, XMP orientation 6 after them": lambda: _before_iend(
             _png(rgb, exif=Image.Exif().tobytes()), _chunk(b"iTXt", xmp)),
         "APNG of 3 frames with eXIf 6": lambda: _apng(_exif(6)),
+        "ImageMagick's 'Raw profile type exif' text with 6 after the pixels": lambda: _before_iend(_png(rgb), _chunk(
+            b"tEXt", b"Raw profile type exif\x00\nexif\n  %d\n" % (len(_exif(6)) + 6)
+            + b"457869660000" + _exif(6).hex().encode())),
+        "XMP orientation 3 in a zTXt after the pixels": lambda: _before_iend(_png(rgb), _chunk(
+            b"zTXt", b"XML:com.adobe.xmp\x00\x00" + zlib.compress(b'<x tiff:Orientation="3"/>'))),
+        "XMP orientation 7 in a compressed iTXt after the pixels": lambda: _before_iend(_png(rgb), _chunk(
+            b"iTXt", b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + zlib.compress(b'<x tiff:Orientation="7"/>'))),
     }[case]()
     assert exif_orientation(data) == _pillows_own(data) == orientation
     kept, _ = scored_pixels_file(data)
@@ -193,7 +203,7 @@ def test_a_png_a_viewer_shows_otherwise_is_kept_as_a_png_of_the_scored_pixels(ki
     data = {
         "APNG": _apng,
         "APNG with a hidden default image": lambda: _apng(default_image=True),
-        "ICC profile": lambda: _png(rgb, icc_profile=ImageCms_profile()),
+        "ICC profile": lambda: _png(rgb, icc_profile=_lab_profile()),
         "gamma 1.0": lambda: _before_pixels(_png(rgb), _chunk(b"gAMA", (100000).to_bytes(4, "big"))),
         "chromaticities of another colour space": lambda: _before_pixels(_png(rgb), _chunk(b"cHRM", b"".join(
             (v + 900).to_bytes(4, "big") for v in srgb_primaries))),
@@ -205,7 +215,7 @@ def test_a_png_a_viewer_shows_otherwise_is_kept_as_a_png_of_the_scored_pixels(ki
     assert np.array_equal(decode_image(kept), decode_image(data)) and exif_orientation(kept) == 1
 
 
-def ImageCms_profile() -> bytes:  # noqa: N802
+def _lab_profile() -> bytes:
     from PIL import ImageCms
 
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
@@ -229,3 +239,14 @@ def test_a_png_libpng_refuses_is_refused_not_kept():
         decode_image(data)
     with pytest.raises(ImageError):
         scored_pixels_file(data)
+
+
+def test_an_interlaced_png_is_kept_byte_for_byte():
+    """Adam7 (IHDR interlace method 1): every decoder gives the same pixels once the seven passes are in."""
+    passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]
+    rows = b"".join(b"\x00" + row.tobytes() for y0, x0, dy, dx in passes for row in PIXELS[y0::dy, x0::dx])
+    ihdr = PIXELS.shape[1].to_bytes(4, "big") + PIXELS.shape[0].to_bytes(4, "big") + bytes([8, 2, 0, 0, 1])
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(rows))
+            + _chunk(b"IEND", b""))
+    assert np.array_equal(decode_image(data), PIXELS)
+    assert scored_pixels_file(data) == (data, ".png")
