@@ -78,6 +78,10 @@ def main() -> int:
                 o, t = report["overall"], meta["training"]
                 row = {"dataset": name, "size": size, "images": n, "recipe": recipe, "trained_here": trained,
                        "image_auroc": o["image_auroc"], "pixel_auroc": o["pixel_auroc"], "au_pro": o["au_pro"],
+                       # with a global branch, image_auroc is the fused score's; each branch's alone beside it
+                       "image_auroc_stpm": o.get("image_auroc_stpm"), "image_auroc_global": o.get("image_auroc_global"),
+                       "global_branch": (meta.get("global") or {}).get("skipped", "fitted" if meta.get("global")
+                                                                       else "none"),
                        "false_reject_rate": o["false_reject_rate"], "miss_rate": o["miss_rate"],
                        "epochs": len(t["history"]), "best_epoch": t["best_epoch"], "train_s": t["duration_s"],
                        "augmented": bool((t.get("few_shot") or {}).get("augmentation")),
