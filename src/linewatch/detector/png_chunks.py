@@ -61,13 +61,6 @@ def png_metadata(data: bytes) -> bytes | None:
 # Chunks a viewer renders by, which decode_image does not apply: a transparent colour, a colour profile or colour
 # space (the dashboard's browser converts the colours), animation. gAMA and cHRM are checked for sRGB's own values.
 _RENDERED_OTHERWISE = (b"tRNS", b"iCCP", b"cICP", b"mDCv", b"cLLi", *_ANIMATION_CHUNKS)
-_SRGB_GAMMA = 45455  # 1/2.2 * 100000: the gAMA the PNG spec gives for sRGB (the bottle frames carry it)
-_SRGB_CHROMATICITIES = b"".join(v.to_bytes(4, "big") for v in (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000))
-
-
-# Chunks a viewer renders by, which decode_image does not apply: a transparent colour, a colour profile or colour
-# space (the dashboard's browser converts the colours), animation. gAMA and cHRM are checked for sRGB's own values.
-_RENDERED_OTHERWISE = (b"tRNS", b"iCCP", b"cICP", b"mDCv", b"cLLi", *_ANIMATION_CHUNKS)
 _SRGB_GAMMA = (45455).to_bytes(4, "big")  # 1/2.2 * 100000: the gAMA the PNG spec gives sRGB (the bottle frames')
 _SRGB_CHROMATICITIES = b"".join(v.to_bytes(4, "big") for v in (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000))
 
