@@ -123,8 +123,8 @@ def main() -> int:
             procs.append(subprocess.Popen([sys.executable, "-m", "linewatch", "detect", *model_opts,
                                            "--runtime", args.runtime, *threads_opt],
                                           env=env, stdout=log, stderr=log))
-        if not published_before:
-            time.sleep(15)  # workers up and in the group before the camera starts
+        if not published_before:  # the camera starts once every worker has its model loaded and its partitions
+            _wait_for_partitions(redis_url, settings.kafka.frames_topic, workers, procs)
             _publish(settings, files, int(args.fps * args.seconds), args.fps, CameraService, ImageFolderSource)
         target = args.frames if published_before else int(args.fps * args.seconds)
         deadline = time.monotonic() + 900
@@ -210,6 +210,26 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def _wait_for_partitions(redis_url: str, topic: str, workers: int, procs: list, timeout_s: float = 180.0) -> None:
+    """Until ``workers`` live heartbeats name partitions of ``topic`` (a worker sends its first heartbeat once its
+    models are loaded and warmed up); raises RuntimeError when a worker exits or the time is up."""
+    import redis
+
+    from linewatch.contracts.live_state import LiveStateReader
+
+    reader = LiveStateReader(redis.Redis.from_url(redis_url))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        owners = [w for w in reader.workers() if w["alive"] and any(str(p).startswith(topic + "/")
+                                                                    for p in w.get("partitions") or [])]
+        if len(owners) >= workers:
+            return
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a worker exited before it got partitions: see its log under the bench's folder")
+        time.sleep(0.5)
+    raise RuntimeError(f"{workers} worker(s) did not get partitions of {topic} in {timeout_s:.0f} s")
 
 
 class _Done(Exception):

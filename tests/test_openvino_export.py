@@ -67,6 +67,19 @@ def test_the_fp32_ir_scores_as_eager_pytorch_and_is_what_openvino_loads(ir_model
     assert (ir_model / "model.bin").stat().st_size > 4 * 1_000_000
 
 
+def test_warming_up_runs_every_batch_size_once_and_changes_no_score(ir_model):
+    """A worker warms OpenVINO up at load, so no frame pays a batch size's first call (bench/README.md, Latency)."""
+    scorer = Scorer(ir_model, "cpu", precision="float32", runtime="openvino")
+    images = _test_images(scorer)[:3]
+    before = scorer.score(images)
+    assert scorer._forward.warm_up(4, scorer.image_size) == [4, 3, 2, 1]
+    assert scorer.warm_up(3) > 0.0
+    after = scorer.score(images)
+    np.testing.assert_array_equal(after.image_scores, before.image_scores)
+    np.testing.assert_array_equal(after.anomaly_maps, before.anomaly_maps)
+    assert Scorer(ir_model, "cpu", precision="float32", runtime="torch").warm_up(3) == 0.0  # eager: nothing to do
+
+
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_reduced_precision_has_its_own_thresholds_recalibrated_by_the_training_rule(ir_model, precision):
     runtime = f"openvino-{precision}"

@@ -92,8 +92,11 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    fetch_max_wait_ms: int = Field(500, ge=0, le=10_000, description="longest the broker may hold a fetch while "
-                                   "no data waits, ms (Kafka's fetch.max.wait.ms; it answers as soon as data comes)")
+    # Not Kafka's 500: a consumer sends one fetch per broker at a time, leaving out a partition whose records it
+    # still buffers; such a fetch of only idle partitions is held this long while the next frames of the busy one
+    # wait behind it (bench/README.md, "Latency": stalls of 450 ms at 10 frames/s).
+    fetch_max_wait_ms: int = Field(100, ge=0, le=10_000, description="longest the broker may hold a fetch while "
+                                   "no data waits for it, ms (Kafka's fetch.max.wait.ms)")
     # Retention, set as topic configs where the topics are created (and brought in line on existing ones):
     # what a topic keeps is bounded by time and by size, so a broker left running for days stays bounded.
     # Sizes are per partition (Kafka's retention.bytes): a topic holds up to partitions x that, plus one

@@ -17,6 +17,7 @@ image score (fused with the global branch's score where the model has one, :mod:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,17 @@ class Scorer:
         """uint8 (H, W, 3) RGB frame -> its uint8 (n, 3, S, S) model input windows (:meth:`prepare`'s ``tiles``):
         what an export runtime's parity check (:mod:`.runtimes.parity`) feeds both runtimes."""
         return np.asarray(self.prepare(rgb).tiles)
+
+    def warm_up(self, max_windows: int) -> float:
+        """Prepare the runtime for every batch of up to ``max_windows`` model-input windows, where it pays for a new
+        batch size on its first call (OpenVINO: :meth:`.runtimes.openvino_runtime.OpenVinoForward.warm_up`);
+        returns the seconds it took, 0.0 for a runtime that needs none. Raises: as the runtime's forward."""
+        warm = getattr(self._forward, "warm_up", None)
+        if warm is None:
+            return 0.0
+        started = time.perf_counter()
+        warm(max_windows, self.image_size)
+        return time.perf_counter() - started
 
     def score_frames(self, frames: Sequence[FrameInput]) -> FrameScores:
         """Score frames prepared by :meth:`prepare` (or the workers' decoders, under this model's geometry).

@@ -8,6 +8,10 @@ without bf16 instructions (no AVX512_BF16 or AMX) runs such a model at f32: :att
 what the plugin chose. An int8 IR (NNCF) runs its quantised convolutions in int8 whatever the hint, the rest at it.
 Threads: ``threads`` inference threads (:mod:`.threads`) and the latency hint (one request at a time: a worker
 scores one batch after the other).
+
+The CPU plugin prepares every input shape it has not run yet (its memory, its kernels) on that shape's first call,
+which then costs 1.3-2x a later one: on the bottle model at 2 threads, batch 1 62 vs 18 ms, batch 16 446 vs 306 ms
+(bench/README.md, "Latency"). A worker calls :meth:`OpenVinoForward.warm_up` at load, so no frame pays it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ class OpenVinoForward:
         self.executes = self.model.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16"
         self._request = self.model.create_infer_request()
         self._lock = threading.Lock()  # one infer request: calls from two threads take turns
+
+    def warm_up(self, max_batch: int, image_size: int) -> list[int]:
+        """Run each batch size from ``max_batch`` down to 1 once, on zeros (uint8 (b, 3, image_size, image_size)):
+        the largest first, so the plugin allocates its memory once; returns the batch sizes run, in order. About 4 s
+        for 16 on 2 threads (the bottle model at 256 px). Raises: as :meth:`__call__`."""
+        zeros = np.zeros((max(1, int(max_batch)), 3, image_size, image_size), dtype=np.uint8)
+        sizes = list(range(len(zeros), 0, -1))
+        for b in sizes:
+            self(zeros[:b])
+        return sizes
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         """uint8 (B, 3, S, S) -> (image scores float32 (B,), anomaly maps float32 (B, 1, S, S)[, global scores

@@ -126,10 +126,16 @@ class DetectorWorker:
         self.stop_event.set()
 
     def _load(self, model_dir: Path) -> Scorer:
-        """A scorer of ``model_dir`` at this worker's device and runtime; an export runtime gets the threads of a
-        batch (its count is fixed when it loads)."""
-        return Scorer(model_dir, self.det.device, self.settings.backbone.weights, runtime=self.det.runtime,
-                      threads=self._threads[1])
+        """A scorer of ``model_dir`` at this worker's device and runtime, warmed up for every batch size up to
+        ``detector.max_batch`` (:meth:`Scorer.warm_up`); an export runtime gets the threads of a batch (its count is
+        fixed when it loads)."""
+        scorer = Scorer(model_dir, self.det.device, self.settings.backbone.weights, runtime=self.det.runtime,
+                        threads=self._threads[1])
+        seconds = scorer.warm_up(self.det.max_batch)
+        if seconds:
+            log.info("model %s: %s warmed up for batches of 1-%d in %.1f s", scorer.version, scorer.runtime,
+                     self.det.max_batch, seconds)
+        return scorer
 
     @property
     def model(self) -> ModelSlot | None:
