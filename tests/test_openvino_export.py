@@ -4,6 +4,7 @@ shift from float32 and their verdict flips; the registry ships the IR and refuse
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from linewatch.detector.imaging import read_image
 from linewatch.detector.model_files import read_metadata
 from linewatch.detector.runtimes import RuntimeChoiceError
 from linewatch.detector.runtimes.openvino_export import export_openvino
+from linewatch.detector.runtimes.openvino_runtime import warm_up_sizes
 from linewatch.detector.runtimes.parity import compare, held_out_inputs, readable_goods
 from linewatch.detector.scoring import Scorer, frame_scores
 
@@ -78,6 +80,24 @@ def test_warming_up_runs_every_batch_size_once_and_changes_no_score(ir_model):
     np.testing.assert_array_equal(after.image_scores, before.image_scores)
     np.testing.assert_array_equal(after.anomaly_maps, before.anomaly_maps)
     assert Scorer(ir_model, "cpu", precision="float32", runtime="torch").warm_up(3) == 0.0  # eager: nothing to do
+
+
+def test_warm_up_sizes_are_the_largest_then_each_up_to_sixteen():
+    assert warm_up_sizes(1) == [1]
+    assert warm_up_sizes(4) == [4, 3, 2, 1]
+    assert warm_up_sizes(16) == list(range(16, 0, -1))
+    assert warm_up_sizes(64) == [64, *range(16, 0, -1)]  # the square of 64 would take about 40 s
+    assert warm_up_sizes(0) == [1]
+
+
+def test_a_worker_warms_its_openvino_model_up_when_it_loads_it(ir_model, caplog):
+    from linewatch.contracts.settings import Settings
+    from linewatch.detector.stream.worker import DetectorWorker
+
+    with caplog.at_level(logging.INFO, logger="linewatch.detector.stream.worker"):
+        worker = DetectorWorker(Settings(detector={"runtime": "openvino", "max_batch": 3}), ir_model, threads=1)
+    assert worker.models.first().current.runtime == "openvino"
+    assert any("openvino warmed up for batches up to 3 in" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])

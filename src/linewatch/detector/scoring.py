@@ -206,14 +206,15 @@ class Scorer:
         return np.asarray(self.prepare(rgb).tiles)
 
     def warm_up(self, max_windows: int) -> float:
-        """Prepare the runtime for every batch of up to ``max_windows`` model-input windows, where it pays for a new
-        batch size on its first call (OpenVINO: :meth:`.runtimes.openvino_runtime.OpenVinoForward.warm_up`);
-        returns the seconds it took, 0.0 for a runtime that needs none. Raises: as the runtime's forward."""
+        """Prepare the runtime for batches of up to ``max_windows`` model-input windows (at most
+        ``WINDOWS_PER_PASS``, the most one runtime call is given), where it pays for a new batch size on its first
+        call (OpenVINO: :meth:`.runtimes.openvino_runtime.OpenVinoForward.warm_up`); returns the seconds it took,
+        0.0 for a runtime that needs none. Raises: as the runtime's forward."""
         warm = getattr(self._forward, "warm_up", None)
         if warm is None:
             return 0.0
         started = time.perf_counter()
-        warm(max_windows, self.image_size)
+        warm(min(max_windows, WINDOWS_PER_PASS), self.image_size)
         return time.perf_counter() - started
 
     def score_frames(self, frames: Sequence[FrameInput]) -> FrameScores:

@@ -9,9 +9,11 @@ what the plugin chose. An int8 IR (NNCF) runs its quantised convolutions in int8
 Threads: ``threads`` inference threads (:mod:`.threads`) and the latency hint (one request at a time: a worker
 scores one batch after the other).
 
-The CPU plugin prepares every input shape it has not run yet (its memory, its kernels) on that shape's first call,
-which then costs 1.3-2x a later one: on the bottle model at 2 threads, batch 1 62 vs 18 ms, batch 16 446 vs 306 ms
-(bench/README.md, "Latency"). A worker calls :meth:`OpenVinoForward.warm_up` at load, so no frame pays it.
+The CPU plugin prepares every input shape it has not run yet on that shape's first call (it grows its memory for a
+larger batch, and sets up each new shape), which then costs 1.5-3.5x a later one: on the bottle model at 2 threads,
+batch 1 62 vs 18 ms, batch 16 446 vs 306 ms; once the largest has run, a smaller size's first call costs 10-25 ms
+more (bench/README.md, "Latency"). A worker calls :meth:`OpenVinoForward.warm_up` when it loads a model, so that
+frames do not pay it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ from pathlib import Path
 import numpy as np
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # export precision -> INFERENCE_PRECISION_HINT
+# Sizes warmed one by one (the rest pay 10-25 ms on their first call): the time grows with the square of the size
+# (16: about 4 s on 2 threads), and a line at camera rate mostly sees small batches.
+WARM_EACH_SIZE_UP_TO = 16
+
+
+def warm_up_sizes(max_batch: int) -> list[int]:
+    """The batch sizes :meth:`OpenVinoForward.warm_up` runs, in order: ``max_batch`` (at least 1), then each size from
+    ``min(max_batch - 1, WARM_EACH_SIZE_UP_TO)`` down to 1."""
+    largest = max(1, int(max_batch))
+    return [largest, *range(min(largest - 1, WARM_EACH_SIZE_UP_TO), 0, -1)]
 
 
 class OpenVinoForward:
@@ -53,11 +65,12 @@ class OpenVinoForward:
         self._lock = threading.Lock()  # one infer request: calls from two threads take turns
 
     def warm_up(self, max_batch: int, image_size: int) -> list[int]:
-        """Run each batch size from ``max_batch`` down to 1 once, on zeros (uint8 (b, 3, image_size, image_size)):
-        the largest first, so the plugin allocates its memory once; returns the batch sizes run, in order. About 4 s
-        for 16 on 2 threads (the bottle model at 256 px). Raises: as :meth:`__call__`."""
-        zeros = np.zeros((max(1, int(max_batch)), 3, image_size, image_size), dtype=np.uint8)
-        sizes = list(range(len(zeros), 0, -1))
+        """Run the batch sizes of :func:`warm_up_sizes` once each, on zeros (uint8 (b, 3, image_size, image_size)):
+        the largest first, so that the plugin grows its memory once; returns the sizes run, in order. About 4 s for 16
+        on 2 threads (the bottle model at 256 px); the memory stays sized for ``max_batch``. Raises: as
+        :meth:`__call__`."""
+        sizes = warm_up_sizes(max_batch)
+        zeros = np.zeros((sizes[0], 3, image_size, image_size), dtype=np.uint8)
         for b in sizes:
             self(zeros[:b])
         return sizes

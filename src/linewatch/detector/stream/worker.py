@@ -47,6 +47,7 @@ from linewatch.contracts.live_state import LiveStateWriter, connect_settings, ev
 from linewatch.contracts.products import DEFAULT_PRODUCT
 from linewatch.contracts.settings import Settings
 
+from ..model_files import ModelFileError
 from ..runtimes.threads import apply_torch_threads, intra_op_threads
 from ..scoring import Scorer
 from . import telemetry
@@ -126,14 +127,18 @@ class DetectorWorker:
         self.stop_event.set()
 
     def _load(self, model_dir: Path) -> Scorer:
-        """A scorer of ``model_dir`` at this worker's device and runtime, warmed up for every batch size up to
+        """A scorer of ``model_dir`` at this worker's device and runtime, warmed up for batches up to
         ``detector.max_batch`` (:meth:`Scorer.warm_up`); an export runtime gets the threads of a batch (its count is
-        fixed when it loads)."""
+        fixed when it loads). Raises: as :class:`Scorer`; ModelFileError: the warm-up batches failed."""
         scorer = Scorer(model_dir, self.det.device, self.settings.backbone.weights, runtime=self.det.runtime,
                         threads=self._threads[1])
-        seconds = scorer.warm_up(self.det.max_batch)
+        try:
+            seconds = scorer.warm_up(self.det.max_batch)
+        except Exception as exc:  # noqa: BLE001 -- the runtime's own errors: this model does not load
+            raise ModelFileError(f"{model_dir}: {scorer.runtime} failed on its warm-up batches: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         if seconds:
-            log.info("model %s: %s warmed up for batches of 1-%d in %.1f s", scorer.version, scorer.runtime,
+            log.info("model %s: %s warmed up for batches up to %d in %.1f s", scorer.version, scorer.runtime,
                      self.det.max_batch, seconds)
         return scorer
 
