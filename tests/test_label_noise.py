@@ -110,10 +110,20 @@ class C28:
     distinct: list[int]
 
 
+def _far_above_threshold(lw: Line) -> Path:
+    """The defective bottle (broken_large or contamination: broken_small is the promotion test's defects) that the
+    active model scores highest: c28's "broken bottle scored far above its threshold". Chosen by score, not by name:
+    quick_model's normalised scores saturate near 2-2.5 (its 5 held-out goods set a high threshold), and which bottle
+    scores highest depends on the CPU the model was trained on (broken_large/000: 2.6 on one, 1.65 on another)."""
+    paths = sorted(p for kind in ("broken_large", "contamination") for p in (bottle() / "test" / kind).glob("*.png"))
+    scores = lw.scorer.score_images([read_image(p) for p in paths]).normalized
+    return paths[int(np.argmax(scores))]
+
+
 def _c28_frames(lw: Line) -> C28:
     """The c28 frames, kept by the line and scored by the active model (none labelled yet)."""
     test = bottle() / "test"
-    broken = lw.keep_file(test / "broken_large" / "000.png", "cam-1", T0)
+    broken = lw.keep_file(_far_above_threshold(lw), "cam-1", T0)
     good = read_image(test / "good" / "001.png")
     shifted = np.roll(good, 1, axis=1)
     copies = [lw.keep(_jpeg(img, q), ".jpg", "cam-1", T0 + dt.timedelta(minutes=20 + i))
@@ -144,7 +154,7 @@ def test_c28_a_far_above_threshold_good_needs_a_second_operator_and_near_copies_
     factor = lw.settings.trainer.second_opinion_above
     with lw.engine.connect() as conn:
         score = conn.execute(Inspection.__table__.select().where(Inspection.id == f.broken)).one().normalized_score
-    assert score > factor  # the broken bottle: far above the active model's threshold (about 2.6x with quick_model)
+    assert score > factor  # the broken bottle: far above the active model's threshold (2.0 by default)
 
     assert data.add_labels(lw.engine, every, "good", "alice") == 54  # one operator confirms everything
     with lw.engine.connect() as conn:
