@@ -222,7 +222,9 @@ def _wait_for_partitions(redis_url: str, topic: str, workers: int, procs: list, 
     reader = LiveStateReader(redis.Redis.from_url(redis_url))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if len(reader.owners(topic)) >= workers:
+        owners = [w for w in reader.workers() if w["alive"] and any(str(p).startswith(topic + "/")
+                                                                    for p in w.get("partitions") or [])]
+        if len(owners) >= workers:
             return
         if any(p.poll() is not None for p in procs):
             raise RuntimeError("a worker exited before it got partitions: see its log under the bench's folder")

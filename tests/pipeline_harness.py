@@ -83,7 +83,7 @@ class Pipeline:
         reader = LiveStateReader(self.redis)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if len(reader.owners()) >= n:
+            if sum(bool(w.get("partitions")) for w in reader.workers() if w["alive"]) >= n:
                 return
             for name, proc in self.workers.items():
                 if proc.poll() is not None and name.startswith("w"):

@@ -341,12 +341,6 @@ class LiveStateReader:
             out.append(info)
         return sorted(out, key=lambda w: w["worker_id"])
 
-    def owners(self, topic: str | None = None) -> list[dict]:
-        """The alive workers' heartbeats that name partitions (of ``topic`` when given): workers that have their
-        models loaded and are in the consumer group with partitions assigned."""
-        return [w for w in self.workers() if w["alive"] and any(
-            topic is None or str(name).startswith(topic + "/") for name in w.get("partitions") or [])]
-
 
 def _time_in(raw: bytes, name: str) -> float:
     """The time ``name`` (Unix s) in a JSON entry; 0 for an entry without one (it expires)."""
