@@ -202,6 +202,22 @@ def click(target: Locator) -> None:
     target.click()
 
 
+def submit(page: Page, button: Locator, cleared: Locator, tries: int = 3) -> None:
+    """Click a ``clear_on_submit`` form's ``button`` until the server has taken the submit, which it shows by
+    clearing the form's field ``cleared`` (at the end of that run). Once in CI a submit never reached the script:
+    the fields kept their text and no run answered for 30 s, on a page whose banner reruns every second (cause not
+    found in Streamlit's request coalescing, which keeps triggers). An operator clicks again; so does this."""
+    for attempt in range(tries):
+        settled(page)
+        click(button)
+        try:
+            expect(cleared).to_have_value("", timeout=20_000)  # the run that clears it may take seconds
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+
+
 def looked(page: Page) -> None:
     """Settle, then give the operator time to look: a click counts only on a frame that has been on screen for
     ``dashboard.review_min_view_s`` (0.5 s by default)."""
