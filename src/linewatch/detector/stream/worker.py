@@ -49,7 +49,7 @@ from linewatch.contracts.settings import Settings
 
 from ..model_files import ModelFileError
 from ..runtimes.threads import apply_torch_threads, intra_op_threads
-from ..scoring import Scorer
+from ..scoring import WINDOWS_PER_PASS, Scorer
 from . import telemetry
 from .batches import RawBatch, RawFrame
 from .batching import BatchCollector
@@ -128,8 +128,9 @@ class DetectorWorker:
 
     def _load(self, model_dir: Path) -> Scorer:
         """A scorer of ``model_dir`` at this worker's device and runtime, warmed up for batches up to
-        ``detector.max_batch`` (:meth:`Scorer.warm_up`); an export runtime gets the threads of a batch (its count is
-        fixed when it loads). Raises: as :class:`Scorer`; ModelFileError: the warm-up batches failed."""
+        ``detector.max_batch`` windows, at most ``WINDOWS_PER_PASS`` (:meth:`Scorer.warm_up`); an export runtime
+        gets the threads of a batch (its count is fixed when it loads). Raises: as :class:`Scorer`;
+        ModelFileError: the warm-up batches failed."""
         scorer = Scorer(model_dir, self.det.device, self.settings.backbone.weights, runtime=self.det.runtime,
                         threads=self._threads[1])
         try:
@@ -139,7 +140,7 @@ class DetectorWorker:
                                  f"{type(exc).__name__}: {exc}") from exc
         if seconds:
             log.info("model %s: %s warmed up for batches up to %d in %.1f s", scorer.version, scorer.runtime,
-                     self.det.max_batch, seconds)
+                     min(self.det.max_batch, WINDOWS_PER_PASS), seconds)
         return scorer
 
     @property
