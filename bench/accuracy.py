@@ -69,7 +69,8 @@ def main() -> int:
         except ModelFileError:
             config = TrainConfig.from_settings(settings, device=args.device, allow_under_calibrated=True,
                                                **({"epochs": args.epochs} if args.epochs else {}))
-            print(f"[{name}] training on {len(dataset.train)} good images, {config.epochs} epochs", flush=True)
+            print(f"[{name}] training on {len(dataset.train)} good images, {config.epochs} epochs, at least "
+                  f"{config.min_steps} SGD steps", flush=True)
             meta = train(dataset.train, model_dir, config).metadata
         if "global" not in meta and not args.no_global:
             started = time.monotonic()

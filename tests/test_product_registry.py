@@ -188,6 +188,7 @@ def test_train_with_a_product_registers_the_model_as_its_next_candidate(tmp_path
                                         "--product", "bottle"])
         assert done.exit_code == 0, done.output
         assert "registered as bottle/v1 (candidate)" in done.stdout
+        assert "best epoch 1/1," in done.stdout  # --epochs 1 is one epoch: the step budget raises only the default
         listed = CliRunner().invoke(app, ["model", "list", "--product", "bottle"])
         assert [line.split()[:2] for line in listed.stdout.splitlines()] == [["bottle/v1", "candidate"]]
     finally:

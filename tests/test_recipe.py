@@ -29,11 +29,24 @@ def test_epoch_budget_raises_epochs_only_for_few_images():
         epoch_budget(20, 120, 0, 32, fine_tune=False)
 
 
-def test_defaults_leave_the_recipe_as_it_was():
+def test_the_settings_recipe_counts_steps_and_an_epoch_count_that_was_set_is_trained_as_set(monkeypatch):
+    from linewatch.cli.options import with_values
+
     config = TrainConfig.from_settings(Settings())
-    assert (config.augment, config.augment_flips, config.augment_rot90, config.min_steps) == (False, False, False, 0)
+    assert (config.augment, config.augment_flips, config.augment_rot90, config.min_steps) == (False, False, False, 360)
+    assert epoch_budget(20, 360, 167, 32, fine_tune=False) == 60  # MVTec bottle's training goods
+    assert epoch_budget(20, 360, 571, 32, fine_tune=False) == 20  # Magnetic Tile's: as before
+    assert TrainConfig().min_steps == 0  # the dataclass: every number explicit
     few = TrainConfig.from_settings(Settings(training={"augment": True, "augment_flips": True, "min_steps": 120}))
     assert (few.augment, few.augment_flips, few.augment_rot90, few.min_steps) == (True, True, False, 120)
+    # an epoch count set anywhere is trained as set, unless min_steps is set too
+    assert TrainConfig.from_settings(Settings(training={"epochs": 5})).min_steps == 0
+    assert TrainConfig.from_settings(Settings(), epochs=5).min_steps == 0  # `up --epochs`, a fine-tune
+    assert TrainConfig.from_settings(Settings(training={"epochs": 5, "min_steps": 120})).min_steps == 120
+    assert TrainConfig.from_settings(with_values(Settings(), "training", epochs=3)).min_steps == 0  # --epochs 3
+    assert TrainConfig.from_settings(with_values(Settings(), "training", allow_under_calibrated=True)).min_steps == 360
+    monkeypatch.setenv("LINEWATCH_TRAINING__EPOCHS", "40")
+    assert (TrainConfig.from_settings(Settings()).epochs, TrainConfig.from_settings(Settings()).min_steps) == (40, 0)
     with pytest.raises(ValueError, match="min_steps"):
         Settings(training={"min_steps": -1})
 

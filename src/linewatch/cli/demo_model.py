@@ -59,10 +59,12 @@ def ensure_default_model(settings: Settings, epochs: int | None = None, stop: th
     config = TrainConfig.from_settings(settings, allow_under_calibrated=True, **({"epochs": epochs} if epochs else {}))
     named = "" if product == DEFAULT_PRODUCT else f" of {product}"
     print(f"No model given: training the default model{named} on {data} ({len(dataset.train)} good images, "
-          f"{config.epochs} epochs, published even if under-calibrated); it is cached in {out}", flush=True)
+          f"{config.epochs} epochs{f', at least {config.min_steps} SGD steps' if config.min_steps else ''}, "
+          f"published even if under-calibrated); it is cached in {out}", flush=True)
     train(dataset.train, out, config, stop=stop)
     if settings.trainer.export_onnx:
         from linewatch.detector.runtimes.onnx_export import export_or_warn
 
         export_or_warn(out, settings.backbone.weights)
     return out
+

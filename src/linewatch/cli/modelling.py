@@ -71,7 +71,7 @@ def train(
     meta = result.metadata
     typer.echo(
         f"model written to {result.model_dir}\n"
-        f"  best epoch {meta['training']['best_epoch']}/{config.epochs}, "
+        f"  best epoch {meta['training']['best_epoch']}/{meta['training']['few_shot']['epoch_budget']['epochs']}, "
         f"validation loss {meta['validation']['loss']:.4f}, "
         f"{meta['training']['duration_s']:.0f} s on {meta['training']['device']}\n"
         f"  image threshold {meta['thresholds']['image']:.5f} (false-reject target {config.target_false_reject_rate}), "

@@ -70,7 +70,8 @@ def with_values(settings: Settings, section: str, **values: object) -> Settings:
         return settings
     current = getattr(settings, section)
     try:
-        updated = type(current).model_validate({**current.model_dump(), **values})
+        # from the fields set so far only, so the copy still tells a set value from a default (training.epochs)
+        updated = type(current).model_validate({**current.model_dump(include=current.model_fields_set), **values})
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}"
                              for e in exc.errors())

@@ -1,6 +1,6 @@
 """The few-shot part of the training recipe: augmentations that keep a good part good, and an epoch budget by
-image count. Both are off in :class:`.training.TrainConfig`'s and the settings' defaults (``[training]``), so a
-model trained without asking for them is the same, bit for bit, as before they existed.
+image count. Augmentation is off by default. The epoch budget is off in :class:`.training.TrainConfig` (where every
+number is explicit) and on in the settings' recipe (``[training] min_steps`` 360), except where the epochs were set.
 
 **Augmentations** (``augment``; torchvision.transforms.v2, drawn per training window and per step, from the global
 torch generator that :func:`.training.train` seeds): a small translation, up to :data:`TRANSLATE` of the side with
@@ -19,7 +19,10 @@ plain images cannot be reused): about 1.3x the time per step (bench/README.md, s
 default recipe on MVTec bottle takes 120 (167 training images in batches of 32) and on Magnetic Tile 360. The rule:
 ``epochs = max(epochs, ceil(min_steps / steps_per_epoch))``, ``steps_per_epoch = ceil(training windows /
 batch_size)``; so a set large enough to reach ``min_steps`` in its epochs trains exactly as before. A fine-tune
-starts from a trained student and keeps its epochs.
+starts from a trained student and keeps its epochs. The settings' default, 360, is Magnetic Tile's 20 epochs: MVTec
+bottle then trains 60 epochs instead of 20, and its held-out goods' loss fell from 0.39 (epoch 20) to 0.18 (epoch
+59, the best); on its test set pixel AUROC 0.988 -> 0.992 and AU-PRO 0.968 -> 0.976 (bench/README.md). An epoch
+count set explicitly is trained as set (:meth:`.training.TrainConfig.from_settings`).
 """
 
 from __future__ import annotations
