@@ -6,13 +6,15 @@
 For each dataset and size N: trains on N good training images (the first N of one seeded shuffle, so each size's
 images include the smaller sizes'), under each recipe, and evaluates on the dataset's full test set
 (``linewatch.detector.evaluation``: image AUROC, pixel AUROC, AU-PRO, and the false-reject and miss rates at the
-model's own threshold). Recipes: ``default`` is the settings' recipe (20 epochs, no augmentation); ``few_shot`` adds
-the augmentation and the epoch budget of ``linewatch.detector.recipe`` (``augment``, ``min_steps``; flips and
-quarter turns stay off: bottle and tile are not checked for them here). With N < 25 fewer than 5 images are held
-out, so thresholds are under-calibrated (allowed here; the metrics other than the two rates do not use them).
-``all``: with ``--all-models DIR``, the model ``DIR/<dataset>`` is evaluated (trained elsewhere, whatever its recipe:
-its model.json's ``training`` says), else it is trained here with the default recipe. Each row is appended to
-``bench/results/learning_curve.json`` as soon as it is measured. Data: ``LINEWATCH_DATA_ROOT`` or ``../shared/data``.
+model's own threshold). Recipes: ``default`` is the settings' recipe (no augmentation; 20 epochs, raised to at
+least 360 SGD steps since 2026-12-02: the rows of bench/README.md were measured before, at 20 epochs); ``few_shot``
+adds the augmentation of ``linewatch.detector.recipe`` and sets its epoch budget (``augment``, ``min_steps`` =
+``--min-steps``; flips and quarter turns stay off: bottle and tile are not checked for them here). With N < 25 fewer
+than 5 images are held out, so thresholds are under-calibrated (allowed here; the metrics other than the two rates
+do not use them). ``all``: with ``--all-models DIR``, the model ``DIR/<dataset>`` is evaluated (trained elsewhere,
+whatever its recipe: its model.json's ``training`` says), else it is trained here with the default recipe. Each row
+is appended to ``bench/results/learning_curve.json`` as soon as it is measured. Data: ``LINEWATCH_DATA_ROOT`` or
+``../shared/data``.
 """
 
 from __future__ import annotations

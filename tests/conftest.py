@@ -113,10 +113,11 @@ def c09_train40(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def c09_default_model(tmp_path_factory: pytest.TempPathFactory):
-    """What ``linewatch train --data <c09>/train40 --force --epochs 20`` makes on the CPU (field case c11's model): the
-    default recipe (256 px, batches of 32, the ``auto`` input geometry) at 20 epochs, without the step budget that
-    would train its 32 training goods 360 epochs, under-calibrated on 8 held-out goods; about 90 s on 2 cores. It generalises across positions where ``c09_train40`` (8 epochs of batches of 4 at
-    128 px) knows its 20 images by heart: that one scores even a 320x240 crop of c11's strip at 3x its threshold."""
+    """What ``linewatch train --data <c09>/train40 --force --epochs 20`` makes on the CPU (field case c11's model):
+    the default recipe (256 px, batches of 32, the ``auto`` input geometry) at 20 epochs, without the step budget
+    that would train its 32 training goods 360 epochs, under-calibrated on 8 held-out goods; about 90 s on 2 cores.
+    It generalises across positions where ``c09_train40`` (8 epochs of batches of 4 at 128 px) knows its 20 images
+    by heart: that one scores even a 320x240 crop of c11's strip at 3x its threshold."""
     from linewatch.detector.training import TrainConfig, train
 
     from datasets import field_case

@@ -29,7 +29,7 @@ def test_epoch_budget_raises_epochs_only_for_few_images():
         epoch_budget(20, 120, 0, 32, fine_tune=False)
 
 
-def test_the_settings_recipe_counts_steps_and_an_epoch_count_that_was_set_is_trained_as_set(monkeypatch):
+def test_the_settings_recipe_counts_steps_and_an_epoch_count_that_was_set_is_trained_as_set(monkeypatch, tmp_path):
     from linewatch.cli.options import with_values
 
     config = TrainConfig.from_settings(Settings())
@@ -44,7 +44,17 @@ def test_the_settings_recipe_counts_steps_and_an_epoch_count_that_was_set_is_tra
     assert TrainConfig.from_settings(Settings(), epochs=5).min_steps == 0  # `up --epochs`, a fine-tune
     assert TrainConfig.from_settings(Settings(training={"epochs": 5, "min_steps": 120})).min_steps == 120
     assert TrainConfig.from_settings(with_values(Settings(), "training", epochs=3)).min_steps == 0  # --epochs 3
-    assert TrainConfig.from_settings(with_values(Settings(), "training", allow_under_calibrated=True)).min_steps == 360
+    forced = with_values(Settings(), "training", allow_under_calibrated=True)  # `train --force`: a default stays one
+    assert forced.training.model_fields_set == {"allow_under_calibrated"}
+    assert TrainConfig.from_settings(forced).min_steps == 360
+    config_file = tmp_path / "linewatch.toml"
+    config_file.write_text("[training]\nepochs = 5\n")
+    monkeypatch.setenv("LINEWATCH_CONFIG", str(config_file))
+    assert (TrainConfig.from_settings(Settings()).epochs, TrainConfig.from_settings(Settings()).min_steps) == (5, 0)
+    config_file.write_text("[training]\nmin_steps = 120\n")
+    assert TrainConfig.from_settings(Settings()).min_steps == 120
+    assert TrainConfig.from_settings(Settings(), epochs=3).min_steps == 0  # a command line beats the file
+    monkeypatch.delenv("LINEWATCH_CONFIG")
     monkeypatch.setenv("LINEWATCH_TRAINING__EPOCHS", "40")
     assert (TrainConfig.from_settings(Settings()).epochs, TrainConfig.from_settings(Settings()).min_steps) == (40, 0)
     with pytest.raises(ValueError, match="min_steps"):

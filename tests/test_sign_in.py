@@ -178,8 +178,9 @@ def test_a_sign_in_survives_a_reload_and_a_tampered_or_expired_cookie_signs_nobo
             for label, value in (("Current password", current), ("New password", new_password),
                                  ("New password again", new_password)):
                 sidebar.get_by_label(label, exact=True).fill(value)
+            answer = "Password not changed" if current != PASSWORDS["alice"] else "Password changed."
             ui.submit(page, sidebar.get_by_role("button", name="Change password"),
-                      sidebar.get_by_label("Current password", exact=True))
+                      sidebar.get_by_label("Current password", exact=True), sidebar.get_by_text(answer))
             if current != PASSWORDS["alice"]:
                 expect(sidebar.get_by_text("Password not changed: the current password is wrong")).to_be_visible()
                 session_cookie.verify(cookie["value"], load_accounts(accounts), SECRET.encode(), 12 * 3600)

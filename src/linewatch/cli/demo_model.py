@@ -59,7 +59,8 @@ def ensure_default_model(settings: Settings, epochs: int | None = None, stop: th
     config = TrainConfig.from_settings(settings, allow_under_calibrated=True, **({"epochs": epochs} if epochs else {}))
     named = "" if product == DEFAULT_PRODUCT else f" of {product}"
     print(f"No model given: training the default model{named} on {data} ({len(dataset.train)} good images, "
-          f"{config.epochs} epochs{f', at least {config.min_steps} SGD steps' if config.min_steps else ''}, "
+          f"{'at least ' if config.min_steps else ''}{config.epochs} epochs"
+          f"{f' and {config.min_steps} SGD steps' if config.min_steps else ''}, "
           f"published even if under-calibrated); it is cached in {out}", flush=True)
     train(dataset.train, out, config, stop=stop)
     if settings.trainer.export_onnx:
@@ -67,4 +68,3 @@ def ensure_default_model(settings: Settings, epochs: int | None = None, stop: th
 
         export_or_warn(out, settings.backbone.weights)
     return out
-

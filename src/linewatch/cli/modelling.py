@@ -51,7 +51,7 @@ def train(
     s = with_values(with_values(s, "backbone", name=backbone, weights=teacher_weights), "detector",
                     device=device_name(device))
     s = with_values(s, "training", allow_under_calibrated=True if force else None)
-    config = TrainConfig.from_settings(s)
+    config = TrainConfig.from_settings(s, **({"epochs": epochs} if epochs else {}))  # --epochs N: N epochs
     if product is not None:
         from linewatch.contracts.products import ProductError, check_product
 

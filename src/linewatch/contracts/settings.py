@@ -198,8 +198,9 @@ class TrainingSettings(BaseModel):
     augment_flips: bool = Field(False, description="with augment: flip too (only for parts whose mirror image is good)")
     augment_rot90: bool = Field(False, description="with augment: turn by multiples of 90 degrees too (only for parts "
                                 "any orientation of which is good)")
-    # 360 SGD steps: what 20 epochs of Magnetic Tile's 571 training goods make; bottle's 167 made 120 in 20 epochs and
-    # its held-out goods' loss was still falling (0.39 at epoch 20, 0.18 at 60). Counted in steps, a small set trains
+    # 360 SGD steps: about what 20 epochs of Magnetic Tile make (571 training goods: 18 steps an epoch, 20 for their 620
+    # windows under the auto geometry); bottle's 167 made 120 in 20 epochs, and its held-out goods' loss was still
+    # falling (0.39 at epoch 20, 0.18 at epoch 59 of 60). Counted in steps, a small set trains
     # as far as a large one, and a large one exactly as before.
     min_steps: int = Field(360, ge=0, description="raise epochs until training makes at least this many SGD steps "
                            "(0 = off); epochs set explicitly (settings, environment, --epochs) are trained as set "

@@ -15,14 +15,15 @@ that the mirrored part is good. The held-out images, their thresholds and the fr
 reference) are never augmented. With augmentation the teacher runs on every augmented batch (its features of the
 plain images cannot be reused): about 1.3x the time per step (bench/README.md, speed).
 
-**Epoch budget** (``min_steps``): with few images an epoch is one SGD step, and 20 epochs are 20 steps where the
-default recipe on MVTec bottle takes 120 (167 training images in batches of 32) and on Magnetic Tile 360. The rule:
-``epochs = max(epochs, ceil(min_steps / steps_per_epoch))``, ``steps_per_epoch = ceil(training windows /
-batch_size)``; so a set large enough to reach ``min_steps`` in its epochs trains exactly as before. A fine-tune
-starts from a trained student and keeps its epochs. The settings' default, 360, is Magnetic Tile's 20 epochs: MVTec
-bottle then trains 60 epochs instead of 20, and its held-out goods' loss fell from 0.39 (epoch 20) to 0.18 (epoch
-59, the best); on its test set pixel AUROC 0.988 -> 0.992 and AU-PRO 0.968 -> 0.976 (bench/README.md). An epoch
-count set explicitly is trained as set (:meth:`.training.TrainConfig.from_settings`).
+**Epoch budget** (``min_steps``): with few images an epoch is one SGD step, and 20 epochs are 20 steps where they
+are 120 on MVTec bottle (167 training images in batches of 32) and 360 to 400 on Magnetic Tile (571 images, 620
+windows under the ``auto`` geometry). The rule: ``epochs = max(epochs, ceil(min_steps / steps_per_epoch))``,
+``steps_per_epoch = ceil(training windows / batch_size)``; so a set large enough to reach ``min_steps`` in its epochs
+trains exactly as before. A fine-tune starts from a trained student and keeps its epochs. The settings' default, 360,
+is about Magnetic Tile's 20 epochs: MVTec bottle then trains 60 epochs instead of 20, and its held-out goods' loss
+fell from 0.39 (epoch 20) to 0.18 (epoch 59, the best); on its test set pixel AUROC 0.988 -> 0.992 and AU-PRO
+0.968 -> 0.976 (bench/README.md). An epoch count set explicitly is trained as set
+(:meth:`.training.TrainConfig.from_settings`).
 """
 
 from __future__ import annotations

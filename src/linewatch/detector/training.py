@@ -111,8 +111,9 @@ class TrainConfig:
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
         """The recipe the settings name: every ``[training]`` field, the ``[backbone]`` name and teacher weights,
         ``detector.device`` and ``detector.max_pixels``. ``overrides`` replace fields afterwards (a fine-tune's
-        epochs, a command-line option). Where ``epochs`` was set (in the settings' sources or as an override) and
-        ``min_steps`` was not, ``min_steps`` is 0: the step budget raises only the default epoch count.
+        epochs, a command-line option). ``min_steps`` is 0 where ``epochs`` is an override and ``min_steps`` is not,
+        or where the settings' sources set ``epochs`` and not ``min_steps``: the step budget raises only the default
+        epoch count.
 
         Raises:
             TypeError: an override that is no field of TrainConfig.
@@ -125,9 +126,11 @@ class TrainConfig:
         values.update(backbone=settings.backbone.name, teacher_weights=settings.backbone.weights,
                       device=settings.detector.device, max_pixels=settings.detector.max_pixels)
         values.update(overrides)
-        asked = settings.training.model_fields_set | set(overrides)
-        if "epochs" in asked and "min_steps" not in asked:
-            values["min_steps"] = 0  # an epoch count someone set is trained as set (``--epochs 1`` is one epoch)
+        # An epoch count someone set is trained as set (``--epochs 1`` is one epoch); an override (a command-line
+        # option, a fine-tune) beats a min_steps of the settings' sources, as a command line beats a file.
+        given = settings.training.model_fields_set
+        if "min_steps" not in overrides and ("epochs" in overrides or ("epochs" in given and "min_steps" not in given)):
+            values["min_steps"] = 0
         return cls(**values)
 
 
