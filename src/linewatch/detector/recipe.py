@@ -23,12 +23,13 @@ trains exactly as before. A fine-tune starts from a trained student and keeps it
 is about Magnetic Tile's 20 epochs: MVTec bottle then trains 60 epochs instead of 20, and its held-out goods' loss
 fell from 0.39 (epoch 20) to 0.18 (epoch 59, the best); on its test set pixel AUROC 0.988 -> 0.992 and AU-PRO
 0.968 -> 0.976 (bench/README.md). An epoch count set explicitly is trained as set
-(:meth:`.training.TrainConfig.from_settings`).
+(:func:`min_steps_asked`, applied by :meth:`.training.TrainConfig.from_settings`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -53,6 +54,18 @@ def epoch_budget(epochs: int, min_steps: int, windows: int, batch_size: int, fin
     if fine_tune or min_steps <= 0:
         return epochs
     return max(epochs, math.ceil(min_steps / math.ceil(windows / batch_size)))
+
+
+def min_steps_asked(min_steps: int, given: Collection[str], overrides: Mapping[str, Any]) -> int:
+    """The ``min_steps`` to train with: 0 where an epoch count was asked for and ``min_steps`` was not (``--epochs 1``
+    is one epoch), else ``min_steps``. ``given``: the ``[training]`` fields the settings' sources set (pydantic's
+    ``model_fields_set``: a file, the environment); ``overrides``: a command line's or a fine-tune's, which beat the
+    sources, as a command line beats a file."""
+    if "min_steps" in overrides:
+        return min_steps
+    if "epochs" in overrides or ("epochs" in given and "min_steps" not in given):
+        return 0
+    return min_steps
 
 
 def augmentation(size: int, flips: bool, rot90: bool) -> v2.Compose:

@@ -6,8 +6,7 @@ As in the paper and the authors' code (github.com/gdwang08/STFPM, ``main.py``): 
 images held out and the student of the best validation epoch kept (theirs has the lowest mean validation anomaly
 map, ours the lowest mean validation loss). Where the defaults differ:
 
-* 20 epochs, not the paper's 100, raised to at least 360 SGD steps by the settings' recipe (``min_steps``,
-  :mod:`.recipe`; 60 epochs of MVTec bottle's 167 training goods, Magnetic Tile's 20 unchanged);
+* 20 epochs, not the paper's 100 (raised to 360 SGD steps by the settings' ``min_steps``: :mod:`.recipe`);
 * an EfficientNet-Lite0 teacher, not the paper's ResNet-18 (``resnet18`` is available as ``backbone``);
 * a batch's loss is the sum over its images, as in anomalib, not the authors' mean (:mod:`.stpm`);
 * anomaly maps are smoothed with a Gaussian of sigma 4 model pixels (:mod:`.stpm`);
@@ -52,7 +51,7 @@ from .global_branch import fusion_scale
 from .global_fit import branch_record, calibrate_model, fit_branch_or_skip
 from .imaging import DEFAULT_MAX_PIXELS
 from .model_files import check_output_dir, read_metadata, save_model
-from .recipe import augment_batch, augmentation, epoch_budget, record, teacher_cache, teacher_targets
+from .recipe import augment_batch, augmentation, epoch_budget, min_steps_asked, record, teacher_cache, teacher_targets
 from .scoring import DEFAULT_GUARD_BAND, frame_scores
 from .stpm import STPM, pyramid_loss
 
@@ -65,15 +64,14 @@ class TrainConfig:
     """Everything besides the images that determines a trained model (with the teacher weights file's content).
 
     Defaults: the paper's optimiser, batch size and input size, with the differences listed in the module
-    docstring (20 epochs, EfficientNet-Lite0, sigma 4; no step budget here). ``image_size`` and
-    ``map_smoothing_sigma`` are in pixels of the model input; ``val_fraction`` is the share of the good images
-    held out; the two rates are the calibration targets (:mod:`.calibration`); fewer held-out images than
-    ``min_held_out_goods`` (or than 1/target) refuse the model unless ``allow_under_calibrated``; larger images
-    than ``max_pixels`` pixels are refused. ``input_mode``, ``max_aspect``, ``tile_scale`` (None: measured on the
-    images) and ``tile_overlap`` are the input geometry (:meth:`geometry`). ``augment`` (with ``augment_flips``,
-    ``augment_rot90``) is the few-shot recipe, off by default; ``min_steps`` raises ``epochs`` to that many SGD
-    steps (:mod:`.recipe`): 0 here, where every number is explicit, 360 in the settings' recipe
-    (:meth:`from_settings`); ``global_branch``: fit the image-level branch (:mod:`.global_fit`).
+    docstring (20 epochs, EfficientNet-Lite0, sigma 4). ``image_size`` and ``map_smoothing_sigma`` are in
+    pixels of the model input; ``val_fraction`` is the share of the good images held out; the two rates
+    are the calibration targets (:mod:`.calibration`); fewer held-out images than ``min_held_out_goods`` (or
+    than 1/target) refuse the model unless ``allow_under_calibrated``; larger images than ``max_pixels``
+    pixels are refused. ``input_mode``, ``max_aspect``, ``tile_scale`` (None: measured on the images) and
+    ``tile_overlap`` are the input geometry (:meth:`geometry`). ``augment`` (with ``augment_flips``, ``augment_rot90``;
+    off) and ``min_steps`` (0 here, 360 in the settings) are :mod:`.recipe`'s few-shot recipe and step budget;
+    ``global_branch``: fit the image-level branch (:mod:`.global_fit`).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -111,9 +109,7 @@ class TrainConfig:
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
         """The recipe the settings name: every ``[training]`` field, the ``[backbone]`` name and teacher weights,
         ``detector.device`` and ``detector.max_pixels``. ``overrides`` replace fields afterwards (a fine-tune's
-        epochs, a command-line option). ``min_steps`` is 0 where ``epochs`` is an override and ``min_steps`` is not,
-        or where the settings' sources set ``epochs`` and not ``min_steps``: the step budget raises only the default
-        epoch count.
+        epochs, a command-line option), ``min_steps`` as :func:`.recipe.min_steps_asked` decides.
 
         Raises:
             TypeError: an override that is no field of TrainConfig.
@@ -126,11 +122,7 @@ class TrainConfig:
         values.update(backbone=settings.backbone.name, teacher_weights=settings.backbone.weights,
                       device=settings.detector.device, max_pixels=settings.detector.max_pixels)
         values.update(overrides)
-        # An epoch count someone set is trained as set (``--epochs 1`` is one epoch); an override (a command-line
-        # option, a fine-tune) beats a min_steps of the settings' sources, as a command line beats a file.
-        given = settings.training.model_fields_set
-        if "min_steps" not in overrides and ("epochs" in overrides or ("epochs" in given and "min_steps" not in given)):
-            values["min_steps"] = 0
+        values["min_steps"] = min_steps_asked(values["min_steps"], settings.training.model_fields_set, overrides)
         return cls(**values)
 
 
