@@ -17,7 +17,7 @@ from linewatch.contracts.messages import FrameMeta
 from linewatch.trainer.registry import ModelRegistry
 
 from datasets import bottle
-from pipeline_harness import Pipeline, other_model
+from pipeline_harness import Pipeline, other_model, service_tracebacks
 
 pytestmark = pytest.mark.services
 
@@ -111,7 +111,7 @@ def test_two_products_two_workers_routed_rolled_out_and_changed_over(line, tmp_p
         assert w["products"]["bottle"]["model_version"] == "bottle/v1"
     assert p.stop_workers() == {"w1": 0, "w2": 0}
     for name in ("w1", "w2"):
-        assert "Traceback" not in (p.logs / f"{name}.log").read_text()
+        assert service_tracebacks((p.logs / f"{name}.log").read_text()) == []
 
 
 def test_a_worker_waits_for_no_product_of_its_own(line, tmp_path):
