@@ -35,12 +35,6 @@ DATASETS = {"bottle": "mvtec_ad/bottle", "magnetic_tile": "magnetic_tile"}
 PUBLISHED = {"bottle": {"image_auroc": 1.000, "pixel_auroc": 0.988, "au_pro": None}}
 
 
-def epochs_run(meta: dict) -> int:
-    """The epochs a model trained: the step budget's (model.json ``training.few_shot.epoch_budget``), else (models
-    from before it) the epochs asked."""
-    return meta["training"].get("few_shot", {}).get("epoch_budget", {}).get("epochs", meta["training"]["epochs"])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -58,7 +52,8 @@ def main() -> int:
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.evaluation import evaluate
     from linewatch.detector.global_fit import add_global_branch
-    from linewatch.detector.model_files import ModelFileError, read_metadata
+    from linewatch.detector.model_files import ModelFileError, epochs_trained, read_metadata
+    from linewatch.detector.recipe import describe_budget
     from linewatch.detector.scoring import Scorer
     from linewatch.detector.training import TrainConfig, train
 
@@ -77,9 +72,8 @@ def main() -> int:
         except ModelFileError:
             config = TrainConfig.from_settings(settings, device=args.device, allow_under_calibrated=True,
                                                **({"epochs": args.epochs} if args.epochs else {}))
-            at_least = f"at least {config.epochs} epochs and {config.min_steps} SGD steps" if config.min_steps else \
-                f"{config.epochs} epochs"
-            print(f"[{name}] training on {len(dataset.train)} good images, {at_least}", flush=True)
+            print(f"[{name}] training on {len(dataset.train)} good images, "
+                  f"{describe_budget(config.epochs, config.min_steps)}", flush=True)
             meta = train(dataset.train, model_dir, config).metadata
         if "global" not in meta and not args.no_global:
             started = time.monotonic()
@@ -97,7 +91,7 @@ def main() -> int:
                 "dataset": name, "sigma": sigma, "default_sigma": sigma == trained_sigma, **report["overall"],
                 "per_defect_type": report["per_defect_type"], "f1_optimal": report["f1_optimal"],
                 "train_s": meta["training"]["duration_s"], "trained_now": trained_now,
-                "epochs": epochs_run(meta), "best_epoch": meta["training"]["best_epoch"],
+                "epochs": epochs_trained(meta), "best_epoch": meta["training"]["best_epoch"],
                 "device": meta["training"]["device"], "eval_s": round(time.monotonic() - started, 1),
                 "global": {"threshold": meta["thresholds"]["global"], **{k: meta["global"].get(k) for k in (
                     "shrinkage", "fitted_on", "fusion", "fit_s")}} if "global" in meta else None,

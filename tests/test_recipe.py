@@ -7,7 +7,8 @@ import torch
 
 from linewatch.contracts.settings import Settings
 from linewatch.detector.datasets import open_dataset
-from linewatch.detector.recipe import augment_batch, augmentation, epoch_budget
+from linewatch.detector.model_files import epochs_trained
+from linewatch.detector.recipe import augment_batch, augmentation, describe_budget, epoch_budget
 from linewatch.detector.training import TrainConfig, train
 
 from datasets import bottle
@@ -111,6 +112,10 @@ def test_few_shot_training_records_its_recipe(tmp_path):
                                    "rot90": False}
     assert len(result.history) == 6 and result.history[-1].epochs == 6
     assert result.metadata["training"]["epochs"] == 2 and result.metadata["training"]["augment"] is True
+    assert epochs_trained(result.metadata) == 6
+    before_budget = {"training": {k: v for k, v in result.metadata["training"].items() if k != "few_shot"}}
+    assert epochs_trained(before_budget) == 2  # a model from before the budget was recorded: the epochs asked
+    assert describe_budget(2, 6) == "at least 2 epochs and 6 SGD steps" and describe_budget(2, 0) == "2 epochs"
     # the drift reference is of the plain images, all 8 of them
     assert result.metadata["frame_statistics"]["images"] == 8
     again = train(ds.train[:8], tmp_path / "again", config, progress=False)

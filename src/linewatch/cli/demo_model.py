@@ -47,6 +47,7 @@ def ensure_default_model(settings: Settings, epochs: int | None = None, stop: th
     """
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.model_files import ModelFileError, read_metadata
+    from linewatch.detector.recipe import describe_budget
     from linewatch.detector.training import TrainConfig, train
 
     out = default_model_dir(settings, product)
@@ -59,8 +60,7 @@ def ensure_default_model(settings: Settings, epochs: int | None = None, stop: th
     config = TrainConfig.from_settings(settings, allow_under_calibrated=True, **({"epochs": epochs} if epochs else {}))
     named = "" if product == DEFAULT_PRODUCT else f" of {product}"
     print(f"No model given: training the default model{named} on {data} ({len(dataset.train)} good images, "
-          f"{'at least ' if config.min_steps else ''}{config.epochs} epochs"
-          f"{f' and {config.min_steps} SGD steps' if config.min_steps else ''}, "
+          f"{describe_budget(config.epochs, config.min_steps)}, "
           f"published even if under-calibrated); it is cached in {out}", flush=True)
     train(dataset.train, out, config, stop=stop)
     if settings.trainer.export_onnx:

@@ -42,7 +42,7 @@ def train(
     product's next version."""
     from linewatch.detector.datasets import open_dataset
     from linewatch.detector.global_branch import branch_summary
-    from linewatch.detector.model_files import check_output_dir
+    from linewatch.detector.model_files import check_output_dir, epochs_trained
     from linewatch.detector.training import TrainConfig
     from linewatch.detector.training import train as run_training
 
@@ -71,7 +71,7 @@ def train(
     meta = result.metadata
     typer.echo(
         f"model written to {result.model_dir}\n"
-        f"  best epoch {meta['training']['best_epoch']}/{meta['training']['few_shot']['epoch_budget']['epochs']}, "
+        f"  best epoch {meta['training']['best_epoch']}/{epochs_trained(meta)}, "
         f"validation loss {meta['validation']['loss']:.4f}, "
         f"{meta['training']['duration_s']:.0f} s on {meta['training']['device']}\n"
         f"  image threshold {meta['thresholds']['image']:.5f} (false-reject target {config.target_false_reject_rate}), "

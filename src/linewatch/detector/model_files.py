@@ -197,6 +197,14 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def epochs_trained(meta: dict[str, Any]) -> int:
+    """The epochs a model trained, from its ``model.json`` (``meta``, as :func:`read_metadata` returns it): the step
+    budget's (``training.few_shot.epoch_budget.epochs``, :mod:`.recipe`), else, for a model written before the
+    budget was recorded, the epochs asked (``training.epochs``)."""
+    training = meta["training"]
+    return training.get("few_shot", {}).get("epoch_budget", {}).get("epochs", training["epochs"])
+
+
 def write_metadata(model_dir: Path, meta: dict[str, Any]) -> None:
     """Replace ``model.json`` of an existing model directory with ``meta`` (written beside it, then renamed, so
     a reader never sees half a file). The weights are not touched: ``weights_sha256`` must stay theirs.

@@ -61,11 +61,14 @@ def min_steps_asked(min_steps: int, given: Collection[str], overrides: Mapping[s
     is one epoch), else ``min_steps``. ``given``: the ``[training]`` fields the settings' sources set (pydantic's
     ``model_fields_set``: a file, the environment); ``overrides``: a command line's or a fine-tune's, which beat the
     sources, as a command line beats a file."""
-    if "min_steps" in overrides:
-        return min_steps
-    if "epochs" in overrides or ("epochs" in given and "min_steps" not in given):
-        return 0
-    return min_steps
+    epochs_asked = "epochs" in overrides or ("epochs" in given and "min_steps" not in given)
+    return 0 if epochs_asked and "min_steps" not in overrides else min_steps
+
+
+def describe_budget(epochs: int, min_steps: int) -> str:
+    """The epochs a recipe trains, in words: "20 epochs", or "at least 20 epochs and 360 SGD steps" where the step
+    budget may raise them (:func:`epoch_budget`)."""
+    return f"at least {epochs} epochs and {min_steps} SGD steps" if min_steps > 0 else f"{epochs} epochs"
 
 
 def augmentation(size: int, flips: bool, rot90: bool) -> v2.Compose:
