@@ -60,7 +60,9 @@ def run_job(settings: Settings, job_id: int) -> int:
                  data.excluded_defect, len(data.dropped), len(data.held_out))
         jobs.progress(engine, job_id, training_set=data.summary())
         config, init = _recipe(settings, active, job.from_scratch)
-        jobs.progress(engine, job_id, stage="training", epoch=0, epochs=config.epochs)
+        # The epochs are the step budget's, known once the training windows are counted (a from-scratch bottle job
+        # trains 60, not config.epochs' 20): the first epoch report carries them. None also clears a retried job's.
+        jobs.progress(engine, job_id, stage="training", epoch=None, epochs=None, loss=None, eta_s=None)
 
         def on_epoch(r: EpochReport) -> None:
             jobs.progress(engine, job_id, stage="training", epoch=r.epoch, epochs=r.epochs, loss=r.loss, eta_s=r.eta_s)
