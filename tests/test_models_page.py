@@ -11,18 +11,22 @@ import datetime as dt
 import os
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import test_dashboard as ui
 import test_rollout
+from kafka.errors import KafkaTimeoutError
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
 from test_label_noise import T0, sqlite_line  # noqa: F401 -- the fixture
 
 from linewatch.contracts.live_state import LiveStateReader
 from linewatch.contracts.schema import ModelVersion
+from linewatch.contracts.settings import Settings
 from linewatch.dashboard import data
 from linewatch.dashboard.accounts import hash_password, set_role
 from linewatch.trainer import job_queue as jobs
@@ -237,6 +241,34 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
         expect(page.get_by_role("button", name=ACTION)).to_have_count(0)
         assert (registry.active().version, registry.get("v2").status) == ("v1", "candidate")
         ui.screenshot(page, "models-refused")
+
+    # A broker that refuses connections: the action says so at once (it would try to announce for minutes)
+    set_role(accounts, "erin", "engineer")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nothing listens on it once the socket is closed
+    with ui.Dashboard(stores, LINEWATCH_DASHBOARD__ACCOUNTS_FILE=str(accounts),
+                      LINEWATCH_KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{closed}") as dash:
+        page = ui.open_page(browser)
+        ui.goto(page, f"{dash.url}/models", "Models")
+        # the rollout check says what it cannot read, at once (reading the topic waited 30 s, and the page with it)
+        expect(page.get_by_text("The models topic cannot be read (the Kafka broker does not answer: "
+                                f"127.0.0.1:{closed}: ", exact=False)).to_be_visible()
+        expect(page.get_by_text("Registry: v1 is active; nothing else to compare it with", exact=False)).to_be_visible()
+        sign_in(page, "erin")
+        ui.click(ui.button(page, "lw_model_activate"))
+        asked = time.monotonic()
+        ui.click(page.get_by_role("button", name="Yes, activate v2"))
+        expect(page.get_by_text(f"Not done: the Kafka broker does not answer (127.0.0.1:{closed}: ",
+                                exact=False)).to_be_visible()
+        assert time.monotonic() - asked < 30  # the announcement's tries would take 2.5 min
+        expect(page.get_by_text("Nothing was changed; try again once it answers.", exact=False)).to_be_visible()
+        assert (registry.active().version, registry.get("v2").status) == ("v1", "candidate")
+        ui.screenshot(page, "models-broker-down")
+    began = time.monotonic()
+    with pytest.raises(KafkaTimeoutError, match="Unable to bootstrap"):
+        current_announcement(Settings(kafka={"bootstrap_servers": f"127.0.0.1:{closed}"}).kafka, timeout_s=1.0)
+    assert time.monotonic() - began < 5  # the read's own timeout, not kafka-python's 30 s bootstrap
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ runs for a click on a button the page no longer draws, so the check there is the
 are the registry's own (:class:`linewatch.trainer.registry.ModelRegistry`, the same as ``linewatch model
 activate`` / ``rollback``), each acting on the product of the version it names and on no other (the page shows one
 product's versions), recording the operator's name as who did it: an activation or rollback whose
-announcement fails on every try is rolled back in SQL and shown as "Not done", with why.
+announcement fails on every try is rolled back in SQL and shown as "Not done", with why; with no broker accepting a
+connection, no action is tried (:func:`.alarm_watch.broker_problem`) and "Not done" says so at once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from linewatch.trainer.registry import ModelRegistry, RegistryError
 from linewatch.trainer.rollout import current_announcement
 
 from . import auth, data, views
-from .model_review import ROLLOUT_WINDOW_S, UNKNOWN, disagreements, product_of, unix_time
+from .alarm_watch import broker_problem
+from .model_review import ROLLOUT_WINDOW_S, UNKNOWN, disagreements, product_of, unix_time, worker_view
 
 _CONFIRM = "lw_model_confirm"  # (action, version) waiting for "Yes"
 _RESULT = "lw_model_result"  # (ok, message) of the last action, shown once
@@ -51,6 +53,13 @@ def _run(action: str, version: str) -> None:
         who = f"{operator.name} is {operator.role}" if operator else "not signed in"
         st.session_state[_RESULT] = (False, f"Refused: only an engineer may {action.replace('_', ' ')} a model "
                                             f"({who}). Nothing was changed.")
+        return
+    # Each action announces on the models topic, and an announcement to a broker that is gone is tried for minutes
+    # (trainer.announce_*) while the page waits: a broker that refuses the connection is said at once instead.
+    down = broker_problem(data.settings().kafka.bootstrap_servers)
+    if down:
+        st.session_state[_RESULT] = (False, f"Not done: the Kafka broker does not answer ({down}), so the workers "
+                                            "could not be told. Nothing was changed; try again once it answers.")
         return
     registry = _registry()
     product = product_of(version)  # every action is on the product of the version it names, and on no other
@@ -150,7 +159,11 @@ def rollout_check(product: str = DEFAULT_PRODUCT) -> None:
         st.caption(f"The registry cannot be read: {views.explain(exc)}")
         return
     announced = UNKNOWN
-    if s.kafka.bootstrap_servers:
+    down = broker_problem(s.kafka.bootstrap_servers)  # at once, where reading the topic would wait for its timeout
+    if down:
+        st.caption(f"The models topic cannot be read (the Kafka broker does not answer: {down}); the workers' "
+                   "heartbeats are checked.")
+    elif s.kafka.bootstrap_servers:
         try:
             announced = _announced(s.kafka.bootstrap_servers, s.kafka.models_topic, product)
         except Exception as exc:  # noqa: BLE001 -- KafkaError, TimeoutError: the check says what it could not read
@@ -164,9 +177,13 @@ def rollout_check(product: str = DEFAULT_PRODUCT) -> None:
     activated = unix_time(active.activated_at) if active is not None else None
     found = disagreements(active.version if active else None, activated, announced, workers, time.time())
     if not found:
-        if active is not None:
-            st.caption(f"Registry, models topic and workers agree on {active.version} (checked "
-                       f"{ROLLOUT_WINDOW_S:.0f} s after an activation: a normal rollout takes seconds).")
+        if active is not None:  # agreement is claimed only of the parties that were read
+            parties = ["Registry", *(["models topic"] if announced is not UNKNOWN else []),
+                       *(["workers"] if any(w.get("alive") and worker_view(w, product) for w in workers) else [])]
+            agree = (f"{', '.join(parties[:-1])} and {parties[-1]} agree on {active.version}" if len(parties) > 1
+                     else f"Registry: {active.version} is active; nothing else to compare it with")
+            st.caption(f"{agree} (checked {ROLLOUT_WINDOW_S:.0f} s after an activation: a normal rollout takes "
+                       "seconds).")
         return
     with st.container(key="lw_model_disagreement"):
         for d in found:

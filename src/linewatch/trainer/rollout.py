@@ -93,13 +93,16 @@ def current_announcement(kafka: KafkaSettings, timeout_s: float = 10.0,
     compacted topic: a handful of records per product). A malformed record is skipped, as the workers skip it.
 
     Raises:
-        KafkaError: the broker cannot be reached. TimeoutError: the end was not reached in ``timeout_s`` seconds.
+        KafkaError: the broker cannot be reached (``KafkaTimeoutError`` after ``timeout_s`` seconds when none answers
+            the bootstrap). TimeoutError: the end was not reached in ``timeout_s`` seconds.
     """
     from kafka import TopicPartition
 
     key = announcement_key(product)
     tp = TopicPartition(kafka.models_topic, 0)
-    consumer = make_consumer(kafka, None, enable_auto_commit=False)
+    # kafka-python's bootstrap waits 30 s for a broker by default: a broker that is gone is told within timeout_s
+    consumer = make_consumer(kafka, None, enable_auto_commit=False,
+                             bootstrap_timeout_ms=max(1, round(timeout_s * 1000)))
     latest, deadline = None, time.monotonic() + timeout_s
     try:
         consumer.assign([tp])
