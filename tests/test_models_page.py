@@ -242,8 +242,20 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
         assert (registry.active().version, registry.get("v2").status) == ("v1", "candidate")
         ui.screenshot(page, "models-refused")
 
-    # A broker that refuses connections: the action says so at once (it would try to announce for minutes)
-    set_role(accounts, "erin", "engineer")
+
+def test_with_the_broker_refusing_connections_the_page_and_its_actions_say_so_at_once(
+        browser, quick_model, sqlite_stores, tmp_path):
+    """The Models page stalled 30 s on each rollout check (kafka-python's bootstrap) and an action tried to announce
+    for minutes when the broker was gone: both now say so at once, and nothing is changed."""
+    stores = sqlite_stores
+    registry = ModelRegistry(stores.engine, stores.state_dir / "models", None)
+    assert registry.use(quick_model.model_dir, "test").version == "v1"
+    registry.register(other_model(quick_model.model_dir, tmp_path / "model-b"), parent="v1")
+    with stores.engine.begin() as conn:  # past the rollout window, so the check compares
+        conn.execute(update(ModelVersion).where(ModelVersion.version == "v1").values(
+            activated_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)))
+    accounts = tmp_path / "operators.toml"
+    write_accounts(accounts, {"erin": "engineer"})
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]  # nothing listens on it once the socket is closed
@@ -251,17 +263,16 @@ def test_viewers_and_operators_get_no_action_a_stale_confirmation_changes_nothin
                       LINEWATCH_KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{closed}") as dash:
         page = ui.open_page(browser)
         ui.goto(page, f"{dash.url}/models", "Models")
-        # the rollout check says what it cannot read, at once (reading the topic waited 30 s, and the page with it)
+        # what the rollout check cannot read, and agreement claimed only of what it read (no workers here)
         expect(page.get_by_text("The models topic cannot be read (the Kafka broker does not answer: "
                                 f"127.0.0.1:{closed}: ", exact=False)).to_be_visible()
         expect(page.get_by_text("Registry: v1 is active; nothing else to compare it with", exact=False)).to_be_visible()
         sign_in(page, "erin")
         ui.click(ui.button(page, "lw_model_activate"))
-        asked = time.monotonic()
         ui.click(page.get_by_role("button", name="Yes, activate v2"))
+        # within 15 s: the announcement's tries (trainer.announce_*) would have taken 2.5 min
         expect(page.get_by_text(f"Not done: the Kafka broker does not answer (127.0.0.1:{closed}: ",
-                                exact=False)).to_be_visible()
-        assert time.monotonic() - asked < 30  # the announcement's tries would take 2.5 min
+                                exact=False)).to_be_visible(timeout=15_000)
         expect(page.get_by_text("Nothing was changed; try again once it answers.", exact=False)).to_be_visible()
         assert (registry.active().version, registry.get("v2").status) == ("v1", "candidate")
         ui.screenshot(page, "models-broker-down")

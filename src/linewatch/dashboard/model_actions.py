@@ -8,7 +8,7 @@ are the registry's own (:class:`linewatch.trainer.registry.ModelRegistry`, the s
 activate`` / ``rollback``), each acting on the product of the version it names and on no other (the page shows one
 product's versions), recording the operator's name as who did it: an activation or rollback whose
 announcement fails on every try is rolled back in SQL and shown as "Not done", with why; with no broker accepting a
-connection, no action is tried (:func:`.alarm_watch.broker_problem`) and "Not done" says so at once.
+connection (:func:`.alarm_watch.broker_problem`), no action is tried and "Not done" says so at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from linewatch.trainer.rollout import current_announcement
 
 from . import auth, data, views
 from .alarm_watch import broker_problem
-from .model_review import ROLLOUT_WINDOW_S, UNKNOWN, disagreements, product_of, unix_time, worker_view
+from .model_review import ROLLOUT_WINDOW_S, UNKNOWN, compared_workers, disagreements, product_of, unix_time
 
 _CONFIRM = "lw_model_confirm"  # (action, version) waiting for "Yes"
 _RESULT = "lw_model_result"  # (ok, message) of the last action, shown once
@@ -55,7 +55,8 @@ def _run(action: str, version: str) -> None:
                                             f"({who}). Nothing was changed.")
         return
     # Each action announces on the models topic, and an announcement to a broker that is gone is tried for minutes
-    # (trainer.announce_*) while the page waits: a broker that refuses the connection is said at once instead.
+    # (trainer.announce_*) while the page waits: a broker that refuses the connection, or does not accept it within
+    # alarm_watch.BROKER_CONNECT_TIMEOUT_S, is said at once instead.
     down = broker_problem(data.settings().kafka.bootstrap_servers)
     if down:
         st.session_state[_RESULT] = (False, f"Not done: the Kafka broker does not answer ({down}), so the workers "
@@ -146,6 +147,12 @@ def _announced(bootstrap: str, topic: str, product: str) -> str | None:
     return ann.version if ann is not None else None
 
 
+@st.cache_data(ttl=5, show_spinner=False)
+def _broker_down(bootstrap: str) -> str | None:
+    """:func:`.alarm_watch.broker_problem`, probed at most once in 5 s for all sessions (a TCP connect each)."""
+    return broker_problem(bootstrap)
+
+
 @st.fragment(run_every=5)
 def rollout_check(product: str = DEFAULT_PRODUCT) -> None:
     """Registry, models topic and workers on ``product``'s active version (its key on the topic, what the workers
@@ -159,7 +166,7 @@ def rollout_check(product: str = DEFAULT_PRODUCT) -> None:
         st.caption(f"The registry cannot be read: {views.explain(exc)}")
         return
     announced = UNKNOWN
-    down = broker_problem(s.kafka.bootstrap_servers)  # at once, where reading the topic would wait for its timeout
+    down = _broker_down(s.kafka.bootstrap_servers)  # a refused connection at once (reading waits for its timeout)
     if down:
         st.caption(f"The models topic cannot be read (the Kafka broker does not answer: {down}); the workers' "
                    "heartbeats are checked.")
@@ -177,9 +184,12 @@ def rollout_check(product: str = DEFAULT_PRODUCT) -> None:
     activated = unix_time(active.activated_at) if active is not None else None
     found = disagreements(active.version if active else None, activated, announced, workers, time.time())
     if not found:
-        if active is not None:  # agreement is claimed only of the parties that were read
+        if active is not None and activated is not None and time.time() - activated <= ROLLOUT_WINDOW_S:
+            st.caption(f"Rollout of {active.version} in progress: registry, models topic and workers are compared "
+                       f"from {ROLLOUT_WINDOW_S:.0f} s after its activation (a normal rollout takes seconds).")
+        elif active is not None:  # agreement is claimed only of the parties that were read
             parties = ["Registry", *(["models topic"] if announced is not UNKNOWN else []),
-                       *(["workers"] if any(w.get("alive") and worker_view(w, product) for w in workers) else [])]
+                       *(["workers"] if compared_workers(workers, product_of(active.version)) else [])]
             agree = (f"{', '.join(parties[:-1])} and {parties[-1]} agree on {active.version}" if len(parties) > 1
                      else f"Registry: {active.version} is active; nothing else to compare it with")
             st.caption(f"{agree} (checked {ROLLOUT_WINDOW_S:.0f} s after an activation: a normal rollout takes "

@@ -169,6 +169,13 @@ def models_run(heartbeat: dict) -> list[str]:
     return [str(heartbeat["model_version"])] if heartbeat.get("model_version") else []
 
 
+def compared_workers(workers: list[dict], product: str) -> list[tuple[dict, dict]]:
+    """The live workers (heartbeats with ``alive``) that say something of ``product``'s model, each with what
+    (:func:`worker_view`): the ones :func:`disagreements` compares."""
+    views = [(w, worker_view(w, product)) for w in workers if w.get("alive")]
+    return [(w, view) for w, view in views if view is not None]
+
+
 def disagreements(active: str | None, activated_at: float | None, announced: Any, workers: list[dict],
                   now: float, window_s: float = ROLLOUT_WINDOW_S) -> list[Disagreement]:
     """Where the registry's ``active`` version of a product (activated at ``activated_at``, Unix s) is not what the
@@ -184,10 +191,7 @@ def disagreements(active: str | None, activated_at: float | None, announced: Any
         out.append(Disagreement(TOPIC_SUBJECT, f"Registry says {active} is active, but the models topic announces "
                                 f"{announced or 'no model'}: the announcement failed, and workers follow the topic.",
                                 True))
-    for w in workers:
-        view = worker_view(w, product) if w.get("alive") else None
-        if view is None:
-            continue
+    for w, view in compared_workers(workers, product):
         wid, heard = str(w.get("worker_id")), view["registry_version"]
         on = view["model_version"] or "no model yet"
         if heard is None:

@@ -66,8 +66,8 @@ def min_steps_asked(min_steps: int, given: Collection[str], overrides: Mapping[s
 
 
 def describe_budget(epochs: int, min_steps: int) -> str:
-    """The epochs a recipe trains, in words: "20 epochs", or "at least 20 epochs and 360 SGD steps" where the step
-    budget may raise them (:func:`epoch_budget`)."""
+    """The epochs a recipe trains from scratch, in words: "20 epochs", or "at least 20 epochs and 360 SGD steps"
+    where the step budget may raise them (:func:`epoch_budget`; a fine-tune keeps its epochs)."""
     return f"at least {epochs} epochs and {min_steps} SGD steps" if min_steps > 0 else f"{epochs} epochs"
 
 

@@ -94,16 +94,17 @@ def current_announcement(kafka: KafkaSettings, timeout_s: float = 10.0,
 
     Raises:
         KafkaError: the broker cannot be reached (``KafkaTimeoutError`` after ``timeout_s`` seconds when none answers
-            the bootstrap). TimeoutError: the end was not reached in ``timeout_s`` seconds.
+            the bootstrap). TimeoutError: the end was not reached within ``timeout_s`` seconds of the call.
     """
     from kafka import TopicPartition
 
     key = announcement_key(product)
     tp = TopicPartition(kafka.models_topic, 0)
-    # kafka-python's bootstrap waits 30 s for a broker by default: a broker that is gone is told within timeout_s
+    latest, deadline = None, time.monotonic() + timeout_s
+    # kafka-python's bootstrap waits 30 s for a broker by default: a broker that is gone is told within timeout_s.
+    # (When it gives up, kafka-python 3.0 leaves the consumer's I/O thread behind: one daemon thread a failed call.)
     consumer = make_consumer(kafka, None, enable_auto_commit=False,
                              bootstrap_timeout_ms=max(1, round(timeout_s * 1000)))
-    latest, deadline = None, time.monotonic() + timeout_s
     try:
         consumer.assign([tp])
         consumer.seek_to_beginning()

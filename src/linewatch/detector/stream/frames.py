@@ -40,10 +40,11 @@ def prepare_frame(raw: RawFrame, geometry: InputGeometry, max_pixels: int) -> Pr
 
 
 def preview_image(rgb: np.ndarray) -> np.ndarray:
-    """The preview of a uint8 (H, W, 3) frame for its heatmap overlay: at most :data:`.batches.PREVIEW_SIDE` pixels
-    on its longer side, the frame itself when smaller. Bilinear down to half size, area below: a display image, where
-    area interpolation's anti-aliasing at a factor under 2 is invisible and cost 7.8 ms of a 900x900 frame's decode
-    stage against bilinear's 1.1 ms (OpenCV, one thread); the model input is made from the frame, never from this."""
+    """The preview of a uint8 (H, W, 3) frame for its heatmap overlay: :data:`.batches.PREVIEW_SIDE` pixels on its
+    longer side, the frame itself when that side is no longer. Bilinear down to half size, area below: a display
+    image, where area interpolation cost 7.8 ms of a 900x900 frame's decode stage against bilinear's 1.1 ms (OpenCV,
+    one thread) for a mean difference under 0.5 grey levels (tests/test_imaging.py); the model input is made from
+    the frame, never from this. The GPU decoder's previews (:mod:`.device_decode`) stay area-interpolated."""
     h, w = rgb.shape[:2]
     scale = PREVIEW_SIDE / max(h, w)
     if scale >= 1:
