@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from linewatch.contracts.database import downgrade, make_engine, migrate
@@ -117,5 +117,44 @@ def test_0007_downgrades_a_record_of_the_default_product_only(database_url):
             assert "product" not in [c["name"] for c in inspect(conn).get_columns("models")]
         migrate(engine)
         assert _differences(database_url) == []
+    finally:
+        engine.dispose()
+
+
+# ---- 0008: one active model version per product ------------------------------------------------------------------
+
+def test_0008_keeps_the_last_activated_of_several_active_versions_and_then_allows_one(database_url, caplog):
+    engine = make_engine(database_url)
+    try:
+        migrate(engine, "0007")
+        with engine.begin() as conn:  # what two activations at once could leave before 0008
+            conn.execute(insert(ModelVersion), [_model(v, n, product=p, status=st, activated_at=at, notes=notes)
+                                                for v, n, p, st, at, notes in [
+                ("v1", 1, "default", "active", T0, None),
+                ("v2", 2, "default", "active", T0 + dt.timedelta(hours=1), "trained on 40"),
+                ("v3", 3, "default", "active", None, None),
+                ("bottle/v1", 1, "bottle", "active", T0, None),
+                ("bottle/v2", 2, "bottle", "candidate", None, None)]])
+        with caplog.at_level("WARNING"):
+            migrate(engine)
+        with engine.begin() as conn:
+            m = ModelVersion
+            rows = {r.version: r for r in conn.execute(select(m.version, m.status, m.notes))}
+        assert {v: r.status for v, r in rows.items()} == {"v1": "retired", "v2": "active", "v3": "retired",
+                                                         "bottle/v1": "active", "bottle/v2": "candidate"}
+        assert rows["v2"].notes == "trained on 40" and rows["bottle/v1"].notes is None  # the kept ones unchanged
+        for retired in ("v1", "v3"):
+            assert "3 versions of default were active at once; v2, activated last, stays active" in \
+                rows[retired].notes
+        assert "product default had 3 active model versions: v2 stays active, v1, v3 retired" in caplog.text
+        # from now on the record itself refuses a second active version of a product, and only of the same product
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(update(ModelVersion).where(ModelVersion.version == "v1").values(status="active"))
+        with engine.begin() as conn:
+            conn.execute(update(ModelVersion).where(ModelVersion.version == "bottle/v1").values(status="retired"))
+            conn.execute(update(ModelVersion).where(ModelVersion.version == "bottle/v2").values(status="active"))
+        downgrade(database_url, "0007")  # the index only
+        with engine.begin() as conn:
+            conn.execute(update(ModelVersion).where(ModelVersion.version == "v1").values(status="active"))
     finally:
         engine.dispose()

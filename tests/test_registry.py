@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,12 @@ from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.files import sha256_file
 from linewatch.contracts.schema import ModelVersion
 from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
-from linewatch.trainer.registry import ModelRegistry, artifact_path
+from linewatch.trainer.registry import ModelRegistry, RegistryError, artifact_path
 
 from pipeline_harness import other_model
 
 REPETITIONS = 20
+ROUNDS = 20  # activations at once
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -115,4 +117,45 @@ def test_an_incomplete_model_is_refused_and_leaves_nothing(quick_model, sqlite_u
         registry.register(broken)
     assert registry.list() == [] and list((tmp_path / "models").iterdir()) == []
     assert registry.register(quick_model.model_dir).version == "v1"
+    engine.dispose()
+
+
+@pytest.mark.services
+def test_two_activations_at_once_leave_exactly_one_active_version(database_url, quick_model, tmp_path):
+    """Two engineers activating two versions of one product at the same moment (two threads, one engine each): on
+    PostgreSQL each transaction retired the versions active in its own snapshot, and both could commit, leaving two
+    active. The record allows one active version per product (migration 0008's unique index): the later commit
+    fails, is rolled back and says so, and every round ends with exactly one active version."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM models")
+    root = tmp_path / "store"
+    registry = ModelRegistry(engine, root, None)
+    versions = [registry.register(quick_model.model_dir).version,
+                registry.register(other_model(quick_model.model_dir, tmp_path / "model-b")).version]
+    barrier = threading.Barrier(2)
+    outcomes: list[list[str]] = []
+
+    def activate(version: str, out: list[str]) -> None:
+        own = ModelRegistry(make_engine(database_url), root, None)  # another process's engine
+        barrier.wait(timeout=60)
+        try:
+            out.append(own.activate(version, "erin").version)
+        except RegistryError as exc:
+            out.append(str(exc))
+
+    for _ in range(ROUNDS):
+        out: list[str] = []
+        threads = [threading.Thread(target=activate, args=(v, out)) for v in versions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        with Session(engine) as s:
+            active = list(s.scalars(select(ModelVersion.version).where(ModelVersion.status == "active")))
+        assert len(active) == 1, (active, out)
+        assert all(o in versions or "at the same moment" in o for o in out), out
+        outcomes.append(out)
+    print(f"{sum(o not in versions for out in outcomes for o in out)} of {2 * ROUNDS} activations refused")
     engine.dispose()

@@ -180,11 +180,16 @@ class ReviewClaim(Base):
 
 class ModelVersion(Base):
     """A trained model of one product in the registry. ``status``: candidate, active, retired, rejected (one active
-    at a time per product). ``version`` is its name (:func:`~.products.version_name`: ``bottle/v3``, ``v3`` for the
-    default product), ``number`` its N, unique per product (migration 0007)."""
+    at a time per product, a unique index over the active rows: migration 0008). ``version`` is its name
+    (:func:`~.products.version_name`: ``bottle/v3``, ``v3`` for the default product), ``number`` its N, unique per
+    product (migration 0007)."""
 
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("product", "number", name="uq_models_product_number"),)
+    __table_args__ = (
+        UniqueConstraint("product", "number", name="uq_models_product_number"),
+        Index("uq_models_one_active_per_product", "product", unique=True,
+              sqlite_where=text("status = 'active'"), postgresql_where=text("status = 'active'")),
+    )
 
     version: Mapped[str] = mapped_column(String(64), primary_key=True)
     product: Mapped[str] = product_column()

@@ -1,5 +1,5 @@
-"""Undoing an activation whose announcement failed, so that SQL (table ``models``) never names an active version
-the workers were not told about.
+"""An activation in SQL (one active version per product, also under activations at once), and undoing one whose
+announcement failed, so that SQL (table ``models``) never names an active version the workers were not told about.
 
 :meth:`linewatch.trainer.registry.ModelRegistry.activate` records the activation in SQL, then announces it on the
 models topic (retried: :func:`linewatch.trainer.rollout.announce_with_retries`). When every try fails, the workers
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -57,6 +57,40 @@ class Before:
     def active_again(self) -> str:
         """The version active once the activation is undone (words for a message)."""
         return self.version if self.status == "active" else self.previous or "no version"
+
+
+def activate_in_sql(engine: Engine, version: str, by: str, notes: str | None,
+                    now: dt.datetime) -> tuple[ModelVersion, Before]:
+    """:meth:`.registry.ModelRegistry.activate`'s transaction (``version`` by ``by`` at ``now``, UTC-aware;
+    ``notes`` added to the version's): the product's active version retired, ``version`` active. It starts with
+    a write to the product's rows that changes nothing, which locks them on PostgreSQL and takes SQLite's write
+    lock (Python's sqlite3 runs the SELECTs before a transaction's first write outside it), so a second
+    activation of the product waits for this one and then reads what it committed: without it, each retired
+    only what it had read as active, leaving two active versions, or none. Returns the version's row and the
+    registry as it was before.
+
+    Raises:
+        RegistryError: no such version. IntegrityError (or SQLite's OperationalError): another activation of the
+            product still came first (one active version per product: migration 0008's index); nothing changed.
+    """
+    with Session(engine, expire_on_commit=False) as s, s.begin():
+        product = s.scalar(select(ModelVersion.product).where(ModelVersion.version == version))
+        if product is None:
+            raise RegistryError(f"no model version {version!r}")
+        s.execute(update(ModelVersion).where(ModelVersion.product == product).values(status=ModelVersion.status))
+        row = s.get(ModelVersion, version, populate_existing=True)
+        others = (ModelVersion.status == "active", ModelVersion.product == row.product,
+                  ModelVersion.version != version)  # the product's active version, the one retired here
+        current = s.scalars(select(ModelVersion.version).where(*others)).first()
+        before = Before(version, row.status, row.activated_by, row.activated_at, current)
+        if row.status == "rejected":
+            notes = f"override by {by}: activated although rejected by the promotion rule" + (
+                f"; {notes}" if notes else "")
+        s.execute(update(ModelVersion).where(*others).values(status="retired"))
+        row.status, row.activated_by, row.activated_at = "active", by, now
+        if notes:
+            row.notes = f"{row.notes}\n{notes}" if row.notes else notes
+    return row, before
 
 
 def revert_activation(engine: Engine, before: Before, by: str, at: dt.datetime, reason: str) -> bool:

@@ -25,9 +25,10 @@ from linewatch.detector.model_files import (
 log = logging.getLogger(__name__)
 
 
-def lost_the_number(exc: IntegrityError | OperationalError) -> bool:
-    """Whether an insert failed because another registration took the number: a unique violation, or SQLite
-    giving up on its write lock ('database is locked') while the other one held it."""
+def lost_a_race(exc: IntegrityError | OperationalError) -> bool:
+    """Whether a write failed because another transaction made a conflicting one at the same time (another
+    registration took the number, another activation made its version the product's active one): a unique
+    violation, or SQLite giving up on its write lock ('database is locked') while the other one held it."""
     message = str(exc.orig).lower()
     if isinstance(exc, IntegrityError):
         return "unique" in message or "duplicate key" in message  # SQLite's and PostgreSQL's wording

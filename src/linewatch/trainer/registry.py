@@ -34,8 +34,14 @@ from linewatch.contracts.schema import ModelVersion
 from linewatch.contracts.settings import KafkaSettings, Settings
 from linewatch.detector.model_files import ModelFileError, read_metadata
 
-from .activation import AnnouncementError, Before, RegistryError, undo_failed_activation  # noqa: F401 -- re-exported
-from .artifact_store import lost_the_number, publish, stage
+from .activation import (  # noqa: F401 -- AnnouncementError, Before, RegistryError re-exported
+    AnnouncementError,
+    Before,
+    RegistryError,
+    activate_in_sql,
+    undo_failed_activation,
+)
+from .artifact_store import lost_a_race, publish, stage
 from .rollout import AnnounceRetry, announce_with_retries
 
 log = logging.getLogger(__name__)
@@ -144,7 +150,7 @@ class ModelRegistry:
                     row = self._record(staged, meta, product, parent=parent, status=status, metrics=metrics,
                                        notes=notes)
                 except (IntegrityError, OperationalError) as exc:
-                    if not lost_the_number(exc):
+                    if not lost_a_race(exc):
                         raise
                     log.info("version number taken by another registration (attempt %d): retrying", attempt)
                     time.sleep(random.uniform(0.0, 0.02 * attempt))  # two losers do not collide again in step
@@ -225,26 +231,19 @@ class ModelRegistry:
         back its status, the one active before is active again, the notes say why), since the workers still run
         what the topic last named.
         Raises:
-            RegistryError: unknown version (or not a version name). AnnouncementError: the announcement failed
+            RegistryError: unknown version (or not a version name), or another activation of the product at the
+            same moment came first (nothing changed). AnnouncementError: the announcement failed
             and the activation was rolled back (or could not be: the message says which).
         """
         now = dt.datetime.now(dt.UTC)
         version = _version(version)
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            row = s.get(ModelVersion, version)
-            if row is None:
-                raise RegistryError(f"no model version {version!r}")
-            others = (ModelVersion.status == "active", ModelVersion.product == row.product,
-                      ModelVersion.version != version)  # the product's active version, the one retired here
-            current = s.scalars(select(ModelVersion.version).where(*others)).first()
-            before = Before(version, row.status, row.activated_by, row.activated_at, current)
-            if row.status == "rejected":
-                notes = f"override by {by}: activated although rejected by the promotion rule" + (
-                    f"; {notes}" if notes else "")
-            s.execute(update(ModelVersion).where(*others).values(status="retired"))
-            row.status, row.activated_by, row.activated_at = "active", by, now
-            if notes:
-                row.notes = f"{row.notes}\n{notes}" if row.notes else notes
+        try:
+            row, before = activate_in_sql(self.engine, version, by, notes, now)
+        except (IntegrityError, OperationalError) as exc:
+            if not lost_a_race(exc):
+                raise
+            raise RegistryError(f"another activation of {version}'s product was made at the same moment and came "
+                                f"first; {version} was not activated: look at the registry again") from None
         log.info("model %s activated by %s", version, by)
         try:
             self.announce(row)
