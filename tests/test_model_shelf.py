@@ -4,6 +4,8 @@ first use, the least recently used evicted beyond the memory budget, a hot swap 
 from __future__ import annotations
 
 import datetime as dt
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -161,7 +163,7 @@ def test_a_product_evicted_after_a_failed_then_good_load_reports_no_error(models
             raise failures.pop()
         return load(model_dir)
 
-    monkeypatch.setattr(model_shelf, "RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr(model_shelf, "RETRY_FIRST_S", 0.0)
     shelf = ModelShelf(flaky, budget_bytes=one + one // 2)
     shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
     shelf.announce(_announcement(dirs["bottle/v1"], "bottle/v1", "bottle"), preload=False)
@@ -170,3 +172,32 @@ def test_a_product_evicted_after_a_failed_then_good_load_reports_no_error(models
     assert shelf.slot_for("bottle").current.version == "bottle/v1" and shelf.evictions == 1  # tile evicted
     assert shelf.status()["tile"] == {"model_version": None, "device": None, "runtime": None,
                                       "registry_version": "tile/v1", "model_behind": None, "model_load_error": None}
+
+
+def test_a_first_frame_load_that_fails_is_tried_again_after_a_doubling_delay(models, monkeypatch):
+    """It waited 30 s after any failure (the product's frames dead-lettered no_model meanwhile), however briefly the
+    files were missing; now 1 s, doubling up to 30 s (here 0.5 s up to 2 s), as the rollout watcher retries."""
+    from linewatch.detector.stream import model_shelf
+
+    dirs, loads, load = models
+    failures = [OSError("files still being copied")] * 4
+    tries: list[float] = []
+
+    def flaky(model_dir):
+        tries.append(time.monotonic())
+        if failures:
+            raise failures.pop()
+        return load(model_dir)
+
+    monkeypatch.setattr(model_shelf, "RETRY_FIRST_S", 0.5)
+    monkeypatch.setattr(model_shelf, "RETRY_MAX_S", 2.0)
+    shelf = ModelShelf(flaky, budget_bytes=2**40)
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
+    for delay in (0.5, 1.0, 2.0, 2.0):  # four failures: the delay after each
+        assert "files still being copied" in shelf.slot_for("tile")  # a try, failed
+        waiting = shelf.slot_for("tile")  # the next frame, at once: no try
+        assert re.search(r"\(tried again in [0-9.]+ s\)$", waiting) and len(tries) == 4 - len(failures)
+        assert float(re.search(r"in ([0-9.]+) s", waiting).group(1)) <= delay
+        time.sleep(delay + 0.05)
+    assert shelf.slot_for("tile").current.version == "tile/v1"  # the fifth try loads it
+    assert len(tries) == 5 and shelf.status()["tile"]["model_load_error"] is None

@@ -29,10 +29,10 @@ from linewatch.contracts.products import DEFAULT_PRODUCT
 from ..model_files import ModelFileError
 from ..scoring import Scorer
 from .model_slot import ModelSlot, load_error_line
+from .rollout import RETRY_FIRST_S, RETRY_MAX_S
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = 30.0  # a product whose model failed to load on first use is not tried again on every frame
 
 
 def model_bytes(scorer: Scorer) -> int:
@@ -58,7 +58,10 @@ class ModelShelf:
         self.budget_bytes = budget_bytes
         self.wanted: dict[str, ModelAnnouncement] = {}  # the registry's active version per product
         self._slots: OrderedDict[str, ModelSlot] = OrderedDict()  # least recently used first
-        self._failed_at: dict[str, tuple[float, str]] = {}  # product -> (monotonic time, why) of a failed first load
+        # product -> (monotonic time of the next try, why, delay) after a failed load: a model that failed on a
+        # product's first frame is tried again after 1 s, the delay doubling up to 30 s (as the rollout watcher
+        # retries an announcement), not on every frame; meanwhile the product's frames are dead-lettered no_model
+        self._failed_at: dict[str, tuple[float, str, float]] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.evictions = 0
@@ -116,7 +119,9 @@ class ModelShelf:
             if slot is not None:
                 slot.load_failed(a.version, exc)
             with self._lock:
-                self._failed_at[a.product] = (time.monotonic(), load_error_line(a.version, exc))
+                before = self._failed_at.get(a.product)
+                delay = RETRY_FIRST_S if before is None else min(2 * before[2], RETRY_MAX_S)
+                self._failed_at[a.product] = (time.monotonic() + delay, load_error_line(a.version, exc), delay)
             raise
         return scorer
 
@@ -135,8 +140,9 @@ class ModelShelf:
                 failed = self._failed_at.get(product)
             if a is None:
                 return f"product {product!r} has no active model (activate one: linewatch model activate {product}/vN)"
-            if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
-                return f"product {product!r}: its model {failed[1]} (tried again within {RETRY_AFTER_S:.0f} s)"
+            wait = failed[0] - time.monotonic() if failed is not None else 0.0
+            if failed is not None and wait > 0:
+                return f"product {product!r}: its model {failed[1]} (tried again in {wait:.1f} s)"
             try:
                 scorer = self._load_checked(a, None)
             except Exception as exc:  # noqa: BLE001 -- a model that does not load must not stop the line
@@ -185,7 +191,7 @@ class ModelShelf:
             out[product] = slot.status()
         for product, a in wanted.items():
             if product not in out:
-                error = failed.get(product, (0.0, None))[1]
+                error = failed.get(product, (0.0, None, 0.0))[1]
                 out[product] = {"model_version": None, "device": None, "runtime": None, "registry_version": a.version,
                                 "model_behind": f"not loaded, registry says {a.version}" if error else None,
                                 "model_load_error": error}
