@@ -31,6 +31,8 @@ from pipeline_harness import other_model
 
 pytestmark = pytest.mark.services
 
+ROUNDS = 40  # activations at once
+
 
 @pytest.fixture
 def registry(apache_kafka, postgres_server, tmp_path, quick_model):
@@ -147,3 +149,32 @@ def test_a_rollback_undoes_only_its_own_activation_not_a_later_one_by_the_same_p
     v1, v2 = reg.get("v1"), reg.get("v2")
     assert (v2.status, v2.activated_by, v2.activated_at) == ("retired", "erin", first)
     assert reg.active().version == "v1" and "activation by erin rolled back" in v2.notes
+
+
+def test_two_activations_at_once_leave_the_topic_naming_the_version_sql_has_active(registry):
+    """Two activations of one product at the same moment commit one after the other (the registry locks the
+    product's rows), but each announces after its own commit, so the first one's announcement could land last and
+    the topic name the version SQL had just retired. Each activation, once announced, announces the active version
+    again if another activation committed after it."""
+    barrier = threading.Barrier(2)
+    engines = [make_engine(registry.engine.url.render_as_string(hide_password=False)) for _ in range(2)]
+    own = [ModelRegistry(engine, registry.root, registry.kafka, registry.retry) for engine in engines]
+    errors: list[BaseException] = []
+
+    def activate(reg: ModelRegistry, version: str) -> None:
+        barrier.wait(timeout=60)
+        try:
+            reg.activate(version, "erin")
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test
+            errors.append(exc)
+
+    for _ in range(ROUNDS):
+        threads = [threading.Thread(target=activate, args=(reg, v)) for reg, v in zip(own, ("v1", "v2"), strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        assert current_announcement(registry.kafka).version == registry.active().version
+    for engine in engines:
+        engine.dispose()

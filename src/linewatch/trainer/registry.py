@@ -249,7 +249,23 @@ class ModelRegistry:
             self.announce(row)
         except Exception as exc:  # noqa: BLE001 -- KafkaError after the retries, or anything else: SQL goes back
             undo_failed_activation(self.engine, before, by, now, exc, self.retry, self.kafka, self._announcement)
+        self._announce_if_overtaken(row)
         return row
+
+    def _announce_if_overtaken(self, row: ModelVersion) -> None:
+        """After ``row``'s announcement: when another activation of its product committed since (activations at
+        once commit one after the other, but announce each after its own commit, so this announcement may have
+        landed after the later one's), announce the version active now again, so the topic's last word is SQL's.
+        Its failure is logged: the later activation announces its version itself."""
+        latest = self.active(row.product)
+        if self.kafka is None or latest is None or latest.version == row.version:
+            return
+        log.info("%s was activated after %s while it was announced: announcing %s again", latest.version,
+                 row.version, latest.version)
+        try:
+            self.announce(latest)
+        except Exception as exc:  # noqa: BLE001 -- KafkaError: the later activation's own announcement stands
+            log.warning("announcing %s again failed (%s: %s)", latest.version, type(exc).__name__, exc)
 
     @staticmethod
     def _announcement(row: ModelVersion) -> ModelAnnouncement:
