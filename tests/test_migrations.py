@@ -5,6 +5,7 @@ existing row as the product ``default``."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -146,7 +147,12 @@ def test_0008_keeps_the_last_activated_of_several_active_versions_and_then_allow
         for retired in ("v1", "v3"):
             assert "3 versions of default were active at once; v2, activated last, stays active" in \
                 rows[retired].notes
-        assert "product default had 3 active model versions: v2 stays active, v1, v3 retired" in caplog.text
+        assert "product default had 3 active model versions: v2 stays active, v1, v3 retired; announce it to the " \
+            "workers again: linewatch model reannounce --product default" in caplog.text
+        (index,) = [i for i in inspect(engine).get_indexes("models") if i["name"] == "uq_models_one_active_per_product"]
+        where = index["dialect_options"][f"{engine.dialect.name}_where"]  # compare_metadata does not compare it
+        assert (index["column_names"], index["unique"]) == (["product"], True)
+        assert re.sub(r"[()\s]|::text", "", str(where)) == "status='active'"
         # from now on the record itself refuses a second active version of a product, and only of the same product
         with pytest.raises(IntegrityError), engine.begin() as conn:
             conn.execute(update(ModelVersion).where(ModelVersion.version == "v1").values(status="active"))

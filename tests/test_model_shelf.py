@@ -4,9 +4,8 @@ first use, the least recently used evicted beyond the memory budget, a hot swap 
 from __future__ import annotations
 
 import datetime as dt
-import re
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -174,30 +173,46 @@ def test_a_product_evicted_after_a_failed_then_good_load_reports_no_error(models
                                       "registry_version": "tile/v1", "model_behind": None, "model_load_error": None}
 
 
-def test_a_first_frame_load_that_fails_is_tried_again_after_a_doubling_delay(models, monkeypatch):
-    """It waited 30 s after any failure (the product's frames dead-lettered no_model meanwhile), however briefly the
-    files were missing; now 1 s, doubling up to 30 s (here 0.5 s up to 2 s), as the rollout watcher retries."""
+def test_a_model_that_failed_to_load_is_tried_again_after_a_doubling_delay(models, monkeypatch):
+    """A frame waited 30 s after any failure (the product's frames dead-lettered no_model meanwhile), however
+    briefly the files were missing; now 1 s, doubling up to 30 s, as the rollout watcher retries. The watcher's own
+    retry (the same version announced again) keeps the delay; another version starts afresh. A fake clock."""
     from linewatch.detector.stream import model_shelf
 
     dirs, loads, load = models
-    failures = [OSError("files still being copied")] * 4
-    tries: list[float] = []
+    clock = [1000.0]
+    monkeypatch.setattr(model_shelf, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    failures = [OSError("files still being copied")] * 6
+    tries = []
 
     def flaky(model_dir):
-        tries.append(time.monotonic())
+        tries.append(clock[0])
         if failures:
             raise failures.pop()
         return load(model_dir)
 
-    monkeypatch.setattr(model_shelf, "RETRY_FIRST_S", 0.5)
-    monkeypatch.setattr(model_shelf, "RETRY_MAX_S", 2.0)
     shelf = ModelShelf(flaky, budget_bytes=2**40)
-    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
-    for delay in (0.5, 1.0, 2.0, 2.0):  # four failures: the delay after each
+    tile = _announcement(dirs["tile/v1"], "tile/v1", "tile")
+    shelf.announce(tile, preload=False)
+    for delay in (1, 2, 4, 8, 16):  # a failure, then the delay before the next try
         assert "files still being copied" in shelf.slot_for("tile")  # a try, failed
-        waiting = shelf.slot_for("tile")  # the next frame, at once: no try
-        assert re.search(r"\(tried again in [0-9.]+ s\)$", waiting) and len(tries) == 4 - len(failures)
-        assert float(re.search(r"in ([0-9.]+) s", waiting).group(1)) <= delay
-        time.sleep(delay + 0.05)
-    assert shelf.slot_for("tile").current.version == "tile/v1"  # the fifth try loads it
-    assert len(tries) == 5 and shelf.status()["tile"]["model_load_error"] is None
+        shelf.announce(tile, preload=False)  # the watcher's retry of the same announcement: no fresh start
+        clock[0] += delay - 0.01
+        assert shelf.slot_for("tile").endswith("(tried again in 0.0 s)") and len(tries) == 6 - len(failures)
+        clock[0] += 0.01
+    assert "files still being copied" in shelf.slot_for("tile")  # the sixth try
+    clock[0] += 29.9
+    assert "(tried again in 0.1 s)" in shelf.slot_for("tile")  # at most 30 s
+    clock[0] += 0.1
+    assert shelf.slot_for("tile").current.version == "tile/v1"  # the seventh loads it
+    assert [round(b - a, 2) for a, b in zip(tries, tries[1:], strict=False)] == [1, 2, 4, 8, 16, 30]
+    assert shelf.status()["tile"]["model_load_error"] is None
+    # another version's failure starts at 1 s again, whatever the last one's delay was
+    failures.extend([OSError("not there yet")] * 2)
+    bottle = _announcement(dirs["bottle/v1"], "bottle/v1", "bottle")
+    shelf.announce(bottle, preload=False)
+    assert "not there yet" in shelf.slot_for("bottle")  # its first failure: 1 s
+    clock[0] += 1
+    assert "not there yet" in shelf.slot_for("bottle")  # its second: 2 s
+    clock[0] += 0.1
+    assert shelf.slot_for("bottle").endswith("(tried again in 1.9 s)")

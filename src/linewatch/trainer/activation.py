@@ -1,5 +1,7 @@
-"""An activation in SQL (one active version per product, also under activations at once), and undoing one whose
-announcement failed, so that SQL (table ``models``) never names an active version the workers were not told about.
+"""An activation in SQL (one active version per product, also under activations at once: :func:`activate_in_sql`),
+the announcement that keeps the models topic's last word SQL's when they overtake each other
+(:func:`announce_if_overtaken`), and undoing an activation whose announcement failed, so that SQL (table ``models``)
+never names an active version the workers were not told about.
 
 :meth:`linewatch.trainer.registry.ModelRegistry.activate` records the activation in SQL, then announces it on the
 models topic (retried: :func:`linewatch.trainer.rollout.announce_with_retries`). When every try fails, the workers
@@ -59,26 +61,35 @@ class Before:
         return self.version if self.status == "active" else self.previous or "no version"
 
 
+def lock_product_of(s: Session, version: str) -> str | None:
+    """Lock the rows of ``version``'s product for the rest of ``s``'s transaction, and return the product (None: no
+    such version). A write that changes nothing: it locks the rows on PostgreSQL and takes SQLite's write lock
+    (Python's sqlite3 runs the SELECTs before a transaction's first write outside it), so every reading that follows
+    sees what an activation of the product committed before, and another one waits for this transaction. Every
+    change of a product's active version starts with it, so two never lock its rows in different orders."""
+    product = s.scalar(select(ModelVersion.product).where(ModelVersion.version == version))
+    if product is not None:
+        s.execute(update(ModelVersion).where(ModelVersion.product == product).values(status=ModelVersion.status))
+    return product
+
+
 def activate_in_sql(engine: Engine, version: str, by: str, notes: str | None,
                     now: dt.datetime) -> tuple[ModelVersion, Before]:
     """:meth:`.registry.ModelRegistry.activate`'s transaction (``version`` by ``by`` at ``now``, UTC-aware;
-    ``notes`` added to the version's): the product's active version retired, ``version`` active. It starts with
-    a write to the product's rows that changes nothing, which locks them on PostgreSQL and takes SQLite's write
-    lock (Python's sqlite3 runs the SELECTs before a transaction's first write outside it), so a second
-    activation of the product waits for this one and then reads what it committed: without it, each retired
-    only what it had read as active, leaving two active versions, or none. Returns the version's row and the
-    registry as it was before.
+    ``notes`` added to the version's): the product's active version retired, ``version`` active. The product's rows
+    are locked first (:func:`lock_product_of`), so two activations at once run one after the other: without it, each
+    retired only what it had read as active, leaving two active versions, or none. Returns the version's row and
+    the registry as it was before.
 
     Raises:
-        RegistryError: no such version. IntegrityError (or SQLite's OperationalError): another activation of the
-            product still came first (one active version per product: migration 0008's index); nothing changed.
+        RegistryError: no such version. IntegrityError: a write outside the registry made another version active
+            meanwhile (one active version per product: migration 0008's index). OperationalError: the database was
+            locked longer than its timeout (SQLite: 30 s). Nothing is changed by either.
     """
     with Session(engine, expire_on_commit=False) as s, s.begin():
-        product = s.scalar(select(ModelVersion.product).where(ModelVersion.version == version))
-        if product is None:
+        if lock_product_of(s, version) is None:
             raise RegistryError(f"no model version {version!r}")
-        s.execute(update(ModelVersion).where(ModelVersion.product == product).values(status=ModelVersion.status))
-        row = s.get(ModelVersion, version, populate_existing=True)
+        row = s.get(ModelVersion, version)
         others = (ModelVersion.status == "active", ModelVersion.product == row.product,
                   ModelVersion.version != version)  # the product's active version, the one retired here
         current = s.scalars(select(ModelVersion.version).where(*others)).first()
@@ -91,6 +102,28 @@ def activate_in_sql(engine: Engine, version: str, by: str, notes: str | None,
         if notes:
             row.notes = f"{row.notes}\n{notes}" if row.notes else notes
     return row, before
+
+
+def announce_if_overtaken(row: ModelVersion, active: Callable[[str], ModelVersion | None],
+                           announce: Callable[[ModelVersion], None], rounds: int = 3) -> None:
+    """After ``row``'s announcement: while another version of its product is active in SQL (``active(product)``:
+    an activation that committed after this one; two at once commit one after the other but each announces after its
+    own commit, so this announcement may have landed after the later one's), announce that version again
+    (``announce``), and look again, up to ``rounds`` times, so that the topic's last word is SQL's. A failure to read
+    or to announce is logged and ends it: the later activation announces, or rolls back and announces, itself."""
+    announced = row.version
+    for _ in range(rounds):
+        try:
+            latest = active(row.product)
+            if latest is None or latest.version == announced:
+                return
+            log.info("%s was activated after %s while it was announced: announcing %s again", latest.version,
+                     announced, latest.version)
+            announce(latest)
+            announced = latest.version
+        except Exception as exc:  # noqa: BLE001 -- SQLAlchemyError, KafkaError: the other activation's own stands
+            log.warning("announcing %s's active version again failed (%s: %s)", row.product, type(exc).__name__, exc)
+            return
 
 
 def revert_activation(engine: Engine, before: Before, by: str, at: dt.datetime, reason: str) -> bool:
@@ -106,6 +139,7 @@ def revert_activation(engine: Engine, before: Before, by: str, at: dt.datetime, 
     note = (f"activation by {by} rolled back at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC: {reason}; "
             f"{before.active_again} is active again")
     with Session(engine) as s, s.begin():
+        lock_product_of(s, before.version)  # in the order an activation locks them: no deadlock with one
         undone = s.execute(update(ModelVersion).where(ModelVersion.version == before.version,
                                                       ModelVersion.status == "active",
                                                       ModelVersion.activated_by == by,

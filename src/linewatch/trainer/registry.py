@@ -39,6 +39,7 @@ from .activation import (  # noqa: F401 -- AnnouncementError, Before, RegistryEr
     Before,
     RegistryError,
     activate_in_sql,
+    announce_if_overtaken,
     undo_failed_activation,
 )
 from .artifact_store import lost_a_race, publish, stage
@@ -231,8 +232,8 @@ class ModelRegistry:
         back its status, the one active before is active again, the notes say why), since the workers still run
         what the topic last named.
         Raises:
-            RegistryError: unknown version (or not a version name), or another activation of the product at the
-            same moment came first (nothing changed). AnnouncementError: the announcement failed
+            RegistryError: unknown version (or not a version name), or SQL could not be written at that moment
+            (nothing changed). AnnouncementError: the announcement failed
             and the activation was rolled back (or could not be: the message says which).
         """
         now = dt.datetime.now(dt.UTC)
@@ -242,30 +243,17 @@ class ModelRegistry:
         except (IntegrityError, OperationalError) as exc:
             if not lost_a_race(exc):
                 raise
-            raise RegistryError(f"another activation of {version}'s product was made at the same moment and came "
-                                f"first; {version} was not activated: look at the registry again") from None
+            raise RegistryError(f"{version} was not activated: the registry could not be written at that moment "
+                                f"({type(exc).__name__}: another write held it, or made another version of the product "
+                                "active); look at the registry again") from None
         log.info("model %s activated by %s", version, by)
         try:
             self.announce(row)
         except Exception as exc:  # noqa: BLE001 -- KafkaError after the retries, or anything else: SQL goes back
             undo_failed_activation(self.engine, before, by, now, exc, self.retry, self.kafka, self._announcement)
-        self._announce_if_overtaken(row)
+        if self.kafka is not None:
+            announce_if_overtaken(row, self.active, self.announce)
         return row
-
-    def _announce_if_overtaken(self, row: ModelVersion) -> None:
-        """After ``row``'s announcement: when another activation of its product committed since (activations at
-        once commit one after the other, but announce each after its own commit, so this announcement may have
-        landed after the later one's), announce the version active now again, so the topic's last word is SQL's.
-        Its failure is logged: the later activation announces its version itself."""
-        latest = self.active(row.product)
-        if self.kafka is None or latest is None or latest.version == row.version:
-            return
-        log.info("%s was activated after %s while it was announced: announcing %s again", latest.version,
-                 row.version, latest.version)
-        try:
-            self.announce(latest)
-        except Exception as exc:  # noqa: BLE001 -- KafkaError: the later activation's own announcement stands
-            log.warning("announcing %s again failed (%s: %s)", latest.version, type(exc).__name__, exc)
 
     @staticmethod
     def _announcement(row: ModelVersion) -> ModelAnnouncement:

@@ -34,7 +34,6 @@ from .rollout import RETRY_FIRST_S, RETRY_MAX_S
 log = logging.getLogger(__name__)
 
 
-
 def model_bytes(scorer: Scorer) -> int:
     """The bytes of a scorer's weights in memory (teacher, student, global branch: parameters and buffers)."""
     module = scorer.model.stpm
@@ -58,10 +57,11 @@ class ModelShelf:
         self.budget_bytes = budget_bytes
         self.wanted: dict[str, ModelAnnouncement] = {}  # the registry's active version per product
         self._slots: OrderedDict[str, ModelSlot] = OrderedDict()  # least recently used first
-        # product -> (monotonic time of the next try, why, delay) after a failed load: a model that failed on a
-        # product's first frame is tried again after 1 s, the delay doubling up to 30 s (as the rollout watcher
-        # retries an announcement), not on every frame; meanwhile the product's frames are dead-lettered no_model
-        self._failed_at: dict[str, tuple[float, str, float]] = {}
+        # product -> (monotonic time of the next try, why, delay, version) after a failed load of a product not held
+        # (on an announcement or on a frame): a frame tries that version again after 1 s, the delay doubling with
+        # each failure up to 30 s (the rollout watcher's delays), never on every frame (a load blocks the decode
+        # stage); meanwhile the product's frames are dead-lettered no_model. Only another version starts afresh.
+        self._failed_at: dict[str, tuple[float, str, float, str]] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.evictions = 0
@@ -95,7 +95,8 @@ class ModelShelf:
         with self._lock:
             self.wanted[a.product] = a
             slot = self._slots.get(a.product)
-            self._failed_at.pop(a.product, None)
+            if self._failed_at.get(a.product, (0.0, "", 0.0, a.version))[3] != a.version:
+                del self._failed_at[a.product]  # another version: its first try owes nothing to the last one's
         if slot is not None:
             slot.announced(a.version)
             if slot.keep(a.version):  # held already; a model offered meanwhile (then rolled back) is dropped
@@ -120,9 +121,13 @@ class ModelShelf:
                 slot.load_failed(a.version, exc)
             with self._lock:
                 before = self._failed_at.get(a.product)
-                delay = RETRY_FIRST_S if before is None else min(2 * before[2], RETRY_MAX_S)
-                self._failed_at[a.product] = (time.monotonic() + delay, load_error_line(a.version, exc), delay)
+                delay = RETRY_FIRST_S if before is None or before[3] != a.version else min(2 * before[2], RETRY_MAX_S)
+                self._failed_at[a.product] = (time.monotonic() + delay, load_error_line(a.version, exc), delay,
+                                              a.version)
             raise
+        with self._lock:
+            if self._failed_at.get(a.product, (0.0, "", 0.0, ""))[3] == a.version:  # the failure is over
+                del self._failed_at[a.product]
         return scorer
 
     # ---- using --------------------------------------------------------------------------------------------
@@ -191,7 +196,7 @@ class ModelShelf:
             out[product] = slot.status()
         for product, a in wanted.items():
             if product not in out:
-                error = failed.get(product, (0.0, None, 0.0))[1]
+                error = failed[product][1] if product in failed else None
                 out[product] = {"model_version": None, "device": None, "runtime": None, "registry_version": a.version,
                                 "model_behind": f"not loaded, registry says {a.version}" if error else None,
                                 "model_load_error": error}

@@ -1,14 +1,15 @@
 """One active model version per product, enforced by the record: a unique index on ``models.product`` over the rows
 whose ``status`` is ``'active'`` (a partial index, on SQLite and on PostgreSQL).
 
-The registry retires a product's active version and activates another in one transaction, but on PostgreSQL two
-such transactions at once each retire only the versions active in their own snapshot, and both commit: two active
-versions, and which one a reader takes is chance. With the index the later commit fails (the registry says so and
-changes nothing).
+The registry retires a product's active version and activates another in one transaction; two such transactions at
+once each retired only what they had read as active and both committed, leaving two active versions (PostgreSQL) or
+none (SQLite), and which one a reader took was chance. The registry now locks the product's rows first, so they run
+one after the other (:func:`linewatch.trainer.activation.lock_product_of`); the index is the record's own guard
+against any write that would still make a second version active: that write fails and changes nothing.
 
-A record that already holds several active versions of a product keeps the most recently activated one active (the
-one whose announcement came last, so the one the models topic most likely names) and retires the others, each with a
-note saying why; the migration logs each such change. Downgrading drops the index only.
+A record that already holds several active versions of a product keeps the most recently activated one active and
+retires the others, each with a note saying why; the migration logs each such change, with the command that announces
+the kept version again (the models topic may name another one). Downgrading drops the index only.
 
 Revision ID: 0008
 Revises: 0007
@@ -49,8 +50,9 @@ def upgrade() -> None:
                 f"at once; {keep}, activated last, stays active")
         conn.execute(sa.update(models).where(models.c.version.in_(extra)).values(
             status="retired", notes=sa.func.coalesce(models.c.notes + "\n", "") + note))
-        log.warning("product %s had %d active model versions: %s stays active, %s retired", product, len(active),
-                    keep, ", ".join(extra))
+        log.warning("product %s had %d active model versions: %s stays active, %s retired; announce it to the workers "
+                    "again: linewatch model reannounce --product %s", product, len(active), keep, ", ".join(extra),
+                    product)
     op.create_index(INDEX, "models", ["product"], unique=True, sqlite_where=ACTIVE, postgresql_where=ACTIVE)
 
 
