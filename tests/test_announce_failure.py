@@ -153,16 +153,17 @@ def test_a_rollback_undoes_only_its_own_activation_not_a_later_one_by_the_same_p
 
 def test_an_activation_overtaken_by_a_later_one_leaves_the_topic_naming_the_version_sql_has_active(registry):
     """Two activations of one product commit one after the other, but each announces after its own commit, so the
-    first one's announcement can land last (a slow network: here v1's is held 2 s) and the topic name the version
-    SQL had just retired: seen once in 80 rounds of two activations at once. The overtaken activation announces
-    SQL's active version again."""
+    first one's announcement can land last (a slow network: here v1's is held until v2's has landed) and the topic
+    name the version SQL had just retired: seen once in 80 rounds of two activations at once. The overtaken
+    activation announces SQL's active version again."""
     engines = [make_engine(registry.engine.url.render_as_string(hide_password=False)) for _ in range(2)]
     slow, fast = (ModelRegistry(engine, registry.root, registry.kafka, registry.retry) for engine in engines)
     send = slow.announce
+    overtaken = threading.Event()
 
     def late(row) -> None:
         if row.version == "v1":
-            time.sleep(2.0)
+            assert overtaken.wait(60), "v2 was not announced in 60 s"
         send(row)
 
     slow.announce = late
@@ -177,6 +178,7 @@ def test_an_activation_overtaken_by_a_later_one_leaves_the_topic_naming_the_vers
     try:
         registry.activate("v2", "test")
         for _ in range(ROUNDS):
+            overtaken.clear()
             first = threading.Thread(target=activate_v1)
             first.start()
             deadline = time.monotonic() + 30
@@ -184,6 +186,7 @@ def test_an_activation_overtaken_by_a_later_one_leaves_the_topic_naming_the_vers
                 assert time.monotonic() < deadline, "v1 was not activated in 30 s"
                 time.sleep(0.02)
             fast.activate("v2", "oscar")  # committed and announced while v1's announcement waits
+            overtaken.set()
             first.join(60)
             assert not first.is_alive() and errors == []
             assert registry.active().version == "v2"

@@ -207,12 +207,20 @@ def test_a_model_that_failed_to_load_is_tried_again_after_a_doubling_delay(model
     assert shelf.slot_for("tile").current.version == "tile/v1"  # the seventh loads it
     assert [round(b - a, 2) for a, b in zip(tries, tries[1:], strict=False)] == [1, 2, 4, 8, 16, 30]
     assert shelf.status()["tile"]["model_load_error"] is None
-    # another version's failure starts at 1 s again, whatever the last one's delay was
-    failures.extend([OSError("not there yet")] * 2)
+    # another version of a product starts at 1 s again, whatever the last one's delay was
+    failures.extend([OSError("not there yet")] * 4)
     bottle = _announcement(dirs["bottle/v1"], "bottle/v1", "bottle")
     shelf.announce(bottle, preload=False)
-    assert "not there yet" in shelf.slot_for("bottle")  # its first failure: 1 s
-    clock[0] += 1
-    assert "not there yet" in shelf.slot_for("bottle")  # its second: 2 s
+    for delay in (1, 2, 4):
+        assert "not there yet" in shelf.slot_for("bottle")
+        clock[0] += delay
+    bottle_v2 = _announcement(dirs["tile/v1"], "bottle/v2", "bottle")  # files of another name: refused
+    shelf.announce(bottle_v2, preload=False)
+    assert "not there yet" in shelf.slot_for("bottle")  # v2's first failure, without waiting v1's 8 s
     clock[0] += 0.1
-    assert shelf.slot_for("bottle").endswith("(tried again in 1.9 s)")
+    assert shelf.slot_for("bottle").endswith("(tried again in 0.9 s)")
+    assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")
+    # an older version's failure, recorded after the newer one was announced, does not hold the newer one back
+    shelf._failed_at["bottle"] = (clock[0] + 30, "bottle/v1: OSError: late", 30.0, "bottle/v1")
+    assert shelf.slot_for("bottle").endswith("holds model tile/v1, not bottle/v2")  # tried at once
+    assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")

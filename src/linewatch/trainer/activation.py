@@ -83,8 +83,8 @@ def activate_in_sql(engine: Engine, version: str, by: str, notes: str | None,
 
     Raises:
         RegistryError: no such version. IntegrityError: a write outside the registry made another version active
-            meanwhile (one active version per product: migration 0008's index). OperationalError: the database was
-            locked longer than its timeout (SQLite: 30 s). Nothing is changed by either.
+            meanwhile (one active version per product: migration 0008's index). OperationalError: SQLite was locked
+            longer than its 30 s timeout (on PostgreSQL the lock is waited for). Nothing is changed by either.
     """
     with Session(engine, expire_on_commit=False) as s, s.begin():
         if lock_product_of(s, version) is None:
@@ -115,15 +115,22 @@ def announce_if_overtaken(row: ModelVersion, active: Callable[[str], ModelVersio
     for _ in range(rounds):
         try:
             latest = active(row.product)
-            if latest is None or latest.version == announced:
-                return
-            log.info("%s was activated after %s while it was announced: announcing %s again", latest.version,
-                     announced, latest.version)
-            announce(latest)
-            announced = latest.version
-        except Exception as exc:  # noqa: BLE001 -- SQLAlchemyError, KafkaError: the other activation's own stands
-            log.warning("announcing %s's active version again failed (%s: %s)", row.product, type(exc).__name__, exc)
+        except Exception as exc:  # noqa: BLE001 -- SQLAlchemyError: the other activation's own announcement stands
+            log.warning("reading %s's active version after announcing %s failed (%s: %s)", row.product, announced,
+                        type(exc).__name__, exc)
             return
+        if latest is None or latest.version == announced:
+            return
+        log.info("%s was activated after %s while it was announced: announcing %s again", latest.version,
+                 announced, latest.version)
+        try:
+            announce(latest)
+        except Exception as exc:  # noqa: BLE001 -- KafkaError: as above
+            log.warning("announcing %s again failed (%s: %s)", latest.version, type(exc).__name__, exc)
+            return
+        announced = latest.version
+    log.warning("%s's active version kept changing while it was announced (%d rounds): the Models page's rollout "
+                "check shows whether the models topic names it", row.product, rounds)
 
 
 def revert_activation(engine: Engine, before: Before, by: str, at: dt.datetime, reason: str) -> bool:

@@ -57,10 +57,11 @@ class ModelShelf:
         self.budget_bytes = budget_bytes
         self.wanted: dict[str, ModelAnnouncement] = {}  # the registry's active version per product
         self._slots: OrderedDict[str, ModelSlot] = OrderedDict()  # least recently used first
-        # product -> (monotonic time of the next try, why, delay, version) after a failed load of a product not held
-        # (on an announcement or on a frame): a frame tries that version again after 1 s, the delay doubling with
-        # each failure up to 30 s (the rollout watcher's delays), never on every frame (a load blocks the decode
-        # stage); meanwhile the product's frames are dead-lettered no_model. Only another version starts afresh.
+        # product -> (monotonic time of the next try, why, delay, version) after a failed load of a version (on an
+        # announcement, the watcher's retries, or a frame of a product not held): a frame of a product not held
+        # tries that version again once the delay is over: 1 s, doubling with each failure, by any of those paths,
+        # up to 30 s (the rollout watcher's delays), never on every frame (a load blocks the decode stage);
+        # meanwhile its frames are dead-lettered no_model. Only another version starts afresh.
         self._failed_at: dict[str, tuple[float, str, float, str]] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -143,6 +144,8 @@ class ModelShelf:
                     return slot
                 a = self.wanted.get(product)
                 failed = self._failed_at.get(product)
+            if failed is not None and (a is None or failed[3] != a.version):
+                failed = None  # an older version's failure, recorded while this one was announced: not this one's
             if a is None:
                 return f"product {product!r} has no active model (activate one: linewatch model activate {product}/vN)"
             wait = failed[0] - time.monotonic() if failed is not None else 0.0
@@ -196,7 +199,7 @@ class ModelShelf:
             out[product] = slot.status()
         for product, a in wanted.items():
             if product not in out:
-                error = failed[product][1] if product in failed else None
+                error = failed[product][1] if failed.get(product, (0.0, "", 0.0, ""))[3] == a.version else None
                 out[product] = {"model_version": None, "device": None, "runtime": None, "registry_version": a.version,
                                 "model_behind": f"not loaded, registry says {a.version}" if error else None,
                                 "model_load_error": error}
