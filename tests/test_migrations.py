@@ -5,7 +5,10 @@ existing row as the product ``default``."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -13,7 +16,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
-from linewatch.contracts.database import downgrade, make_engine, migrate
+from linewatch.contracts.database import DowngradeRefused, downgrade, make_engine, migrate
 from linewatch.contracts.schema import Base, CameraProduct, Inspection, Label, ModelVersion, TrainingJob
 
 
@@ -94,8 +97,16 @@ def test_0007_existing_rows_become_the_default_product_and_numbers_are_unique_pe
         with pytest.raises(IntegrityError), engine.begin() as conn:
             conn.execute(insert(ModelVersion), [_model("bottle/v2-again", 2, product="bottle")])
         # an older release could not tell the products apart: the downgrade refuses and changes nothing
-        with pytest.raises(RuntimeError, match="2 models rows"):
+        with pytest.raises(DowngradeRefused, match="2 models rows"):
             downgrade(database_url, "0006")
+        # the command says so in one line, without a traceback
+        env = {**os.environ, "LINEWATCH_DATABASE__URL": database_url}
+        refused = subprocess.run([sys.executable, "-m", "linewatch", "db", "downgrade", "0006"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr.startswith("error: cannot downgrade below 0007: 2 models rows belong to products")
+        # and both refusals left the record whole: 0008's index is still there (SQLite included)
+        assert "uq_models_one_active_per_product" in {i["name"] for i in inspect(engine).get_indexes("models")}
         with engine.connect() as conn:
             assert conn.execute(select(ModelVersion.product).where(ModelVersion.version == "bottle/v1")).scalar() == \
                 "bottle"
@@ -145,8 +156,8 @@ def test_0008_keeps_the_last_activated_of_several_active_versions_and_then_allow
                                                          "bottle/v1": "active", "bottle/v2": "candidate"}
         assert rows["v2"].notes == "trained on 40" and rows["bottle/v1"].notes is None  # the kept ones unchanged
         for retired in ("v1", "v3"):
-            assert "3 versions of default were active at once; v2, activated last, stays active" in \
-                rows[retired].notes
+            assert "3 versions of default were active at once; v2, the last activated (the highest number where " \
+                "none has a time), stays active" in rows[retired].notes
         assert "product default had 3 active model versions: v2 stays active, v1, v3 retired; announce it to the " \
             "workers again: linewatch model reannounce --product default" in caplog.text
         (index,) = [i for i in inspect(engine).get_indexes("models") if i["name"] == "uq_models_one_active_per_product"]

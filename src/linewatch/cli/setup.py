@@ -29,12 +29,12 @@ def db_downgrade(revision: str) -> None:
     """
     from alembic.util import CommandError
 
-    from linewatch.contracts.database import downgrade
+    from linewatch.contracts.database import DowngradeRefused, downgrade
 
     s = load_settings()
     try:
         downgrade(s.database_url, revision)
-    except CommandError as exc:
+    except (CommandError, DowngradeRefused) as exc:
         fail(str(exc))
     typer.echo(f"database schema at revision {revision} ({_redact(s.database_url)})")
 

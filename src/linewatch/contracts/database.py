@@ -54,6 +54,11 @@ class SchemaVersionError(RuntimeError):
                          f"newest is {newest!r}): {ROLLBACK_RULE.format(newest=newest)}")
 
 
+class DowngradeRefused(RuntimeError):
+    """A migration's downgrade refused to run: the older schema could not hold the record's rows without mixing or
+    losing them (e.g. 0007 with rows of products other than ``default``). Nothing was changed; the message says why."""
+
+
 def _alembic_config():
     from alembic.config import Config
 
@@ -120,7 +125,12 @@ def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
 def downgrade(url: str, revision: str) -> None:
     """Take the schema back to ``revision`` with this release's migrations (``linewatch db downgrade``), so that
     an older release can run on the record. Columns and tables newer than ``revision`` are dropped with their
-    data. Raises alembic's CommandError for a revision it does not know."""
+    data.
+
+    Raises:
+        alembic.util.CommandError: a revision it does not know. DowngradeRefused: a migration's downgrade refused
+            (nothing changed).
+    """
     from alembic import command
 
     engine = make_engine(url)
@@ -129,6 +139,9 @@ def downgrade(url: str, revision: str) -> None:
         with _migration_lock(engine), engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(7419032)"))
+            else:  # Python's sqlite3 runs DDL outside a transaction until a DML statement opens one: a downgrade
+                # refused by an older step (DowngradeRefused) would leave the newer steps' DROPs done, the revision not
+                conn.exec_driver_sql("BEGIN")
             config.attributes["connection"] = conn
             command.downgrade(config, revision)
     finally:

@@ -20,6 +20,8 @@ Create Date: 2026-12-01 17:00:00
 import sqlalchemy as sa
 from alembic import op
 
+from linewatch.contracts.database import DowngradeRefused
+
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
@@ -58,7 +60,7 @@ def downgrade() -> None:
     for table in TABLES:
         others = conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE product <> 'default'")).scalar()  # noqa: S608 -- fixed names
         if others:
-            raise RuntimeError(f"cannot downgrade below 0007: {others} {table} rows belong to products other than "
+            raise DowngradeRefused(f"cannot downgrade below 0007: {others} {table} rows belong to products other than "
                                "'default'; an older release would mix them with the default product's")
     op.drop_table("camera_products")
     op.drop_index("ix_inspections_product_time", table_name="inspections")

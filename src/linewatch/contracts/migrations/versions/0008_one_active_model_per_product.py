@@ -7,9 +7,10 @@ none (SQLite), and which one a reader took was chance. The registry now locks th
 one after the other (:func:`linewatch.trainer.activation.lock_product_of`); the index is the record's own guard
 against any write that would still make a second version active: that write fails and changes nothing.
 
-A record that already holds several active versions of a product keeps the most recently activated one active and
-retires the others, each with a note saying why; the migration logs each such change, with the command that announces
-the kept version again (the models topic may name another one). Downgrading drops the index only.
+A record that already holds several active versions of a product keeps the most recently activated one active (the
+highest number among equal or missing activation times) and retires the others, each with a note saying why; the
+migration logs each such change, with the command that announces the kept version again (the models topic may name
+another one). Downgrading drops the index only.
 
 Revision ID: 0008
 Revises: 0007
@@ -47,7 +48,7 @@ def upgrade() -> None:
                               ).scalars().all()
         keep, extra = active[0], active[1:]
         note = (f"retired by the record's migration 0008 at {at}: {len(active)} versions of {product} were active "
-                f"at once; {keep}, activated last, stays active")
+                f"at once; {keep}, the last activated (the highest number where none has a time), stays active")
         conn.execute(sa.update(models).where(models.c.version.in_(extra)).values(
             status="retired", notes=sa.func.coalesce(models.c.notes + "\n", "") + note))
         log.warning("product %s had %d active model versions: %s stays active, %s retired; announce it to the workers "
