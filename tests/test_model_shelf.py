@@ -12,7 +12,7 @@ import pytest
 from linewatch.contracts.messages import ModelAnnouncement
 from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata, save_model
 from linewatch.detector.scoring import Scorer
-from linewatch.detector.stream.model_shelf import ModelShelf, model_bytes
+from linewatch.detector.stream.model_shelf import LoadFailure, ModelShelf, model_bytes
 
 
 def _version_of(model_dir: Path, out: Path, version: str, scale: float = 1.0) -> Path:
@@ -221,6 +221,6 @@ def test_a_model_that_failed_to_load_is_tried_again_after_a_doubling_delay(model
     assert shelf.slot_for("bottle").endswith("(tried again in 0.9 s)")
     assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")
     # an older version's failure, recorded after the newer one was announced, does not hold the newer one back
-    shelf._failed_at["bottle"] = (clock[0] + 30, "bottle/v1: OSError: late", 30.0, "bottle/v1")
+    shelf._failed["bottle"] = LoadFailure(clock[0] + 30, "bottle/v1: OSError: late", 30.0, "bottle/v1")
     assert shelf.slot_for("bottle").endswith("holds model tile/v1, not bottle/v2")  # tried at once
     assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")

@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from linewatch.contracts.files import path_of
 from linewatch.contracts.messages import ModelAnnouncement
@@ -40,6 +41,15 @@ def model_bytes(scorer: Scorer) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
+class LoadFailure(NamedTuple):
+    """A product's failed load of one model version, and when to try it again."""
+
+    retry_at: float  # time.monotonic() of the next try, s
+    why: str  # load_error_line: the version and the error, one line
+    delay_s: float  # the wait before this try; the next failure of the same version doubles it (up to 30 s)
+    version: str
+
+
 class ModelShelf:
     """Per-product model slots behind a least-recently-used memory budget.
 
@@ -57,12 +67,12 @@ class ModelShelf:
         self.budget_bytes = budget_bytes
         self.wanted: dict[str, ModelAnnouncement] = {}  # the registry's active version per product
         self._slots: OrderedDict[str, ModelSlot] = OrderedDict()  # least recently used first
-        # product -> (monotonic time of the next try, why, delay, version) after a failed load of a version (on an
-        # announcement, the watcher's retries, or a frame of a product not held): a frame of a product not held
-        # tries that version again once the delay is over: 1 s, doubling with each failure, by any of those paths,
-        # up to 30 s (the rollout watcher's delays), never on every frame (a load blocks the decode stage);
-        # meanwhile its frames are dead-lettered no_model. Only another version starts afresh.
-        self._failed_at: dict[str, tuple[float, str, float, str]] = {}
+        # product -> its last failed load of a version (on an announcement, the watcher's retries, or a frame of
+        # a product not held): a frame of a product not held tries that version again once the delay is over: 1 s,
+        # doubling with each failure, by any of those paths, up to 30 s (the rollout watcher's delays), never on
+        # every frame (a load blocks the decode stage); meanwhile its frames are dead-lettered no_model. Only
+        # another version starts afresh.
+        self._failed: dict[str, LoadFailure] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.evictions = 0
@@ -78,7 +88,7 @@ class ModelShelf:
             if product in self.wanted:
                 slot.announced(self.wanted[product].version)
                 if self.wanted[product].version == scorer.version:  # an earlier failure is over
-                    self._failed_at.pop(product, None)
+                    self._failed.pop(product, None)
         if old is not None and old.current.version != scorer.version:  # the same version keeps its series
             old.retire()
         self._evict(keep=product)
@@ -96,8 +106,8 @@ class ModelShelf:
         with self._lock:
             self.wanted[a.product] = a
             slot = self._slots.get(a.product)
-            if self._failed_at.get(a.product, (0.0, "", 0.0, a.version))[3] != a.version:
-                del self._failed_at[a.product]  # another version: its first try owes nothing to the last one's
+            if a.product in self._failed and self._failure_of(a.product, a.version) is None:
+                del self._failed[a.product]  # another version: its first try owes nothing to the last one's
         if slot is not None:
             slot.announced(a.version)
             if slot.keep(a.version):  # held already; a model offered meanwhile (then rolled back) is dropped
@@ -121,15 +131,21 @@ class ModelShelf:
             if slot is not None:
                 slot.load_failed(a.version, exc)
             with self._lock:
-                before = self._failed_at.get(a.product)
-                delay = RETRY_FIRST_S if before is None or before[3] != a.version else min(2 * before[2], RETRY_MAX_S)
-                self._failed_at[a.product] = (time.monotonic() + delay, load_error_line(a.version, exc), delay,
-                                              a.version)
+                before = self._failure_of(a.product, a.version)
+                delay = RETRY_FIRST_S if before is None else min(2 * before.delay_s, RETRY_MAX_S)
+                self._failed[a.product] = LoadFailure(time.monotonic() + delay, load_error_line(a.version, exc),
+                                                      delay, a.version)
             raise
         with self._lock:
-            if self._failed_at.get(a.product, (0.0, "", 0.0, ""))[3] == a.version:  # the failure is over
-                del self._failed_at[a.product]
+            if self._failure_of(a.product, a.version) is not None:  # the failure is over
+                del self._failed[a.product]
         return scorer
+
+    def _failure_of(self, product: str, version: str) -> LoadFailure | None:
+        """``product``'s recorded load failure if it is of ``version`` (an older version's failure, recorded while
+        this one was announced, is not this one's). Call with ``_lock`` held."""
+        failed = self._failed.get(product)
+        return failed if failed is not None and failed.version == version else None
 
     # ---- using --------------------------------------------------------------------------------------------
 
@@ -143,14 +159,12 @@ class ModelShelf:
                     self._slots.move_to_end(product)
                     return slot
                 a = self.wanted.get(product)
-                failed = self._failed_at.get(product)
-            if failed is not None and (a is None or failed[3] != a.version):
-                failed = None  # an older version's failure, recorded while this one was announced: not this one's
+                failed = self._failure_of(product, a.version) if a is not None else None
             if a is None:
                 return f"product {product!r} has no active model (activate one: linewatch model activate {product}/vN)"
-            wait = failed[0] - time.monotonic() if failed is not None else 0.0
+            wait = failed.retry_at - time.monotonic() if failed is not None else 0.0
             if failed is not None and wait > 0:
-                return f"product {product!r}: its model {failed[1]} (tried again in {wait:.1f} s)"
+                return f"product {product!r}: its model {failed.why} (tried again in {wait:.1f} s)"
             try:
                 scorer = self._load_checked(a, None)
             except Exception as exc:  # noqa: BLE001 -- a model that does not load must not stop the line
@@ -193,13 +207,14 @@ class ModelShelf:
         the slot's rollout fields (:meth:`.ModelSlot.rollout_status`; for a product not held, ``model_behind``
         says "not loaded" only after its load failed)."""
         with self._lock:
-            slots, wanted, failed = dict(self._slots), dict(self.wanted), dict(self._failed_at)
+            slots, wanted = dict(self._slots), dict(self.wanted)
+            failures = {p: self._failure_of(p, a.version) for p, a in wanted.items()}
         out: dict[str, dict] = {}
         for product, slot in slots.items():
             out[product] = slot.status()
         for product, a in wanted.items():
             if product not in out:
-                error = failed[product][1] if failed.get(product, (0.0, "", 0.0, ""))[3] == a.version else None
+                error = failures[product].why if failures[product] is not None else None
                 out[product] = {"model_version": None, "device": None, "runtime": None, "registry_version": a.version,
                                 "model_behind": f"not loaded, registry says {a.version}" if error else None,
                                 "model_load_error": error}
