@@ -14,7 +14,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from linewatch.contracts.database import DowngradeRefused, downgrade, make_engine, migrate
 from linewatch.contracts.schema import Base, CameraProduct, Inspection, Label, ModelVersion, TrainingJob
@@ -128,6 +128,30 @@ def test_0007_downgrades_a_record_of_the_default_product_only(database_url):
             assert conn.execute(select(Label.inspection_id, Label.operator)).all() == [(1, "maria")]
             assert "product" not in [c["name"] for c in inspect(conn).get_columns("models")]
         migrate(engine)
+        assert _differences(database_url) == []
+    finally:
+        engine.dispose()
+
+
+def test_an_upgrade_whose_step_fails_leaves_the_record_at_its_revision(database_url):
+    """0007 adds the product columns, rebuilds ``models`` and then creates an index: with that index's name taken,
+    the upgrade fails at its last step, and none of its earlier steps may stay done (on SQLite, Python's sqlite3
+    ran the ``ADD COLUMN``s outside the transaction, and the next upgrade failed on 'duplicate column name')."""
+    engine = make_engine(database_url)
+    try:
+        migrate(engine, "0006")
+        with engine.begin() as conn:
+            conn.execute(insert(ModelVersion), [_model("v1", 1)])
+            conn.exec_driver_sql("CREATE INDEX ix_inspections_product_time ON cameras (line_id)")  # the name taken
+        with pytest.raises(DBAPIError, match="ix_inspections_product_time"):
+            migrate(engine)
+        with engine.begin() as conn:
+            assert MigrationContext.configure(conn).get_current_heads() == ("0006",)
+            for table in ("models", "inspections", "training_jobs"):
+                assert "product" not in [c["name"] for c in inspect(conn).get_columns(table)], table
+            assert conn.execute(select(ModelVersion.__table__.c.version)).scalars().all() == ["v1"]
+            conn.exec_driver_sql("DROP INDEX ix_inspections_product_time")
+        migrate(engine)  # the same upgrade, once the name is free
         assert _differences(database_url) == []
     finally:
         engine.dispose()

@@ -105,18 +105,18 @@ def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
     """Bring the database schema to ``revision`` with the Alembic migrations.
 
     Idempotent and safe when several workers start at once: PostgreSQL serialises them with an
-    advisory lock, SQLite with a lock file beside the database.
+    advisory lock, SQLite with a lock file beside the database. All the steps run in one transaction: a step that
+    fails leaves the record at the revision it had.
 
     Raises:
         SchemaVersionError: the record is at a revision this release does not know (see :func:`check_schema`).
+        sqlalchemy.exc.DBAPIError: a step failed (nothing of this upgrade is kept).
     """
     from alembic import command
 
     engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
     config = _alembic_config()
-    with _migration_lock(engine), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(7419032)"))
+    with _migration_transaction(engine) as conn:
         check_schema(conn)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
@@ -136,16 +136,28 @@ def downgrade(url: str, revision: str) -> None:
     engine = make_engine(url)
     config = _alembic_config()
     try:
-        with _migration_lock(engine), engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(7419032)"))
-            else:  # Python's sqlite3 runs DDL outside a transaction until a DML statement opens one: a downgrade
-                # refused by an older step (DowngradeRefused) would leave the newer steps' DROPs done, the revision not
-                conn.exec_driver_sql("BEGIN")
+        with _migration_transaction(engine) as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, revision)
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction for all the steps of an upgrade or a downgrade, one migration at a time: a step that fails
+    (or a downgrade refused by an older step) leaves the record as it was, at its revision.
+
+    Python's sqlite3 (3.11) runs DDL outside any transaction until a DML statement opens one, so without the
+    explicit ``BEGIN`` a failed step would keep the earlier steps' ``ADD COLUMN``/``DROP INDEX`` done under the old
+    revision, and the next try would fail on them. PostgreSQL's DDL is transactional already; its advisory lock
+    serialises workers starting at once, as the lock file does for SQLite."""
+    with _migration_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(7419032)"))
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN")
+        yield conn
 
 
 @contextlib.contextmanager
