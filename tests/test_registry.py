@@ -6,16 +6,19 @@ import multiprocessing
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from linewatch.contracts import database
 from linewatch.contracts.database import make_engine, migrate
 from linewatch.contracts.files import sha256_file
 from linewatch.contracts.schema import ModelVersion
 from linewatch.detector.model_files import WEIGHTS_FILE, read_metadata
+from linewatch.trainer.activation import RegistryError
 from linewatch.trainer.registry import ModelRegistry, artifact_path
 
 from pipeline_harness import other_model
@@ -162,4 +165,38 @@ def test_two_activations_at_once_run_one_after_the_other_and_leave_one_active_ve
     finally:
         for e in engines:
             e.dispose()
+        engine.dispose()
+
+
+@pytest.mark.services
+def test_an_activation_waits_for_a_held_lock_a_bounded_time_and_changes_nothing(database_url, quick_model, tmp_path,
+                                                                                monkeypatch):
+    """A transaction left open on the product's rows (a stuck session, a console left in BEGIN) held an activation
+    on PostgreSQL without limit. Both databases now give up after ``LOCK_WAIT_S`` (1 s here) with the registry's
+    one-line refusal, and the active version stays; once the lock is gone the same activation succeeds."""
+    monkeypatch.setattr(database, "LOCK_WAIT_S", 1)
+    engine = make_engine(database_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM models")
+    registry = ModelRegistry(engine, tmp_path / "store", None)
+    first = registry.register(quick_model.model_dir).version
+    second = registry.register(other_model(quick_model.model_dir, tmp_path / "model-b")).version
+    registry.activate(first, "erin")
+    holder = make_engine(database_url)
+    try:
+        with holder.connect() as conn:
+            conn.exec_driver_sql("BEGIN" if holder.dialect.name == "postgresql" else "BEGIN IMMEDIATE")
+            conn.exec_driver_sql("UPDATE models SET notes = notes")  # the product's rows (SQLite: the whole file)
+            started = time.monotonic()
+            with pytest.raises(RegistryError, match=f"^{second} was not activated: the registry could not be written"):
+                registry.activate(second, "erin")
+            waited = time.monotonic() - started
+            conn.rollback()
+        assert 0.9 < waited < 10, waited
+        with Session(engine) as s:
+            assert list(s.scalars(select(ModelVersion.version).where(ModelVersion.status == "active"))) == [first]
+        assert registry.activate(second, "erin").version == second
+    finally:
+        holder.dispose()
         engine.dispose()

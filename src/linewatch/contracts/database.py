@@ -17,15 +17,19 @@ from sqlalchemy.engine import Connection, Engine
 from .schema import Camera
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# How long a write waits for another transaction's lock before it gives up, s: SQLite's busy timeout, and on
+# PostgreSQL the lock_timeout of the transactions that lock rows explicitly (an activation of a model version).
+LOCK_WAIT_S = 30
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
-    """An engine for ``url``; SQLite gets WAL mode and a busy timeout so several processes can share it."""
+    """An engine for ``url``; SQLite gets WAL mode and a busy timeout (:data:`LOCK_WAIT_S`) so several processes
+    can share it."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": LOCK_WAIT_S})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:

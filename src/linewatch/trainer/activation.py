@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from linewatch.contracts import database
 from linewatch.contracts.messages import ModelAnnouncement
 from linewatch.contracts.schema import ModelVersion
 from linewatch.contracts.settings import KafkaSettings
@@ -66,7 +67,18 @@ def lock_product_of(s: Session, version: str) -> str | None:
     such version). A write that changes nothing: it locks the rows on PostgreSQL and takes SQLite's write lock
     (Python's sqlite3 runs the SELECTs before a transaction's first write outside it), so every reading that follows
     sees what an activation of the product committed before, and another one waits for this transaction. Every
-    change of a product's active version starts with it, so two never lock its rows in different orders."""
+    change of a product's active version starts with it, so two never lock its rows in different orders.
+
+    The wait is bounded on both databases: ``LOCK_WAIT_S`` (SQLite's busy timeout; PostgreSQL's ``lock_timeout``
+    for the rest of the transaction), so a transaction left open on the product's rows cannot hold an engineer's
+    activation for ever.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the lock was held longer than that ('database is locked' on SQLite, 'lock
+            timeout' on PostgreSQL); nothing is changed.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text(f"SET LOCAL lock_timeout = '{int(database.LOCK_WAIT_S * 1000)}ms'"))
     product = s.scalar(select(ModelVersion.product).where(ModelVersion.version == version))
     if product is not None:
         s.execute(update(ModelVersion).where(ModelVersion.product == product).values(status=ModelVersion.status))
@@ -83,8 +95,8 @@ def activate_in_sql(engine: Engine, version: str, by: str, notes: str | None,
 
     Raises:
         RegistryError: no such version. IntegrityError: a write outside the registry made another version active
-            meanwhile (one active version per product: migration 0008's index). OperationalError: SQLite was locked
-            longer than its 30 s timeout (on PostgreSQL the lock is waited for). Nothing is changed by either.
+            meanwhile (one active version per product: migration 0008's index). OperationalError: the product's
+            rows were locked longer than ``LOCK_WAIT_S`` (:func:`lock_product_of`). Nothing is changed by either.
     """
     with Session(engine, expire_on_commit=False) as s, s.begin():
         if lock_product_of(s, version) is None:

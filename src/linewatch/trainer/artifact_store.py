@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 def lost_a_race(exc: IntegrityError | OperationalError) -> bool:
     """Whether a write failed because another transaction made a conflicting one at the same time (another
     registration took the number, another activation made its version the product's active one): a unique
-    violation, or SQLite giving up on its write lock ('database is locked') while the other one held it."""
+    violation, or a lock the other one held longer than the wait allowed (SQLite's 'database is locked',
+    PostgreSQL's 'canceling statement due to lock timeout')."""
     message = str(exc.orig).lower()
     if isinstance(exc, IntegrityError):
         return "unique" in message or "duplicate key" in message  # SQLite's and PostgreSQL's wording
-    return "locked" in message or "busy" in message
+    return "locked" in message or "busy" in message or "lock timeout" in message
 
 
 def stage(root: Path, model_dir: Path, meta: dict) -> Path:
