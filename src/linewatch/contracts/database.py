@@ -18,7 +18,8 @@ from .schema import Camera
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # How long a write waits for another transaction's lock before it gives up, s: SQLite's busy timeout, and on
-# PostgreSQL the lock_timeout of the transactions that lock rows explicitly (an activation of a model version).
+# PostgreSQL the lock_timeout of the transactions that lock rows explicitly (an activation of a model version and
+# its rollback when the announcement fails: trainer/activation.py lock_product_of).
 LOCK_WAIT_S = 30
 
 
@@ -154,13 +155,16 @@ def _migration_transaction(engine: Engine) -> Iterator[Connection]:
 
     Python's sqlite3 (3.11) runs DDL outside any transaction until a DML statement opens one, so without the
     explicit ``BEGIN`` a failed step would keep the earlier steps' ``ADD COLUMN``/``DROP INDEX`` done under the old
-    revision, and the next try would fail on them. PostgreSQL's DDL is transactional already; its advisory lock
-    serialises workers starting at once, as the lock file does for SQLite."""
+    revision, and the next try would fail on them. ``BEGIN IMMEDIATE`` takes the write lock at once, waiting out the
+    busy timeout for another process's write: a deferred ``BEGIN`` would read the revision first, and the step from
+    that read to the first write fails at once ('database is locked') when another process wrote in between.
+    PostgreSQL's DDL is transactional already; its advisory lock serialises workers starting at once, as the lock
+    file does for SQLite."""
     with _migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7419032)"))
         elif conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         yield conn
 
 

@@ -23,17 +23,22 @@ from linewatch.detector.model_files import (
 )
 
 log = logging.getLogger(__name__)
+PG_UNIQUE_VIOLATION, PG_LOCK_NOT_AVAILABLE = "23505", "55P03"  # PostgreSQL's SQLSTATEs (Appendix A)
 
 
 def lost_a_race(exc: IntegrityError | OperationalError) -> bool:
     """Whether a write failed because another transaction made a conflicting one at the same time (another
     registration took the number, another activation made its version the product's active one): a unique
     violation, or a lock the other one held longer than the wait allowed (SQLite's 'database is locked',
-    PostgreSQL's 'canceling statement due to lock timeout')."""
+    PostgreSQL's lock_timeout). PostgreSQL's errors are told apart by their SQLSTATE, which does not depend on the
+    server's message language; SQLite's by their wording."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg's; None for sqlite3
+    if sqlstate is not None:
+        return sqlstate in (PG_UNIQUE_VIOLATION, PG_LOCK_NOT_AVAILABLE)
     message = str(exc.orig).lower()
     if isinstance(exc, IntegrityError):
-        return "unique" in message or "duplicate key" in message  # SQLite's and PostgreSQL's wording
-    return "locked" in message or "busy" in message or "lock timeout" in message
+        return "unique" in message
+    return "locked" in message or "busy" in message
 
 
 def stage(root: Path, model_dir: Path, meta: dict) -> Path:
