@@ -220,7 +220,14 @@ def test_a_model_that_failed_to_load_is_tried_again_after_a_doubling_delay(model
     clock[0] += 0.1
     assert shelf.slot_for("bottle").endswith("(tried again in 0.9 s)")
     assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")
-    # an older version's failure, recorded after the newer one was announced, does not hold the newer one back
+    # an older version's load failing after the newer one was announced (the watcher's load of v1 in flight) keeps
+    # the newer one's failure and delay: it used to replace them, and v2 was tried again at once, its delay at 1 s
+    failures.append(OSError("late"))
+    with pytest.raises(OSError, match="late"):
+        shelf._load_checked(bottle, None)
+    assert shelf.slot_for("bottle").endswith("(tried again in 0.9 s)")
+    assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")
+    # and one recorded anyway (before this guard, or by a path without it) does not hold the newer one back
     shelf._failed["bottle"] = LoadFailure(clock[0] + 30, "bottle/v1: OSError: late", 30.0, "bottle/v1")
     assert shelf.slot_for("bottle").endswith("holds model tile/v1, not bottle/v2")  # tried at once
     assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")

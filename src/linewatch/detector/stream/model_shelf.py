@@ -131,10 +131,13 @@ class ModelShelf:
             if slot is not None:
                 slot.load_failed(a.version, exc)
             with self._lock:
-                before = self._failure_of(a.product, a.version)
-                delay = RETRY_FIRST_S if before is None else min(2 * before.delay_s, RETRY_MAX_S)
-                self._failed[a.product] = LoadFailure(time.monotonic() + delay, load_error_line(a.version, exc),
-                                                      delay, a.version)
+                wanted = self.wanted.get(a.product)
+                if wanted is None or wanted.version == a.version:  # else a newer version was announced during
+                    # this load: its own failure, if any, and its delay stay (an older version's would restart them)
+                    before = self._failure_of(a.product, a.version)
+                    delay = RETRY_FIRST_S if before is None else min(2 * before.delay_s, RETRY_MAX_S)
+                    self._failed[a.product] = LoadFailure(time.monotonic() + delay, load_error_line(a.version, exc),
+                                                          delay, a.version)
             raise
         with self._lock:
             if self._failure_of(a.product, a.version) is not None:  # the failure is over
