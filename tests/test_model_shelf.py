@@ -220,14 +220,35 @@ def test_a_model_that_failed_to_load_is_tried_again_after_a_doubling_delay(model
     clock[0] += 0.1
     assert shelf.slot_for("bottle").endswith("(tried again in 0.9 s)")
     assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")
-    # an older version's load failing after the newer one was announced (the watcher's load of v1 in flight) keeps
-    # the newer one's failure and delay: it used to replace them, and v2 was tried again at once, its delay at 1 s
+    # an older version's load failing after the newer one was announced (a frame's load of v1, while the watcher
+    # announces v2) keeps the newer one's failure and delay: it used to replace them, and v2 was tried again at once,
+    # its delay back at 1 s
     failures.append(OSError("late"))
     with pytest.raises(OSError, match="late"):
         shelf._load_checked(bottle, None)
     assert shelf.slot_for("bottle").endswith("(tried again in 0.9 s)")
     assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")
-    # and one recorded anyway (before this guard, or by a path without it) does not hold the newer one back
+    # and, defensively, one recorded anyway does not hold the newer one back
     shelf._failed["bottle"] = LoadFailure(clock[0] + 30, "bottle/v1: OSError: late", 30.0, "bottle/v1")
     assert shelf.slot_for("bottle").endswith("holds model tile/v1, not bottle/v2")  # tried at once
     assert shelf.status()["bottle"]["model_load_error"].startswith("bottle/v2")
+
+
+def test_a_frame_whose_model_load_is_overtaken_by_a_newer_announcement_is_scored_by_the_newer_one(models):
+    """A frame of a product not held loads its announced v1 (decode stage); the watcher announces v2 meanwhile and
+    v1's files turn out broken. The frame used to be dead-lettered with v1's error, and v1's failure recorded over
+    v2's state; now it loads v2, and nothing of v1's failure remains."""
+    dirs, loads, load = models
+    v2 = _announcement(dirs["tile/v2"], "tile/v2", "tile")
+
+    def loader(model_dir: Path) -> Scorer:
+        if model_dir == dirs["tile/v1"]:
+            shelf.announce(v2, preload=False)  # the watcher, during this load
+            raise OSError("tile/v1's weights are truncated")
+        return load(model_dir)
+
+    shelf = ModelShelf(loader, budget_bytes=2**40)
+    shelf.announce(_announcement(dirs["tile/v1"], "tile/v1", "tile"), preload=False)
+    slot = shelf.slot_for("tile")
+    assert not isinstance(slot, str) and slot.current.version == "tile/v2" and loads == ["tile/v2"]
+    assert shelf.status()["tile"]["model_version"] == "tile/v2" and shelf._failed == {}

@@ -115,7 +115,9 @@ def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
 
     Raises:
         SchemaVersionError: the record is at a revision this release does not know (see :func:`check_schema`).
-        sqlalchemy.exc.DBAPIError: a step failed (nothing of this upgrade is kept).
+        sqlalchemy.exc.DBAPIError: a step failed (nothing of this upgrade is kept); on SQLite also another
+            process's write held the record's write lock longer than :data:`LOCK_WAIT_S` (every call takes it, up
+            to date or not: 'database is locked').
     """
     from alembic import command
 

@@ -132,8 +132,8 @@ class ModelShelf:
                 slot.load_failed(a.version, exc)
             with self._lock:
                 wanted = self.wanted.get(a.product)
-                if wanted is None or wanted.version == a.version:  # else a newer version was announced during
-                    # this load: its own failure, if any, and its delay stay (an older version's would restart them)
+                if wanted is None or wanted.version == a.version:  # else the watcher announced a newer version
+                    # during this load (a frame's, in slot_for): the newer one's failure, if any, and its delay stay
                     before = self._failure_of(a.product, a.version)
                     delay = RETRY_FIRST_S if before is None else min(2 * before.delay_s, RETRY_MAX_S)
                     self._failed[a.product] = LoadFailure(time.monotonic() + delay, load_error_line(a.version, exc),
@@ -145,8 +145,9 @@ class ModelShelf:
         return scorer
 
     def _failure_of(self, product: str, version: str) -> LoadFailure | None:
-        """``product``'s recorded load failure if it is of ``version`` (an older version's failure, recorded while
-        this one was announced, is not this one's). Call with ``_lock`` held."""
+        """``product``'s recorded load failure if it is of ``version``, else None. A failure is recorded only for
+        the version announced at that moment, so this is the check that a newer announcement since has not made it
+        another version's. Call with ``_lock`` held."""
         failed = self._failed.get(product)
         return failed if failed is not None and failed.version == version else None
 
@@ -172,7 +173,11 @@ class ModelShelf:
                 scorer = self._load_checked(a, None)
             except Exception as exc:  # noqa: BLE001 -- a model that does not load must not stop the line
                 log.error("could not load %s for %s: %s", a.version, product, exc)
-                return f"product {product!r}: its model {load_error_line(a.version, exc)}"
+                with self._lock:
+                    overtaken = self.wanted[product].version != a.version
+                if not overtaken:
+                    return f"product {product!r}: its model {load_error_line(a.version, exc)}"
+                continue  # another version was announced during the load: this frame is that version's
             with self._lock:
                 # Announced anew during the load (the watcher may leave that version to this first frame), or
                 # installed meanwhile by the watcher: installing this one would keep an older version unnoticed.
