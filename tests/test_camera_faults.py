@@ -31,7 +31,7 @@ def _settings(kafka, prefix: str, limit: int) -> Settings:
 
 def _published_part_ids(settings: Settings, expected: int) -> list[str]:
     consumer = KafkaConsumer(settings.kafka.frames_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000, max_partition_fetch_bytes=8 * MiB)
+                             auto_offset_reset="earliest", consumer_timeout_ms=30000, max_partition_fetch_bytes=8 * MiB)
     parts = []
     for record in consumer:
         parts.append(dict(record.headers)["part_id"].decode())

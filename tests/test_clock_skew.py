@@ -66,7 +66,7 @@ def test_field_case_c20_camera_clock_skew_counts_by_the_workers_clock(
             assert p.redis.ttl(key) > 0, key
 
         consumer = KafkaConsumer(p.settings.kafka.frames_topic, bootstrap_servers=apache_kafka.bootstrap_servers,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=5000)
+                                 auto_offset_reset="earliest", consumer_timeout_ms=30_000)
         record = next(iter(consumer))
         consumer.close()
         assert record.timestamp_type == 1  # LogAppendTime: the broker's clock, whatever the camera's

@@ -131,7 +131,7 @@ class Running:
 
 def _published(settings: Settings, expected: int) -> list:
     consumer = KafkaConsumer(settings.kafka.frames_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+                             auto_offset_reset="earliest", consumer_timeout_ms=30_000)
     records = []
     for record in consumer:
         records.append(record)
