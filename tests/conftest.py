@@ -13,6 +13,7 @@ import pytest
 
 from linewatch.cli.embedded import EmbeddedServiceError, ManagedProcess, redis_server
 from linewatch.cli.embedded_kafka import ApacheKafka, fetch_kafka_libs
+from linewatch.detector.runtimes.threads import apply_torch_threads
 
 # tests/ is on sys.path (pytest's rootdir-less conftest), so its services package imports as `services`.
 from services.postgres import PostgresServer
@@ -25,17 +26,10 @@ INSTALL_HINT = "run scripts/install-system-deps.sh"
 TORCH_THREADS = 2
 
 
-def pin_torch_threads() -> None:
-    import torch
-
-    if torch.get_num_threads() != TORCH_THREADS:
-        torch.set_num_threads(TORCH_THREADS)
-
-
 @pytest.fixture(autouse=True)
 def _torch_threads() -> None:
     """Every test starts at :data:`TORCH_THREADS` intra-op threads (a test may set others for itself)."""
-    pin_torch_threads()
+    apply_torch_threads(TORCH_THREADS)
 
 
 def _failure(error: EmbeddedServiceError) -> BaseException:
@@ -113,7 +107,7 @@ def quick_model(tmp_path_factory: pytest.TempPathFactory):
     config = TrainConfig(image_size=128, epochs=8, batch_size=4, seed=7, device="cpu", map_smoothing_sigma=2.0,
                          allow_under_calibrated=True, global_branch=False)  # 5 held-out goods: too few for 1%
     dataset = open_dataset(bottle())
-    pin_torch_threads()  # session fixtures are set up before the autouse one
+    apply_torch_threads(TORCH_THREADS)  # session fixtures are set up before the autouse one
     return train(dataset.train[::8][:24], tmp_path_factory.mktemp("model") / "bottle-quick", config, progress=False)
 
 
@@ -126,7 +120,7 @@ def c09_train40(tmp_path_factory: pytest.TempPathFactory):
     from datasets import C09_TRAIN40_CONFIG, field_case
 
     images = sorted((field_case("c09_threshold_few_goods") / "train40").glob("*.jpg"))
-    pin_torch_threads()  # session fixtures are set up before the autouse one
+    apply_torch_threads(TORCH_THREADS)  # session fixtures are set up before the autouse one
     return train(images, tmp_path_factory.mktemp("c09") / "train40", TrainConfig(**C09_TRAIN40_CONFIG),
                  progress=False)
 
@@ -145,7 +139,7 @@ def c09_default_model(tmp_path_factory: pytest.TempPathFactory):
     images = sorted((field_case("c09_threshold_few_goods") / "train40").glob("*.jpg"))
     # Without the global branch, as c11's figures were measured: the branch on this strip is not measured yet
     config = TrainConfig(device="cpu", allow_under_calibrated=True, global_branch=False)
-    pin_torch_threads()  # session fixtures are set up before the autouse one
+    apply_torch_threads(TORCH_THREADS)  # session fixtures are set up before the autouse one
     return train(images, tmp_path_factory.mktemp("c09") / "default", config, progress=False)
 
 
