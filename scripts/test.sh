@@ -10,4 +10,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINEWATCH_WITH_BROWSER=1 LINEWATCH_WITH_TESTS=1 bash scripts/bootstrap.sh
-exec .venv/bin/python -m pytest -n "${LINEWATCH_TEST_PROCESSES:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "${LINEWATCH_TEST_PROCESSES:-2}" --dist loadfile --no-loadscope-reorder "$@"
