@@ -73,8 +73,11 @@ def test_training_names_every_unusable_image_at_once(tmp_path):
 def test_misspelt_settings_are_named_in_a_warning(tmp_path):
     config = tmp_path / "linewatch.toml"
     config.write_text("[detektor]\nmax_batch = 4\n[training]\nepochz = 3\n")
+    # The set-up's and the test suite's own variables are not settings, and not misspelt ones either.
+    tooling = {"LINEWATCH_WITH_TESTS": "1", "LINEWATCH_WITH_BROWSER": "1", "LINEWATCH_TEST_PROCESSES": "3",
+               "LINEWATCH_CASES_ROOT": str(tmp_path)}
     result = linewatch("model", "list", env={"LINEWATCH_CONFIG": str(config), "LINEWATCH_DETECTOR__MAX_BACH": "8",
-                                             "LINEWATCH_STATE_DIR": str(tmp_path / "state")})
+                                             "LINEWATCH_STATE_DIR": str(tmp_path / "state"), **tooling})
     assert result.returncode == 0, result.stderr
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warned == [

@@ -13,8 +13,10 @@ from pydantic import BaseModel
 
 from .settings import CONFIG_ENV, SECRETS_DIR_ENV, Settings
 
-# Environment variables that start with LINEWATCH_ but are not settings.
-_NOT_SETTINGS = {CONFIG_ENV, SECRETS_DIR_ENV, "LINEWATCH_WITH_BROWSER", "LINEWATCH_WITH_TESTS"}
+# Environment variables that start with LINEWATCH_ but are not settings: the set-up's (scripts/bootstrap.sh) and the
+# test suite's (scripts/test.sh, tests/datasets.py), which reach every command the tests start.
+_NOT_SETTINGS = {CONFIG_ENV, SECRETS_DIR_ENV, "LINEWATCH_WITH_BROWSER", "LINEWATCH_WITH_TESTS",
+                 "LINEWATCH_TEST_PROCESSES", "LINEWATCH_CASES_ROOT"}
 
 
 def _field_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
