@@ -9,7 +9,7 @@ import uuid
 import pytest
 from kafka.structs import MemberState, TopicPartition
 
-from linewatch.contracts.kafka import ensure_topics, make_consumer
+from linewatch.contracts.kafka import ensure_topics, make_consumer, make_producer
 from linewatch.contracts.settings import KafkaSettings
 
 pytestmark = pytest.mark.services
@@ -60,3 +60,44 @@ def _poll_until_stable(consumers: list, seconds: float) -> None:
                 sum(len(c.assignment()) for c in consumers) == 4:
             return
         time.sleep(0.01)
+
+
+def test_a_partition_paused_with_records_buffered_is_fetched_again_after_resume(apache_kafka):
+    """A partition paused while the consumer holds fetched records of it (a worker's hold while its pipeline is
+    full) is read on after resume. kafka-python 3.0 (up to 3.0.12 at least) parks those records and puts them
+    back only while no drained record set sits in its in-line slot; once another partition's records were read
+    meanwhile, the paused one was never fetched again (seen: 4 frames of a partition unread for minutes)."""
+    kafka = KafkaSettings(bootstrap_servers=apache_kafka.bootstrap_servers, topic_prefix=f"p{uuid.uuid4().hex[:8]}",
+                          frames_partitions=2)
+    ensure_topics(kafka)
+    producer = make_producer(kafka)
+    for partition in (0, 1):
+        for i in range(10):
+            producer.send(kafka.frames_topic, value=b"%d" % i, partition=partition)
+    producer.flush()
+    producer.close()
+    consumer = make_consumer(kafka, None)
+    parts = [TopicPartition(kafka.frames_topic, p) for p in (0, 1)]
+    try:
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        read = {p: [] for p in parts}
+        deadline = time.monotonic() + 30
+        while not any(read.values()) and time.monotonic() < deadline:  # one record; the rest of its set is buffered
+            for tp, records in consumer.poll(timeout_ms=500, max_records=1).items():
+                read[tp] += [r.offset for r in records]
+        [first] = [tp for tp in parts if read[tp]]
+        [other] = [tp for tp in parts if tp != first]
+        consumer.pause(first)
+        deadline = time.monotonic() + 30
+        while len(read[other]) < 10 and time.monotonic() < deadline:  # the other partition's records, all of them
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                read[tp] += [r.offset for r in records]
+        consumer.resume(first)
+        deadline = time.monotonic() + 30
+        while len(read[first]) < 10 and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                read[tp] += [r.offset for r in records]
+        assert read == {first: list(range(10)), other: list(range(10))}
+    finally:
+        consumer.close()

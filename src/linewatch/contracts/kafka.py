@@ -79,19 +79,31 @@ def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
 
 
 class GroupConsumer(KafkaConsumer):
-    """A :class:`KafkaConsumer` whose :meth:`poll` also resumes a consumer-group join that kafka-python
-    3.0 (up to 3.0.12 at least) abandons.
+    """A :class:`KafkaConsumer` whose :meth:`poll` works around two faults of kafka-python 3.0 (up to 3.0.12
+    at least): it resumes a consumer-group join that the library abandons, and it lets the library put back
+    records it parked for a paused partition. Both read private attributes; on a kafka-python without them
+    they do nothing.
 
-    Why: ``poll`` drives a join only while ``need_rejoin()`` is true. When a rebalance is triggered by a
+    The abandoned join: ``poll`` drives a join only while ``need_rejoin()`` is true. When a rebalance is triggered by a
     metadata change (as the first member's second generation always is) and a short poll times out with
     the JoinGroup/SyncGroup still in flight, the leader's assignment step makes ``need_rejoin()`` false on
     the network thread; no later poll finishes the join. The member then holds its revoked partitions,
     never fetches and never heartbeats again, and the group's frames wait for the broker to expel it.
     Reproduced against Apache Kafka 4.1 by polling with ``timeout_ms=0`` (tests/test_kafka_group.py).
-    The check reads two private attributes; on a kafka-python without them it does nothing.
+
+    The parked records: records already fetched for a partition that is then paused (a worker's hold while its
+    pipeline is full) are parked, and the partition is not fetched while they are. The fetcher puts them back
+    only when its in-line slot is None, but a record set it has read to the end stays in that slot, drained;
+    after any other partition's records were read, the paused one was never fetched again after its resume (a
+    worker left 4 frames of a partition unread for minutes; reproduced in tests/test_kafka_group.py). A drained
+    set holds nothing, so emptying the slot before each poll loses nothing and lets the parked records back.
     """
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> dict:
+        fetcher = getattr(self, "_fetcher", None)
+        if getattr(fetcher, "_paused_partition_records", None) and \
+                getattr(fetcher, "_next_partition_records", None) is not None and not fetcher._next_partition_records:
+            fetcher._next_partition_records = None  # drained: the parked records of a resumed partition go next
         records = super().poll(timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets)
         coordinator = getattr(self, "_coordinator", None)
         if (getattr(coordinator, "_join_task", None) is not None and self._subscription.partitions_auto_assigned()
