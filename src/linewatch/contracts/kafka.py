@@ -78,11 +78,19 @@ def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**cfg)
 
 
+# The shortest wait of a poll while the member (re-)joins its group. kafka-python 3.0 (up to 3.0.12 at least)
+# starts a new JoinGroup when a poll finds the previous join finished but not yet taken up by a poll: a member that
+# polls without waiting (a busy worker) never takes one up when its join is quick, as a lone member's is, and
+# rejoined after every generation (thousands, on Apache Kafka, in tests/test_kafka_group.py). A join that
+# finishes within this wait is taken up by the poll that waits; one that takes longer is awaited again.
+JOIN_POLL_MS = 100
+
+
 class GroupConsumer(KafkaConsumer):
-    """A :class:`KafkaConsumer` whose :meth:`poll` works around two faults of kafka-python 3.0 (up to 3.0.12
-    at least): it resumes a consumer-group join that the library abandons, and it lets the library put back
-    records it parked for a paused partition. Both read private attributes; on a kafka-python without them
-    they do nothing.
+    """A :class:`KafkaConsumer` whose :meth:`poll` works around three faults of kafka-python 3.0 (up to 3.0.12
+    at least): it waits at least :data:`JOIN_POLL_MS` while the member joins its group, it resumes a
+    consumer-group join that the library abandons, and it lets the library put back records it parked for a
+    paused partition. They read private attributes; on a kafka-python without them they do nothing.
 
     The abandoned join: ``poll`` drives a join only while ``need_rejoin()`` is true. When a rebalance is triggered by a
     metadata change (as the first member's second generation always is) and a short poll times out with
@@ -100,12 +108,15 @@ class GroupConsumer(KafkaConsumer):
     """
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> dict:
+        coordinator = getattr(self, "_coordinator", None)
+        if timeout_ms < JOIN_POLL_MS and self._subscription.partitions_auto_assigned() and \
+                getattr(coordinator, "need_rejoin", bool)():
+            timeout_ms = JOIN_POLL_MS  # a join in progress: see JOIN_POLL_MS
         fetcher = getattr(self, "_fetcher", None)
         if getattr(fetcher, "_paused_partition_records", None) and \
                 getattr(fetcher, "_next_partition_records", None) is not None and not fetcher._next_partition_records:
             fetcher._next_partition_records = None  # drained: the parked records of a resumed partition go next
         records = super().poll(timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets)
-        coordinator = getattr(self, "_coordinator", None)
         if (getattr(coordinator, "_join_task", None) is not None and self._subscription.partitions_auto_assigned()
                 and not coordinator.need_rejoin()):
             log.info("resuming an abandoned consumer-group join")
