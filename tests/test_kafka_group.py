@@ -1,5 +1,6 @@
-"""The detector's consumer finishes every consumer-group join on real Apache Kafka, even when it polls
-with ``timeout_ms=0`` as a busy worker does (kafka-python 3.0 abandons such joins; see GroupConsumer)."""
+"""The detector's consumer (GroupConsumer) on real Apache Kafka: it finishes every consumer-group join even when
+it polls with ``timeout_ms=0`` as a busy worker does (kafka-python 3.0 abandons such joins, or replaces them with
+new ones), and it reads on a partition paused with records buffered once it is resumed."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def test_a_consumer_polling_without_waiting_ends_every_rebalance_assigned(apache
 
 
 def _poll_until_stable(consumers: list, seconds: float) -> None:
-    """Poll each consumer with ``timeout_ms=0`` (as a busy worker does) until all are STABLE and own every
-    partition between them, or ``seconds`` pass."""
+    """Poll each consumer with ``timeout_ms=0`` (as a busy worker does; GroupConsumer waits up to JOIN_POLL_MS
+    while a join is in progress) until all are STABLE and own every partition between them, or ``seconds`` pass."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for c in consumers:
@@ -66,7 +67,7 @@ def test_a_partition_paused_with_records_buffered_is_fetched_again_after_resume(
     """A partition paused while the consumer holds fetched records of it (a worker's hold while its pipeline is
     full) is read on after resume. kafka-python 3.0 (up to 3.0.12 at least) parks those records and puts them
     back only while no drained record set sits in its in-line slot; once another partition's records were read
-    meanwhile, the paused one was never fetched again (seen: 4 frames of a partition unread for minutes)."""
+    to their end meanwhile, the paused one was never fetched again (see GroupConsumer)."""
     kafka = KafkaSettings(bootstrap_servers=apache_kafka.bootstrap_servers, topic_prefix=f"p{uuid.uuid4().hex[:8]}",
                           frames_partitions=2)
     ensure_topics(kafka)

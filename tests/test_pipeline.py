@@ -223,9 +223,9 @@ def test_a_redis_outage_never_holds_the_record_and_live_counts_are_made_whole(
 
 
 def _assert_live_counts_made_whole(p: Pipeline, expected: tuple[int, int]) -> None:
-    """Redis's (inspected, defects) of cam-1 reach the record's within 120 s (a minute is recounted from SQL once
-    it closed ``redis.settle_s`` ago, by a recount every min(30 s, settle_s / 2)), then stay there: no frame is
-    counted twice."""
+    """Redis's (inspected, defects) of cam-1 reach the record's within 120 s, then stay there: no frame is counted
+    twice. A minute is recounted from SQL once it closed ``redis.settle_s`` ago, by a recount every
+    min(30 s, settle_s / 2): 120 s is enough for the 4-s settle both callers set, not for the default 120 s."""
     deadline = time.monotonic() + 120
     while (p.redis_totals().inspected, p.redis_totals().defects) != expected and time.monotonic() < deadline:
         time.sleep(1)

@@ -79,18 +79,22 @@ def make_producer(k: KafkaSettings, **overrides: Any) -> KafkaProducer:
 
 
 # The shortest wait of a poll while the member (re-)joins its group. kafka-python 3.0 (up to 3.0.12 at least)
-# starts a new JoinGroup when a poll finds the previous join finished but not yet taken up by a poll: a member that
-# polls without waiting (a busy worker) never takes one up when its join is quick, as a lone member's is, and
-# rejoined after every generation (thousands, on Apache Kafka, in tests/test_kafka_group.py). A join that
-# finishes within this wait is taken up by the poll that waits; one that takes longer is awaited again.
-JOIN_POLL_MS = 100
+# starts a new JoinGroup when a poll finds the previous join finished but not yet taken up by a poll (the finished
+# task is replaced, its assignment dropped): a member that polls without waiting (a busy worker) never takes one up
+# when its join is quick, as a lone member's is, and rejoined after every generation (thousands, on Apache Kafka,
+# in tests/test_kafka_group.py). A join that ends within this wait is taken up by the poll that waits. One that
+# ends between two polls is still replaced (a leader's new JoinGroup then starts another generation): the longer
+# the wait, the rarer that is. While joining, the member fetches nothing, so the wait costs no frames; it slows
+# only the worker's loop (its stop check and commits), by at most this much per poll.
+JOIN_POLL_MS = 1000
 
 
 class GroupConsumer(KafkaConsumer):
     """A :class:`KafkaConsumer` whose :meth:`poll` works around three faults of kafka-python 3.0 (up to 3.0.12
     at least): it waits at least :data:`JOIN_POLL_MS` while the member joins its group, it resumes a
     consumer-group join that the library abandons, and it lets the library put back records it parked for a
-    paused partition. They read private attributes; on a kafka-python without them they do nothing.
+    paused partition. They rely on private attributes of kafka-python 3.0's consumer; the coordinator and
+    fetcher checks do nothing on a version without those.
 
     The abandoned join: ``poll`` drives a join only while ``need_rejoin()`` is true. When a rebalance is triggered by a
     metadata change (as the first member's second generation always is) and a short poll times out with
@@ -101,16 +105,17 @@ class GroupConsumer(KafkaConsumer):
 
     The parked records: records already fetched for a partition that is then paused (a worker's hold while its
     pipeline is full) are parked, and the partition is not fetched while they are. The fetcher puts them back
-    only when its in-line slot is None, but a record set it has read to the end stays in that slot, drained;
-    after any other partition's records were read, the paused one was never fetched again after its resume (a
-    worker left 4 frames of a partition unread for minutes; reproduced in tests/test_kafka_group.py). A drained
-    set holds nothing, so emptying the slot before each poll loses nothing and lets the parked records back.
+    only when its in-line slot is None, but a record set it has read to the end stays in that slot, drained; once
+    any set had been read to its end (another partition's, an empty fetch's), the paused partition was never
+    fetched again, not even after a rebalance that left it with this member (only ``close`` clears the parked
+    records). A drained set holds nothing, so emptying the slot before each poll loses nothing and lets the
+    parked records back (reproduced in tests/test_kafka_group.py).
     """
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True) -> dict:
         coordinator = getattr(self, "_coordinator", None)
-        if timeout_ms < JOIN_POLL_MS and self._subscription.partitions_auto_assigned() and \
-                getattr(coordinator, "need_rejoin", bool)():
+        if timeout_ms < JOIN_POLL_MS and getattr(coordinator, "need_rejoin", bool)() and \
+                self._subscription.partitions_auto_assigned():
             timeout_ms = JOIN_POLL_MS  # a join in progress: see JOIN_POLL_MS
         fetcher = getattr(self, "_fetcher", None)
         if getattr(fetcher, "_paused_partition_records", None) and \
