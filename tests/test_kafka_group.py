@@ -83,22 +83,22 @@ def test_a_partition_paused_with_records_buffered_is_fetched_again_after_resume(
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         read = {p: [] for p in parts}
-        deadline = time.monotonic() + 30
-        while not any(read.values()) and time.monotonic() < deadline:  # one record; the rest of its set is buffered
-            for tp, records in consumer.poll(timeout_ms=500, max_records=1).items():
-                read[tp] += [r.offset for r in records]
+        _read_until(consumer, read, lambda: any(read.values()), max_records=1)  # the rest of its set is buffered
         [first] = [tp for tp in parts if read[tp]]
         [other] = [tp for tp in parts if tp != first]
         consumer.pause(first)
-        deadline = time.monotonic() + 30
-        while len(read[other]) < 10 and time.monotonic() < deadline:  # the other partition's records, all of them
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                read[tp] += [r.offset for r in records]
+        _read_until(consumer, read, lambda: len(read[other]) >= 10)  # the other partition's records, all of them
         consumer.resume(first)
-        deadline = time.monotonic() + 30
-        while len(read[first]) < 10 and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                read[tp] += [r.offset for r in records]
+        _read_until(consumer, read, lambda: len(read[first]) >= 10)
         assert read == {first: list(range(10)), other: list(range(10))}
     finally:
         consumer.close()
+
+
+def _read_until(consumer, read: dict, done, max_records: int | None = None, seconds: float = 30) -> None:
+    """Poll ``consumer`` and append each record's offset to ``read[partition]`` until ``done()`` or ``seconds``
+    pass."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        for tp, records in consumer.poll(timeout_ms=500, max_records=max_records).items():
+            read[tp] += [r.offset for r in records]
