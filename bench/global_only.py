@@ -1,6 +1,7 @@
 """The global branch alone, without a trained student: image AUROC of its Mahalanobis distance, per defect type.
 
-    python bench/global_only.py [--datasets bottle magnetic_tile] [--out bench/results/global_only.json]
+    python bench/global_only.py [--datasets bottle magnetic_tile] [--poolings mean_std mean]
+                                [--out bench/results/global_only.json]
 
 The branch depends only on the frozen teacher, so it can be measured where no STPM model is at hand: the default
 recipe's input geometry and held-out split (``TrainConfig`` defaults, ``split_indices``) prepare the good training
@@ -8,6 +9,9 @@ images; the branch is fit on the training part (never the held-out part) exactly
 (:func:`linewatch.detector.global_fit.teacher_pooled`, :func:`linewatch.detector.global_branch.fit_gaussian`), and
 each test image scores the largest distance of its windows, as :func:`linewatch.detector.scoring.frame_scores`
 does. Image AUROC overall and per defect type (its images against all good test images). No threshold is involved.
+Each pooling (``mean_std``: each stage's per-channel mean and standard deviation, the default since 2026-12-02;
+``mean``: the means alone, as before; :func:`linewatch.detector.global_branch.pooled_features`) is fit and scored on
+the same windows, side by side in one table.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "global_only.json")
+    parser.add_argument("--poolings", nargs="+", default=["mean_std", "mean"], choices=["mean_std", "mean"])
     args = parser.parse_args()
 
     import numpy as np
@@ -35,7 +40,7 @@ def main() -> int:
     from linewatch.contracts.settings import Settings
     from linewatch.detector.backbones import backbone_spec, build_student, build_teacher
     from linewatch.detector.datasets import open_dataset
-    from linewatch.detector.global_branch import GlobalGaussian, fit_gaussian
+    from linewatch.detector.global_branch import MEAN, MEAN_STD, GlobalGaussian, fit_gaussian
     from linewatch.detector.global_fit import teacher_pooled
     from linewatch.detector.metrics import image_auroc
     from linewatch.detector.runtimes.threads import apply_torch_threads, intra_op_threads
@@ -51,29 +56,39 @@ def main() -> int:
     cpu = torch.device("cpu")
     data_root = Path(os.environ.get("LINEWATCH_DATA_ROOT", settings.data_root))
     results = {}
+    rows = []
     for name in args.datasets:
-        started = time.monotonic()
         dataset = open_dataset(data_root / DATASETS[name])
         train_idx, _ = split_indices(len(dataset.train), config.val_fraction, config.seed)
         goods = load_images([dataset.train[i] for i in train_idx], config.geometry(), config.max_pixels)
-        mean, precision, shrinkage = fit_gaussian(teacher_pooled(model, goods.windows(range(len(train_idx))), cpu))
-        branch = GlobalGaussian(mean, precision)
+        train_windows = goods.windows(range(len(train_idx)))
         test = load_images([s.path for s in dataset.test], goods.geometry, config.max_pixels)
-        scores = []
-        for frame in test.frames:
-            with torch.no_grad():
-                x = model.normalize_input(torch.from_numpy(np.asarray(frame.tiles)))
-                scores.append(float(branch(model.teacher(x)).max()))
         labels = [s.is_defect for s in dataset.test]
         good = [i for i, s in enumerate(dataset.test) if not s.is_defect]
-        per_type = {}
-        for label in sorted({s.label for s in dataset.test if s.is_defect}):
-            idx = good + [i for i, s in enumerate(dataset.test) if s.label == label]
-            per_type[label] = image_auroc([labels[i] for i in idx], [scores[i] for i in idx])
-        results[name] = {"image_auroc_global": image_auroc(labels, scores), "per_defect_type": per_type,
-                         "fitted_on": len(goods.windows(range(len(train_idx)))), "shrinkage": shrinkage,
-                         "seconds": round(time.monotonic() - started, 1)}
-        print(name, json.dumps(results[name]), flush=True)
+        types = sorted({s.label for s in dataset.test if s.is_defect})
+        results[name] = {}
+        for pooling in [{"mean_std": MEAN_STD, "mean": MEAN}[p] for p in args.poolings]:
+            started = time.monotonic()
+            mean, precision, shrinkage = fit_gaussian(teacher_pooled(model, train_windows, cpu, pooling=pooling))
+            branch = GlobalGaussian(mean, precision, pooling=pooling)
+            scores = []
+            for frame in test.frames:
+                with torch.no_grad():
+                    x = model.normalize_input(torch.from_numpy(np.asarray(frame.tiles)))
+                    scores.append(float(branch(model.teacher(x)).max()))
+            per_type = {}
+            for label in types:
+                idx = good + [i for i, s in enumerate(dataset.test) if s.label == label]
+                per_type[label] = image_auroc([labels[i] for i in idx], [scores[i] for i in idx])
+            results[name][pooling] = {"image_auroc_global": image_auroc(labels, scores), "per_defect_type": per_type,
+                                      "dim": len(mean), "fitted_on": len(train_windows), "shrinkage": shrinkage,
+                                      "seconds": round(time.monotonic() - started, 1)}
+            print(name, pooling, json.dumps(results[name][pooling]), flush=True)
+            rows.append((name, pooling, results[name][pooling]))
+    print("\n| dataset | pooling | D | image AUROC | per defect type |\n| --- | --- | --- | --- | --- |")
+    for name, pooling, r in rows:
+        per = ", ".join(f"{k} {v:.3f}" for k, v in r["per_defect_type"].items())
+        print(f"| {name} | {pooling} | {r['dim']} | {r['image_auroc_global']:.3f} | {per} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     return 0

@@ -21,6 +21,8 @@ from linewatch.contracts.messages import FrameMeta
 from linewatch.detector import model_files
 from linewatch.detector.global_branch import (
     GLOBAL_FILE,
+    MEAN,
+    MEAN_STD,
     GlobalGaussian,
     branch_file_name,
     fit_gaussian,
@@ -29,7 +31,7 @@ from linewatch.detector.global_branch import (
     read_branch,
     save_branch,
 )
-from linewatch.detector.global_fit import add_global_branch
+from linewatch.detector.global_fit import add_global_branch, teacher_pooled
 from linewatch.detector.imaging import read_image
 from linewatch.detector.model_files import METADATA_FILE, ModelFileError, load_model
 from linewatch.detector.runtimes.onnx_export import export_onnx
@@ -84,6 +86,56 @@ def test_distances_of_a_known_gaussian_match_scipy():
         fit_gaussian(x[:1])
 
 
+def test_mean_and_std_pooling_matches_numpy():
+    rng = np.random.default_rng(1)
+    # an offset far above the spread: a one-pass E[x^2] - E[x]^2 would lose the standard deviation to cancellation
+    stages = [rng.normal(300.0, 0.5, size=(3, 4, 8, 8)), rng.normal(0.0, 2.0, size=(3, 5, 4, 4))]
+    got = pooled_features([torch.from_numpy(s).float() for s in stages], MEAN_STD).numpy()
+    means = [s.mean(axis=(2, 3)) for s in stages]
+    stds = [s.std(axis=(2, 3), ddof=0) for s in stages]
+    assert got.shape == (3, 18)
+    assert np.allclose(got, np.concatenate(means + stds, axis=1), rtol=1e-4, atol=0)
+    assert np.array_equal(pooled_features([torch.from_numpy(s).float() for s in stages]).numpy(),
+                          np.concatenate([m.astype(np.float32) for m in
+                                          [torch.from_numpy(s).float().mean(dim=(2, 3)).numpy() for s in stages]], 1))
+    with pytest.raises(ValueError, match="unknown global branch pooling"):
+        pooled_features([torch.from_numpy(s).float() for s in stages], "median")
+
+
+def test_a_branch_of_means_alone_from_before_scores_as_it_did(global_model, tmp_path):
+    """A branch fitted before the standard deviations (``features.pooling`` "global average", 176 values) loads
+    and scores with the means alone; a pooling this version does not know, or a branch of the wrong size for the
+    teacher, is refused at load with the reason."""
+    meta = json.loads((global_model / METADATA_FILE).read_text())
+    goods = [read_image(m["path"]) for m in meta["manifest"] if m["role"] == "train"]
+    scorer = Scorer(global_model, "cpu")
+    windows = torch.from_numpy(np.concatenate([scorer.windows(rgb) for rgb in goods]))
+    stpm = scorer.model.stpm
+    mean, precision, _ = fit_gaussian(teacher_pooled(stpm, windows, torch.device("cpu"), pooling=MEAN))
+    old_dir = tmp_path / "means-alone"
+    shutil.copytree(global_model, old_dir)
+    record = meta["global"]
+    (old_dir / record["file"]).unlink()
+    old = {**meta, "global": {**record, "features": {**record["features"], "pooling": MEAN, "dim": 176},
+                              "file": GLOBAL_FILE, "sha256": save_branch(old_dir / GLOBAL_FILE, mean, precision)}}
+    old.pop("exports", None)
+    model_files.write_metadata(old_dir, old)
+    loaded = Scorer(old_dir, "cpu")
+    assert loaded.model.stpm.global_branch.pooling == MEAN and loaded.model.stpm.global_branch.dim == 176
+    frames = [loaded.prepare(read_image(p)) for p in IMAGES]
+    scored = loaded.score_frames(frames)
+    with torch.inference_mode():
+        stages = stpm.teacher(stpm.normalize_input(torch.from_numpy(np.concatenate([f.tiles for f in frames]))))
+        features = pooled_features(stages).double().numpy()
+    expected = np.array([mahalanobis(f, mean, precision) for f in features])
+    assert np.allclose(scored.global_scores, expected, rtol=1e-4, atol=0)
+    for features, why in (({**old["global"]["features"], "pooling": "median"}, "pooling 'median' is not one"),
+                          ({**old["global"]["features"], "pooling": MEAN_STD}, "has 176 dimensions")):
+        model_files.write_metadata(old_dir, {**old, "global": {**old["global"], "features": features}})
+        with pytest.raises(ModelFileError, match=why):
+            load_model(old_dir)
+
+
 def test_a_model_without_the_branch_scores_bit_for_bit_as_before(quick_model):
     assert "global" not in quick_model.metadata
     scorer = Scorer(quick_model.model_dir, "cpu")
@@ -110,7 +162,9 @@ def test_the_branch_is_fit_on_training_goods_and_fuses_image_scores_only(quick_m
     record = meta["global"]
     train_n = sum(m["role"] == "train" for m in meta["manifest"])
     assert record["fitted_on"].startswith(f"{train_n} ") and record["estimator"] == "sklearn.covariance.LedoitWolf"
-    assert record["features"]["dim"] == sum(meta["pyramid"]["channels"]) == 176
+    # each stage's per-channel mean and standard deviation (the pooling fitted since 2026-12-02)
+    assert record["features"]["pooling"] == MEAN_STD
+    assert record["features"]["dim"] == 2 * sum(meta["pyramid"]["channels"]) == 352
     thresholds, before = meta["thresholds"], quick_model.metadata["thresholds"]
     threshold = thresholds["global"]  # set with STPM's by calibrate_thresholds, at the same target
     assert thresholds["global_calibration"]["target_false_reject_rate"] == before["target_false_reject_rate"]

@@ -34,6 +34,7 @@ from .calibration import calibrate_thresholds, score_statistics
 from .devices import resolve_device, to_model_layout
 from .geometry import FrameInput, InputGeometry
 from .global_branch import (
+    DEFAULT_POOLING,
     GLOBAL_FIELD,
     GLOBAL_FILE,
     GlobalGaussian,
@@ -57,41 +58,46 @@ log = logging.getLogger(__name__)
 @dataclass
 class FittedBranch:
     """A fitted branch: ``mean`` float64 (D,), ``precision`` float64 (D, D), the Ledoit-Wolf ``shrinkage`` and the
-    number of training windows it was ``fitted_on``."""
+    number of training windows it was ``fitted_on``, on features pooled by ``pooling``
+    (:func:`.global_branch.pooled_features`)."""
 
     mean: np.ndarray
     precision: np.ndarray
     shrinkage: float
     fitted_on: int
+    pooling: str = DEFAULT_POOLING
 
     def metadata(self, model: STPM, held_out: FrameOutputs) -> dict[str, Any]:
         """The ``model.json`` ``global`` section (its ``sha256`` empty until the file is written)."""
         return branch_metadata(sha256="", dim=len(self.mean), stages=list(model.teacher.channels),
                                shrinkage=self.shrinkage, fitted_on=self.fitted_on,
-                               score_statistics=score_statistics(held_out.global_scores))
+                               score_statistics=score_statistics(held_out.global_scores), pooling=self.pooling)
 
 
 @torch.no_grad()
-def teacher_pooled(model: STPM, windows: torch.Tensor, device: torch.device, batch: int = 32) -> np.ndarray:
-    """uint8 (N, 3, S, S) windows -> their pooled raw teacher features float64 (N, D), in float32 on ``device``."""
+def teacher_pooled(model: STPM, windows: torch.Tensor, device: torch.device, batch: int = 32,
+                   pooling: str = DEFAULT_POOLING) -> np.ndarray:
+    """uint8 (N, 3, S, S) windows -> their pooled raw teacher features float64 (N, D), in float32 on ``device``
+    (:func:`.global_branch.pooled_features` with ``pooling``)."""
     out = []
     for start in range(0, len(windows), batch):
         x = to_model_layout(windows[start : start + batch], device)
-        out.append(pooled_features(model.teacher(model.normalize_input(x))).double().cpu().numpy())
+        out.append(pooled_features(model.teacher(model.normalize_input(x)), pooling).double().cpu().numpy())
     return np.concatenate(out)
 
 
-def fit_branch(model: STPM, train_windows: torch.Tensor, device: torch.device, batch: int = 32) -> FittedBranch:
-    """Fit the branch on the training goods' windows uint8 (N, 3, S, S) and attach it to ``model``
-    (``model.global_branch``, fusion scale 1 until :func:`calibrate_model`).
+def fit_branch(model: STPM, train_windows: torch.Tensor, device: torch.device, batch: int = 32,
+               pooling: str = DEFAULT_POOLING) -> FittedBranch:
+    """Fit the branch on the training goods' windows uint8 (N, 3, S, S), their features pooled by ``pooling``, and
+    attach it to ``model`` (``model.global_branch``, fusion scale 1 until :func:`calibrate_model`).
 
     Raises:
         ValueError: fewer than 2 training windows, or non-finite features.
     """
     model.global_branch = None
-    mean, precision, shrinkage = fit_gaussian(teacher_pooled(model, train_windows, device, batch))
-    model.global_branch = GlobalGaussian(mean, precision).to(device)
-    return FittedBranch(mean, precision, shrinkage, len(train_windows))
+    mean, precision, shrinkage = fit_gaussian(teacher_pooled(model, train_windows, device, batch, pooling))
+    model.global_branch = GlobalGaussian(mean, precision, pooling=pooling).to(device)
+    return FittedBranch(mean, precision, shrinkage, len(train_windows), pooling)
 
 
 def fit_branch_or_skip(model: STPM, train_windows: torch.Tensor, device: torch.device,

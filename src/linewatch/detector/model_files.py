@@ -46,6 +46,7 @@ from .global_branch import (
     GlobalBranchError,
     is_branch_file,
     load_branch,
+    pooled_dim,
     recorded_file,
     save_branch,
 )
@@ -268,6 +269,10 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", teacher_weig
         student.load_state_dict(load_file(str(weights)), strict=True)
     except (RuntimeError, OSError) as exc:
         raise ModelFileError(f"{weights}: does not fit a {name} student ({exc})") from None
+    expected_dim = None if branch is None else pooled_dim(teacher.channels, branch.pooling)
+    if branch is not None and branch.dim != expected_dim:
+        raise ModelFileError(f"{model_dir}: the global branch has {branch.dim} dimensions; a {name} teacher's "
+                             f"features pooled by {branch.pooling!r} have {expected_dim}")
     stpm = STPM(backbone_spec(name), teacher, student, float(meta["map_smoothing_sigma"]), branch)
     return LoadedModel(stpm=stpm.to(device).eval(), metadata=meta, path=model_dir)
 
