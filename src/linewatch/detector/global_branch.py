@@ -13,7 +13,7 @@ detection", ICPR 2020, arXiv 2005.14140):
   style), D = 2 x sum of the stage channels (352 for ``efficientnet_lite0``); ``"global average"`` (the paper's;
   models fitted before, read as they were), the means alone, D = 176. The standard deviations add what an uneven
   surface or a crack changes and a mean over the whole window averages out (``bench/global_only.py``: Magnetic Tile
-  0.850 -> 0.889 image AUROC, bottle 0.998 either way). They come from the teacher pass STPM makes anyway.
+  0.850 -> 0.888 image AUROC, bottle 0.998 either way). They come from the teacher pass STPM makes anyway.
 * **fit**: a multivariate Gaussian on the model-input windows of the *training* goods (never the held-out ones):
   their mean and the Ledoit-Wolf shrinkage covariance (scikit-learn's ``LedoitWolf``, as in the paper, which needs
   no more images than dimensions), stored as the mean and the precision (inverse covariance), float64, in a
